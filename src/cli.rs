@@ -1,0 +1,32 @@
+//! The command line: one binary, clap subcommands. With no subcommand the
+//! binary serves, so `cargo run --release` starts the service.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// seckill: a flash-sale service and concurrency lab.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Settings for serving when no subcommand is given.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API and status page (what `cargo run --release` does).
+    Serve(Config),
+}
+
+/// Runs the chosen subcommand to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Serve(config)) => crate::server::serve(config).await,
+        None => crate::server::serve(cli.serve).await,
+    }
+}

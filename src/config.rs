@@ -1,0 +1,130 @@
+//! Service configuration: every knob is a `--flag` and an environment variable
+//! (`.env.sample` lists them all with their defaults).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::telemetry::LogFormat;
+
+/// Settings for `seckill serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the HTTP server binds to.
+    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis to keep stock in. Unset: start a private `redis-server` child on a
+    /// free loopback port, with persistence off, and stop it on exit.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// The `redis-server` binary used when `REDIS_URL` is unset.
+    #[arg(long, env = "REDIS_SERVER_BIN", default_value = "redis-server")]
+    pub redis_server_bin: String,
+
+    /// Snowflake worker number (0..=1023). Unset: lease a free one in Redis, so
+    /// instances sharing a Redis never share a worker number.
+    #[arg(long, env = "WORKER_ID", value_parser = clap::value_parser!(u16).range(0..=1023))]
+    pub worker_id: Option<u16>,
+
+    /// Bearer token the admin endpoints require. Unset: admin endpoints are only
+    /// allowed while the server is bound to a loopback address.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Strategy used when a purchase names none.
+    #[arg(long, env = "DEFAULT_STRATEGY", default_value = "lua")]
+    pub default_strategy: String,
+
+    /// `lock`: how long the stock lock lives before Redis expires it (ms).
+    #[arg(long, env = "LOCK_TTL_MS", default_value_t = 1000)]
+    pub lock_ttl_ms: u64,
+
+    /// `lock`: how long a buyer may wait for the lock before a 503 `contention` (ms).
+    #[arg(long, env = "LOCK_WAIT_MS", default_value_t = 2000)]
+    pub lock_wait_ms: u64,
+
+    /// `optimistic`: how many times an aborted transaction is retried before a
+    /// 503 `contention`.
+    #[arg(long, env = "OPTIMISTIC_MAX_RETRIES", default_value_t = 100)]
+    pub optimistic_max_retries: u32,
+
+    /// Dedicated Redis connections in the pool (used by `optimistic`, whose WATCH
+    /// needs a connection of its own).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 64)]
+    pub redis_pool_size: usize,
+
+    /// Give up on a Redis command, or on connecting, after this long (ms): the
+    /// purchase gets a 503 `unavailable` instead of hanging.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+
+    /// Upper bound on any request's time (ms). Kept well above the Redis timeout
+    /// and the lock wait so it only fires when something is truly stuck.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Lab knob for `naive`: sleep this long between reading and writing the
+    /// stock, widening the race window so the oversell shows even at low load.
+    #[arg(long, env = "NAIVE_RACE_WINDOW_MS", default_value_t = 0)]
+    pub naive_race_window_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults, as `seckill serve` with no flags and no environment would
+    /// see them. Tests start from this and override fields.
+    pub fn defaults() -> Self {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        // Parsing an empty command line cannot fail: every field has a default
+        // or is optional. Env vars are ignored here on purpose (`no_env`), so a
+        // test's config does not depend on the shell it runs in.
+        let matches = <Wrapper as clap::CommandFactory>::command()
+            .mut_args(|arg| arg.env(None::<&str>))
+            .get_matches_from(["seckill"]);
+        Wrapper::from_arg_matches(&matches)
+            .expect("defaults parse")
+            .config
+    }
+
+    pub fn lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.lock_ttl_ms)
+    }
+
+    pub fn lock_wait(&self) -> Duration {
+        Duration::from_millis(self.lock_wait_ms)
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let config = Config::defaults();
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(config.redis_url.is_none());
+        assert_eq!(config.default_strategy, "lua");
+        assert_eq!(config.lock_ttl_ms, 1000);
+        assert_eq!(config.optimistic_max_retries, 100);
+    }
+}

@@ -1,0 +1,147 @@
+//! The one API error type. Every rejection the service makes, its own or axum's,
+//! leaves as `{"error":{"code":"...","message":"..."}}` with the status each
+//! variant's doc names. Internal causes are logged whole and never shown.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `invalid_request`: the input is malformed or breaks a rule.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 413 `payload_too_large`: the body is over the limit.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 401 `unauthorized`: admin endpoint without the right bearer token.
+    #[error("this endpoint needs `Authorization: Bearer <ADMIN_TOKEN>`")]
+    Unauthorized,
+    /// 403 `forbidden`: admin endpoint on a non-loopback bind with no token set.
+    #[error("admin endpoints are disabled: set ADMIN_TOKEN or bind to a loopback address")]
+    AdminDisabled,
+    /// 404 `item_not_found`.
+    #[error("item `{0}` does not exist; create it with PUT /api/items/{0}")]
+    ItemNotFound(String),
+    /// 404 `not_found`: no such route.
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    /// 405 `method_not_allowed`.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// 409 `sold_out`.
+    #[error("item `{0}` is sold out")]
+    SoldOut(String),
+    /// 409 `limit_reached`: the user already holds the per-user limit.
+    #[error("user `{user}` already holds the limit of {limit} unit(s) of `{item}`")]
+    LimitReached {
+        item: String,
+        user: String,
+        limit: u64,
+    },
+    /// 503 `contention` with `Retry-After`: the strategy gave up (lock wait or
+    /// retries exhausted). Nothing was bought; trying again may succeed.
+    #[error("too much contention on `{item}` ({detail}); try again")]
+    Contention { item: String, detail: String },
+    /// 503 `unavailable`: Redis (or the database) cannot be reached, or the
+    /// request ran out of time. The cause is logged, not shown.
+    #[error("{what} is unavailable; try again shortly")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        source: anyhow::Error,
+    },
+    /// 500 `internal`: a bug. The cause is logged, not shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest(message.into())
+    }
+
+    /// Redis could not answer: the usual cause of a 503.
+    pub fn redis(source: impl Into<anyhow::Error>) -> Self {
+        Self::Unavailable {
+            what: "redis",
+            source: source.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::AdminDisabled => StatusCode::FORBIDDEN,
+            Self::ItemNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::SoldOut(_) | Self::LimitReached { .. } => StatusCode::CONFLICT,
+            Self::Contention { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::AdminDisabled => "forbidden",
+            Self::ItemNotFound(_) => "item_not_found",
+            Self::RouteNotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::SoldOut(_) => "sold_out",
+            Self::LimitReached { .. } => "limit_reached",
+            Self::Contention { .. } => "contention",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Unavailable { source, .. } => {
+                tracing::warn!(error = format!("{source:#}"), "{self}");
+            }
+            Self::Internal(source) => {
+                tracing::error!(error = format!("{source:#}"), "internal error")
+            }
+            _ => {}
+        }
+        let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
+        let mut response = (self.status(), body).into_response();
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // One second: long enough for a lock holder to finish or Redis to
+            // come back, short enough that a real buyer is not sent away for good.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_a_stable_code_and_status() {
+        let err = ApiError::SoldOut("a".into());
+        assert_eq!(
+            (err.status(), err.code()),
+            (StatusCode::CONFLICT, "sold_out")
+        );
+        let err = ApiError::redis(anyhow::anyhow!("connection refused"));
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !err.to_string().contains("refused"),
+            "causes stay in the log"
+        );
+    }
+}

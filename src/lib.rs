@@ -1,0 +1,18 @@
+//! seckill: a flash-sale (秒杀) service and concurrency lab.
+//!
+//! # Layout
+//! - [`cli`]: the command line (`serve`), parsed by `main.rs` and run here.
+//! - [`config`]: every setting, as a flag and an environment variable.
+//! - [`server`]: `run(listener, state, shutdown)` and `serve(config)`.
+//! - [`http`]: the router, handlers and middleware.
+//! - [`state`]: what handlers share.
+//! - [`error`]: the one API error type and its JSON shape.
+//! - [`telemetry`]: logging set-up.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod server;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,18 @@
+//! The `seckill` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = seckill::cli::Cli::parse();
+    match seckill::cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line: the cause a user needs.
+            eprintln!("seckill: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests: one binary, so the throwaway Redis and the build are shared.
+//! Each test spawns its own app on port 0 and uses its own item names.
+
+mod health;
+mod helpers;
