@@ -1,0 +1,66 @@
+//! The Redis key schema. Every key of an item carries the item in one hash tag,
+//! `seckill:{ITEM}:...`, so all of an item's keys share a cluster slot and any
+//! script or transaction over them stays legal on a cluster. Nothing outside the
+//! `seckill:` prefix is ever touched.
+
+use crate::domain::ItemId;
+
+/// Everything this service writes starts with this.
+pub const PREFIX: &str = "seckill";
+
+/// Set of item ids, for `GET /api/items`.
+pub fn items_index() -> String {
+    format!("{PREFIX}:items")
+}
+
+/// Snowflake worker lease for worker number `n`.
+pub fn worker_lease(n: u16) -> String {
+    format!("{PREFIX}:worker:{n}")
+}
+
+/// The keys of one item.
+#[derive(Debug, Clone)]
+pub struct ItemKeys {
+    /// Remaining units (string integer).
+    pub stock: String,
+    /// Hash: `initial_stock`, `per_user_limit`, `generation` (bumped by each restock).
+    pub meta: String,
+    /// Hash: user id → units held in this sale.
+    pub buyers: String,
+    /// Stream: one entry per order of the current sale (the order log).
+    pub orders: String,
+    /// The `lock` strategy's mutex (holds the owner's random token).
+    pub lock: String,
+}
+
+impl ItemKeys {
+    pub fn new(item: &ItemId) -> Self {
+        let base = format!("{PREFIX}:{{{item}}}");
+        Self {
+            stock: format!("{base}:stock"),
+            meta: format!("{base}:meta"),
+            buyers: format!("{base}:buyers"),
+            orders: format!("{base}:orders"),
+            lock: format!("{base}:lock"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_keys_of_an_item_share_one_hash_tag() {
+        let keys = ItemKeys::new(&ItemId::parse("ip17").unwrap());
+        for key in [
+            &keys.stock,
+            &keys.meta,
+            &keys.buyers,
+            &keys.orders,
+            &keys.lock,
+        ] {
+            assert!(key.starts_with("seckill:{ip17}:"), "{key}");
+        }
+    }
+}
