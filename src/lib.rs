@@ -9,7 +9,19 @@
 //! - [`error`]: the one API error type and its JSON shape.
 //! - [`telemetry`]: logging set-up.
 //! - [`domain`]: validated ids from the edge; [`keys`]: the Redis key schema.
-//! - [`snowflake`]: order ids.
+//! - [`snowflake`]: order ids; [`lease`]: the worker number they carry.
+//! - [`strategy`]: the concurrency-control strategies, one file each.
+//! - [`sale`]: items, restocks and the truths of a sale; [`stats`]: counters.
+//! - [`redis_server`]: the private `redis-server` child.
+//!
+//! # A purchase, start to end
+//! `POST /api/items/{item}/purchase` reaches [`http`], which validates the item,
+//! user and strategy name into [`domain`] types and picks the strategy from the
+//! [`strategy::Registry`] held in [`state::AppState`]. It mints a [`snowflake`]
+//! id, hands both to [`strategy::Strategy::purchase`], which checks and writes
+//! the item's keys ([`keys`]) in Redis under its own guard and reports an
+//! [`strategy::Outcome`]. [`stats`] counts the outcome, and [`error`] turns
+//! every rejection into its status and JSON shape.
 
 pub mod cli;
 pub mod config;
@@ -17,7 +29,12 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod lease;
+pub mod redis_server;
+pub mod sale;
 pub mod server;
 pub mod snowflake;
 pub mod state;
+pub mod stats;
+pub mod strategy;
 pub mod telemetry;

@@ -8,7 +8,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::state::AppState;
+use crate::redis_server::{RedisServer, RedisServerOptions};
+use crate::state::{App, AppState};
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish (each is bounded by the request timeout).
@@ -24,17 +25,45 @@ pub async fn run(
         .context("HTTP server failed")
 }
 
-/// `seckill serve`: builds everything from `config` and serves until ctrl-c or SIGTERM.
+/// `seckill serve`: builds everything from `config` and serves until ctrl-c or
+/// SIGTERM, then stops background work and the private Redis, if any.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::telemetry::init(config.log_format);
+
+    // Declared first so it is dropped (killed) last, after everything using it.
+    let mut embedded = None;
+    let redis_url = match &config.redis_url {
+        Some(url) => url.clone(),
+        None => {
+            let server = RedisServer::start(RedisServerOptions {
+                bin: config.redis_server_bin.clone(),
+                ..RedisServerOptions::default()
+            })?;
+            tracing::info!(
+                url = %server.url(),
+                "no REDIS_URL: started a private redis-server (no persistence; stopped on exit)"
+            );
+            let url = server.url();
+            embedded = Some(server);
+            url
+        }
+    };
+
+    let app = App::build(&config, &redis_url).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let state = AppState {
-        request_timeout: config.request_timeout(),
-    };
-    tracing::info!(address = %listener.local_addr()?, "seckill serving");
-    run(listener, state, shutdown_signal()).await
+    tracing::info!(
+        address = %listener.local_addr()?,
+        worker = app.state.ids.worker(),
+        default_strategy = %app.state.default_strategy,
+        "seckill serving"
+    );
+    let served = run(listener, app.state.clone(), shutdown_signal()).await;
+    app.shutdown().await;
+    drop(embedded);
+    tracing::info!("stopped");
+    served
 }
 
 /// Resolves on ctrl-c or SIGTERM.

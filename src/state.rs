@@ -1,10 +1,174 @@
-//! Shared application state handed to every handler.
+//! Shared application state, and [`App::build`], which turns a [`Config`] and a
+//! Redis URL into that state: connections, strategies, the id generator and its
+//! worker lease.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::Config;
+use crate::lease::WorkerLease;
+use crate::sale::Sales;
+use crate::snowflake::{IdError, OrderId, Snowflake};
+use crate::stats::Stats;
+use crate::strategy::{self, Registry, StrategyKind};
+
+/// Who may call the admin endpoints.
+#[derive(Debug, Clone)]
+pub enum AdminPolicy {
+    /// `Authorization: Bearer <token>` required.
+    Token(Arc<str>),
+    /// No token configured: allowed only while bound to loopback, where only
+    /// this machine can reach the server.
+    LoopbackOnly { bound_to_loopback: bool },
+}
+
+/// Mints order ids, refusing while the worker lease is lost.
+#[derive(Debug, Clone)]
+pub struct IdMinter {
+    generator: Arc<Snowflake>,
+    /// Set by the lease task when another instance took our worker number.
+    blocked: Arc<AtomicBool>,
+}
+
+/// Why no id was minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error(transparent)]
+    Clock(#[from] IdError),
+    #[error("this instance's snowflake worker lease was lost")]
+    LeaseLost,
+}
+
+impl IdMinter {
+    pub fn new(generator: Snowflake, blocked: Arc<AtomicBool>) -> Self {
+        Self {
+            generator: Arc::new(generator),
+            blocked,
+        }
+    }
+
+    pub fn next(&self) -> Result<OrderId, MintError> {
+        if self.blocked.load(Ordering::Relaxed) {
+            return Err(MintError::LeaseLost);
+        }
+        Ok(self.generator.next_id()?)
+    }
+
+    pub fn worker(&self) -> u16 {
+        self.generator.worker()
+    }
+}
 
 /// Cheap to clone: everything inside is shared.
 #[derive(Clone)]
 pub struct AppState {
+    /// Multiplexed connection (reconnects by itself) for one-round-trip work.
+    pub redis: ConnectionManager,
+    pub sales: Sales,
+    pub stats: Arc<Stats>,
+    pub strategies: Arc<Registry>,
+    pub default_strategy: StrategyKind,
+    pub ids: IdMinter,
+    pub admin: AdminPolicy,
     /// Upper bound on a request's time.
     pub request_timeout: Duration,
+}
+
+/// The state plus what must be stopped cleanly on shutdown.
+pub struct App {
+    pub state: AppState,
+    lease: Option<WorkerLease>,
+}
+
+impl App {
+    /// Connects to Redis at `redis_url` and builds everything the handlers need.
+    pub async fn build(config: &Config, redis_url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(redis_url)
+            .with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
+        let timeout = config.redis_timeout();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            // Reconnect quickly and give up soon: a request waiting on a
+            // reconnect should get its 503 within the Redis timeout, and the
+            // next request starts a fresh reconnect anyway.
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = ConnectionManager::new_with_config(client, manager_config)
+            .await
+            .with_context(|| format!("cannot connect to Redis at {redis_url}"))?;
+
+        let mut pool_config = deadpool_redis::Config::from_url(redis_url);
+        pool_config.pool = Some(PoolConfig {
+            max_size: config.redis_pool_size,
+            timeouts: Timeouts {
+                wait: Some(timeout),
+                create: Some(timeout),
+                recycle: Some(timeout),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = pool_config
+            .create_pool(Some(Runtime::Tokio1))
+            .context("cannot build the Redis connection pool")?;
+
+        let mut strategies = Registry::default();
+        strategies.register(Arc::new(strategy::naive::Naive::new(
+            redis.clone(),
+            Duration::from_millis(config.naive_race_window_ms),
+        )));
+        strategies.register(Arc::new(strategy::optimistic::Optimistic::new(
+            pool,
+            config.optimistic_max_retries,
+        )));
+        strategies.register(Arc::new(strategy::lock::Lock::new(
+            redis.clone(),
+            config.lock_ttl(),
+            config.lock_wait(),
+        )));
+        strategies.register(Arc::new(strategy::lua::Lua::new(redis.clone())));
+        let default_strategy = strategies
+            .get(&config.default_strategy)
+            .map_err(|msg| anyhow::anyhow!("DEFAULT_STRATEGY: {msg}"))?
+            .kind();
+
+        let (worker, blocked, lease) = match config.worker_id {
+            Some(worker) => (worker, Arc::new(AtomicBool::new(false)), None),
+            None => {
+                let lease = WorkerLease::acquire(redis.clone()).await?;
+                (lease.worker(), lease.lost_flag(), Some(lease))
+            }
+        };
+
+        let admin = match &config.admin_token {
+            Some(token) if !token.is_empty() => AdminPolicy::Token(token.as_str().into()),
+            _ => AdminPolicy::LoopbackOnly {
+                bound_to_loopback: config.listen.ip().is_loopback(),
+            },
+        };
+
+        let state = AppState {
+            sales: Sales::new(redis.clone()),
+            redis,
+            stats: Arc::new(Stats::default()),
+            strategies: Arc::new(strategies),
+            default_strategy,
+            ids: IdMinter::new(Snowflake::new(worker), blocked),
+            admin,
+            request_timeout: config.request_timeout(),
+        };
+        Ok(Self { state, lease })
+    }
+
+    /// Stops background work: releases the worker lease.
+    pub async fn shutdown(self) {
+        if let Some(lease) = self.lease {
+            lease.release().await;
+        }
+    }
 }

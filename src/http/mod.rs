@@ -2,19 +2,27 @@
 //! they validate input into domain types, call the library, and map outcomes to
 //! responses.
 
+mod admin;
 mod health;
+mod ids;
+mod items;
+mod purchase;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::Uri;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::domain::ItemId;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -26,8 +34,17 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/items", get(items::list_items))
+        .route(
+            "/api/items/{item}",
+            get(items::get_item).put(items::put_item),
+        )
+        .route("/api/items/{item}/purchase", post(purchase::purchase))
+        .route("/api/ids/{id}", get(ids::decode))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
@@ -56,4 +73,30 @@ async fn request_timeout(State(limit): State<Duration>, request: Request, next: 
         }
         .into_response(),
     }
+}
+
+/// The `{item}` path segment as a validated id.
+fn item_id(path: Result<Path<String>, PathRejection>) -> Result<ItemId, ApiError> {
+    let Path(raw) = path.map_err(|r| ApiError::invalid(r.body_text()))?;
+    ItemId::parse(&raw).map_err(ApiError::invalid)
+}
+
+/// Parses a JSON body whatever its content type (`curl -d` sends a form type),
+/// mapping every failure to our error shape. An empty body is `None`.
+fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Option<T>, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+        } else {
+            ApiError::invalid(rejection.body_text())
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|err| ApiError::invalid(format!("invalid JSON body: {err}")))
 }

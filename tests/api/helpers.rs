@@ -1,26 +1,193 @@
-//! Test harness: `spawn_app()` serves the real router on a port-0 listener.
+//! Test harness. One throwaway `redis-server` per test binary, on a random port;
+//! each test spawns its own app on port 0 with its own item names, so tests run
+//! in parallel without seeing each other.
 
-use seckill::state::AppState;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use reqwest::{Response, StatusCode};
+use seckill::config::Config;
+use seckill::redis_server::{RedisServer, RedisServerOptions};
+use seckill::state::App;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The Redis shared by the tests of this binary. Never dropped: it dies with
+/// the test process (the child is spawned with PDEATHSIG).
+pub fn shared_redis() -> &'static RedisServer {
+    static REDIS: OnceLock<RedisServer> = OnceLock::new();
+    REDIS.get_or_init(|| {
+        RedisServer::start(RedisServerOptions::default())
+            .expect("tests need `redis-server` on PATH (apt-get install redis-server)")
+    })
+}
 
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    pub redis_url: String,
+    /// Dropping the app stops its server.
+    _stop: oneshot::Sender<()>,
+}
+
+/// A unique item name, so parallel tests never share an item.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns an app on the shared Redis with `tweak` applied to the default config.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(&shared_redis().url(), tweak).await
+}
+
+/// Spawns an app on the Redis at `redis_url`.
+pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    seckill::telemetry::init(seckill::telemetry::LogFormat::Pretty);
+    let mut config = Config::defaults();
+    tweak(&mut config);
+    let app = App::build(&config, redis_url)
+        .await
+        .expect("app builds against the test Redis");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState {
-        request_timeout: std::time::Duration::from_secs(10),
-    };
-    tokio::spawn(seckill::server::run(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let state = app.state.clone();
+    tokio::spawn(async move {
+        seckill::server::run(listener, state, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("server runs");
+        app.shutdown().await;
+    });
     TestApp {
         address,
         client: reqwest::Client::new(),
+        redis_url: redis_url.to_owned(),
+        _stop: stop,
     }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// `PUT /api/items/{item}` with the given stock and per-user limit.
+    pub async fn restock(&self, item: &str, stock: u64, limit: u64) -> Response {
+        self.client
+            .put(self.url(&format!("/api/items/{item}")))
+            .json(&json!({"stock": stock, "per_user_limit": limit}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates an item, asserting success.
+    pub async fn create_item(&self, item: &str, stock: u64, limit: u64) {
+        let response = self.restock(item, stock, limit).await;
+        assert!(
+            response.status().is_success(),
+            "{:?}",
+            response.text().await
+        );
+    }
+
+    /// `POST /api/items/{item}/purchase` with a JSON body.
+    pub async fn purchase(&self, item: &str, user: &str, strategy: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/api/items/{item}/purchase")))
+            .json(&json!({"user_id": user, "strategy": strategy}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /api/items/{item}` as JSON, asserting 200.
+    pub async fn item(&self, item: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/api/items/{item}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Every key of `item` with its full value, to assert a request changed
+    /// nothing.
+    pub async fn redis_snapshot(&self, item: &str) -> BTreeMap<String, String> {
+        let mut redis = self.redis().await;
+        let pattern = format!("seckill:{{{item}}}:*");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let mut snapshot = BTreeMap::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let mut read = match kind.as_str() {
+                "string" => redis::cmd("GET"),
+                "hash" => redis::cmd("HGETALL"),
+                "stream" => redis::cmd("XRANGE"),
+                "set" => redis::cmd("SMEMBERS"),
+                other => panic!("unexpected type {other} for {key}"),
+            };
+            read.arg(&key);
+            if kind == "stream" {
+                read.arg("-").arg("+");
+            }
+            let value: redis::Value = read.query_async(&mut redis).await.unwrap();
+            snapshot.insert(key, format!("{value:?}"));
+        }
+        snapshot
+    }
+}
+
+/// Status and JSON body of a response.
+pub async fn status_and_json(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|err| panic!("not JSON ({err}): {status} {text:?}"));
+    (status, body)
+}
+
+/// Asserts the documented error status and code.
+pub async fn assert_error(response: Response, status: u16, code: &str) -> Value {
+    let (actual, body) = status_and_json(response).await;
+    assert_eq!(
+        (actual.as_u16(), body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
 }

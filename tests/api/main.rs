@@ -1,5 +1,9 @@
 //! Integration tests: one binary, so the throwaway Redis and the build are shared.
 //! Each test spawns its own app on port 0 and uses its own item names.
 
+mod bad_input;
+mod concurrency;
+mod endpoints;
 mod health;
 mod helpers;
+mod redis_down;

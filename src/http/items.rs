@@ -1,0 +1,104 @@
+//! `PUT /api/items/{item}` (admin), `GET /api/items`, `GET /api/items/{item}`.
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::admin::Admin;
+use super::{item_id, json_body};
+use crate::error::ApiError;
+use crate::sale::{ItemSettings, ItemView, MAX_PER_USER_LIMIT, MAX_STOCK};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemInput {
+    stock: u64,
+    #[serde(default = "one")]
+    per_user_limit: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl ItemInput {
+    fn validate(self) -> Result<ItemSettings, ApiError> {
+        if self.stock > MAX_STOCK {
+            return Err(ApiError::invalid(format!(
+                "stock must be at most {MAX_STOCK}"
+            )));
+        }
+        if !(1..=MAX_PER_USER_LIMIT).contains(&self.per_user_limit) {
+            return Err(ApiError::invalid(format!(
+                "per_user_limit must be between 1 and {MAX_PER_USER_LIMIT}"
+            )));
+        }
+        Ok(ItemSettings {
+            stock: self.stock,
+            per_user_limit: self.per_user_limit,
+        })
+    }
+}
+
+/// Create or restock an item; its sale starts over. 201 when created, 200 when
+/// restocked; the body is the fresh item view.
+#[tracing::instrument(skip_all)]
+pub async fn put_item(
+    _admin: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<ItemView>), ApiError> {
+    let item = item_id(path)?;
+    let input: ItemInput = json_body(body)?.ok_or_else(|| {
+        ApiError::invalid(r#"a JSON body is required, e.g. {"stock":100,"per_user_limit":1}"#)
+    })?;
+    let settings = input.validate()?;
+    let restocked = state
+        .sales
+        .restock(&item, settings, &state.stats)
+        .await
+        .map_err(ApiError::redis)?;
+    tracing::info!(%item, stock = settings.stock, generation = restocked.generation, "item restocked");
+    let view = state
+        .sales
+        .view(&item, &state.stats)
+        .await
+        .map_err(ApiError::redis)?
+        .ok_or_else(|| ApiError::ItemNotFound(item.to_string()))?;
+    let status = if restocked.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)))
+}
+
+/// One item with the truths of its sale.
+pub async fn get_item(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ItemView>, ApiError> {
+    let item = item_id(path)?;
+    state
+        .sales
+        .view(&item, &state.stats)
+        .await
+        .map_err(ApiError::redis)?
+        .map(Json)
+        .ok_or_else(|| ApiError::ItemNotFound(item.to_string()))
+}
+
+/// Every item.
+pub async fn list_items(State(state): State<AppState>) -> Result<Json<Vec<ItemView>>, ApiError> {
+    state
+        .sales
+        .list(&state.stats)
+        .await
+        .map(Json)
+        .map_err(ApiError::redis)
+}

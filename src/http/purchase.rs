@@ -1,0 +1,135 @@
+//! `POST /api/items/{item}/purchase`: the one purchase endpoint.
+//!
+//! `user_id` and `strategy` come from the JSON body or the query string (so
+//! wrk and oha one-liners can vary the user per request). Naming one in both
+//! places with different values is a 400; so is anything unknown in the body.
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{item_id, json_body};
+use crate::domain::{ItemId, UserId};
+use crate::error::ApiError;
+use crate::snowflake::OrderId;
+use crate::state::AppState;
+use crate::strategy::{Outcome, Purchase, StrategyError, StrategyKind};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseInput {
+    user_id: Option<String>,
+    strategy: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Purchased {
+    pub order_id: OrderId,
+    pub item_id: ItemId,
+    pub user_id: UserId,
+    pub strategy: StrategyKind,
+    pub remaining: i64,
+}
+
+/// The value given in the query or the body; both is fine only if they agree.
+fn one_of(
+    field: &str,
+    query: Option<String>,
+    body: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    match (query, body) {
+        (Some(q), Some(b)) if q != b => Err(ApiError::invalid(format!(
+            "`{field}` is `{q}` in the query but `{b}` in the body; give one, or the same in both"
+        ))),
+        (q, b) => Ok(q.or(b)),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(item, user, strategy))]
+pub async fn purchase(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PurchaseInput>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Purchased>), ApiError> {
+    let item = item_id(path)?;
+    let Query(query) =
+        query.map_err(|r| ApiError::invalid(format!("query string: {}", r.body_text())))?;
+    let body: PurchaseInput = json_body(body)?.unwrap_or_default();
+    let user = one_of("user_id", query.user_id, body.user_id)?.ok_or_else(|| {
+        ApiError::invalid("user_id is required, in the JSON body or the query string")
+    })?;
+    let user = UserId::parse(&user).map_err(ApiError::invalid)?;
+    let strategy = match one_of("strategy", query.strategy, body.strategy)? {
+        Some(name) => state.strategies.get(&name).map_err(ApiError::invalid)?,
+        None => state
+            .strategies
+            .get(state.default_strategy.as_str())
+            .map_err(|msg| {
+                ApiError::Internal(anyhow::anyhow!("default strategy missing: {msg}"))
+            })?,
+    };
+    let kind = strategy.kind();
+    let span = tracing::Span::current();
+    span.record("item", item.as_str());
+    span.record("user", user.as_str());
+    span.record("strategy", kind.as_str());
+
+    let order_id = state.ids.next().map_err(|err| ApiError::Unavailable {
+        what: "the order id generator",
+        source: err.into(),
+    })?;
+    let purchase = Purchase::new(item, user, order_id, kind);
+    let attempt = match strategy.purchase(&purchase).await {
+        Ok(attempt) => attempt,
+        Err(err) => {
+            state.stats.record_error(&purchase.item, kind);
+            return Err(match err {
+                StrategyError::Redis(_) | StrategyError::Pool(_) => ApiError::redis(err),
+                StrategyError::Protocol(_) => ApiError::Internal(err.into()),
+            });
+        }
+    };
+    state.stats.record(&purchase.item, kind, &attempt);
+    let Purchase { item, user, .. } = purchase;
+    match attempt.outcome {
+        Outcome::Purchased { remaining } => Ok((
+            StatusCode::CREATED,
+            Json(Purchased {
+                order_id,
+                item_id: item,
+                user_id: user,
+                strategy: kind,
+                remaining,
+            }),
+        )),
+        Outcome::SoldOut => Err(ApiError::SoldOut(item.to_string())),
+        Outcome::LimitReached { limit } => Err(ApiError::LimitReached {
+            item: item.to_string(),
+            user: user.to_string(),
+            limit,
+        }),
+        Outcome::ItemNotFound => Err(ApiError::ItemNotFound(item.to_string())),
+        Outcome::Contended { detail } => Err(ApiError::Contention {
+            item: item.to_string(),
+            detail,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_of;
+
+    #[test]
+    fn query_and_body_may_agree_but_not_conflict() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(one_of("f", s("a"), None).unwrap(), s("a"));
+        assert_eq!(one_of("f", None, s("b")).unwrap(), s("b"));
+        assert_eq!(one_of("f", s("a"), s("a")).unwrap(), s("a"));
+        assert!(one_of("f", s("a"), s("b")).is_err());
+    }
+}

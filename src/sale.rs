@@ -1,0 +1,175 @@
+//! Items and their sales: create or restock (`PUT`), and the item view with the
+//! truths of a sale, each from its own source:
+//!
+//! - `stock`: the stock counter the strategies decrement;
+//! - `sold`: entries in the item's order log (a stream), one per 201;
+//! - `oversold` = max(0, sold − initial_stock);
+//! - `drift` = (initial_stock − stock) − sold: zero when every sale moved the
+//!   counter by exactly one; negative when updates were lost (`naive`), which
+//!   hides oversell from the counter alone;
+//! - `undersold` = min(stock, contention refusals): units left on the shelf
+//!   while buyers were turned away;
+//! - per-strategy counters from [`crate::stats`].
+
+use std::collections::BTreeMap;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+use crate::domain::ItemId;
+use crate::keys::{self, ItemKeys};
+use crate::stats::{CounterSnapshot, Stats};
+use crate::strategy::StrategyKind;
+
+/// Largest stock one item may hold: far above any real flash sale, far below
+/// where counters could overflow.
+pub const MAX_STOCK: u64 = 1_000_000_000;
+/// Largest per-user limit.
+pub const MAX_PER_USER_LIMIT: u64 = 1_000_000;
+
+/// What `PUT /api/items/{item}` sets.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemSettings {
+    pub stock: u64,
+    pub per_user_limit: u64,
+}
+
+/// Result of a restock.
+#[derive(Debug, Clone, Copy)]
+pub struct Restocked {
+    pub generation: u64,
+    pub created: bool,
+}
+
+/// The item view of `GET /api/items/{item}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemView {
+    pub item_id: ItemId,
+    pub initial_stock: u64,
+    /// Remaining units, as the stock counter says.
+    pub stock: i64,
+    pub per_user_limit: u64,
+    /// Sale number: bumped by every restock.
+    pub generation: u64,
+    pub sold: u64,
+    pub oversold: u64,
+    pub drift: i64,
+    pub undersold: u64,
+    /// Orders of this item in SQL; `null` while no database is configured.
+    pub persisted: Option<u64>,
+    pub strategies: BTreeMap<StrategyKind, CounterSnapshot>,
+}
+
+/// Replies to the view's pipeline: `HMGET meta initial_stock per_user_limit
+/// generation`, `GET stock`, `XLEN orders`.
+type ViewReplies = ((Option<u64>, Option<u64>, Option<u64>), Option<i64>, u64);
+
+/// Item administration and views.
+#[derive(Clone)]
+pub struct Sales {
+    redis: ConnectionManager,
+    restock: Script,
+}
+
+impl Sales {
+    pub fn new(redis: ConnectionManager) -> Self {
+        Self {
+            redis,
+            restock: Script::new(include_str!("restock.lua")),
+        }
+    }
+
+    /// Creates or restocks `item` and resets its sale (buyers, lock, order log,
+    /// counters). The previous order log is kept under a new name.
+    pub async fn restock(
+        &self,
+        item: &ItemId,
+        settings: ItemSettings,
+        stats: &Stats,
+    ) -> redis::RedisResult<Restocked> {
+        let keys = ItemKeys::new(item);
+        let archive = format!("{}:archived:{}", keys.orders, uuid::Uuid::new_v4().simple());
+        let mut redis = self.redis.clone();
+        let (generation, created): (u64, u8) = self
+            .restock
+            .key(&keys.stock)
+            .key(&keys.meta)
+            .key(&keys.buyers)
+            .key(&keys.orders)
+            .key(&keys.lock)
+            .key(&archive)
+            .arg(settings.stock)
+            .arg(settings.per_user_limit)
+            .invoke_async(&mut redis)
+            .await?;
+        // The index lives outside the item's hash tag, so it cannot join the
+        // script; a crash between the two leaves an item missing from the list
+        // until its next restock, never a wrong count.
+        redis::cmd("SADD")
+            .arg(keys::items_index())
+            .arg(item.as_str())
+            .exec_async(&mut redis)
+            .await?;
+        stats.reset(item);
+        Ok(Restocked {
+            generation,
+            created: created == 1,
+        })
+    }
+
+    /// The item view, or `None` if the item does not exist.
+    pub async fn view(&self, item: &ItemId, stats: &Stats) -> redis::RedisResult<Option<ItemView>> {
+        let keys = ItemKeys::new(item);
+        let ((initial, limit, generation), stock, sold): ViewReplies = redis::pipe()
+            .cmd("HMGET")
+            .arg(&keys.meta)
+            .arg(&["initial_stock", "per_user_limit", "generation"])
+            .cmd("GET")
+            .arg(&keys.stock)
+            .cmd("XLEN")
+            .arg(&keys.orders)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let (Some(initial_stock), Some(per_user_limit)) = (initial, limit) else {
+            return Ok(None);
+        };
+        let stock = stock.unwrap_or(0);
+        let strategies = stats.snapshot(item);
+        let contention: u64 = strategies.values().map(|c| c.contention).sum();
+        Ok(Some(ItemView {
+            item_id: item.clone(),
+            initial_stock,
+            stock,
+            per_user_limit,
+            generation: generation.unwrap_or(0),
+            sold,
+            oversold: sold.saturating_sub(initial_stock),
+            drift: (initial_stock as i64 - stock) - sold as i64,
+            undersold: (stock.max(0) as u64).min(contention),
+            persisted: None,
+            strategies,
+        }))
+    }
+
+    /// Every item, by id.
+    pub async fn list(&self, stats: &Stats) -> redis::RedisResult<Vec<ItemView>> {
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::items_index())
+            .query_async(&mut self.redis.clone())
+            .await?;
+        ids.sort();
+        let mut views = Vec::with_capacity(ids.len());
+        for id in ids {
+            // The index only ever receives validated ids; skip anything else
+            // that found its way in rather than fail the whole listing.
+            let Ok(item) = ItemId::parse(&id) else {
+                continue;
+            };
+            if let Some(view) = self.view(&item, stats).await? {
+                views.push(view);
+            }
+        }
+        Ok(views)
+    }
+}

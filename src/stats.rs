@@ -1,0 +1,169 @@
+//! Per-item, per-strategy request counters: what each strategy answered.
+//!
+//! These are one source of truth about a sale; the order log and the stock
+//! counter in Redis are the others, read independently by [`crate::sale`], so
+//! a strategy that lies in its answers still shows up in `sold`, `oversold` and
+//! `drift`. Counters are in-process atomics: counting costs no Redis round trip,
+//! which matters when the strategies are being raced. They count this
+//! instance's requests since the item's last restock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use crate::domain::ItemId;
+use crate::strategy::{Attempt, Outcome, StrategyKind};
+
+#[derive(Debug, Default)]
+struct Counters {
+    attempts: AtomicU64,
+    purchased: AtomicU64,
+    sold_out: AtomicU64,
+    limit_reached: AtomicU64,
+    not_found: AtomicU64,
+    contention: AtomicU64,
+    retries: AtomicU64,
+    errors: AtomicU64,
+    lock_expired: AtomicU64,
+}
+
+/// A point-in-time copy of one strategy's counters on one item.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CounterSnapshot {
+    pub attempts: u64,
+    pub purchased: u64,
+    pub sold_out: u64,
+    pub limit_reached: u64,
+    pub contention: u64,
+    pub retries: u64,
+    pub errors: u64,
+    pub lock_expired: u64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> CounterSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            attempts: get(&self.attempts),
+            purchased: get(&self.purchased),
+            sold_out: get(&self.sold_out),
+            limit_reached: get(&self.limit_reached),
+            contention: get(&self.contention),
+            retries: get(&self.retries),
+            errors: get(&self.errors),
+            lock_expired: get(&self.lock_expired),
+        }
+    }
+}
+
+type ItemCounters = [Counters; StrategyKind::ALL.len()];
+
+/// All counters of this instance.
+#[derive(Debug, Default)]
+pub struct Stats {
+    items: RwLock<HashMap<ItemId, Arc<ItemCounters>>>,
+}
+
+impl Stats {
+    fn item(&self, item: &ItemId) -> Arc<ItemCounters> {
+        // A poisoned lock means a panic while holding it; the map itself is
+        // still consistent (inserts are single operations), so keep going.
+        if let Some(found) = self
+            .items
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(item)
+        {
+            return Arc::clone(found);
+        }
+        let mut items = self.items.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(items.entry(item.clone()).or_default())
+    }
+
+    /// Counts one attempt that came to an outcome.
+    pub fn record(&self, item: &ItemId, kind: StrategyKind, attempt: &Attempt) {
+        let counters = self.item(item);
+        let c = &counters[kind.index()];
+        c.attempts.fetch_add(1, Ordering::Relaxed);
+        c.retries
+            .fetch_add(u64::from(attempt.retries), Ordering::Relaxed);
+        if attempt.lock_expired {
+            c.lock_expired.fetch_add(1, Ordering::Relaxed);
+        }
+        let field = match attempt.outcome {
+            Outcome::Purchased { .. } => &c.purchased,
+            Outcome::SoldOut => &c.sold_out,
+            Outcome::LimitReached { .. } => &c.limit_reached,
+            Outcome::ItemNotFound => &c.not_found,
+            Outcome::Contended { .. } => &c.contention,
+        };
+        field.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one attempt that failed (Redis unreachable and the like).
+    pub fn record_error(&self, item: &ItemId, kind: StrategyKind) {
+        let counters = self.item(item);
+        let c = &counters[kind.index()];
+        c.attempts.fetch_add(1, Ordering::Relaxed);
+        c.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Forgets an item's counters: its sale starts over.
+    pub fn reset(&self, item: &ItemId) {
+        self.items
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(item);
+    }
+
+    /// The counters of every strategy that has seen an attempt on `item`.
+    pub fn snapshot(&self, item: &ItemId) -> BTreeMap<StrategyKind, CounterSnapshot> {
+        let Some(counters) = self
+            .items
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(item)
+            .cloned()
+        else {
+            return BTreeMap::new();
+        };
+        StrategyKind::ALL
+            .into_iter()
+            .map(|kind| (kind, counters[kind.index()].snapshot()))
+            .filter(|(_, snap)| snap.attempts > 0)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_land_in_their_own_counter_and_reset_clears_them() {
+        let stats = Stats::default();
+        let item = ItemId::parse("a").unwrap();
+        stats.record(
+            &item,
+            StrategyKind::Lock,
+            &Attempt::new(Outcome::Purchased { remaining: 1 }).with_retries(3),
+        );
+        stats.record(&item, StrategyKind::Lock, &Attempt::new(Outcome::SoldOut));
+        stats.record_error(&item, StrategyKind::Lua);
+        let snap = stats.snapshot(&item);
+        let lock = snap[&StrategyKind::Lock];
+        assert_eq!(
+            (lock.attempts, lock.purchased, lock.sold_out, lock.retries),
+            (2, 1, 1, 3)
+        );
+        assert_eq!(snap[&StrategyKind::Lua].errors, 1);
+        assert!(
+            !snap.contains_key(&StrategyKind::Naive),
+            "unused strategies are left out"
+        );
+        stats.reset(&item);
+        assert!(stats.snapshot(&item).is_empty());
+    }
+}

@@ -1,0 +1,135 @@
+//! `optimistic`: WATCH/MULTI/EXEC. Watch the item's keys, read, decide, then
+//! write in a transaction that Redis aborts if any watched key changed since the
+//! WATCH. An aborted transaction is retried (bounded, counted).
+//!
+//! WATCH belongs to a connection, so this strategy takes a dedicated connection
+//! from the pool for the whole attempt; a shared multiplexed connection would mix
+//! up every buyer's watches. The WATCH rides in the same pipeline as the reads
+//! (Redis runs one connection's commands in order), so an attempt is two round
+//! trips: WATCH+reads, then MULTI..EXEC.
+//!
+//! Why retries can stay bounded without turning buyers away: only a successful
+//! purchase (or a restock) writes the watched keys, so a buyer is aborted at most
+//! once per unit someone else bought. With `max_retries` at or above the stock,
+//! no buyer gives up while stock remains.
+
+use async_trait::async_trait;
+use deadpool_redis::{Connection, Pool};
+
+use super::{Attempt, Outcome, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
+
+pub struct Optimistic {
+    pool: Pool,
+    max_retries: u32,
+}
+
+impl Optimistic {
+    pub fn new(pool: Pool, max_retries: u32) -> Self {
+        Self { pool, max_retries }
+    }
+
+    async fn attempt(
+        &self,
+        conn: &mut Connection,
+        purchase: &Purchase,
+    ) -> Result<Attempt, StrategyError> {
+        let keys = &purchase.keys;
+        let mut retries = 0;
+        loop {
+            let mut read = redis::pipe();
+            read.cmd("WATCH")
+                .arg(&keys.stock)
+                .arg(&keys.buyers)
+                .arg(&keys.meta)
+                .ignore();
+            Snapshot::read(&mut read, purchase);
+            let snapshot = Snapshot::from_replies(read.query_async(&mut **conn).await?);
+            if let Some(rejection) = snapshot.rejection() {
+                redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
+                return Ok(Attempt::new(rejection).with_retries(retries));
+            }
+
+            let committed: Option<(i64,)> = redis::pipe()
+                .atomic()
+                .cmd("DECR")
+                .arg(&keys.stock)
+                .cmd("HINCRBY")
+                .arg(&keys.buyers)
+                .arg(purchase.user.as_str())
+                .arg(1)
+                .ignore()
+                .cmd("XADD")
+                .arg(&keys.orders)
+                .arg("*")
+                .arg(&purchase.order_fields())
+                .ignore()
+                .query_async(&mut **conn)
+                .await?;
+            match committed {
+                Some((remaining,)) => {
+                    return Ok(Attempt::new(Outcome::Purchased { remaining }).with_retries(retries));
+                }
+                None if retries < self.max_retries => {
+                    retries += 1;
+                    // Let the winner's task and the other losers run before we
+                    // re-read; sleeping a whole timer tick (1 ms) would cost
+                    // more than the retry itself.
+                    tokio::task::yield_now().await;
+                }
+                None => {
+                    return Ok(Attempt::new(Outcome::Contended {
+                        detail: format!(
+                            "transaction aborted {} times by concurrent buyers",
+                            retries + 1
+                        ),
+                    })
+                    .with_retries(retries));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Strategy for Optimistic {
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::Optimistic
+    }
+
+    async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
+        let mut checkout = Checkout(Some(self.pool.get().await?));
+        let result = self.attempt(checkout.conn(), purchase).await;
+        if result.is_ok() {
+            checkout.give_back();
+        }
+        result
+    }
+}
+
+/// A pooled connection that goes back to the pool only when an attempt ended
+/// cleanly. After an error, or when the request was cancelled mid-attempt, it
+/// may still hold a WATCH or be broken, so it is discarded rather than handed
+/// to the next buyer.
+struct Checkout(Option<Connection>);
+
+impl Checkout {
+    fn conn(&mut self) -> &mut Connection {
+        // Only `give_back` and `drop` empty the slot, and both consume or end
+        // the checkout, so the connection is always here while in use.
+        self.0
+            .as_mut()
+            .expect("connection present until given back")
+    }
+
+    fn give_back(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Connection::take(conn));
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Many buyers at once, over HTTP, against real Redis. One harness judges every
+//! sale by the invariants of DESIGN.md; the same harness must flag `naive`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with, unique};
+
+/// What happened in one concurrent sale.
+struct SaleReport {
+    stock: u64,
+    limit: u64,
+    /// Distinct buyers that kept trying.
+    distinct_users: usize,
+    statuses: BTreeMap<u16, usize>,
+    /// Order ids of the 201 responses.
+    order_ids: Vec<String>,
+    /// Order ids in the item's order log (the Redis stream).
+    logged_ids: Vec<String>,
+    /// Units per user, as the buyers hash says.
+    held: HashMap<String, u64>,
+    view: Value,
+}
+
+/// Fires one purchase per entry of `users`, all at once, then gathers the truth.
+async fn race(
+    app: &Arc<TestApp>,
+    strategy: &str,
+    stock: u64,
+    limit: u64,
+    users: Vec<String>,
+) -> SaleReport {
+    let item = unique(strategy);
+    app.create_item(&item, stock, limit).await;
+    let distinct_users = users.iter().collect::<HashSet<_>>().len();
+
+    let mut tasks = JoinSet::new();
+    for user in users {
+        let (app, item, strategy) = (Arc::clone(app), item.clone(), strategy.to_owned());
+        tasks.spawn(async move {
+            let response = app.purchase(&item, &user, &strategy).await;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        });
+    }
+    let mut statuses = BTreeMap::new();
+    let mut order_ids = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (status, body) = joined.unwrap();
+        *statuses.entry(status).or_default() += 1;
+        if status == 201 {
+            order_ids.push(body["order_id"].as_str().unwrap().to_owned());
+        }
+    }
+
+    let mut redis = app.redis().await;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("seckill:{{{item}}}:orders"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let logged_ids = entries
+        .into_iter()
+        .filter_map(|(_, fields)| {
+            fields
+                .into_iter()
+                .find(|(k, _)| k == "order_id")
+                .map(|(_, v)| v)
+        })
+        .collect();
+    let held: HashMap<String, u64> = redis::cmd("HGETALL")
+        .arg(format!("seckill:{{{item}}}:buyers"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    SaleReport {
+        stock,
+        limit,
+        distinct_users,
+        statuses,
+        order_ids,
+        logged_ids,
+        held,
+        view: app.item(&item).await,
+    }
+}
+
+/// Every broken invariant of a sale, in words. Empty means the sale was correct.
+fn violations(report: &SaleReport) -> Vec<String> {
+    let mut found = Vec::new();
+    let successes = report.order_ids.len() as u64;
+    if successes > report.stock {
+        found.push(format!(
+            "oversold: {successes} orders for {} units",
+            report.stock
+        ));
+    }
+    let oversold = report.view["oversold"].as_u64().unwrap();
+    if oversold > 0 {
+        found.push(format!("item view reports oversold = {oversold}"));
+    }
+    let drift = report.view["drift"].as_i64().unwrap();
+    if drift != 0 {
+        found.push(format!(
+            "drift = {drift}: lost updates on the stock counter"
+        ));
+    }
+    let demand = report.distinct_users as u64 * report.limit;
+    if demand >= report.stock && successes < report.stock {
+        found.push(format!(
+            "undersold: {successes} of {} units sold with demand {demand}; statuses {:?}",
+            report.stock, report.statuses
+        ));
+    }
+    if let Some((user, n)) = report.held.iter().find(|(_, n)| **n > report.limit) {
+        found.push(format!("user {user} holds {n} > limit {}", report.limit));
+    }
+    let unique_ids: HashSet<_> = report.order_ids.iter().collect();
+    if unique_ids.len() != report.order_ids.len() {
+        found.push("duplicate order ids".into());
+    }
+    let logged: HashSet<_> = report.logged_ids.iter().collect();
+    if logged != unique_ids {
+        found.push(format!(
+            "order log differs from the 201s: {} logged, {} answered",
+            logged.len(),
+            unique_ids.len()
+        ));
+    }
+    if report.view["sold"].as_u64() != Some(successes) {
+        found.push(format!(
+            "sold = {} but {successes} 201s",
+            report.view["sold"]
+        ));
+    }
+    found
+}
+
+fn distinct_users(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("buyer{i}")).collect()
+}
+
+async fn two_hundred_buyers_for_fifty_units_sell_exactly_fifty(strategy: &str) {
+    let app = Arc::new(spawn_app().await);
+    let report = race(&app, strategy, 50, 1, distinct_users(200)).await;
+    assert_eq!(violations(&report), Vec::<String>::new(), "{strategy}");
+    assert_eq!(
+        report.statuses.get(&201),
+        Some(&50),
+        "{:?}",
+        report.statuses
+    );
+    assert_eq!(report.view["stock"], 0);
+    assert_eq!(report.view["sold"], 50);
+    assert_eq!(report.view["oversold"], 0);
+    assert_eq!(report.view["undersold"], 0);
+    let counters = &report.view["strategies"][strategy];
+    assert_eq!(counters["attempts"], 200, "{counters}");
+    assert_eq!(counters["purchased"], 50, "{counters}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimistic_sells_exactly_the_stock_to_concurrent_buyers() {
+    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("optimistic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_sells_exactly_the_stock_to_concurrent_buyers() {
+    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("lock").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lua_sells_exactly_the_stock_to_concurrent_buyers() {
+    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("lua").await;
+}
+
+/// The control group. The race window (a sleep between naive's read and write)
+/// is longer than it takes to fire all requests, so every buyer reads the same
+/// stock before anyone writes: the oversell is certain, not probable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_harness_catches_naive_overselling() {
+    let app = Arc::new(spawn_app_with(|c| c.naive_race_window_ms = 300).await);
+    let report = race(&app, "naive", 50, 1, distinct_users(200)).await;
+    let found = violations(&report);
+    assert!(
+        found.iter().any(|v| v.starts_with("oversold")),
+        "naive must oversell: {found:?} {:?}",
+        report.statuses
+    );
+    assert!(
+        report.view["oversold"].as_u64().unwrap() > 0,
+        "{}",
+        report.view
+    );
+    assert!(
+        report.view["drift"].as_i64().unwrap() < 0,
+        "{}",
+        report.view
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_hammering_gets_no_more_than_the_limit() {
+    let app = Arc::new(spawn_app().await);
+    for strategy in ["optimistic", "lock", "lua"] {
+        let report = race(&app, strategy, 10, 2, vec!["greedy".to_owned(); 60]).await;
+        assert_eq!(
+            report.statuses.get(&201),
+            Some(&2),
+            "{strategy} {:?}",
+            report.statuses
+        );
+        assert_eq!(
+            report.statuses.get(&409),
+            Some(&58),
+            "{strategy} {:?}",
+            report.statuses
+        );
+        assert_eq!(report.held.get("greedy"), Some(&2), "{strategy}");
+        assert_eq!(report.view["stock"], 8, "{strategy}");
+        let found: Vec<_> = violations(&report)
+            .into_iter()
+            .filter(|v| !v.starts_with("undersold")) // one user cannot buy 10
+            .collect();
+        assert!(found.is_empty(), "{strategy}: {found:?}");
+    }
+}

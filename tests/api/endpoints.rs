@@ -1,0 +1,194 @@
+//! The API's happy paths and shapes.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_error, spawn_app, status_and_json, unique};
+
+#[tokio::test]
+async fn a_purchase_returns_a_decimal_string_order_id_that_decodes() {
+    let app = spawn_app().await;
+    let item = unique("shape");
+    app.create_item(&item, 3, 1).await;
+    let (status, body) = status_and_json(app.purchase(&item, "u1", "lua").await).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["item_id"], item.as_str());
+    assert_eq!(body["user_id"], "u1");
+    assert_eq!(body["strategy"], "lua");
+    assert_eq!(body["remaining"], 2);
+    let id = body["order_id"].as_str().expect("order_id is a string");
+    assert!(id.parse::<u64>().is_ok(), "{id}");
+
+    let (status, decoded) = status_and_json(
+        app.client
+            .get(app.url(&format!("/api/ids/{id}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(decoded["id"], id);
+    assert!(decoded["worker"].as_u64().unwrap() <= 1023);
+    assert!(
+        decoded["time"].as_str().unwrap().starts_with("20"),
+        "{decoded}"
+    );
+    let age_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - decoded["unix_ms"].as_u64().unwrap();
+    assert!(age_ms < 60_000, "the id's time is now-ish: {age_ms} ms ago");
+}
+
+#[tokio::test]
+async fn an_id_that_is_not_a_snowflake_is_400() {
+    let app = spawn_app().await;
+    for bad in ["abc", "-1", "18446744073709551615"] {
+        let response = app
+            .client
+            .get(app.url(&format!("/api/ids/{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "invalid_request").await;
+    }
+}
+
+#[tokio::test]
+async fn the_strategy_defaults_to_lua_and_the_query_string_works_alone() {
+    let app = spawn_app().await;
+    let item = unique("query");
+    app.create_item(&item, 5, 1).await;
+    let url = app.url(&format!("/api/items/{item}/purchase"));
+    let (status, body) = status_and_json(
+        app.client
+            .post(format!("{url}?user_id=q1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status.as_u16(), &body["strategy"]), (201, &json!("lua")));
+    let (status, body) = status_and_json(
+        app.client
+            .post(format!("{url}?user_id=q2&strategy=lock"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status.as_u16(), &body["strategy"]), (201, &json!("lock")));
+    // The same value in both places is not a conflict.
+    let response = app
+        .client
+        .post(format!("{url}?strategy=optimistic"))
+        .json(&json!({"user_id":"q3","strategy":"optimistic"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn every_strategy_honours_a_per_user_limit_above_one() {
+    let app = spawn_app().await;
+    for strategy in ["naive", "optimistic", "lock", "lua"] {
+        let item = unique(strategy);
+        app.create_item(&item, 10, 2).await;
+        assert_eq!(app.purchase(&item, "u", strategy).await.status(), 201);
+        assert_eq!(app.purchase(&item, "u", strategy).await.status(), 201);
+        let body = assert_error(
+            app.purchase(&item, "u", strategy).await,
+            409,
+            "limit_reached",
+        )
+        .await;
+        assert!(body["error"]["message"].as_str().unwrap().contains('2'));
+        let view = app.item(&item).await;
+        assert_eq!(
+            (view["stock"].as_i64(), view["sold"].as_u64()),
+            (Some(8), Some(2)),
+            "{strategy}"
+        );
+        let counters = &view["strategies"][strategy];
+        assert_eq!(
+            (
+                &counters["attempts"],
+                &counters["purchased"],
+                &counters["limit_reached"]
+            ),
+            (&json!(3), &json!(2), &json!(1)),
+            "{strategy}: {counters}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restock_starts_the_sale_over_and_keeps_the_old_order_log() {
+    let app = spawn_app().await;
+    let item = unique("again");
+    app.create_item(&item, 1, 1).await;
+    assert_eq!(app.purchase(&item, "u1", "lua").await.status(), 201);
+    assert_error(app.purchase(&item, "u2", "lua").await, 409, "sold_out").await;
+
+    let (status, view) = status_and_json(app.restock(&item, 4, 1).await).await;
+    assert_eq!(status, 200, "a restock of an existing item is 200: {view}");
+    assert_eq!(view["generation"], 2);
+    assert_eq!(view["stock"], 4);
+    assert_eq!(view["sold"], 0);
+    assert_eq!(view["strategies"], json!({}), "counters reset");
+    assert_eq!(
+        app.purchase(&item, "u1", "lua").await.status(),
+        201,
+        "buyers reset"
+    );
+
+    let mut redis = app.redis().await;
+    let archived: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("seckill:{{{item}}}:orders:archived:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(archived.len(), 1, "the first sale's order log is kept");
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&archived[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+}
+
+#[tokio::test]
+async fn the_item_list_shows_created_items_with_their_truths() {
+    let app = spawn_app().await;
+    let item = unique("listed");
+    app.create_item(&item, 7, 1).await;
+    let items: Vec<Value> = app
+        .client
+        .get(app.url("/api/items"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let found = items
+        .iter()
+        .find(|v| v["item_id"] == item.as_str())
+        .expect("listed");
+    for field in [
+        "initial_stock",
+        "stock",
+        "per_user_limit",
+        "sold",
+        "oversold",
+        "drift",
+        "undersold",
+        "persisted",
+        "strategies",
+    ] {
+        assert!(found.get(field).is_some(), "missing {field}: {found}");
+    }
+    assert_eq!(found["initial_stock"], 7);
+}
