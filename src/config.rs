@@ -66,10 +66,11 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
-    /// Lab knob for `naive`: sleep this long between reading and writing the
-    /// stock, widening the race window so the oversell shows even at low load.
-    #[arg(long, env = "NAIVE_RACE_WINDOW_MS", default_value_t = 0)]
-    pub naive_race_window_ms: u64,
+    /// Lab knob: sleep this long between reading and writing the stock, in
+    /// `naive` (so its oversell shows even at low load) and in `lock` while
+    /// holding the lock (above `LOCK_TTL_MS` it shows what lock expiry does).
+    #[arg(long, env = "RACE_WINDOW_MS", default_value_t = 0)]
+    pub race_window_ms: u64,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]

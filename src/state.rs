@@ -118,9 +118,10 @@ impl App {
             .context("cannot build the Redis connection pool")?;
 
         let mut strategies = Registry::default();
+        let race_window = Duration::from_millis(config.race_window_ms);
         strategies.register(Arc::new(strategy::naive::Naive::new(
             redis.clone(),
-            Duration::from_millis(config.naive_race_window_ms),
+            race_window,
         )));
         strategies.register(Arc::new(strategy::optimistic::Optimistic::new(
             pool,
@@ -130,6 +131,7 @@ impl App {
             redis.clone(),
             config.lock_ttl(),
             config.lock_wait(),
+            race_window,
         )));
         strategies.register(Arc::new(strategy::lua::Lua::new(redis.clone())));
         let default_strategy = strategies

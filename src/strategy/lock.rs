@@ -41,11 +41,23 @@ pub struct Lock {
     redis: ConnectionManager,
     ttl: Duration,
     wait: Duration,
+    /// Lab knob: sleep between read and write while holding the lock.
+    race_window: Duration,
 }
 
 impl Lock {
-    pub fn new(redis: ConnectionManager, ttl: Duration, wait: Duration) -> Self {
-        Self { redis, ttl, wait }
+    pub fn new(
+        redis: ConnectionManager,
+        ttl: Duration,
+        wait: Duration,
+        race_window: Duration,
+    ) -> Self {
+        Self {
+            redis,
+            ttl,
+            wait,
+            race_window,
+        }
     }
 }
 
@@ -99,6 +111,9 @@ impl Strategy for Lock {
         let outcome = match snapshot.rejection() {
             Some(rejection) => rejection,
             None => {
+                if !self.race_window.is_zero() {
+                    tokio::time::sleep(self.race_window).await;
+                }
                 let remaining = snapshot.stock - 1;
                 pipe.cmd("SET")
                     .arg(&keys.stock)

@@ -4,7 +4,7 @@
 //! same new value: both get an order, the stock falls by one. That lost update
 //! is the oversell this lab exists to show; `drift` on the item view exposes it
 //! even when the stock counter looks fine. The optional race window (a sleep
-//! between read and write, `NAIVE_RACE_WINDOW_MS`) makes it show at any load,
+//! between read and write, `RACE_WINDOW_MS`) makes it show at any load,
 //! which is also how the tests make it deterministic.
 
 use std::time::Duration;

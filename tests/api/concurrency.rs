@@ -185,7 +185,7 @@ async fn lua_sells_exactly_the_stock_to_concurrent_buyers() {
 /// stock before anyone writes: the oversell is certain, not probable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_harness_catches_naive_overselling() {
-    let app = Arc::new(spawn_app_with(|c| c.naive_race_window_ms = 300).await);
+    let app = Arc::new(spawn_app_with(|c| c.race_window_ms = 300).await);
     let report = race(&app, "naive", 50, 1, distinct_users(200)).await;
     let found = violations(&report);
     assert!(
@@ -230,4 +230,46 @@ async fn one_user_hammering_gets_no_more_than_the_limit() {
             .collect();
         assert!(found.is_empty(), "{strategy}: {found:?}");
     }
+}
+
+/// A holder that outlives its lock's TTL lets the next buyer in: the section
+/// ran partly unprotected. That must be counted and visible, never silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_that_expires_under_its_holder_is_counted() {
+    let app = Arc::new(
+        spawn_app_with(|c| {
+            c.lock_ttl_ms = 50;
+            c.race_window_ms = 200;
+        })
+        .await,
+    );
+    let report = race(&app, "lock", 10, 1, distinct_users(4)).await;
+    let counters = &report.view["strategies"]["lock"];
+    assert!(
+        counters["lock_expired"].as_u64().unwrap() >= 1,
+        "expiry must be counted: {counters}"
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_a_redis_lease_distinct_worker_numbers() {
+    let (a, b) = (spawn_app().await, spawn_app().await);
+    let item = unique("workers");
+    a.create_item(&item, 2, 1).await;
+    let mut workers = Vec::new();
+    for (app, user) in [(&a, "wa"), (&b, "wb")] {
+        let body: Value = app.purchase(&item, user, "lua").await.json().await.unwrap();
+        let id = body["order_id"].as_str().unwrap();
+        let decoded: Value = app
+            .client
+            .get(app.url(&format!("/api/ids/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        workers.push(decoded["worker"].as_u64().unwrap());
+    }
+    assert_ne!(workers[0], workers[1]);
 }
