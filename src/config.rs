@@ -72,6 +72,34 @@ pub struct Config {
     #[arg(long, env = "RACE_WINDOW_MS", default_value_t = 0)]
     pub race_window_ms: u64,
 
+    /// Database for orders and the `sql` strategy: `sqlite://path` (created if
+    /// missing) or `postgres://...`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/seckill.db")]
+    pub database_url: String,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
+    pub db_max_connections: u32,
+
+    /// `sql` on Postgres: lock the item row with `SELECT ... FOR UPDATE` before
+    /// decrementing, instead of the conditional `UPDATE` alone.
+    #[arg(long, env = "SQL_FOR_UPDATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub sql_for_update: bool,
+
+    /// Run the persister (order logs → SQL) in this instance. Several instances
+    /// may all run it: they share the work through a consumer group.
+    #[arg(long, env = "PERSISTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub persister: bool,
+
+    /// Persister: entries per read and per SQL transaction.
+    #[arg(long, env = "PERSISTER_BATCH", default_value_t = 500)]
+    pub persister_batch: usize,
+
+    /// Persister: entries left pending this long by a consumer are taken over
+    /// (ms); the consumer is presumed dead.
+    #[arg(long, env = "PERSISTER_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub persister_claim_idle_ms: u64,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -127,5 +155,7 @@ mod tests {
         assert_eq!(config.default_strategy, "lua");
         assert_eq!(config.lock_ttl_ms, 1000);
         assert_eq!(config.optimistic_max_retries, 100);
+        assert_eq!(config.database_url, "sqlite://data/seckill.db");
+        assert!(config.persister && !config.sql_for_update);
     }
 }

@@ -70,6 +70,14 @@ impl ApiError {
         }
     }
 
+    /// The database could not answer.
+    pub fn database(source: impl Into<anyhow::Error>) -> Self {
+        Self::Unavailable {
+            what: "the database",
+            source: source.into(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -98,6 +106,15 @@ impl ApiError {
             Self::Contention { .. } => "contention",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<crate::sale::SaleError> for ApiError {
+    fn from(err: crate::sale::SaleError) -> Self {
+        match err {
+            crate::sale::SaleError::Redis(_) => Self::redis(err),
+            crate::sale::SaleError::Database(_) => Self::database(err),
         }
     }
 }

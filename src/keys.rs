@@ -13,6 +13,11 @@ pub fn items_index() -> String {
     format!("{PREFIX}:items")
 }
 
+/// Set of order logs set aside by restocks, until the persister has them all.
+pub fn order_archives() -> String {
+    format!("{PREFIX}:order-archives")
+}
+
 /// Snowflake worker lease for worker number `n`.
 pub fn worker_lease(n: u16) -> String {
     format!("{PREFIX}:worker:{n}")

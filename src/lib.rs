@@ -13,6 +13,8 @@
 //! - [`strategy`]: the concurrency-control strategies, one file each.
 //! - [`sale`]: items, restocks and the truths of a sale; [`stats`]: counters.
 //! - [`redis_server`]: the private `redis-server` child.
+//! - [`db`]: SQL (SQLite or Postgres) and its queries; [`persister`]: the
+//!   background task moving orders from the Redis order logs into SQL.
 //!
 //! # A purchase, start to end
 //! `POST /api/items/{item}/purchase` reaches [`http`], which validates the item,
@@ -21,15 +23,18 @@
 //! id, hands both to [`strategy::Strategy::purchase`], which checks and writes
 //! the item's keys ([`keys`]) in Redis under its own guard and reports an
 //! [`strategy::Outcome`]. [`stats`] counts the outcome, and [`error`] turns
-//! every rejection into its status and JSON shape.
+//! every rejection into its status and JSON shape. Later, the [`persister`]
+//! reads the order from the item's order log and inserts it into SQL.
 
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
 pub mod keys;
 pub mod lease;
+pub mod persister;
 pub mod redis_server;
 pub mod sale;
 pub mod server;

@@ -3,19 +3,27 @@
 -- KEYS[1] stock    KEYS[2] meta    KEYS[3] buyers    KEYS[4] orders
 -- KEYS[5] lock     KEYS[6] where to move the previous sale's order log
 -- ARGV[1] stock    ARGV[2] per_user_limit
+-- ARGV[3] lowest generation to issue: one above what SQL has seen for the item,
+--         so a Redis that lost its data (the embedded one, restarted) never
+--         reuses a sale number that orders in SQL already carry
 --
--- Returns {generation, created}: the new sale's number (1 for a new item) and
--- 1 if the item did not exist before.
+-- Returns {generation, created, archived}: the new sale's number (1 for a new
+-- item), 1 if the item did not exist before, 1 if an order log was set aside.
 --
 -- The previous order log is renamed, not deleted: orders that got a 201 are
 -- never thrown away, whatever happens to the sale afterwards.
 
 local created = redis.call('EXISTS', KEYS[2]) == 0 and 1 or 0
 local generation = redis.call('HINCRBY', KEYS[2], 'generation', 1)
-if redis.call('EXISTS', KEYS[4]) == 1 then
+if generation < tonumber(ARGV[3]) then
+  generation = tonumber(ARGV[3])
+  redis.call('HSET', KEYS[2], 'generation', generation)
+end
+local archived = redis.call('EXISTS', KEYS[4])
+if archived == 1 then
   redis.call('RENAME', KEYS[4], KEYS[6])
 end
 redis.call('DEL', KEYS[3], KEYS[5])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'initial_stock', ARGV[1], 'per_user_limit', ARGV[2])
-return {generation, created}
+return {generation, created, archived}

@@ -9,7 +9,13 @@
 //!   hides oversell from the counter alone;
 //! - `undersold` = min(stock, contention refusals): units left on the shelf
 //!   while buyers were turned away;
+//! - `persisted`: orders of this sale in SQL; `lag` = sold − persisted, what
+//!   the persister has yet to move;
 //! - per-strategy counters from [`crate::stats`].
+//!
+//! A restock writes Redis first (which numbers the sale), then mirrors the
+//! item into SQL for the `sql` strategy. If the database write fails the
+//! request is a 503 and the admin repeats it; repeating is harmless.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +23,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
+use crate::db::Db;
 use crate::domain::ItemId;
 use crate::keys::{self, ItemKeys};
 use crate::stats::{CounterSnapshot, Stats};
@@ -56,8 +63,10 @@ pub struct ItemView {
     pub oversold: u64,
     pub drift: i64,
     pub undersold: u64,
-    /// Orders of this item in SQL; `null` while no database is configured.
-    pub persisted: Option<u64>,
+    /// Orders of this sale in SQL.
+    pub persisted: u64,
+    /// Orders in the order log not yet in SQL: sold − persisted.
+    pub lag: u64,
     pub strategies: BTreeMap<StrategyKind, CounterSnapshot>,
 }
 
@@ -69,13 +78,24 @@ type ViewReplies = ((Option<u64>, Option<u64>, Option<u64>), Option<i64>, u64);
 #[derive(Clone)]
 pub struct Sales {
     redis: ConnectionManager,
+    db: Db,
     restock: Script,
 }
 
+/// Why a sale operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SaleError {
+    #[error("redis command failed")]
+    Redis(#[from] redis::RedisError),
+    #[error("database query failed")]
+    Database(#[from] sqlx::Error),
+}
+
 impl Sales {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: ConnectionManager, db: Db) -> Self {
         Self {
             redis,
+            db,
             restock: Script::new(include_str!("restock.lua")),
         }
     }
@@ -87,11 +107,12 @@ impl Sales {
         item: &ItemId,
         settings: ItemSettings,
         stats: &Stats,
-    ) -> redis::RedisResult<Restocked> {
+    ) -> Result<Restocked, SaleError> {
         let keys = ItemKeys::new(item);
         let archive = format!("{}:archived:{}", keys.orders, uuid::Uuid::new_v4().simple());
         let mut redis = self.redis.clone();
-        let (generation, created): (u64, u8) = self
+        let floor = self.db.item_generation(item).await?.map_or(1, |g| g + 1);
+        let (generation, created, archived): (u64, u8, u8) = self
             .restock
             .key(&keys.stock)
             .key(&keys.meta)
@@ -101,17 +122,25 @@ impl Sales {
             .key(&archive)
             .arg(settings.stock)
             .arg(settings.per_user_limit)
+            .arg(floor)
             .invoke_async(&mut redis)
             .await?;
-        // The index lives outside the item's hash tag, so it cannot join the
-        // script; a crash between the two leaves an item missing from the list
-        // until its next restock, never a wrong count.
-        redis::cmd("SADD")
+        // The index and the archive set live outside the item's hash tag, so
+        // they cannot join the script. A crash between the two leaves an item
+        // missing from the list until its next restock, or an archived log
+        // unregistered (kept in Redis, found by `KEYS seckill:*:archived:*`),
+        // never a wrong count.
+        let mut index = redis::pipe();
+        index
+            .cmd("SADD")
             .arg(keys::items_index())
-            .arg(item.as_str())
-            .exec_async(&mut redis)
-            .await?;
+            .arg(item.as_str());
+        if archived == 1 {
+            index.cmd("SADD").arg(keys::order_archives()).arg(&archive);
+        }
+        index.exec_async(&mut redis).await?;
         stats.reset(item);
+        self.db.upsert_item(item, settings, generation).await?;
         Ok(Restocked {
             generation,
             created: created == 1,
@@ -119,7 +148,7 @@ impl Sales {
     }
 
     /// The item view, or `None` if the item does not exist.
-    pub async fn view(&self, item: &ItemId, stats: &Stats) -> redis::RedisResult<Option<ItemView>> {
+    pub async fn view(&self, item: &ItemId, stats: &Stats) -> Result<Option<ItemView>, SaleError> {
         let keys = ItemKeys::new(item);
         let ((initial, limit, generation), stock, sold): ViewReplies = redis::pipe()
             .cmd("HMGET")
@@ -135,6 +164,8 @@ impl Sales {
             return Ok(None);
         };
         let stock = stock.unwrap_or(0);
+        let generation = generation.unwrap_or(0);
+        let persisted = self.db.count_orders(item, generation).await?;
         let strategies = stats.snapshot(item);
         let contention: u64 = strategies.values().map(|c| c.contention).sum();
         Ok(Some(ItemView {
@@ -142,18 +173,19 @@ impl Sales {
             initial_stock,
             stock,
             per_user_limit,
-            generation: generation.unwrap_or(0),
+            generation,
             sold,
             oversold: sold.saturating_sub(initial_stock),
             drift: (initial_stock as i64 - stock) - sold as i64,
             undersold: (stock.max(0) as u64).min(contention),
-            persisted: None,
+            persisted,
+            lag: sold.saturating_sub(persisted),
             strategies,
         }))
     }
 
     /// Every item, by id.
-    pub async fn list(&self, stats: &Stats) -> redis::RedisResult<Vec<ItemView>> {
+    pub async fn list(&self, stats: &Stats) -> Result<Vec<ItemView>, SaleError> {
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys::items_index())
             .query_async(&mut self.redis.clone())

@@ -1,6 +1,6 @@
 //! Shared application state, and [`App::build`], which turns a [`Config`] and a
-//! Redis URL into that state: connections, strategies, the id generator and its
-//! worker lease.
+//! Redis URL into that state: connections, the database, strategies, the id
+//! generator and its worker lease, and the persister.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +11,9 @@ use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::Config;
+use crate::db::Db;
 use crate::lease::WorkerLease;
+use crate::persister::{Persister, PersisterConfig, PersisterHandle};
 use crate::sale::Sales;
 use crate::snowflake::{IdError, OrderId, Snowflake};
 use crate::stats::Stats;
@@ -69,12 +71,15 @@ impl IdMinter {
 pub struct AppState {
     /// Multiplexed connection (reconnects by itself) for one-round-trip work.
     pub redis: ConnectionManager,
+    pub db: Db,
     pub sales: Sales,
     pub stats: Arc<Stats>,
     pub strategies: Arc<Registry>,
     pub default_strategy: StrategyKind,
     pub ids: IdMinter,
     pub admin: AdminPolicy,
+    /// `None` when this instance runs no persister (`PERSISTER=false`).
+    pub persister: Option<PersisterHandle>,
     /// Upper bound on a request's time.
     pub request_timeout: Duration,
 }
@@ -83,6 +88,7 @@ pub struct AppState {
 pub struct App {
     pub state: AppState,
     lease: Option<WorkerLease>,
+    persister: Option<Persister>,
 }
 
 impl App {
@@ -134,6 +140,16 @@ impl App {
             race_window,
         )));
         strategies.register(Arc::new(strategy::lua::Lua::new(redis.clone())));
+
+        let db = Db::connect(&config.database_url, config.db_max_connections).await?;
+        if config.sql_for_update && db.backend() != crate::db::Backend::Postgres {
+            tracing::warn!("SQL_FOR_UPDATE only applies to Postgres; ignored on SQLite");
+        }
+        strategies.register(Arc::new(strategy::sql::Sql::new(
+            db.clone(),
+            redis.clone(),
+            config.sql_for_update,
+        )));
         let default_strategy = strategies
             .get(&config.default_strategy)
             .map_err(|msg| anyhow::anyhow!("DEFAULT_STRATEGY: {msg}"))?
@@ -154,21 +170,52 @@ impl App {
             },
         };
 
+        let persister = if config.persister {
+            let persister = Persister::start(
+                redis_url,
+                timeout,
+                db.clone(),
+                PersisterConfig {
+                    batch: config.persister_batch.max(1),
+                    block: Duration::from_millis(500),
+                    claim_idle: Duration::from_millis(config.persister_claim_idle_ms),
+                    consumer: format!(
+                        "w{worker}-{}",
+                        &uuid::Uuid::new_v4().simple().to_string()[..8]
+                    ),
+                },
+            )
+            .await?;
+            Some(persister)
+        } else {
+            None
+        };
+
         let state = AppState {
-            sales: Sales::new(redis.clone()),
+            sales: Sales::new(redis.clone(), db.clone()),
+            db,
             redis,
             stats: Arc::new(Stats::default()),
             strategies: Arc::new(strategies),
             default_strategy,
             ids: IdMinter::new(Snowflake::new(worker), blocked),
             admin,
+            persister: persister.as_ref().map(Persister::handle),
             request_timeout: config.request_timeout(),
         };
-        Ok(Self { state, lease })
+        Ok(Self {
+            state,
+            lease,
+            persister,
+        })
     }
 
-    /// Stops background work: releases the worker lease.
+    /// Stops background work once the HTTP server has stopped: the persister
+    /// drains the order logs into SQL, then the worker lease is released.
     pub async fn shutdown(self) {
+        if let Some(persister) = self.persister {
+            persister.drain_and_stop().await;
+        }
         if let Some(lease) = self.lease {
             lease.release().await;
         }

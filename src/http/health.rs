@@ -14,11 +14,15 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when Redis answers PING, else 503 `unavailable`.
+/// `GET /readyz`: 200 when Redis answers PING and the database a query, else
+/// 503 `unavailable` naming which.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let _: String = redis::cmd("PING")
         .query_async(&mut state.redis.clone())
         .await
         .map_err(ApiError::redis)?;
-    Ok(Json(json!({"status": "ready", "redis": "ok"})))
+    state.db.ping().await.map_err(ApiError::database)?;
+    Ok(Json(
+        json!({"status": "ready", "redis": "ok", "database": state.db.backend()}),
+    ))
 }

@@ -58,17 +58,12 @@ pub async fn put_item(
         ApiError::invalid(r#"a JSON body is required, e.g. {"stock":100,"per_user_limit":1}"#)
     })?;
     let settings = input.validate()?;
-    let restocked = state
-        .sales
-        .restock(&item, settings, &state.stats)
-        .await
-        .map_err(ApiError::redis)?;
+    let restocked = state.sales.restock(&item, settings, &state.stats).await?;
     tracing::info!(%item, stock = settings.stock, generation = restocked.generation, "item restocked");
     let view = state
         .sales
         .view(&item, &state.stats)
-        .await
-        .map_err(ApiError::redis)?
+        .await?
         .ok_or_else(|| ApiError::ItemNotFound(item.to_string()))?;
     let status = if restocked.created {
         StatusCode::CREATED
@@ -87,18 +82,12 @@ pub async fn get_item(
     state
         .sales
         .view(&item, &state.stats)
-        .await
-        .map_err(ApiError::redis)?
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::ItemNotFound(item.to_string()))
 }
 
 /// Every item.
 pub async fn list_items(State(state): State<AppState>) -> Result<Json<Vec<ItemView>>, ApiError> {
-    state
-        .sales
-        .list(&state.stats)
-        .await
-        .map(Json)
-        .map_err(ApiError::redis)
+    Ok(Json(state.sales.list(&state.stats).await?))
 }

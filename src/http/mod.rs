@@ -6,6 +6,7 @@ mod admin;
 mod health;
 mod ids;
 mod items;
+mod orders;
 mod purchase;
 
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/items/{item}/purchase", post(purchase::purchase))
         .route("/api/ids/{id}", get(ids::decode))
+        .route("/api/orders", get(orders::list_orders))
+        .route("/api/persister", get(orders::persister))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -89,6 +89,7 @@ pub async fn purchase(
             state.stats.record_error(&purchase.item, kind);
             return Err(match err {
                 StrategyError::Redis(_) | StrategyError::Pool(_) => ApiError::redis(err),
+                StrategyError::Database(_) => ApiError::database(err),
                 StrategyError::Protocol(_) => ApiError::Internal(err.into()),
             });
         }

@@ -85,9 +85,9 @@ impl Strategy for Lock {
                 .arg("PX")
                 .arg(ttl_ms);
             Snapshot::read(&mut pipe, purchase);
-            let (acquired, limit, held, stock): (Option<String>, _, _, _) =
+            let (acquired, meta, held, stock): (Option<String>, _, _, _) =
                 pipe.query_async(&mut redis).await?;
-            let snapshot = Snapshot::from_replies((limit, held, stock));
+            let snapshot = Snapshot::from_replies((meta, held, stock));
             if acquired.is_some() {
                 break (snapshot, Instant::now());
             }
@@ -127,7 +127,7 @@ impl Strategy for Lock {
                     .cmd("XADD")
                     .arg(&keys.orders)
                     .arg("*")
-                    .arg(&purchase.order_fields())
+                    .arg(&purchase.order_fields(snapshot.generation))
                     .ignore();
                 Outcome::Purchased { remaining }
             }

@@ -13,6 +13,7 @@
 //! | [`optimistic`] | WATCH/MULTI/EXEC on a dedicated connection, bounded retries |
 //! | [`lock`] | a `SET NX PX` token lock around read-check-write |
 //! | [`lua`] | one atomic script |
+//! | [`sql`] | a database transaction with a conditional `UPDATE` |
 //!
 //! Check order is the same everywhere: item exists, then the user's limit, then
 //! the stock; so the same request gets the same answer from every strategy.
@@ -21,6 +22,7 @@ pub mod lock;
 pub mod lua;
 pub mod naive;
 pub mod optimistic;
+pub mod sql;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -41,10 +43,17 @@ pub enum StrategyKind {
     Optimistic,
     Lock,
     Lua,
+    Sql,
 }
 
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 4] = [Self::Naive, Self::Optimistic, Self::Lock, Self::Lua];
+    pub const ALL: [StrategyKind; 5] = [
+        Self::Naive,
+        Self::Optimistic,
+        Self::Lock,
+        Self::Lua,
+        Self::Sql,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -52,6 +61,7 @@ impl StrategyKind {
             Self::Optimistic => "optimistic",
             Self::Lock => "lock",
             Self::Lua => "lua",
+            Self::Sql => "sql",
         }
     }
 
@@ -109,14 +119,16 @@ impl Purchase {
         }
     }
 
-    /// The fields of the order-log entry (`XADD ... * <fields>`). The creation
-    /// time is the id's own timestamp, so the two can never disagree.
-    pub fn order_fields(&self) -> [(&'static str, String); 4] {
+    /// The fields of the order-log entry (`XADD ... * <fields>`) for a sale
+    /// of `generation`. The creation time is the id's own timestamp, so the two
+    /// can never disagree. The persister reads these back (`crate::persister`).
+    pub fn order_fields(&self, generation: u64) -> [(&'static str, String); 5] {
         [
             ("order_id", self.order_id.to_string()),
             ("user_id", self.user.to_string()),
             ("strategy", self.strategy.to_string()),
             ("created_ms", self.order_id.parts().unix_ms.to_string()),
+            ("generation", generation.to_string()),
         ]
     }
 }
@@ -175,6 +187,8 @@ pub enum StrategyError {
     Redis(#[from] redis::RedisError),
     #[error("no pooled redis connection")]
     Pool(#[from] deadpool_redis::PoolError),
+    #[error("database query failed")]
+    Database(#[from] sqlx::Error),
     #[error("redis replied with unexpected data: {0}")]
     Protocol(String),
 }
@@ -216,21 +230,25 @@ impl Registry {
     }
 }
 
-/// The state every strategy reads before deciding: `HGET meta per_user_limit`,
-/// `HGET buyers <user>`, `GET stock`, as one pipeline's replies.
+/// The state every strategy reads before deciding: `HMGET meta per_user_limit
+/// generation`, `HGET buyers <user>`, `GET stock`, as one pipeline's replies.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Snapshot {
     pub limit: Option<u64>,
+    pub generation: u64,
     pub held: u64,
     pub stock: i64,
 }
 
+/// Replies to [`Snapshot::read`], in order.
+pub(crate) type SnapshotReplies = ((Option<u64>, Option<u64>), Option<u64>, Option<i64>);
+
 impl Snapshot {
     /// Adds the three reads to `pipe`, in the order `from_replies` expects.
     pub fn read(pipe: &mut redis::Pipeline, purchase: &Purchase) {
-        pipe.cmd("HGET")
+        pipe.cmd("HMGET")
             .arg(&purchase.keys.meta)
-            .arg("per_user_limit")
+            .arg(&["per_user_limit", "generation"])
             .cmd("HGET")
             .arg(&purchase.keys.buyers)
             .arg(purchase.user.as_str())
@@ -238,9 +256,10 @@ impl Snapshot {
             .arg(&purchase.keys.stock);
     }
 
-    pub fn from_replies((limit, held, stock): (Option<u64>, Option<u64>, Option<i64>)) -> Self {
+    pub fn from_replies(((limit, generation), held, stock): SnapshotReplies) -> Self {
         Self {
             limit,
+            generation: generation.unwrap_or(0),
             held: held.unwrap_or(0),
             stock: stock.unwrap_or(0),
         }
@@ -271,12 +290,14 @@ mod tests {
     #[test]
     fn an_unknown_name_lists_the_valid_ones() {
         let err = "fast".parse::<StrategyKind>().unwrap_err();
-        assert!(err.contains("naive, optimistic, lock, lua"), "{err}");
+        assert!(err.contains("naive, optimistic, lock, lua, sql"), "{err}");
     }
 
     #[test]
     fn snapshot_checks_existence_then_limit_then_stock() {
-        let snap = |limit, held, stock| Snapshot::from_replies((limit, Some(held), Some(stock)));
+        let snap = |limit, held, stock| {
+            Snapshot::from_replies(((limit, Some(1)), Some(held), Some(stock)))
+        };
         assert_eq!(snap(None, 0, 5).rejection(), Some(Outcome::ItemNotFound));
         assert_eq!(
             snap(Some(1), 1, 0).rejection(),

@@ -59,7 +59,7 @@ impl Strategy for Naive {
             .cmd("XADD")
             .arg(&purchase.keys.orders)
             .arg("*")
-            .arg(&purchase.order_fields())
+            .arg(&purchase.order_fields(snapshot.generation))
             .ignore()
             .exec_async(&mut redis)
             .await?;

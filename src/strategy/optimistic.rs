@@ -61,7 +61,7 @@ impl Optimistic {
                 .cmd("XADD")
                 .arg(&keys.orders)
                 .arg("*")
-                .arg(&purchase.order_fields())
+                .arg(&purchase.order_fields(snapshot.generation))
                 .ignore()
                 .query_async(&mut **conn)
                 .await?;

@@ -1,7 +1,7 @@
 -- purchase.lua: the whole purchase as one atomic script (the `lua` strategy).
 --
 -- KEYS[1] stock    string integer, remaining units
--- KEYS[2] meta     hash with per_user_limit (absent: the item does not exist)
+-- KEYS[2] meta     hash with per_user_limit and generation (absent: no such item)
 -- KEYS[3] buyers   hash user_id -> units held
 -- KEYS[4] orders   stream, the item's order log
 -- ARGV[1] user_id
@@ -16,7 +16,8 @@
 --   {3, 0}          item not found
 -- Every rejection returns before the first write, so it changes nothing.
 
-local limit = tonumber(redis.call('HGET', KEYS[2], 'per_user_limit'))
+local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation')
+local limit = tonumber(meta[1])
 if not limit then
   return {3, 0}
 end
@@ -31,5 +32,6 @@ end
 local remaining = redis.call('DECR', KEYS[1])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('XADD', KEYS[4], '*',
-  'order_id', ARGV[2], 'user_id', ARGV[1], 'strategy', ARGV[3], 'created_ms', ARGV[4])
+  'order_id', ARGV[2], 'user_id', ARGV[1], 'strategy', ARGV[3], 'created_ms', ARGV[4],
+  'generation', meta[2])
 return {0, remaining}

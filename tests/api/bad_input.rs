@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with, unique};
 
-const STRATEGIES: [&str; 4] = ["naive", "optimistic", "lock", "lua"];
+const STRATEGIES: [&str; 5] = ["naive", "optimistic", "lock", "lua", "sql"];
 
 /// Sends a raw request and asserts its error and that `item`'s keys are unchanged.
 async fn rejected_without_change(

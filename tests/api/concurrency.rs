@@ -180,6 +180,11 @@ async fn lua_sells_exactly_the_stock_to_concurrent_buyers() {
     two_hundred_buyers_for_fifty_units_sell_exactly_fifty("lua").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_sells_exactly_the_stock_to_concurrent_buyers() {
+    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("sql").await;
+}
+
 /// The control group. The race window (a sleep between naive's read and write)
 /// is longer than it takes to fire all requests, so every buyer reads the same
 /// stock before anyone writes: the oversell is certain, not probable.
@@ -208,7 +213,7 @@ async fn the_same_harness_catches_naive_overselling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_hammering_gets_no_more_than_the_limit() {
     let app = Arc::new(spawn_app().await);
-    for strategy in ["optimistic", "lock", "lua"] {
+    for strategy in ["optimistic", "lock", "lua", "sql"] {
         let report = race(&app, strategy, 10, 2, vec!["greedy".to_owned(); 60]).await;
         assert_eq!(
             report.statuses.get(&201),

@@ -93,7 +93,7 @@ async fn the_strategy_defaults_to_lua_and_the_query_string_works_alone() {
 #[tokio::test]
 async fn every_strategy_honours_a_per_user_limit_above_one() {
     let app = spawn_app().await;
-    for strategy in ["naive", "optimistic", "lock", "lua"] {
+    for strategy in ["naive", "optimistic", "lock", "lua", "sql"] {
         let item = unique(strategy);
         app.create_item(&item, 10, 2).await;
         assert_eq!(app.purchase(&item, "u", strategy).await.status(), 201);

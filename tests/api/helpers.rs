@@ -1,6 +1,11 @@
 //! Test harness. One throwaway `redis-server` per test binary, on a random port;
-//! each test spawns its own app on port 0 with its own item names, so tests run
-//! in parallel without seeing each other.
+//! each test spawns its own app on port 0 with its own item names and its own
+//! SQLite file, so tests run in parallel without seeing each other.
+//!
+//! Apps on the shared Redis run no persister: persisters of apps with different
+//! databases would take each other's orders. Persistence tests start a private
+//! Redis and turn it on ([`spawn_persisting_app`]), once per backend in
+//! [`database_urls`]: SQLite always, Postgres when `TEST_DATABASE_URL` is set.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -28,7 +33,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub redis_url: String,
     /// Dropping the app stops its server.
-    _stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 /// A unique item name, so parallel tests never share an item.
@@ -48,10 +54,48 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_on(&shared_redis().url(), tweak).await
 }
 
+/// A fresh SQLite database file.
+pub fn sqlite_url() -> String {
+    let file = std::env::temp_dir().join(format!("{}.db", unique("seckill-test")));
+    format!("sqlite://{}", file.display())
+}
+
+/// The databases the persistence tests run against: a fresh SQLite file, and
+/// Postgres when `TEST_DATABASE_URL` is set.
+pub fn database_urls() -> Vec<String> {
+    let mut urls = vec![sqlite_url()];
+    if let Some(url) = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+    {
+        urls.push(url);
+    }
+    urls
+}
+
+/// Spawns an app on a private Redis with the persister on, against `database_url`.
+/// The Redis lives as long as the returned server handle.
+pub async fn spawn_persisting_app(
+    database_url: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> (TestApp, RedisServer) {
+    let redis = RedisServer::start(RedisServerOptions::default()).unwrap();
+    let url = database_url.to_owned();
+    let app = spawn_app_on(&redis.url(), |c| {
+        c.database_url = url;
+        c.persister = true;
+        tweak(c);
+    })
+    .await;
+    (app, redis)
+}
+
 /// Spawns an app on the Redis at `redis_url`.
 pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
     seckill::telemetry::init(seckill::telemetry::LogFormat::Pretty);
     let mut config = Config::defaults();
+    config.database_url = sqlite_url();
+    config.persister = false;
     tweak(&mut config);
     let app = App::build(&config, redis_url)
         .await
@@ -60,7 +104,7 @@ pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> T
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let state = app.state.clone();
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         seckill::server::run(listener, state, async {
             let _ = stopped.await;
         })
@@ -72,11 +116,19 @@ pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> T
         address,
         client: reqwest::Client::new(),
         redis_url: redis_url.to_owned(),
-        _stop: stop,
+        stop,
+        server,
     }
 }
 
 impl TestApp {
+    /// Graceful shutdown, as on SIGTERM: the server stops, then background
+    /// work (the persister's drain) finishes. Returns when all of it is done.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap();
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -6,4 +6,5 @@ mod concurrency;
 mod endpoints;
 mod health;
 mod helpers;
+mod persistence;
 mod redis_down;

@@ -1,0 +1,337 @@
+//! The SQL side: connection, migrations and every query outside the `sql`
+//! strategy. One code path for SQLite (the embedded default) and Postgres, via
+//! sqlx's `Any` driver; the queries stick to syntax both accept (`$N`
+//! placeholders, `ON CONFLICT`, `RETURNING`), so both run the same migrations
+//! from `migrations/`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::domain::{ItemId, UserId};
+use crate::sale::ItemSettings;
+use crate::snowflake::OrderId;
+
+/// Which database is behind the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One persisted order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderRecord {
+    pub order_id: OrderId,
+    pub item_id: String,
+    pub user_id: String,
+    pub strategy: String,
+    /// The sale (restock generation) the order belongs to.
+    pub generation: i64,
+    /// Milliseconds since the Unix epoch: the order id's own timestamp.
+    pub created_at: i64,
+}
+
+/// Listing order of `GET /api/orders`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Newest first (descending id).
+    #[default]
+    Desc,
+    /// Oldest first (ascending id).
+    Asc,
+}
+
+/// `GET /api/orders` filters. `after` is the cursor: the last id of the
+/// previous page; the page holds the ids that come after it in `direction`.
+/// Snowflake ids grow with time and never repeat, so the cursor is stable
+/// while new orders arrive.
+#[derive(Debug, Clone, Default)]
+pub struct OrderQuery {
+    pub item: Option<ItemId>,
+    pub user: Option<UserId>,
+    pub after: Option<OrderId>,
+    pub direction: Direction,
+    pub limit: u32,
+}
+
+/// Rows per multi-row INSERT: well under SQLite's 32766 bound parameters
+/// (7 per row) and big enough to amortise a round trip.
+const INSERT_CHUNK: usize = 200;
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Connects, creates a SQLite file's directory if needed, turns WAL on for
+    /// SQLite, and runs the migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            anyhow::bail!("DATABASE_URL must start with sqlite: or postgres:, got `{url}`");
+        };
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open the database at {}", redact(&url)))?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers (views, the orders API) run beside the one
+            // writer; the setting is stored in the file.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .context("cannot turn on SQLite WAL")?;
+        }
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .context("database migrations failed")?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Readiness probe.
+    pub async fn ping(&self) -> sqlx::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    }
+
+    /// Mirrors a restock into the `items` table (the `sql` strategy's stock).
+    pub async fn upsert_item(
+        &self,
+        item: &ItemId,
+        settings: ItemSettings,
+        generation: u64,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO items (item_id, initial_stock, stock, per_user_limit, generation, updated_at)
+             VALUES ($1, $2, $2, $3, $4, $5)
+             ON CONFLICT (item_id) DO UPDATE SET
+                initial_stock = excluded.initial_stock, stock = excluded.stock,
+                per_user_limit = excluded.per_user_limit, generation = excluded.generation,
+                updated_at = excluded.updated_at",
+        )
+        .bind(item.as_str())
+        .bind(settings.stock as i64)
+        .bind(settings.per_user_limit as i64)
+        .bind(generation as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    /// The latest sale number SQL has seen for `item`.
+    pub async fn item_generation(&self, item: &ItemId) -> sqlx::Result<Option<u64>> {
+        let generation: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM items WHERE item_id = $1")
+                .bind(item.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(generation.map(|g| g.max(0) as u64))
+    }
+
+    /// Inserts orders in one transaction, skipping ids already there (the
+    /// persister may see an entry twice after a crash). Returns how many rows
+    /// were new.
+    pub async fn insert_orders(&self, orders: &[OrderRecord]) -> sqlx::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = 0;
+        let persisted_at = now_ms();
+        for chunk in orders.chunks(INSERT_CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = i * 7;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${},${},${},${},${},${},${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7
+                ));
+            }
+            sql.push_str(" ON CONFLICT (order_id) DO NOTHING");
+            let mut query = sqlx::query(&sql);
+            for order in chunk {
+                query = query
+                    .bind(order.order_id.0 as i64)
+                    .bind(order.item_id.as_str())
+                    .bind(order.user_id.as_str())
+                    .bind(order.strategy.as_str())
+                    .bind(order.generation)
+                    .bind(order.created_at)
+                    .bind(persisted_at);
+            }
+            inserted += query.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Orders of one sale of `item` in SQL.
+    pub async fn count_orders(&self, item: &ItemId, generation: u64) -> sqlx::Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM orders WHERE item_id = $1 AND generation = $2",
+        )
+        .bind(item.as_str())
+        .bind(generation as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
+    /// Orders, newest first.
+    pub async fn list_orders(&self, query: &OrderQuery) -> sqlx::Result<Vec<OrderRecord>> {
+        // Optional filters as `($n IS NULL OR col = $n)` would need typed NULLs,
+        // which `Any` cannot bind portably; build the WHERE clause instead.
+        let mut conditions = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if query.item.is_some() {
+            conditions.push(format!("item_id = ${}", next()));
+        }
+        if query.user.is_some() {
+            conditions.push(format!("user_id = ${}", next()));
+        }
+        let (cmp, order) = match query.direction {
+            Direction::Desc => ("<", "DESC"),
+            Direction::Asc => (">", "ASC"),
+        };
+        if query.after.is_some() {
+            conditions.push(format!("order_id {cmp} ${}", next()));
+        }
+        let mut sql = String::from(
+            "SELECT order_id, item_id, user_id, strategy, generation, created_at FROM orders",
+        );
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(&format!(" ORDER BY order_id {order} LIMIT ${}", next()));
+        let mut q = sqlx::query(&sql);
+        if let Some(item) = &query.item {
+            q = q.bind(item.as_str());
+        }
+        if let Some(user) = &query.user {
+            q = q.bind(user.as_str());
+        }
+        if let Some(after) = query.after {
+            q = q.bind(after.0 as i64);
+        }
+        q = q.bind(i64::from(query.limit));
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(order_from_row).collect()
+    }
+}
+
+fn order_from_row(row: &AnyRow) -> sqlx::Result<OrderRecord> {
+    Ok(OrderRecord {
+        order_id: OrderId(row.try_get::<i64, _>("order_id")? as u64),
+        item_id: row.try_get("item_id")?,
+        user_id: row.try_get("user_id")?,
+        strategy: row.try_get("strategy")?,
+        generation: row.try_get("generation")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Adds `mode=rwc` (create the file if missing) and creates the file's
+/// directory, so the embedded default works from a fresh checkout.
+fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, params) = rest.split_once('?').unwrap_or((rest, ""));
+    if let Some(dir) = Path::new(path)
+        .parent()
+        .filter(|d| path != ":memory:" && !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create database directory {}", dir.display()))?;
+    }
+    Ok(if params.contains("mode=") {
+        url.to_owned()
+    } else if params.is_empty() {
+        format!("{url}?mode=rwc")
+    } else {
+        format!("{url}&mode=rwc")
+    })
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://app:hunter2@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact("sqlite://data/seckill.db"),
+            "sqlite://data/seckill.db"
+        );
+    }
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        let dir = std::env::temp_dir().join(format!("seckill-url-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/x.db", dir.display());
+        assert_eq!(prepare_sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert!(dir.is_dir(), "directory created");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,92 @@
+//! `GET /api/orders?item=&user=&limit=&after=&order=`: persisted orders, a page
+//! at a time, and `GET /api/persister`: what the persister has done.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Direction, OrderQuery, OrderRecord};
+use crate::domain::{ItemId, UserId};
+use crate::error::ApiError;
+use crate::persister::PersisterReport;
+use crate::snowflake::OrderId;
+use crate::state::AppState;
+
+/// Page size when none is asked for.
+const DEFAULT_LIMIT: u32 = 50;
+/// Largest page: keeps one request's work and response bounded.
+const MAX_LIMIT: u32 = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersParams {
+    item: Option<String>,
+    user: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
+    order: Option<Direction>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrdersPage {
+    pub orders: Vec<OrderRecord>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next: Option<OrderId>,
+}
+
+pub async fn list_orders(
+    State(state): State<AppState>,
+    params: Result<Query<OrdersParams>, QueryRejection>,
+) -> Result<Json<OrdersPage>, ApiError> {
+    let Query(params) =
+        params.map_err(|r| ApiError::invalid(format!("query string: {}", r.body_text())))?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let query = OrderQuery {
+        item: params
+            .item
+            .as_deref()
+            .map(ItemId::parse)
+            .transpose()
+            .map_err(ApiError::invalid)?,
+        user: params
+            .user
+            .as_deref()
+            .map(UserId::parse)
+            .transpose()
+            .map_err(ApiError::invalid)?,
+        after: params
+            .after
+            .as_deref()
+            .map(OrderId::parse)
+            .transpose()
+            .map_err(|msg| ApiError::invalid(format!("after: {msg}")))?,
+        direction: params.order.unwrap_or_default(),
+        limit,
+    };
+    let orders = state
+        .db
+        .list_orders(&query)
+        .await
+        .map_err(ApiError::database)?;
+    let next = if orders.len() == limit as usize {
+        orders.last().map(|o| o.order_id)
+    } else {
+        None
+    };
+    Ok(Json(OrdersPage { orders, next }))
+}
+
+/// The persister's counters; 404 when this instance runs none.
+pub async fn persister(State(state): State<AppState>) -> Result<Json<PersisterReport>, ApiError> {
+    state
+        .persister
+        .as_ref()
+        .map(|p| Json(p.report()))
+        .ok_or_else(|| ApiError::RouteNotFound("/api/persister (PERSISTER=false here)".into()))
+}

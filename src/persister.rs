@@ -1,0 +1,517 @@
+//! The persister: a background task that moves orders from the items' Redis
+//! order logs (streams) into the SQL `orders` table.
+//!
+//! It reads with a consumer group (`persister`), so several instances share
+//! the work and each entry goes to one of them. An entry is acknowledged
+//! (`XACK`) only after the transaction holding it committed; the insert is
+//! idempotent on `order_id`, so an entry delivered twice (after a crash between
+//! commit and ack) is harmless. Entries left pending by a consumer that died
+//! are reclaimed with `XAUTOCLAIM` once idle for `claim_idle`. On graceful
+//! shutdown the HTTP server stops first, then the persister drains what is left.
+//!
+//! Which streams: the current order log of every item in the items index, and
+//! the logs that restocks set aside (the archive set), which are deleted once
+//! fully persisted.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::db::{Db, OrderRecord};
+use crate::domain::ItemId;
+use crate::keys::{self, ItemKeys};
+use crate::snowflake::OrderId;
+
+/// The consumer group every instance's persister joins.
+pub const GROUP: &str = "persister";
+
+/// Tuning.
+#[derive(Debug, Clone)]
+pub struct PersisterConfig {
+    /// Entries per read and per SQL transaction.
+    pub batch: usize,
+    /// How long one blocking read waits for new entries. Also how soon a new
+    /// item's stream is noticed.
+    pub block: Duration,
+    /// Pending entries idle this long are taken over (their consumer is
+    /// presumed dead). Longer than any insert could take.
+    pub claim_idle: Duration,
+    /// Unique per process: the consumer name in the group.
+    pub consumer: String,
+}
+
+/// What the persister has done, for `/api/persister` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct PersisterStatus {
+    running: AtomicBool,
+    persisted: AtomicU64,
+    batches: AtomicU64,
+    reclaimed: AtomicU64,
+    errors: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of [`PersisterStatus`] for JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct PersisterReport {
+    pub consumer: String,
+    pub running: bool,
+    /// Rows newly inserted into SQL by this instance.
+    pub persisted: u64,
+    pub batches: u64,
+    /// Entries taken over from idle consumers.
+    pub reclaimed: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// The running task.
+pub struct Persister {
+    consumer: String,
+    status: Arc<PersisterStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Persister {
+    /// Starts the task on its own Redis connection: its blocking reads must not
+    /// hold up the purchases' shared connection.
+    pub async fn start(
+        redis_url: &str,
+        redis_timeout: Duration,
+        db: Db,
+        config: PersisterConfig,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(redis_url).context("invalid Redis URL")?;
+        let redis = ConnectionManager::new_with_config(
+            client,
+            ConnectionManagerConfig::new()
+                .set_response_timeout(Some(config.block + redis_timeout))
+                .set_connection_timeout(Some(redis_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500)),
+        )
+        .await
+        .context("persister cannot connect to Redis")?;
+        let status = Arc::new(PersisterStatus::default());
+        let (stop, stopped) = watch::channel(false);
+        let consumer = config.consumer.clone();
+        status.running.store(true, Ordering::SeqCst);
+        let task = tokio::spawn(run(redis, db, config, Arc::clone(&status), stopped));
+        Ok(Self {
+            consumer,
+            status,
+            stop,
+            task,
+        })
+    }
+
+    pub fn report(&self) -> PersisterReport {
+        report(&self.consumer, &self.status)
+    }
+
+    /// A cheap handle for reports, kept in the app state.
+    pub fn handle(&self) -> PersisterHandle {
+        PersisterHandle {
+            consumer: self.consumer.clone(),
+            status: Arc::clone(&self.status),
+        }
+    }
+
+    /// Stops reading new work, persists what is already in the logs, and
+    /// returns when done. Call after the HTTP server has stopped.
+    pub async fn drain_and_stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(err) = self.task.await {
+            tracing::error!(%err, "persister task failed");
+        }
+    }
+}
+
+/// Read-only view of a running persister.
+#[derive(Debug, Clone)]
+pub struct PersisterHandle {
+    consumer: String,
+    status: Arc<PersisterStatus>,
+}
+
+impl PersisterHandle {
+    pub fn report(&self) -> PersisterReport {
+        report(&self.consumer, &self.status)
+    }
+}
+
+fn report(consumer: &str, status: &PersisterStatus) -> PersisterReport {
+    PersisterReport {
+        consumer: consumer.to_owned(),
+        running: status.running.load(Ordering::Relaxed),
+        persisted: status.persisted.load(Ordering::Relaxed),
+        batches: status.batches.load(Ordering::Relaxed),
+        reclaimed: status.reclaimed.load(Ordering::Relaxed),
+        errors: status.errors.load(Ordering::Relaxed),
+        last_error: status
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    }
+}
+
+/// After a failed step, wait this long before the next: Redis or the database
+/// is likely down, and hammering it helps nobody.
+const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// While draining, give up after this many consecutive failures: the entries
+/// stay pending in Redis and are reclaimed by the next start.
+const DRAIN_ATTEMPTS: u32 = 5;
+
+async fn run(
+    redis: ConnectionManager,
+    db: Db,
+    config: PersisterConfig,
+    status: Arc<PersisterStatus>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut worker = Worker {
+        redis,
+        db,
+        grouped: HashSet::new(),
+        last_claim: None,
+        config,
+    };
+    let mut failures = 0;
+    loop {
+        let draining = *stopped.borrow();
+        match worker.step(!draining, &status).await {
+            Ok(handled) => {
+                failures = 0;
+                if draining && handled == 0 {
+                    break;
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                status.errors.fetch_add(1, Ordering::Relaxed);
+                let message = format!("{err:#}");
+                tracing::warn!(error = %message, "persister step failed; retrying");
+                *status.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+                if draining && failures >= DRAIN_ATTEMPTS {
+                    tracing::error!(
+                        "persister gives up draining; pending entries are reclaimed at next start"
+                    );
+                    break;
+                }
+                tokio::select! {
+                    _ = stopped.changed() => {}
+                    () = tokio::time::sleep(ERROR_BACKOFF) => {}
+                }
+            }
+        }
+    }
+    status.running.store(false, Ordering::SeqCst);
+    tracing::info!("persister stopped");
+}
+
+struct Worker {
+    redis: ConnectionManager,
+    db: Db,
+    /// Streams whose consumer group we created or found.
+    grouped: HashSet<String>,
+    last_claim: Option<Instant>,
+    config: PersisterConfig,
+}
+
+impl Worker {
+    /// One round: find streams, reclaim idle entries when due, read new
+    /// entries, persist and acknowledge. Returns how many entries it handled.
+    async fn step(&mut self, block: bool, status: &PersisterStatus) -> anyhow::Result<usize> {
+        let (streams, archives) = self.discover().await?;
+        if streams.is_empty() {
+            if block {
+                tokio::time::sleep(self.config.block).await;
+            }
+            return Ok(0);
+        }
+        let mut handled = 0;
+
+        let claim_due = self
+            .last_claim
+            .is_none_or(|at| at.elapsed() >= self.config.claim_idle / 2);
+        if claim_due || !block {
+            handled += self.reclaim(&streams, status).await?;
+            self.collect_archives(&archives).await?;
+            self.last_claim = Some(Instant::now());
+        }
+
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.config.consumer)
+            .arg("COUNT")
+            .arg(self.config.batch);
+        if block {
+            read.arg("BLOCK").arg(self.config.block.as_millis() as u64);
+        }
+        read.arg("STREAMS").arg(&streams);
+        for _ in &streams {
+            read.arg(">");
+        }
+        let reply: Option<StreamReadReply> = match read.query_async(&mut self.redis).await {
+            Ok(reply) => reply,
+            Err(err) if err.code() == Some("NOGROUP") => {
+                // A stream was replaced (restock) since we grouped it.
+                self.grouped.clear();
+                return Ok(handled);
+            }
+            Err(err) => return Err(err).context("XREADGROUP failed"),
+        };
+        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            handled += stream.ids.len();
+            self.persist(&stream.key, &stream.ids, status).await?;
+        }
+        Ok(handled)
+    }
+
+    /// The streams to read (those with a group) and the archive set.
+    async fn discover(&mut self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let (items, archives): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(keys::items_index())
+            .cmd("SMEMBERS")
+            .arg(keys::order_archives())
+            .query_async(&mut self.redis)
+            .await
+            .context("cannot list order logs")?;
+        let mut streams = Vec::with_capacity(items.len() + archives.len());
+        let candidates = items
+            .iter()
+            .filter_map(|id| ItemId::parse(id).ok())
+            .map(|item| ItemKeys::new(&item).orders)
+            .chain(archives.iter().cloned());
+        for key in candidates {
+            if self.grouped.contains(&key) || self.create_group(&key).await? {
+                self.grouped.insert(key.clone());
+                streams.push(key);
+            }
+        }
+        Ok((streams, archives))
+    }
+
+    /// Creates the group at the start of the stream. False when the stream
+    /// does not exist yet (no order so far): nothing to read, and creating the
+    /// key ourselves would change an item that saw no purchase.
+    async fn create_group(&mut self, key: &str) -> anyhow::Result<bool> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(key)
+            .arg(GROUP)
+            .arg("0")
+            .query_async(&mut self.redis)
+            .await;
+        match created {
+            Ok(()) => Ok(true),
+            Err(err) if err.code() == Some("BUSYGROUP") => Ok(true),
+            Err(err) if err.to_string().contains("requires the key to exist") => Ok(false),
+            Err(err) => Err(err).with_context(|| format!("XGROUP CREATE {key}")),
+        }
+    }
+
+    /// Takes over entries pending longer than `claim_idle` (their consumer
+    /// died or is stuck) and persists them.
+    async fn reclaim(
+        &mut self,
+        streams: &[String],
+        status: &PersisterStatus,
+    ) -> anyhow::Result<usize> {
+        let mut total = 0;
+        for key in streams {
+            let mut cursor = "0-0".to_owned();
+            loop {
+                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(key)
+                    .arg(GROUP)
+                    .arg(&self.config.consumer)
+                    .arg(self.config.claim_idle.as_millis() as u64)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(self.config.batch)
+                    .query_async(&mut self.redis)
+                    .await
+                    .with_context(|| format!("XAUTOCLAIM {key}"))?;
+                if !reply.claimed.is_empty() {
+                    tracing::info!(stream = %key, entries = reply.claimed.len(), "reclaimed idle order-log entries");
+                    total += reply.claimed.len();
+                    status
+                        .reclaimed
+                        .fetch_add(reply.claimed.len() as u64, Ordering::Relaxed);
+                    self.persist(key, &reply.claimed, status).await?;
+                }
+                if reply.next_stream_id == "0-0" {
+                    break;
+                }
+                cursor = reply.next_stream_id;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Inserts the entries in one transaction, then acknowledges them.
+    async fn persist(
+        &mut self,
+        key: &str,
+        entries: &[StreamId],
+        status: &PersisterStatus,
+    ) -> anyhow::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let item = item_of_stream(key);
+        let mut orders = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match parse_entry(&item, entry) {
+                Ok(order) => orders.push(order),
+                // Only this service writes these streams; an entry it cannot
+                // read is a bug worth a loud log, not a reason to stall the
+                // log forever. It stays in the stream for inspection.
+                Err(err) => {
+                    tracing::error!(stream = %key, id = %entry.id, %err, "unreadable order-log entry skipped")
+                }
+            }
+        }
+        let inserted = self
+            .db
+            .insert_orders(&orders)
+            .await
+            .context("cannot insert orders")?;
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let _: u64 = redis::cmd("XACK")
+            .arg(key)
+            .arg(GROUP)
+            .arg(&ids)
+            .query_async(&mut self.redis)
+            .await
+            .with_context(|| format!("XACK {key}"))?;
+        status.persisted.fetch_add(inserted, Ordering::Relaxed);
+        status.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes archived logs that are fully persisted (nothing pending, nothing
+    /// unread), so restocks do not grow Redis forever.
+    async fn collect_archives(&mut self, archives: &[String]) -> anyhow::Result<()> {
+        for key in archives {
+            let groups: redis::RedisResult<Vec<std::collections::HashMap<String, redis::Value>>> =
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(key)
+                    .query_async(&mut self.redis)
+                    .await;
+            let done = match groups {
+                Ok(groups) => groups.iter().any(|g| {
+                    let field = |name: &str| {
+                        g.get(name)
+                            .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
+                    };
+                    g.get("name")
+                        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                        .as_deref()
+                        == Some(GROUP)
+                        && field("pending") == Some(0)
+                        && field("lag") == Some(0)
+                }),
+                // The archive key is gone already.
+                Err(err) if err.code() == Some("ERR") => true,
+                Err(err) => return Err(err).context("XINFO GROUPS"),
+            };
+            if done {
+                let _: () = redis::pipe()
+                    .cmd("DEL")
+                    .arg(key)
+                    .ignore()
+                    .cmd("SREM")
+                    .arg(keys::order_archives())
+                    .arg(key)
+                    .ignore()
+                    .query_async(&mut self.redis)
+                    .await
+                    .context("cannot delete a persisted archive")?;
+                self.grouped.remove(key);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `seckill:{ITEM}:orders...` → `ITEM`.
+fn item_of_stream(key: &str) -> String {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(item, _)| item.to_owned())
+        .unwrap_or_default()
+}
+
+fn parse_entry(item: &str, entry: &StreamId) -> Result<OrderRecord, String> {
+    let text = |field: &str| {
+        entry
+            .get::<String>(field)
+            .ok_or_else(|| format!("missing field `{field}`"))
+    };
+    let number = |field: &str| {
+        text(field)?
+            .parse::<i64>()
+            .map_err(|_| format!("field `{field}` is not an integer"))
+    };
+    Ok(OrderRecord {
+        order_id: OrderId::parse(&text("order_id")?)?,
+        item_id: item.to_owned(),
+        user_id: text("user_id")?,
+        strategy: text("strategy")?,
+        generation: number("generation")?,
+        created_at: number("created_ms")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_item_comes_from_the_hash_tag() {
+        assert_eq!(item_of_stream("seckill:{ip17}:orders"), "ip17");
+        assert_eq!(item_of_stream("seckill:{ip17}:orders:archived:ab"), "ip17");
+    }
+
+    #[test]
+    fn entries_parse_into_orders_and_bad_ones_say_why() {
+        let mut entry = StreamId {
+            id: "1-0".into(),
+            ..StreamId::default()
+        };
+        for (k, v) in [
+            ("order_id", "42"),
+            ("user_id", "u1"),
+            ("strategy", "lua"),
+            ("created_ms", "1700000000000"),
+            ("generation", "3"),
+        ] {
+            entry
+                .map
+                .insert(k.into(), redis::Value::BulkString(v.as_bytes().to_vec()));
+        }
+        let order = parse_entry("ip", &entry).unwrap();
+        assert_eq!((order.order_id, order.generation), (OrderId(42), 3));
+        entry.map.remove("generation");
+        assert!(
+            parse_entry("ip", &entry)
+                .unwrap_err()
+                .contains("generation")
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! `sql`: the database baseline that flash-sale write-ups call "pessimistic and
+//! slow". The stock lives in the `items` table; one transaction does:
+//!
+//! 1. `UPDATE items SET stock = stock - 1 WHERE item_id = $1 AND stock > 0
+//!    RETURNING ...`: the conditional update is the guard, the row lock it
+//!    takes serialises buyers of one item;
+//! 2. the per-user limit: an upsert on `sql_buyers`, whose primary key
+//!    (item, sale, user) serialises one user's concurrent requests and whose
+//!    `WHERE units < limit` refuses the unit past the limit;
+//! 3. the order insert.
+//!
+//! Any rejection rolls the whole transaction back. On SQLite the transaction
+//! starts with `BEGIN IMMEDIATE`, taking the write lock up front so buyers
+//! queue on SQLite's busy timeout instead of failing on a read-to-write
+//! upgrade. On Postgres, `SQL_FOR_UPDATE=true` reads the row with `SELECT ...
+//! FOR UPDATE` first and decrements unconditionally, to show what the explicit
+//! row lock costs.
+//!
+//! The order is in SQL when the transaction commits. It is then mirrored into
+//! Redis (stock, buyers, order log) in one MULTI, so the item view and the
+//! status page read every strategy's sale the same way. A failed mirror loses
+//! nothing (the order is in SQL and the buyer gets the 201); it is logged, and
+//! shows as `sold` lagging `persisted`.
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use sqlx::{Any, Transaction};
+
+use super::{Attempt, Outcome, Purchase, Strategy, StrategyError, StrategyKind};
+use crate::db::{Backend, Db};
+
+pub struct Sql {
+    db: Db,
+    redis: ConnectionManager,
+    for_update: bool,
+}
+
+impl Sql {
+    /// `for_update` only applies on Postgres (SQLite has no row locks).
+    pub fn new(db: Db, redis: ConnectionManager, for_update: bool) -> Self {
+        let for_update = for_update && db.backend() == Backend::Postgres;
+        Self {
+            db,
+            redis,
+            for_update,
+        }
+    }
+
+    /// Runs the transaction; `Ok(Err(outcome))` is a rejection (rolled back).
+    async fn transact(
+        &self,
+        purchase: &Purchase,
+    ) -> Result<Result<(i64, u64), Outcome>, sqlx::Error> {
+        let mut tx = match self.db.backend() {
+            Backend::Sqlite => self.db.pool().begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.db.pool().begin().await?,
+        };
+        let item = purchase.item.as_str();
+        let decremented: Option<(i64, i64, i64)> = if self.for_update {
+            let row: Option<(i64, i64, i64)> = sqlx::query_as(
+                "SELECT stock, per_user_limit, generation FROM items WHERE item_id = $1 FOR UPDATE",
+            )
+            .bind(item)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some((stock, limit, generation)) if stock > 0 => {
+                    sqlx::query("UPDATE items SET stock = stock - 1 WHERE item_id = $1")
+                        .bind(item)
+                        .execute(&mut *tx)
+                        .await?;
+                    Some((stock - 1, limit, generation))
+                }
+                _ => None,
+            }
+        } else {
+            sqlx::query_as(
+                "UPDATE items SET stock = stock - 1 WHERE item_id = $1 AND stock > 0
+                 RETURNING stock, per_user_limit, generation",
+            )
+            .bind(item)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        let Some((remaining, limit, generation)) = decremented else {
+            let outcome = classify_refusal(&mut tx, purchase).await?;
+            tx.rollback().await?;
+            return Ok(Err(outcome));
+        };
+
+        let counted = sqlx::query(
+            "INSERT INTO sql_buyers (item_id, generation, user_id, units) VALUES ($1, $2, $3, 1)
+             ON CONFLICT (item_id, generation, user_id)
+             DO UPDATE SET units = sql_buyers.units + 1 WHERE sql_buyers.units < $4",
+        )
+        .bind(item)
+        .bind(generation)
+        .bind(purchase.user.as_str())
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if counted == 0 {
+            tx.rollback().await?;
+            return Ok(Err(Outcome::LimitReached {
+                limit: limit.max(0) as u64,
+            }));
+        }
+
+        sqlx::query(
+            "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(purchase.order_id.0 as i64)
+        .bind(item)
+        .bind(purchase.user.as_str())
+        .bind(purchase.strategy.as_str())
+        .bind(generation)
+        .bind(purchase.order_id.parts().unix_ms as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok((remaining, generation.max(0) as u64)))
+    }
+
+    /// Copies a committed sale into Redis. Best effort: see the module doc.
+    async fn mirror(&self, purchase: &Purchase, generation: u64) {
+        let keys = &purchase.keys;
+        let mirrored = redis::pipe()
+            .atomic()
+            .cmd("DECR")
+            .arg(&keys.stock)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&keys.buyers)
+            .arg(purchase.user.as_str())
+            .arg(1)
+            .ignore()
+            .cmd("XADD")
+            .arg(&keys.orders)
+            .arg("*")
+            .arg(&purchase.order_fields(generation))
+            .ignore()
+            .exec_async(&mut self.redis.clone())
+            .await;
+        if let Err(err) = mirrored {
+            tracing::warn!(
+                item = %purchase.item,
+                order_id = %purchase.order_id,
+                %err,
+                "sql order committed but not mirrored to Redis; it is safe in SQL"
+            );
+        }
+    }
+}
+
+/// Why the conditional update found no row: no item, the user's limit (checked
+/// first, like every strategy), or no stock.
+async fn classify_refusal(
+    tx: &mut Transaction<'static, Any>,
+    purchase: &Purchase,
+) -> Result<Outcome, sqlx::Error> {
+    let item = purchase.item.as_str();
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT per_user_limit, generation FROM items WHERE item_id = $1")
+            .bind(item)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some((limit, generation)) = row else {
+        return Ok(Outcome::ItemNotFound);
+    };
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT units FROM sql_buyers WHERE item_id = $1 AND generation = $2 AND user_id = $3",
+    )
+    .bind(item)
+    .bind(generation)
+    .bind(purchase.user.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(if held.unwrap_or(0) >= limit {
+        Outcome::LimitReached {
+            limit: limit.max(0) as u64,
+        }
+    } else {
+        Outcome::SoldOut
+    })
+}
+
+#[async_trait]
+impl Strategy for Sql {
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::Sql
+    }
+
+    async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
+        match self.transact(purchase).await? {
+            Ok((remaining, generation)) => {
+                self.mirror(purchase, generation).await;
+                Ok(Attempt::new(Outcome::Purchased { remaining }))
+            }
+            Err(rejection) => Ok(Attempt::new(rejection)),
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Orders reach SQL, exactly the ones that got a 201, on every backend:
+//! through the persister for the Redis strategies, in the transaction for `sql`;
+//! after a graceful stop and after a kill -9.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use seckill::db::Db;
+use seckill::domain::ItemId;
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::helpers::{TestApp, database_urls, spawn_persisting_app, status_and_json, unique};
+
+const PERSISTED: [&str; 4] = ["lua", "optimistic", "lock", "sql"];
+
+/// Fires `buyers` purchases at once; returns the order ids of the 201s.
+async fn buy_concurrently(
+    app: &Arc<TestApp>,
+    item: &str,
+    strategy: &str,
+    buyers: usize,
+) -> HashSet<String> {
+    let mut tasks = JoinSet::new();
+    for i in 0..buyers {
+        let (app, item, strategy) = (Arc::clone(app), item.to_owned(), strategy.to_owned());
+        tasks.spawn(async move {
+            let response = app.purchase(&item, &format!("p{i}"), &strategy).await;
+            let (status, body) = status_and_json(response).await;
+            (status.as_u16() == 201).then(|| body["order_id"].as_str().unwrap().to_owned())
+        });
+    }
+    let mut ids = HashSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Some(id) = joined.unwrap() {
+            assert!(ids.insert(id), "duplicate order id");
+        }
+    }
+    ids
+}
+
+/// Every order id of `item` in SQL, read straight from the database.
+async fn ids_in_sql(database_url: &str, item: &str) -> HashSet<String> {
+    let db = Db::connect(database_url, 2).await.unwrap();
+    let query = seckill::db::OrderQuery {
+        item: Some(ItemId::parse(item).unwrap()),
+        limit: 100_000,
+        ..Default::default()
+    };
+    db.list_orders(&query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.order_id.to_string())
+        .collect()
+}
+
+/// Polls the item view until the persister has caught up.
+async fn wait_until_persisted(app: &TestApp, item: &str, expected: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = app.item(item).await;
+        if view["persisted"].as_u64() == Some(expected) && view["lag"] == 0 {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "persister did not catch up: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_in_sql_are_exactly_the_201s_for_every_strategy() {
+    for database_url in database_urls() {
+        let (app, _redis) = spawn_persisting_app(&database_url, |_| {}).await;
+        let app = Arc::new(app);
+        for strategy in PERSISTED {
+            let item = unique(strategy);
+            app.create_item(&item, 30, 1).await;
+            let answered = buy_concurrently(&app, &item, strategy, 80).await;
+            assert_eq!(answered.len(), 30, "{strategy} on {database_url}");
+            wait_until_persisted(&app, &item, 30).await;
+            assert_eq!(
+                ids_in_sql(&database_url, &item).await,
+                answered,
+                "{strategy} on {database_url}: SQL must hold exactly the 201s"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_drains_the_order_log_into_sql() {
+    for database_url in database_urls() {
+        // One entry per transaction makes the persister slow enough that the
+        // stop comes while most of the log is still unpersisted.
+        let (app, _redis) = spawn_persisting_app(&database_url, |c| c.persister_batch = 1).await;
+        let app = Arc::new(app);
+        let item = unique("drain");
+        app.create_item(&item, 150, 1).await;
+        let answered = buy_concurrently(&app, &item, "lua", 150).await;
+        assert_eq!(answered.len(), 150);
+        let app = Arc::into_inner(app).expect("no other owner left");
+        app.stop().await;
+        assert_eq!(
+            ids_in_sql(&database_url, &item).await,
+            answered,
+            "{database_url}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restocked_sales_old_log_is_persisted_then_removed() {
+    let database_url = database_urls().remove(0);
+    let (app, _redis) = spawn_persisting_app(&database_url, |c| c.persister = false).await;
+    let item = unique("archive");
+    app.create_item(&item, 5, 1).await;
+    let app = Arc::new(app);
+    let first_sale = buy_concurrently(&app, &item, "lua", 5).await;
+    app.create_item(&item, 5, 1).await; // sets the first log aside, unpersisted
+    let redis_url = app.redis_url.clone();
+
+    // A second instance with a persister, on the same Redis and database.
+    let persisting = crate::helpers::spawn_app_on(&redis_url, |c| {
+        c.database_url = database_url.clone();
+        c.persister = true;
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut redis = persisting.redis().await;
+    loop {
+        let archives: Vec<String> = redis::cmd("SMEMBERS")
+            .arg("seckill:order-archives")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if archives.is_empty() && ids_in_sql(&database_url, &item).await == first_sale {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "archive not persisted and removed: {archives:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leftover: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("seckill:{{{item}}}:orders:archived:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(leftover.is_empty(), "{leftover:?}");
+}
+
+#[tokio::test]
+async fn the_orders_api_pages_with_a_stable_cursor() {
+    let database_url = database_urls().remove(0);
+    let (app, _redis) = spawn_persisting_app(&database_url, |_| {}).await;
+    let item = unique("pages");
+    app.create_item(&item, 25, 1).await;
+    let app = Arc::new(app);
+    let answered = buy_concurrently(&app, &item, "sql", 25).await;
+    wait_until_persisted(&app, &item, 25).await;
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut url = app.url(&format!("/api/orders?item={item}&limit=10"));
+        if let Some(cursor) = &after {
+            url.push_str(&format!("&after={cursor}"));
+        }
+        let page: Value = app
+            .client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pages += 1;
+        for order in page["orders"].as_array().unwrap() {
+            assert_eq!(order["item_id"], item.as_str());
+            seen.push(order["order_id"].as_str().unwrap().parse::<u64>().unwrap());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let seen: HashSet<String> = seen.iter().map(u64::to_string).collect();
+    assert_eq!(seen, answered);
+
+    let page: Value = app
+        .client
+        .get(app.url(&format!("/api/orders?item={item}&user=p3&order=asc")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let orders = page["orders"].as_array().unwrap();
+    assert!(orders.len() <= 1 && orders.iter().all(|o| o["user_id"] == "p3"));
+
+    for bad in [
+        "limit=0",
+        "limit=5000",
+        "after=xyz",
+        "user=a%20b",
+        "order=sideways",
+        "colour=red",
+    ] {
+        let response = app
+            .client
+            .get(app.url(&format!("/api/orders?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        crate::helpers::assert_error(response, 400, "invalid_request").await;
+    }
+}
+
+/// Kill -9 the real binary under load, start it again on the same Redis and
+/// database: every order that got a 201 before the kill reaches SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_201_reaches_sql_across_a_kill_9() {
+    for database_url in database_urls() {
+        let redis = seckill::redis_server::RedisServer::start(Default::default()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let start = || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_seckill"))
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("LISTEN", format!("127.0.0.1:{port}"))
+                .env("REDIS_URL", redis.url())
+                .env("DATABASE_URL", &database_url)
+                .env("PERSISTER_CLAIM_IDLE_MS", "1000")
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let client = reqwest::Client::new();
+        let wait_ready = |client: reqwest::Client, base: String| async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200)
+            {
+                assert!(Instant::now() < deadline, "server did not become ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+
+        let mut server = start();
+        wait_ready(client.clone(), base.clone()).await;
+        let item = unique("kill9");
+        let created = client
+            .put(format!("{base}/api/items/{item}"))
+            .json(&serde_json::json!({"stock": 1_000_000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+
+        let answered = Arc::new(Mutex::new(HashSet::new()));
+        let mut load = JoinSet::new();
+        for worker in 0..16 {
+            let (client, base, item, answered) = (
+                client.clone(),
+                base.clone(),
+                item.clone(),
+                Arc::clone(&answered),
+            );
+            load.spawn(async move {
+                for n in 0.. {
+                    let strategy = PERSISTED[n % PERSISTED.len()];
+                    let url = format!(
+                        "{base}/api/items/{item}/purchase?user_id=k{worker}x{n}&strategy={strategy}"
+                    );
+                    let Ok(response) = client.post(url).send().await else {
+                        break;
+                    };
+                    if response.status() == 201 {
+                        let Ok(body) = response.json::<Value>().await else {
+                            break;
+                        };
+                        answered
+                            .lock()
+                            .unwrap()
+                            .insert(body["order_id"].as_str().unwrap().to_owned());
+                    }
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        server.kill().unwrap(); // SIGKILL: no drain, no lease release
+        server.wait().unwrap();
+        while load.join_next().await.is_some() {}
+        let answered = answered.lock().unwrap().clone();
+        assert!(
+            answered.len() > 20,
+            "the load made orders before the kill: {}",
+            answered.len()
+        );
+
+        let mut server = start();
+        wait_ready(client.clone(), base.clone()).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let in_sql = ids_in_sql(&database_url, &item).await;
+            let missing = answered.difference(&in_sql).count();
+            if missing == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{missing} of {} acknowledged orders never reached SQL ({database_url})",
+                answered.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        server.kill().unwrap();
+        server.wait().unwrap();
+    }
+}
+
+/// The embedded Redis forgets everything on restart while the SQLite file
+/// stays: a new sale must not reuse a sale number SQL already has orders for.
+#[tokio::test]
+async fn a_fresh_redis_never_reuses_a_sale_number_sql_has_seen() {
+    let database_url = database_urls().remove(0);
+    let item = unique("reborn");
+    let (first, redis) = spawn_persisting_app(&database_url, |_| {}).await;
+    first.create_item(&item, 5, 1).await;
+    assert_eq!(first.purchase(&item, "u1", "sql").await.status(), 201);
+    first.stop().await;
+    drop(redis);
+
+    let (second, _redis) = spawn_persisting_app(&database_url, |_| {}).await;
+    let (status, view) = status_and_json(second.restock(&item, 5, 1).await).await;
+    assert_eq!(status, 201, "new to this Redis: {view}");
+    assert_eq!(view["generation"], 2, "{view}");
+    assert_eq!(
+        view["persisted"], 0,
+        "the old sale's order is not this sale's: {view}"
+    );
+}
