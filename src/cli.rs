@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::bench::BenchArgs;
 use crate::config::Config;
 
 /// seckill: a flash-sale service and concurrency lab.
@@ -21,12 +22,17 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API and status page (what `cargo run --release` does).
     Serve(Config),
+    /// Race the strategies under load and report requests/s, latency, and the
+    /// truths of each sale (oversold, undersold, lost orders), with the HTTP
+    /// ceiling measured in the same run. Starts its own server unless `--url`.
+    Bench(BenchArgs),
 }
 
 /// Runs the chosen subcommand to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Serve(config)) => crate::server::serve(config).await,
+        Some(Command::Bench(args)) => crate::bench::run(args).await,
         None => crate::server::serve(cli.serve).await,
     }
 }

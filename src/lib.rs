@@ -1,7 +1,9 @@
 //! seckill: a flash-sale (秒杀) service and concurrency lab.
 //!
 //! # Layout
-//! - [`cli`]: the command line (`serve`), parsed by `main.rs` and run here.
+//! - [`cli`]: the command line (`serve`, `bench`), parsed by `main.rs` and run here.
+//! - [`loadgen`]: the load generator that races strategies; [`bench`] drives it
+//!   from the command line and [`report`] renders its results.
 //! - [`config`]: every setting, as a flag and an environment variable.
 //! - [`server`]: `run(listener, state, shutdown)` and `serve(config)`.
 //! - [`http`]: the router, handlers and middleware.
@@ -26,6 +28,7 @@
 //! every rejection into its status and JSON shape. Later, the [`persister`]
 //! reads the order from the item's order log and inserts it into SQL.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -34,8 +37,10 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod lease;
+pub mod loadgen;
 pub mod persister;
 pub mod redis_server;
+pub mod report;
 pub mod sale;
 pub mod server;
 pub mod snowflake;

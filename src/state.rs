@@ -129,16 +129,27 @@ impl App {
             redis.clone(),
             race_window,
         )));
-        strategies.register(Arc::new(strategy::optimistic::Optimistic::new(
-            pool,
-            config.optimistic_max_retries,
-        )));
-        strategies.register(Arc::new(strategy::lock::Lock::new(
+        let optimistic: Arc<dyn strategy::Strategy> = Arc::new(
+            strategy::optimistic::Optimistic::new(pool, config.optimistic_max_retries),
+        );
+        let lock: Arc<dyn strategy::Strategy> = Arc::new(strategy::lock::Lock::new(
             redis.clone(),
             config.lock_ttl(),
             config.lock_wait(),
             race_window,
-        )));
+        ));
+        for (kind, inner) in [
+            (StrategyKind::OptimisticGated, &optimistic),
+            (StrategyKind::LockGated, &lock),
+        ] {
+            strategies.register(Arc::new(strategy::gate::Gated::new(
+                kind,
+                Arc::clone(inner),
+                config.lock_wait(),
+            )));
+        }
+        strategies.register(optimistic);
+        strategies.register(lock);
         strategies.register(Arc::new(strategy::lua::Lua::new(redis.clone())));
 
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;

@@ -14,10 +14,12 @@
 //! | [`lock`] | a `SET NX PX` token lock around read-check-write |
 //! | [`lua`] | one atomic script |
 //! | [`sql`] | a database transaction with a conditional `UPDATE` |
+//! | `lock-gated`, `optimistic-gated` | the same behind an in-process [`gate`] |
 //!
 //! Check order is the same everywhere: item exists, then the user's limit, then
 //! the stock; so the same request gets the same answer from every strategy.
 
+pub mod gate;
 pub mod lock;
 pub mod lua;
 pub mod naive;
@@ -37,20 +39,30 @@ use crate::snowflake::OrderId;
 
 /// A strategy's name, as requests spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "&'static str")]
 pub enum StrategyKind {
     Naive,
     Optimistic,
+    OptimisticGated,
     Lock,
+    LockGated,
     Lua,
     Sql,
 }
 
+impl From<StrategyKind> for &'static str {
+    fn from(kind: StrategyKind) -> Self {
+        kind.as_str()
+    }
+}
+
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 5] = [
+    pub const ALL: [StrategyKind; 7] = [
         Self::Naive,
         Self::Optimistic,
+        Self::OptimisticGated,
         Self::Lock,
+        Self::LockGated,
         Self::Lua,
         Self::Sql,
     ];
@@ -59,7 +71,9 @@ impl StrategyKind {
         match self {
             Self::Naive => "naive",
             Self::Optimistic => "optimistic",
+            Self::OptimisticGated => "optimistic-gated",
             Self::Lock => "lock",
+            Self::LockGated => "lock-gated",
             Self::Lua => "lua",
             Self::Sql => "sql",
         }
@@ -290,7 +304,10 @@ mod tests {
     #[test]
     fn an_unknown_name_lists_the_valid_ones() {
         let err = "fast".parse::<StrategyKind>().unwrap_err();
-        assert!(err.contains("naive, optimistic, lock, lua, sql"), "{err}");
+        assert!(
+            err.contains("naive, optimistic, optimistic-gated, lock, lock-gated, lua, sql"),
+            "{err}"
+        );
     }
 
     #[test]

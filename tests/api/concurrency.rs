@@ -181,6 +181,12 @@ async fn lua_sells_exactly_the_stock_to_concurrent_buyers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gated_strategies_sell_exactly_the_stock_to_concurrent_buyers() {
+    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("lock-gated").await;
+    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("optimistic-gated").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_sells_exactly_the_stock_to_concurrent_buyers() {
     two_hundred_buyers_for_fifty_units_sell_exactly_fifty("sql").await;
 }
@@ -213,7 +219,14 @@ async fn the_same_harness_catches_naive_overselling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_hammering_gets_no_more_than_the_limit() {
     let app = Arc::new(spawn_app().await);
-    for strategy in ["optimistic", "lock", "lua", "sql"] {
+    for strategy in [
+        "optimistic",
+        "optimistic-gated",
+        "lock",
+        "lock-gated",
+        "lua",
+        "sql",
+    ] {
         let report = race(&app, strategy, 10, 2, vec!["greedy".to_owned(); 60]).await;
         assert_eq!(
             report.statuses.get(&201),

@@ -6,5 +6,6 @@ mod concurrency;
 mod endpoints;
 mod health;
 mod helpers;
+mod loadgen;
 mod persistence;
 mod redis_down;

@@ -1,0 +1,366 @@
+//! `seckill bench`: races the strategies under load and reports the truth.
+//!
+//! By default it starts its own server (this binary, `serve`, on a free
+//! loopback port, with a private Redis and a fresh SQLite file) so one command
+//! gives a complete, comparable run; `--url` points it at a running server
+//! instead. Settings for the spawned server come from the environment as usual
+//! (`LOCK_TTL_MS=500 seckill bench`). The load itself is [`crate::loadgen`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::loadgen::{self, Progress, RacePlan, Target};
+use crate::redis_server::{RedisServer, RedisServerOptions};
+use crate::report;
+use crate::strategy::StrategyKind;
+
+/// `seckill bench` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// A running server (`http://host:port`). Unset: start one on embedded defaults.
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// Redis for the server this command starts (unset: a private one). With
+    /// `--url`, the server's Redis, to check that every 201 is in the order log.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+
+    /// Database for the server this command starts (unset: a fresh SQLite file).
+    #[arg(long)]
+    pub database_url: Option<String>,
+
+    /// Bearer token for creating the items, if the server wants one.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Strategies to race, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "naive,optimistic,optimistic-gated,lock,lock-gated,lua,sql"
+    )]
+    pub strategies: Vec<String>,
+
+    /// Units per item (each strategy gets a fresh item with this stock).
+    #[arg(long, default_value_t = 20_000)]
+    pub stock: u64,
+
+    /// Units one user may buy.
+    #[arg(long, default_value_t = 1)]
+    pub per_user_limit: u64,
+
+    /// Distinct buyers per strategy (default: four per unit).
+    #[arg(long)]
+    pub users: Option<u64>,
+
+    /// Requests in flight (one connection each).
+    #[arg(long, short = 'c', default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Longest run per strategy (e.g. `30s`, `2m`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Stop a strategy's run at its first `sold_out` (else run for `--duration`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub until_sold_out: bool,
+
+    /// Buyers come back at random instead of each buying once.
+    #[arg(long)]
+    pub repeat_buyers: bool,
+
+    /// How long to measure the HTTP ceiling (`/healthz`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ceiling_duration: Duration,
+
+    /// Write results.json, results.md and chart.svg here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs the bench and prints the table.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let strategies = args
+        .strategies
+        .iter()
+        .map(|name| {
+            name.trim()
+                .parse::<StrategyKind>()
+                .map_err(anyhow::Error::msg)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.concurrency == 0 || args.stock == 0 {
+        bail!("--concurrency and --stock must be at least 1");
+    }
+    let plan = RacePlan {
+        strategies,
+        stock: args.stock,
+        per_user_limit: args.per_user_limit.max(1),
+        users: args.users.unwrap_or(args.stock.saturating_mul(4)),
+        concurrency: args.concurrency,
+        duration: args.duration,
+        until_sold_out: args.until_sold_out,
+        repeat_buyers: args.repeat_buyers,
+        ceiling_duration: args.ceiling_duration,
+        item_prefix: "bench".into(),
+    };
+
+    let (target, server) = match &args.url {
+        Some(url) => (
+            Target::from_url(url, args.admin_token.clone(), args.redis_url.clone()).await?,
+            None,
+        ),
+        None => {
+            let server = SpawnedServer::start(&args).await?;
+            (server.target.clone(), Some(server))
+        }
+    };
+    let pid = server.as_ref().map(|s| s.child.id());
+    eprintln!(
+        "seckill bench: {} at concurrency {}, stock {}, {} ({} cores; load generator, server and Redis share them)",
+        target.host,
+        plan.concurrency,
+        plan.stock,
+        if server.is_some() {
+            "server started by this command"
+        } else {
+            "existing server"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+
+    let peaks: Arc<Mutex<BTreeMap<StrategyKind, f64>>> = Arc::default();
+    let observer = progress_observer(&plan, pid, Arc::clone(&peaks));
+    let started = Instant::now();
+    let report = loadgen::race(&target, &plan, observer).await?;
+    let rss = peaks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let machine = report::Machine::here();
+
+    println!();
+    println!("{}", report::table(&report, &rss));
+    println!(
+        "HTTP ceiling (/healthz, c={}): {:.0} req/s, p99 {:.2} ms. Total {:.1} s.",
+        plan.concurrency,
+        report.ceiling.requests_per_s,
+        report.ceiling.latency.p99_ms,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(dir) = &args.out {
+        report::write_files(dir, &report, &rss, &machine)?;
+        println!(
+            "wrote {0}/results.json, {0}/results.md, {0}/chart.svg",
+            dir.display()
+        );
+    }
+    drop(server);
+    Ok(())
+}
+
+/// Progress bars on the terminal, and per-strategy peak server memory.
+fn progress_observer(
+    plan: &RacePlan,
+    server_pid: Option<u32>,
+    peaks: Arc<Mutex<BTreeMap<StrategyKind, f64>>>,
+) -> loadgen::Observer {
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let ceiling = bars.add(ProgressBar::new_spinner().with_prefix("/healthz"));
+    let current: Arc<Mutex<Option<ProgressBar>>> = Arc::default();
+    let stock = plan.stock;
+    Arc::new(move |event| match event {
+        Progress::Ceiling {
+            requests,
+            elapsed_s,
+        } => {
+            ceiling.set_message(format!(
+                "{:.0} req/s",
+                requests as f64 / elapsed_s.max(1e-3)
+            ));
+            ceiling.tick();
+        }
+        Progress::Started { strategy, .. } => {
+            ceiling.finish();
+            if let Some(pid) = server_pid {
+                reset_peak_rss(pid);
+            }
+            let bar = bars.add(
+                ProgressBar::new(stock)
+                    .with_style(style.clone())
+                    .with_prefix(strategy.to_string()),
+            );
+            *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar);
+        }
+        Progress::Running {
+            requests,
+            purchased,
+            elapsed_s,
+            ..
+        } => {
+            if let Some(bar) = &*current.lock().unwrap_or_else(|e| e.into_inner()) {
+                bar.set_position(purchased);
+                bar.set_message(format!(
+                    "{:.0} req/s",
+                    requests as f64 / elapsed_s.max(1e-3)
+                ));
+            }
+        }
+        Progress::Verifying { strategy } => {
+            if let Some(pid) = server_pid
+                && let Some(peak) = peak_rss_mib(pid)
+            {
+                peaks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(strategy, peak);
+            }
+            if let Some(bar) = &*current.lock().unwrap_or_else(|e| e.into_inner()) {
+                bar.set_message("checking the truths...");
+            }
+        }
+        Progress::Finished(result) => {
+            if let Some(bar) = current.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                bar.finish_with_message(format!(
+                    "{:.0} req/s, p99 {:.1} ms, oversold {}",
+                    result.requests_per_s, result.latency.p99_ms, result.oversold
+                ));
+            }
+        }
+    })
+}
+
+/// Resets the kernel's peak-RSS mark (VmHWM) so the next reading is this
+/// strategy's own peak. Best effort: without it the peak covers the whole run.
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Peak resident memory (VmHWM) of `pid` in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// A `seckill serve` child started for the run, with its Redis.
+struct SpawnedServer {
+    child: Child,
+    target: Target,
+    _redis: Option<RedisServer>,
+    _dir: TempDir,
+}
+
+impl SpawnedServer {
+    async fn start(args: &BenchArgs) -> anyhow::Result<Self> {
+        let dir = TempDir::new()?;
+        let redis = match &args.redis_url {
+            Some(_) => None,
+            None => Some(RedisServer::start(RedisServerOptions::default())?),
+        };
+        let redis_url = args
+            .redis_url
+            .clone()
+            .or_else(|| redis.as_ref().map(RedisServer::url))
+            .context("no Redis")?;
+        let database_url = args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.0.join("bench.db").display()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::fs::File::create(dir.0.join("server.log"))?;
+        let child = Command::new(std::env::current_exe().context("cannot find this binary")?)
+            .arg("serve")
+            .env("LISTEN", format!("127.0.0.1:{port}"))
+            .env("REDIS_URL", &redis_url)
+            .env("DATABASE_URL", &database_url)
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the server")?;
+        let target = Target::from_url(
+            &format!("http://127.0.0.1:{port}"),
+            args.admin_token.clone(),
+            Some(redis_url),
+        )
+        .await?;
+        let mut server = Self {
+            child,
+            target,
+            _redis: redis,
+            _dir: dir,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://{}/readyz", self.target.host);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the server exited at start-up ({status}); see its log");
+            }
+            if loadgen::probe(&self.target, "/readyz").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the server at {url} was not ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for SpawnedServer {
+    fn drop(&mut self) {
+        // SIGTERM for a graceful stop (persister drain), then wait briefly.
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("seckill-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,294 @@
+//! Rendering a race: a terminal table, `results.md`, `results.json` and an SVG
+//! chart of requests/s and p99 latency per strategy.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::loadgen::{RaceReport, StrategyResult};
+use crate::strategy::StrategyKind;
+
+/// Where the numbers were measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub date: String,
+}
+
+impl Machine {
+    pub fn here() -> Self {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Self {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model,
+            date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        }
+    }
+}
+
+const HEADERS: [&str; 16] = [
+    "strategy",
+    "req/s",
+    "x ceiling",
+    "201/s",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "max ms",
+    "201",
+    "409",
+    "503",
+    "retries/201",
+    "sell-out s",
+    "oversold",
+    "drift",
+    "undersold",
+];
+const MORE_HEADERS: [&str; 2] = ["lost log/sql", "peak RSS MiB"];
+
+fn row(r: &StrategyResult, rss: &BTreeMap<StrategyKind, f64>) -> Vec<String> {
+    let lost = |v: Option<u64>| v.map_or("n/a".to_owned(), |n| n.to_string());
+    vec![
+        r.strategy.to_string(),
+        format!("{:.0}", r.requests_per_s),
+        format!("{:.3}", r.ceiling_ratio),
+        format!("{:.0}", r.successes_per_s),
+        format!("{:.2}", r.latency.p50_ms),
+        format!("{:.2}", r.latency.p90_ms),
+        format!("{:.2}", r.latency.p99_ms),
+        format!("{:.1}", r.latency.max_ms),
+        r.statuses.created_201.to_string(),
+        (r.statuses.sold_out_409 + r.statuses.limit_reached_409).to_string(),
+        (r.statuses.contention_503 + r.statuses.unavailable_503).to_string(),
+        format!("{:.2}", r.retries_per_success),
+        r.time_to_sell_out_s
+            .map_or("-".to_owned(), |s| format!("{s:.2}")),
+        r.oversold.to_string(),
+        r.drift.to_string(),
+        r.undersold.to_string(),
+        format!("{}/{}", lost(r.lost_in_log), lost(r.lost_in_sql)),
+        rss.get(&r.strategy)
+            .map_or("n/a".to_owned(), |m| format!("{m:.1}")),
+    ]
+}
+
+fn rows(
+    report: &RaceReport,
+    rss: &BTreeMap<StrategyKind, f64>,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let headers: Vec<&str> = HEADERS.iter().chain(MORE_HEADERS.iter()).copied().collect();
+    (
+        headers,
+        report.results.iter().map(|r| row(r, rss)).collect(),
+    )
+}
+
+/// A fixed-width table for the terminal.
+pub fn table(report: &RaceReport, rss: &BTreeMap<StrategyKind, f64>) -> String {
+    let (headers, rows) = rows(report, rss);
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", padded.join("  "));
+    };
+    line(headers.clone(), &mut out);
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// `results.md`: the plan, the machine, the ceiling and the table.
+pub fn markdown(
+    report: &RaceReport,
+    rss: &BTreeMap<StrategyKind, f64>,
+    machine: &Machine,
+) -> String {
+    let (headers, rows) = rows(report, rss);
+    let plan = &report.plan;
+    let mut md = String::new();
+    let _ = writeln!(md, "# seckill bench, {}\n", machine.date);
+    let _ = writeln!(
+        md,
+        "Machine: {} CPUs ({}), shared by the load generator, the server and Redis.\n",
+        machine.cpus, machine.cpu_model
+    );
+    let _ = writeln!(
+        md,
+        "Plan: concurrency {}, stock {} per strategy, per-user limit {}, {} distinct buyers, {}, at most {:.0} s per strategy.\n",
+        plan.concurrency,
+        plan.stock,
+        plan.per_user_limit,
+        plan.users,
+        if plan.until_sold_out {
+            "until sold out"
+        } else {
+            "for the whole duration"
+        },
+        plan.duration.as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "HTTP ceiling (`/healthz`, same concurrency): {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms.\n",
+        report.ceiling.requests_per_s, report.ceiling.latency.p50_ms, report.ceiling.latency.p99_ms
+    );
+    let _ = writeln!(md, "| {} |", headers.join(" | "));
+    let _ = writeln!(md, "|{}|", vec!["---:"; headers.len()].join("|"));
+    for row in rows {
+        let _ = writeln!(md, "| {} |", row.join(" | "));
+    }
+    let _ = writeln!(
+        md,
+        "\n`x ceiling` is req/s divided by the `/healthz` req/s of this run. 409 counts sold-out and limit answers; 503 counts contention and unavailable. `lost log/sql`: 201 order ids missing from the order log / from SQL after the persister caught up."
+    );
+    md
+}
+
+/// Writes `results.json`, `results.md` and `chart.svg` into `dir`.
+pub fn write_files(
+    dir: &Path,
+    report: &RaceReport,
+    rss: &BTreeMap<StrategyKind, f64>,
+    machine: &Machine,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[derive(Serialize)]
+    struct Json<'a> {
+        machine: &'a Machine,
+        peak_rss_mib: &'a BTreeMap<StrategyKind, f64>,
+        #[serde(flatten)]
+        report: &'a RaceReport,
+    }
+    let json = serde_json::to_string_pretty(&Json {
+        machine,
+        peak_rss_mib: rss,
+        report,
+    })?;
+    std::fs::write(dir.join("results.json"), json)?;
+    std::fs::write(dir.join("results.md"), markdown(report, rss, machine))?;
+    chart(&dir.join("chart.svg"), report)?;
+    Ok(())
+}
+
+/// Two bar charts side by side: requests/s (with the ceiling marked) and p99.
+pub fn chart(path: &Path, report: &RaceReport) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (left, right) = root.split_horizontally(500);
+    let names: Vec<String> = report
+        .results
+        .iter()
+        .map(|r| r.strategy.to_string())
+        .collect();
+    let n = names.len().max(1);
+    let draw = |area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+                title: &str,
+                values: Vec<f64>,
+                reference: Option<f64>,
+                color: RGBColor|
+     -> anyhow::Result<()> {
+        let top = values
+            .iter()
+            .copied()
+            .chain(reference)
+            .fold(1.0f64, f64::max)
+            * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0..n as u32).into_segmented(), 0f64..top)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, v)| {
+                let i = i as u32;
+                let mut bar = Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), *v),
+                    ],
+                    color.filled(),
+                );
+                bar.set_margin(0, 0, 8, 8);
+                bar
+            }))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, v)| {
+                Text::new(
+                    format!("{v:.0}"),
+                    (SegmentValue::CenterOf(i as u32), *v),
+                    ("sans-serif", 12),
+                )
+            }))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(reference) = reference {
+            chart
+                .draw_series(LineSeries::new(
+                    [
+                        (SegmentValue::Exact(0), reference),
+                        (SegmentValue::Last, reference),
+                    ],
+                    RED.stroke_width(2),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(format!("/healthz {reference:.0} req/s"));
+            chart
+                .configure_series_labels()
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(())
+    };
+    draw(
+        &left,
+        "requests/s per strategy",
+        report.results.iter().map(|r| r.requests_per_s).collect(),
+        Some(report.ceiling.requests_per_s),
+        RGBColor(70, 110, 180),
+    )?;
+    draw(
+        &right,
+        "p99 latency (ms)",
+        report.results.iter().map(|r| r.latency.p99_ms).collect(),
+        None,
+        RGBColor(200, 120, 40),
+    )?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}

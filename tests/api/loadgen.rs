@@ -1,0 +1,73 @@
+//! The load generator reports what really happened: it counts what the server
+//! answered and reads the truths back, so it must see `naive` oversell and find
+//! every `lua` order in the order log and in SQL.
+
+use std::time::Duration;
+
+use seckill::loadgen::{self, RacePlan, Target};
+use seckill::strategy::StrategyKind;
+
+use crate::helpers::{database_urls, spawn_persisting_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_reports_the_truth_of_each_strategy() {
+    let (app, redis) =
+        spawn_persisting_app(&database_urls().remove(0), |c| c.race_window_ms = 20).await;
+    let target = Target::from_url(&app.address, None, Some(redis.url()))
+        .await
+        .unwrap();
+    let plan = RacePlan {
+        strategies: vec![StrategyKind::Naive, StrategyKind::Lua],
+        stock: 200,
+        per_user_limit: 1,
+        users: 600,
+        concurrency: 16,
+        duration: Duration::from_secs(30),
+        until_sold_out: true,
+        repeat_buyers: false,
+        ceiling_duration: Duration::from_millis(300),
+        item_prefix: "lg".into(),
+    };
+    let report = loadgen::race(&target, &plan, std::sync::Arc::new(|_| {}))
+        .await
+        .unwrap();
+    assert!(report.ceiling.requests > 0 && report.ceiling.requests_per_s > 0.0);
+
+    let naive = &report.results[0];
+    assert_eq!(naive.strategy, StrategyKind::Naive);
+    assert!(
+        naive.oversold > 0,
+        "naive must be caught overselling: {naive:?}"
+    );
+    assert!(naive.drift < 0, "{naive:?}");
+    assert_eq!(
+        naive.statuses.created_201, naive.sold,
+        "every 201 is in the order log"
+    );
+
+    let lua = &report.results[1];
+    assert_eq!(lua.statuses.created_201, 200, "{lua:?}");
+    assert_eq!(
+        (lua.sold, lua.oversold, lua.drift, lua.undersold),
+        (200, 0, 0, 0)
+    );
+    assert_eq!(lua.lost_in_log, Some(0));
+    assert_eq!(lua.lost_in_sql, Some(0));
+    assert!(lua.time_to_sell_out_s.is_some());
+    assert!(lua.requests >= 200 && lua.latency.p99_ms >= lua.latency.p50_ms);
+
+    let dir = std::env::temp_dir().join(crate::helpers::unique("seckill-report"));
+    let rss = Default::default();
+    seckill::report::write_files(&dir, &report, &rss, &seckill::report::Machine::here()).unwrap();
+    let markdown = std::fs::read_to_string(dir.join("results.md")).unwrap();
+    assert!(
+        markdown.contains("| naive |") && markdown.contains("| lua |"),
+        "{markdown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["results"][1]["strategy"], "lua");
+    let svg = std::fs::read_to_string(dir.join("chart.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("lua"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
