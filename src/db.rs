@@ -168,20 +168,24 @@ impl Db {
                 "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at) VALUES ",
             );
             for i in 0..chunk.len() {
-                let p = i * 7;
                 if i > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!(
-                    "(${},${},${},${},${},${},${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7
-                ));
+                sql.push('(');
+                for column in 0..7 {
+                    if column > 0 {
+                        sql.push(',');
+                    }
+                    match self.backend {
+                        // Plain `?`: SQLite resolves each *named* parameter
+                        // ($N) by a linear scan, which made binding a
+                        // 1400-parameter insert quadratic (a fifth of the
+                        // server's CPU under load, in a profile).
+                        Backend::Sqlite => sql.push('?'),
+                        Backend::Postgres => sql.push_str(&format!("${}", i * 7 + column + 1)),
+                    }
+                }
+                sql.push(')');
             }
             sql.push_str(" ON CONFLICT (order_id) DO NOTHING");
             let mut query = sqlx::query(&sql);

@@ -66,9 +66,23 @@ impl IdMinter {
     }
 }
 
-/// Cheap to clone: everything inside is shared.
+/// What handlers share, behind one `Arc`: axum clones the state for every
+/// extractor of every request, so a clone must be one reference-count bump,
+/// not a copy of each field (a profile showed those copies, Lua source text
+/// included, in the purchase path).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     /// Multiplexed connection (reconnects by itself) for one-round-trip work.
     pub redis: ConnectionManager,
     pub db: Db,
@@ -202,7 +216,7 @@ impl App {
             None
         };
 
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             sales: Sales::new(redis.clone(), db.clone()),
             db,
             redis,
@@ -213,7 +227,7 @@ impl App {
             admin,
             persister: persister.as_ref().map(Persister::handle),
             request_timeout: config.request_timeout(),
-        };
+        }));
         Ok(Self {
             state,
             lease,
