@@ -15,6 +15,7 @@
 //! - [`strategy`]: the concurrency-control strategies, one file each.
 //! - [`sale`]: items, restocks and the truths of a sale; [`stats`]: counters.
 //! - [`redis_server`]: the private `redis-server` child.
+//! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`db`]: SQL (SQLite or Postgres) and its queries; [`persister`]: the
 //!   background task moving orders from the Redis order logs into SQL.
 //!
@@ -38,6 +39,7 @@ pub mod http;
 pub mod keys;
 pub mod lease;
 pub mod loadgen;
+pub mod metrics;
 pub mod persister;
 pub mod redis_server;
 pub mod report;

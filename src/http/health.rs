@@ -3,6 +3,8 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -25,4 +27,24 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     Ok(Json(
         json!({"status": "ready", "redis": "ok", "database": state.db.backend()}),
     ))
+}
+
+/// `GET /metrics`: Prometheus text. Item gauges are read at scrape time; if
+/// Redis cannot answer, the purchase metrics are still served without them.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let items = match state.sales.list(&state.stats).await {
+        Ok(items) => items,
+        Err(err) => {
+            tracing::warn!(error = %err, "metrics without item gauges");
+            Vec::new()
+        }
+    };
+    let report = state.persister.as_ref().map(|p| p.report());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(&items, report.as_ref()),
+    )
 }

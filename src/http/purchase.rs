@@ -55,6 +55,7 @@ pub async fn purchase(
     query: Result<Query<PurchaseInput>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Purchased>), ApiError> {
+    let started = std::time::Instant::now();
     let item = item_id(path)?;
     let Query(query) =
         query.map_err(|r| ApiError::invalid(format!("query string: {}", r.body_text())))?;
@@ -87,6 +88,9 @@ pub async fn purchase(
         Ok(attempt) => attempt,
         Err(err) => {
             state.stats.record_error(&purchase.item, kind);
+            state
+                .metrics
+                .record_purchase(kind, "error", started.elapsed());
             return Err(match err {
                 StrategyError::Redis(_) | StrategyError::Pool(_) => ApiError::redis(err),
                 StrategyError::Database(_) => ApiError::database(err),
@@ -95,6 +99,9 @@ pub async fn purchase(
         }
     };
     state.stats.record(&purchase.item, kind, &attempt);
+    state
+        .metrics
+        .record_purchase(kind, attempt.outcome.label(), started.elapsed());
     let Purchase { item, user, .. } = purchase;
     match attempt.outcome {
         Outcome::Purchased { remaining } => Ok((

@@ -167,6 +167,19 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// A short stable name, for metrics labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Purchased { .. } => "purchased",
+            Self::SoldOut => "sold_out",
+            Self::LimitReached { .. } => "limit_reached",
+            Self::ItemNotFound => "item_not_found",
+            Self::Contended { .. } => "contention",
+        }
+    }
+}
+
 /// An outcome plus the effort it took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
