@@ -100,6 +100,10 @@ pub struct Config {
     #[arg(long, env = "PERSISTER_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub persister_claim_idle_ms: u64,
 
+    /// Directory of the status page's files (`index.html`, script, styles).
+    #[arg(long, env = "STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"))]
+    pub static_dir: std::path::PathBuf,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

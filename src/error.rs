@@ -40,6 +40,9 @@ pub enum ApiError {
         user: String,
         limit: u64,
     },
+    /// 409 `race_running`: the page's race control is busy.
+    #[error("a race is already running; wait for it to finish")]
+    RaceRunning,
     /// 503 `contention` with `Retry-After`: the strategy gave up (lock wait or
     /// retries exhausted). Nothing was bought; trying again may succeed.
     #[error("too much contention on `{item}` ({detail}); try again")]
@@ -86,7 +89,9 @@ impl ApiError {
             Self::AdminDisabled => StatusCode::FORBIDDEN,
             Self::ItemNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::SoldOut(_) | Self::LimitReached { .. } => StatusCode::CONFLICT,
+            Self::SoldOut(_) | Self::LimitReached { .. } | Self::RaceRunning => {
+                StatusCode::CONFLICT
+            }
             Self::Contention { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -103,6 +108,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::SoldOut(_) => "sold_out",
             Self::LimitReached { .. } => "limit_reached",
+            Self::RaceRunning => "race_running",
             Self::Contention { .. } => "contention",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",

@@ -15,7 +15,8 @@
 //! - [`strategy`]: the concurrency-control strategies, one file each.
 //! - [`sale`]: items, restocks and the truths of a sale; [`stats`]: counters.
 //! - [`redis_server`]: the private `redis-server` child.
-//! - [`metrics`]: Prometheus metrics for `/metrics`.
+//! - [`metrics`]: Prometheus metrics for `/metrics`; [`live`]: the status
+//!   page's feed; [`race`]: the page's race control.
 //! - [`db`]: SQL (SQLite or Postgres) and its queries; [`persister`]: the
 //!   background task moving orders from the Redis order logs into SQL.
 //!
@@ -38,9 +39,11 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod lease;
+pub mod live;
 pub mod loadgen;
 pub mod metrics;
 pub mod persister;
+pub mod race;
 pub mod redis_server;
 pub mod report;
 pub mod sale;

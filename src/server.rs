@@ -18,9 +18,14 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    state.race.set_address(listener.local_addr()?);
+    let closing = state.closing.clone();
     let app = crate::http::router(state);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.send_replace(true);
+        })
         .await
         .context("HTTP server failed")
 }

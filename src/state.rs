@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::db::Db;
@@ -97,6 +98,14 @@ pub struct Shared {
     pub persister: Option<PersisterHandle>,
     /// Upper bound on a request's time.
     pub request_timeout: Duration,
+    /// Set when shutdown starts, so endless responses (the SSE feed) end and
+    /// graceful shutdown is not held open by a status page.
+    pub closing: watch::Sender<bool>,
+    /// The latest live snapshot (JSON), see [`crate::live`].
+    pub live: watch::Receiver<Arc<str>>,
+    pub race: crate::race::RaceControl,
+    /// The status page's files.
+    pub static_dir: std::path::PathBuf,
 }
 
 /// The state plus what must be stopped cleanly on shutdown.
@@ -104,6 +113,7 @@ pub struct App {
     pub state: AppState,
     lease: Option<WorkerLease>,
     persister: Option<Persister>,
+    live: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -217,6 +227,7 @@ impl App {
             None
         };
 
+        let (live_tx, live_rx) = watch::channel(Arc::<str>::from("{}"));
         let state = AppState(Arc::new(Shared {
             sales: Sales::new(redis.clone(), db.clone()),
             db,
@@ -229,17 +240,25 @@ impl App {
             admin,
             persister: persister.as_ref().map(Persister::handle),
             request_timeout: config.request_timeout(),
+            closing: watch::channel(false).0,
+            live: live_rx,
+            race: crate::race::RaceControl::default(),
+            static_dir: config.static_dir.clone(),
         }));
+        let live = crate::live::spawn(state.clone(), live_tx);
         Ok(Self {
             state,
             lease,
             persister,
+            live,
         })
     }
 
     /// Stops background work once the HTTP server has stopped: the persister
     /// drains the order logs into SQL, then the worker lease is released.
     pub async fn shutdown(self) {
+        self.state.closing.send_replace(true);
+        let _ = self.live.await;
         if let Some(persister) = self.persister {
             persister.drain_and_stop().await;
         }

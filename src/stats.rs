@@ -9,8 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::domain::ItemId;
@@ -58,7 +60,20 @@ impl Counters {
     }
 }
 
-type ItemCounters = [Counters; StrategyKind::ALL.len()];
+/// Latencies recorded since the live feed last took them.
+type Latencies = Mutex<Option<Histogram<u32>>>;
+
+#[derive(Debug, Default)]
+struct ItemCounters {
+    counters: [Counters; StrategyKind::ALL.len()],
+    latencies: [Latencies; StrategyKind::ALL.len()],
+}
+
+/// 1 µs to 60 s at 2 significant digits: enough for p50/p99 on a page.
+fn latency_histogram() -> Histogram<u32> {
+    // Constant bounds that satisfy the constructor's rules: cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
+}
 
 /// All counters of this instance.
 #[derive(Debug, Default)]
@@ -82,10 +97,15 @@ impl Stats {
         Arc::clone(items.entry(item.clone()).or_default())
     }
 
-    /// Counts one attempt that came to an outcome.
-    pub fn record(&self, item: &ItemId, kind: StrategyKind, attempt: &Attempt) {
+    /// Counts one attempt that came to an outcome, and how long it took.
+    pub fn record(&self, item: &ItemId, kind: StrategyKind, attempt: &Attempt, took: Duration) {
         let counters = self.item(item);
-        let c = &counters[kind.index()];
+        let c = &counters.counters[kind.index()];
+        counters.latencies[kind.index()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(latency_histogram)
+            .saturating_record(took.as_micros() as u64);
         c.attempts.fetch_add(1, Ordering::Relaxed);
         c.retries
             .fetch_add(u64::from(attempt.retries), Ordering::Relaxed);
@@ -105,7 +125,7 @@ impl Stats {
     /// Counts one attempt that failed (Redis unreachable and the like).
     pub fn record_error(&self, item: &ItemId, kind: StrategyKind) {
         let counters = self.item(item);
-        let c = &counters[kind.index()];
+        let c = &counters.counters[kind.index()];
         c.attempts.fetch_add(1, Ordering::Relaxed);
         c.errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -131,9 +151,32 @@ impl Stats {
         };
         StrategyKind::ALL
             .into_iter()
-            .map(|kind| (kind, counters[kind.index()].snapshot()))
+            .map(|kind| (kind, counters.counters[kind.index()].snapshot()))
             .filter(|(_, snap)| snap.attempts > 0)
             .collect()
+    }
+}
+
+impl Stats {
+    /// Takes the latencies recorded since the last call, per item and strategy.
+    pub fn take_latencies(&self) -> Vec<(ItemId, StrategyKind, Histogram<u32>)> {
+        let items: Vec<(ItemId, Arc<ItemCounters>)> = self
+            .items
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, c)| (id.clone(), Arc::clone(c)))
+            .collect();
+        let mut taken = Vec::new();
+        for (item, counters) in items {
+            for kind in StrategyKind::ALL {
+                let slot = &counters.latencies[kind.index()];
+                if let Some(h) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    taken.push((item.clone(), kind, h));
+                }
+            }
+        }
+        taken
     }
 }
 
@@ -149,8 +192,14 @@ mod tests {
             &item,
             StrategyKind::Lock,
             &Attempt::new(Outcome::Purchased { remaining: 1 }).with_retries(3),
+            Duration::from_millis(2),
         );
-        stats.record(&item, StrategyKind::Lock, &Attempt::new(Outcome::SoldOut));
+        stats.record(
+            &item,
+            StrategyKind::Lock,
+            &Attempt::new(Outcome::SoldOut),
+            Duration::from_millis(4),
+        );
         stats.record_error(&item, StrategyKind::Lua);
         let snap = stats.snapshot(&item);
         let lock = snap[&StrategyKind::Lock];
@@ -162,6 +211,13 @@ mod tests {
         assert!(
             !snap.contains_key(&StrategyKind::Naive),
             "unused strategies are left out"
+        );
+        let taken = stats.take_latencies();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].2.len(), 2);
+        assert!(
+            stats.take_latencies().is_empty(),
+            "taking empties the window"
         );
         stats.reset(&item);
         assert!(stats.snapshot(&item).is_empty());

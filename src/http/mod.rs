@@ -6,6 +6,7 @@ mod admin;
 mod health;
 mod ids;
 mod items;
+mod live;
 mod orders;
 mod purchase;
 
@@ -21,6 +22,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
 use crate::domain::ItemId;
@@ -33,7 +35,13 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 /// Builds the whole router with its middleware.
 pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
+    let page = state.static_dir.clone();
     Router::new()
+        .route_service("/", ServeFile::new(page.join("index.html")))
+        .nest_service("/static", ServeDir::new(&page))
+        .route("/api/stats", get(live::stats))
+        .route("/api/stats/stream", get(live::stream))
+        .route("/api/race", post(live::start_race))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -98,7 +98,9 @@ pub async fn purchase(
             });
         }
     };
-    state.stats.record(&purchase.item, kind, &attempt);
+    state
+        .stats
+        .record(&purchase.item, kind, &attempt, started.elapsed());
     state
         .metrics
         .record_purchase(kind, attempt.outcome.label(), started.elapsed());

@@ -6,6 +6,7 @@ mod concurrency;
 mod endpoints;
 mod health;
 mod helpers;
+mod live;
 mod loadgen;
 mod persistence;
 mod redis_down;

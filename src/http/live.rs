@@ -1,0 +1,124 @@
+//! The status page's endpoints: the latest snapshot (`GET /api/stats`), the
+//! live feed (`GET /api/stats/stream`, Server-Sent Events, about twice a
+//! second), and the race control (`POST /api/race`, admin).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Deserialize;
+
+use super::admin::Admin;
+use super::json_body;
+use crate::error::ApiError;
+use crate::loadgen::RacePlan;
+use crate::race::{RaceError, RaceStatus};
+use crate::state::{AdminPolicy, AppState};
+use crate::strategy::StrategyKind;
+
+/// `GET /api/stats`: the latest live snapshot.
+pub async fn stats(State(state): State<AppState>) -> impl IntoResponse {
+    let snapshot = state.live.borrow().clone();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        snapshot.to_string(),
+    )
+}
+
+/// `GET /api/stats/stream`: the current snapshot at once, then every new one.
+/// Ends when the server starts shutting down.
+pub async fn stream(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let live = state.live.clone();
+    let closing = state.closing.subscribe();
+    let events = futures_util::stream::unfold(
+        (live, closing, true),
+        |(mut live, mut closing, first)| async move {
+            if !first {
+                tokio::select! {
+                    changed = live.changed() => changed.ok()?,
+                    _ = closing.wait_for(|c| *c) => return None,
+                }
+            }
+            if *closing.borrow() {
+                return None;
+            }
+            let data = live.borrow_and_update().clone();
+            let event = Event::default().event("stats").data(&*data);
+            Some((Ok(event), (live, closing, false)))
+        },
+    );
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+/// Limits that keep a race from the page a demonstration, not a siege.
+const MAX_RACE_STOCK: u64 = 1_000_000;
+const MAX_RACE_CONCURRENCY: usize = 256;
+const MAX_RACE_SECONDS: u64 = 120;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RaceInput {
+    strategies: Option<Vec<String>>,
+    stock: Option<u64>,
+    concurrency: Option<usize>,
+    duration_s: Option<u64>,
+}
+
+/// `POST /api/race`: fresh identical items, one per strategy, driven by the
+/// load generator against this server. 202 and the status; 409 while one runs.
+pub async fn start_race(
+    _admin: Admin,
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<RaceStatus>), ApiError> {
+    let input: RaceInput = json_body(body)?.unwrap_or_default();
+    let strategies = match input.strategies {
+        Some(names) if !names.is_empty() => names
+            .iter()
+            .map(|n| state.strategies.get(n).map(|s| s.kind()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::invalid)?,
+        _ => StrategyKind::ALL.to_vec(),
+    };
+    let stock = input.stock.unwrap_or(2_000);
+    let concurrency = input.concurrency.unwrap_or(32);
+    let duration = input.duration_s.unwrap_or(30);
+    if !(1..=MAX_RACE_STOCK).contains(&stock)
+        || !(1..=MAX_RACE_CONCURRENCY).contains(&concurrency)
+        || !(1..=MAX_RACE_SECONDS).contains(&duration)
+    {
+        return Err(ApiError::invalid(format!(
+            "stock 1..={MAX_RACE_STOCK}, concurrency 1..={MAX_RACE_CONCURRENCY}, duration_s 1..={MAX_RACE_SECONDS}"
+        )));
+    }
+    let plan = RacePlan {
+        strategies,
+        stock,
+        per_user_limit: 1,
+        users: stock.saturating_mul(4),
+        concurrency,
+        duration: Duration::from_secs(duration),
+        until_sold_out: true,
+        repeat_buyers: false,
+        ceiling_duration: Duration::from_secs(1),
+        item_prefix: "race".into(),
+    };
+    let token = match &state.admin {
+        AdminPolicy::Token(token) => Some(token.to_string()),
+        AdminPolicy::LoopbackOnly { .. } => None,
+    };
+    match state.race.start(plan, token) {
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(state.race.status()))),
+        Err(RaceError::AlreadyRunning) => Err(ApiError::RaceRunning),
+        Err(err @ RaceError::NoAddress) => Err(ApiError::Internal(err.into())),
+    }
+}

@@ -1,0 +1,199 @@
+// seckill status page: follows /api/stats/stream (Server-Sent Events) and
+// renders every item's sale; restock and race controls call the admin API.
+"use strict";
+
+const STRATEGIES = ["naive", "optimistic", "optimistic-gated", "lock", "lock-gated", "lua", "sql"];
+const TOKEN_KEY = "seckill-admin-token";
+
+const $ = (selector) => document.querySelector(selector);
+const esc = (value) => String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const num = (value, digits = 0) =>
+  value === null || value === undefined ? "–" : Number(value).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+
+// ---- connection -----------------------------------------------------------
+
+function setConnection(state) {
+  const pill = $("#connection");
+  const text = { live: "live", down: "disconnected, reconnecting…", wait: "connecting…" }[state];
+  pill.textContent = text;
+  pill.className = `pill ${state === "live" ? "pill-ok" : state === "down" ? "pill-bad" : "pill-wait"}`;
+  pill.dataset.state = state;
+}
+
+function connect() {
+  const source = new EventSource("/api/stats/stream");
+  source.onopen = () => setConnection("live");
+  source.addEventListener("stats", (event) => {
+    setConnection("live");
+    render(JSON.parse(event.data));
+  });
+  source.onerror = () => {
+    setConnection("down");
+    // The browser retries by itself while the stream is merely broken; once it
+    // gives up (CLOSED), start over.
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(connect, 2000);
+    }
+  };
+}
+
+// ---- rendering ------------------------------------------------------------
+
+function render(snapshot) {
+  const banner = $("#feed-error");
+  banner.hidden = !snapshot.error;
+  banner.textContent = snapshot.error ? `The server says: ${snapshot.error}` : "";
+  renderRace(snapshot.race);
+  const items = snapshot.items || [];
+  const container = $("#items");
+  if (items.length === 0) {
+    container.innerHTML = '<p class="empty">No items yet: restock one, or start a race.</p>';
+    return;
+  }
+  container.innerHTML = items.map(itemCard).join("");
+  for (const item of items) {
+    for (const [strategy, live] of Object.entries(item.live || {})) {
+      const canvas = container.querySelector(`canvas[data-item="${CSS.escape(item.item_id)}"][data-strategy="${strategy}"]`);
+      if (canvas) sparkline(canvas, live.history || []);
+    }
+  }
+}
+
+function itemCard(item) {
+  const left = Math.max(0, item.stock);
+  const pct = item.initial_stock > 0 ? Math.min(100, (100 * left) / item.initial_stock) : 0;
+  const bad = item.oversold > 0;
+  const rows = Object.entries(item.strategies || {})
+    .map(([strategy, c]) => {
+      const live = (item.live || {})[strategy] || {};
+      return `<tr data-strategy="${esc(strategy)}">
+        <td>${esc(strategy)}</td>
+        <td data-field="attempts">${num(c.attempts)}</td>
+        <td data-field="purchased">${num(c.purchased)}</td>
+        <td data-field="sold_out">${num(c.sold_out)}</td>
+        <td data-field="limit_reached">${num(c.limit_reached)}</td>
+        <td data-field="contention">${num(c.contention)}</td>
+        <td data-field="retries">${num(c.retries)}</td>
+        <td data-field="rps">${num(live.requests_per_s)}</td>
+        <td>${num(live.p50_ms, 1)}</td>
+        <td>${num(live.p99_ms, 1)}</td>
+        <td><canvas class="spark" width="110" height="26" data-item="${esc(item.item_id)}" data-strategy="${esc(strategy)}" aria-label="requests per second, last 30 s"></canvas></td>
+      </tr>`;
+    })
+    .join("");
+  return `<article class="item ${bad ? "oversold" : ""}" data-item="${esc(item.item_id)}">
+    <div class="item-head"><h3>${esc(item.item_id)}</h3><span class="gen">sale #${num(item.generation)} · limit ${num(item.per_user_limit)}/user</span></div>
+    <div class="bar" role="img" aria-label="${num(left)} of ${num(item.initial_stock)} left"><span style="width:${pct}%"></span></div>
+    <div class="bar-label"><span data-field="stock">${num(item.stock)}</span> of ${num(item.initial_stock)} left</div>
+    <div class="headline">
+      <div class="oversell ${bad ? "bad" : ""}">
+        <div class="n" data-field="oversold">${num(item.oversold)}</div>
+        <div class="label">${bad ? "oversold!" : "oversold: none"}</div>
+      </div>
+      <dl class="facts">
+        <div><dt>sold</dt><dd data-field="sold">${num(item.sold)}</dd></div>
+        <div><dt>drift</dt><dd data-field="drift" class="${item.drift !== 0 ? "warn" : ""}">${num(item.drift)}${item.drift !== 0 ? " (lost updates)" : ""}</dd></div>
+        <div><dt>undersold</dt><dd data-field="undersold" class="${item.undersold > 0 ? "warn" : ""}">${num(item.undersold)}</dd></div>
+        <div><dt>persisted</dt><dd data-field="persisted">${num(item.persisted)}</dd></div>
+        <div><dt>lag</dt><dd data-field="lag">${num(item.lag)}</dd></div>
+      </dl>
+    </div>
+    ${rows ? `<div class="table-wrap"><table>
+      <thead><tr><th>strategy</th><th>attempts</th><th>purchased</th><th>sold out</th><th>limit</th><th>contention</th><th>retries</th><th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>req/s, 30 s</th></tr></thead>
+      <tbody>${rows}</tbody></table></div>` : '<p class="hint">No purchases yet.</p>'}
+  </article>`;
+}
+
+function sparkline(canvas, values) {
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  ctx.clearRect(0, 0, width, height);
+  if (values.length < 2) return;
+  const max = Math.max(1, ...values);
+  ctx.strokeStyle = "#2f5fb3";
+  ctx.lineWidth = 1.5;
+  ctx.beginPath();
+  values.forEach((v, i) => {
+    const x = (i / (values.length - 1)) * (width - 2) + 1;
+    const y = height - 2 - (v / max) * (height - 4);
+    i === 0 ? ctx.moveTo(x, y) : ctx.lineTo(x, y);
+  });
+  ctx.stroke();
+}
+
+function renderRace(race) {
+  const box = $("#race-status");
+  if (!race || (!race.running && !race.results.length && !race.error)) {
+    box.innerHTML = "";
+    return;
+  }
+  const progress = race.running && race.strategy
+    ? `<label>${esc(race.phase)}: ${num(race.purchased)} of ${num(race.stock)} sold
+         <progress max="${race.stock}" value="${race.purchased}"></progress></label>`
+    : `<p class="hint">${esc(race.phase)}${race.error ? `: ${esc(race.error)}` : ""}</p>`;
+  const rows = race.results
+    .map((r) => `<tr><td>${esc(r.strategy)}</td><td>${num(r.requests_per_s)}</td><td>${num(r.ceiling_ratio, 3)}</td>
+      <td>${num(r.p99_ms, 1)}</td><td>${r.oversold > 0 ? `${num(r.oversold)} OVERSOLD` : "0"}</td><td>${num(r.undersold)}</td></tr>`)
+    .join("");
+  box.innerHTML = progress + (rows
+    ? `<table><thead><tr><th>strategy</th><th>req/s</th><th>× /healthz</th><th>p99 ms</th><th>oversold</th><th>undersold</th></tr></thead><tbody>${rows}</tbody></table>`
+    : "");
+}
+
+// ---- admin calls ----------------------------------------------------------
+
+async function admin(method, path, body) {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const headers = { "content-type": "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.authorization = `Bearer ${token}`;
+    const response = await fetch(path, { method, headers, body: JSON.stringify(body) });
+    if (response.status === 401 && attempt === 0) {
+      const entered = prompt("This server needs its admin token (ADMIN_TOKEN):");
+      if (!entered) return response;
+      sessionStorage.setItem(TOKEN_KEY, entered);
+      continue;
+    }
+    return response;
+  }
+}
+
+async function describe(response) {
+  try {
+    const body = await response.json();
+    return body.error ? `${response.status} ${body.error.code}: ${body.error.message}` : `${response.status} ok`;
+  } catch {
+    return `${response.status}`;
+  }
+}
+
+$("#restock").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const item = String(form.get("item"));
+  const response = await admin("PUT", `/api/items/${encodeURIComponent(item)}`, {
+    stock: Number(form.get("stock")),
+    per_user_limit: Number(form.get("limit")),
+  });
+  $("#restock-message").textContent = response.ok ? `${item}: restocked (${response.status})` : await describe(response);
+});
+
+$("#race").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const strategies = STRATEGIES.filter((s) => form.get(`s-${s}`));
+  const response = await admin("POST", "/api/race", {
+    strategies,
+    stock: Number(form.get("stock")),
+    concurrency: Number(form.get("concurrency")),
+    duration_s: Number(form.get("duration")),
+  });
+  if (!response.ok) $("#race-status").textContent = await describe(response);
+});
+
+$("#race-strategies").insertAdjacentHTML(
+  "beforeend",
+  STRATEGIES.map((s) => `<label><input type="checkbox" name="s-${s}" ${s === "naive" || s === "lua" || s === "lock-gated" ? "checked" : ""}> ${s}</label>`).join(" "),
+);
+
+connect();
