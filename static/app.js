@@ -92,7 +92,7 @@ function itemCard(item) {
       </div>
       <dl class="facts">
         <div><dt>sold</dt><dd data-field="sold">${num(item.sold)}</dd></div>
-        <div><dt>drift</dt><dd data-field="drift" class="${item.drift !== 0 ? "warn" : ""}">${num(item.drift)}${item.drift !== 0 ? " (lost updates)" : ""}</dd></div>
+        <div><dt>drift</dt><dd class="${item.drift !== 0 ? "warn" : ""}"><span data-field="drift">${num(item.drift)}</span>${item.drift !== 0 ? " (lost updates)" : ""}</dd></div>
         <div><dt>undersold</dt><dd data-field="undersold" class="${item.undersold > 0 ? "warn" : ""}">${num(item.undersold)}</dd></div>
         <div><dt>persisted</dt><dd data-field="persisted">${num(item.persisted)}</dd></div>
         <div><dt>lag</dt><dd data-field="lag">${num(item.lag)}</dd></div>

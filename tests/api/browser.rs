@@ -1,0 +1,195 @@
+//! The status page in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver + fantoccini). Purchases happen; the counters on the page must
+//! change to the values the API reports. Screenshots go to
+//! `target/browser/`.
+//!
+//! Runs when `BROWSER_TESTS=1` (`.ci/run` installs Debian's `chromium` and
+//! `chromium-driver` and sets it); elsewhere it says it was skipped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app_with, unique};
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_browser() -> (Driver, Client) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = Driver(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver on PATH (apt-get install chromium-driver)"),
+    );
+    let profile = std::env::temp_dir().join(unique("seckill-chromium"));
+    let capabilities = json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            // The flags keep Chromium off the network: this machine has none.
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.display()),
+                     "--window-size=1280,1000"]
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut builder =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        builder.capabilities(capabilities.as_object().unwrap().clone());
+        match builder.connect(&format!("http://127.0.0.1:{port}")).await {
+            Ok(client) => return (driver, client),
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("cannot start a browser session: {err}"),
+        }
+    }
+}
+
+/// Text of `selector` on the page, or `None` while absent.
+async fn text(browser: &Client, selector: &str) -> Option<String> {
+    let element = browser.find(Locator::Css(selector)).await.ok()?;
+    element.text().await.ok()
+}
+
+/// Waits until `selector`'s text is `expected`.
+async fn wait_text(browser: &Client, selector: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen = text(browser, selector).await;
+        if seen.as_deref() == Some(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{selector}: wanted {expected:?}, page shows {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn field(item: &str, name: &str) -> String {
+    format!(r#"article[data-item="{item}"] [data-field="{name}"]"#)
+}
+
+async fn page_matches_api(browser: &Client, app: &TestApp, item: &str) -> Value {
+    let view = app.item(item).await;
+    for name in ["sold", "oversold", "drift", "undersold", "stock"] {
+        let expected = view[name].as_i64().unwrap().to_string();
+        wait_text(browser, &field(item, name), &expected).await;
+    }
+    view
+}
+
+async fn screenshot(browser: &Client, name: &str) {
+    let png = browser.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), png).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_counters_the_api_reports() {
+    if std::env::var("BROWSER_TESTS").as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: set BROWSER_TESTS=1 (needs chromium and chromedriver) to run the browser test"
+        );
+        return;
+    }
+    let app = spawn_app_with(|c| c.race_window_ms = 200).await;
+    let (_driver, browser) = start_browser().await;
+
+    let safe = unique("page-lua");
+    let unsafe_item = unique("page-naive");
+    app.create_item(&safe, 10, 1).await;
+    app.create_item(&unsafe_item, 1, 1).await;
+    browser.goto(&app.url("/")).await.unwrap();
+    wait_text(&browser, "#connection", "live").await;
+    wait_text(&browser, &field(&safe, "sold"), "0").await;
+
+    for user in ["b1", "b2", "b3"] {
+        assert_eq!(app.purchase(&safe, user, "lua").await.status(), 201);
+    }
+    // Two naive buyers inside the race window: one unit, two orders.
+    let (a, b) = tokio::join!(
+        app.purchase(&unsafe_item, "n1", "naive"),
+        app.purchase(&unsafe_item, "n2", "naive")
+    );
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (201, 201));
+
+    let view = page_matches_api(&browser, &app, &safe).await;
+    assert_eq!(view["sold"], 3);
+    wait_text(
+        &browser,
+        &format!(r#"article[data-item="{safe}"] tr[data-strategy="lua"] [data-field="purchased"]"#),
+        "3",
+    )
+    .await;
+    let view = page_matches_api(&browser, &app, &unsafe_item).await;
+    assert_eq!(view["oversold"], 1);
+    let label = text(
+        &browser,
+        &format!(r#"article[data-item="{unsafe_item}"] .oversell .label"#),
+    )
+    .await;
+    assert_eq!(
+        label.as_deref(),
+        Some("OVERSOLD!"),
+        "the state is in words, not colour alone"
+    );
+    screenshot(&browser, "status-page-1280.png").await;
+
+    browser.set_window_size(390, 1800).await.unwrap();
+    wait_text(&browser, &field(&unsafe_item, "oversold"), "1").await;
+    let overflow: Value = browser
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        overflow,
+        json!(false),
+        "no sideways scrolling at phone width"
+    );
+    screenshot(&browser, "status-page-390.png").await;
+
+    // Restocking from the page's form.
+    let form_item = unique("form");
+    let input = browser
+        .find(Locator::Css("#restock input[name=item]"))
+        .await
+        .unwrap();
+    input.clear().await.unwrap();
+    input.send_keys(&form_item).await.unwrap();
+    browser
+        .find(Locator::Css("#restock button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&browser, &field(&form_item, "stock"), "100").await;
+    assert_eq!(app.item(&form_item).await["initial_stock"], 100);
+
+    browser.close().await.unwrap();
+}
