@@ -45,7 +45,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "naive,optimistic,optimistic-gated,lock,lock-gated,lua,sql"
+        default_value = "naive,optimistic,optimistic-gated,lock,lock-gated,lua,redlock,sql"
     )]
     pub strategies: Vec<String>,
 

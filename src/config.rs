@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "LOCK_WAIT_MS", default_value_t = 2000)]
     pub lock_wait_ms: u64,
 
+    /// `redlock`: the lock nodes, comma-separated `redis://` URLs of independent
+    /// Redis servers (quorum N/2+1). Unset: the main Redis alone.
+    #[arg(long, env = "REDLOCK_URLS", value_delimiter = ',')]
+    pub redlock_urls: Vec<String>,
+
     /// `optimistic`: how many times an aborted transaction is retried before a
     /// 503 `contention`.
     #[arg(long, env = "OPTIMISTIC_MAX_RETRIES", default_value_t = 100)]

@@ -176,6 +176,17 @@ impl App {
         strategies.register(optimistic);
         strategies.register(lock);
         strategies.register(Arc::new(strategy::lua::Lua::new(redis.clone())));
+        let redlock_urls = if config.redlock_urls.is_empty() {
+            vec![redis_url.to_owned()]
+        } else {
+            config.redlock_urls.clone()
+        };
+        strategies.register(Arc::new(strategy::redlock::Redlock::new(
+            redis.clone(),
+            &redlock_urls,
+            config.lock_ttl(),
+            config.lock_wait(),
+        )?));
 
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
         if config.sql_for_update && db.backend() != crate::db::Backend::Postgres {

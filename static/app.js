@@ -2,7 +2,7 @@
 // renders every item's sale; restock and race controls call the admin API.
 "use strict";
 
-const STRATEGIES = ["naive", "optimistic", "optimistic-gated", "lock", "lock-gated", "lua", "sql"];
+const STRATEGIES = ["naive", "optimistic", "optimistic-gated", "lock", "lock-gated", "lua", "redlock", "sql"];
 const TOKEN_KEY = "seckill-admin-token";
 
 const $ = (selector) => document.querySelector(selector);

@@ -13,6 +13,7 @@
 //! | [`optimistic`] | WATCH/MULTI/EXEC on a dedicated connection, bounded retries |
 //! | [`lock`] | a `SET NX PX` token lock around read-check-write |
 //! | [`lua`] | one atomic script |
+//! | [`redlock`] | a quorum lock over several Redis nodes around read-check-write |
 //! | [`sql`] | a database transaction with a conditional `UPDATE` |
 //! | `lock-gated`, `optimistic-gated` | the same behind an in-process [`gate`] |
 //!
@@ -24,6 +25,7 @@ pub mod lock;
 pub mod lua;
 pub mod naive;
 pub mod optimistic;
+pub mod redlock;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -47,6 +49,7 @@ pub enum StrategyKind {
     Lock,
     LockGated,
     Lua,
+    Redlock,
     Sql,
 }
 
@@ -57,13 +60,14 @@ impl From<StrategyKind> for &'static str {
 }
 
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 7] = [
+    pub const ALL: [StrategyKind; 8] = [
         Self::Naive,
         Self::Optimistic,
         Self::OptimisticGated,
         Self::Lock,
         Self::LockGated,
         Self::Lua,
+        Self::Redlock,
         Self::Sql,
     ];
 
@@ -75,6 +79,7 @@ impl StrategyKind {
             Self::Lock => "lock",
             Self::LockGated => "lock-gated",
             Self::Lua => "lua",
+            Self::Redlock => "redlock",
             Self::Sql => "sql",
         }
     }
@@ -318,7 +323,9 @@ mod tests {
     fn an_unknown_name_lists_the_valid_ones() {
         let err = "fast".parse::<StrategyKind>().unwrap_err();
         assert!(
-            err.contains("naive, optimistic, optimistic-gated, lock, lock-gated, lua, sql"),
+            err.contains(
+                "naive, optimistic, optimistic-gated, lock, lock-gated, lua, redlock, sql"
+            ),
             "{err}"
         );
     }

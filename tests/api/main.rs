@@ -11,3 +11,4 @@ mod live;
 mod loadgen;
 mod persistence;
 mod redis_down;
+mod redlock;

@@ -1,0 +1,248 @@
+//! `redlock`: the Redlock algorithm over N independent Redis nodes
+//! (`REDLOCK_URLS`; by default the main Redis alone, N = 1), as published:
+//! `SET key token NX PX ttl` on every node at once, each bounded by a short
+//! per-node timeout; the lock is held if a quorum (N/2 + 1) said yes and time
+//! remains, validity = ttl − elapsed − drift (1% of the ttl + 2 ms); otherwise
+//! it is released on every node (compare-and-delete, as in [`super::lock`]).
+//! The stock stays on the main Redis and is read, checked and written under
+//! the lock exactly as in `lock`.
+//!
+//! Implemented here rather than with the `rslock` crate (which fits this
+//! `redis` version): rslock reconnects to a dead node while holding that
+//! node's mutex and has no per-node timeout, so with one node killed under
+//! 400 concurrent buyers every acquisition queued behind the dead node until
+//! its TTL ran out, and buyers were refused although a quorum was up.
+//!
+//! Each acquisition is one try; between tries this strategy backs off with
+//! jitter up to `LOCK_WAIT_MS`, and leaves at once when the main Redis says
+//! the item is sold out or the user is at the limit. With a majority of nodes
+//! down no quorum is possible: buyers are refused (503), never let through.
+//! A section that outlives the lock's validity is counted as `lock_expired`.
+//!
+//! Its caveats (clock drift, failover without fsync, pauses longer than the
+//! TTL, and why a fencing token is the real fix) are in the README.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
+use rand::Rng;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::lock::UNLOCK_LUA;
+use super::{Attempt, Outcome, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+/// A Redlock round costs N round trips in parallel; waiting longer than this
+/// only leaves the lock idle.
+const MAX_BACKOFF: Duration = Duration::from_millis(16);
+
+/// Clock drift allowance: 1% of the TTL plus 2 ms, as the algorithm states.
+fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+pub struct Redlock {
+    /// The main Redis, where the stock lives.
+    redis: ConnectionManager,
+    /// The lock nodes. Lazy: a node that is down at start-up is just one "no".
+    nodes: Vec<ConnectionManager>,
+    /// How long one node may take to answer: a dead or slow node must cost a
+    /// round little more than a live one, not the whole TTL.
+    node_timeout: Duration,
+    ttl: Duration,
+    wait: Duration,
+}
+
+impl Redlock {
+    pub fn new(
+        redis: ConnectionManager,
+        node_urls: &[String],
+        ttl: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<Self> {
+        let node_timeout = (ttl / 10).clamp(Duration::from_millis(5), Duration::from_millis(50));
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(node_timeout))
+            .set_connection_timeout(Some(node_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        let nodes = node_urls
+            .iter()
+            .map(|url| {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| anyhow::anyhow!("REDLOCK_URLS: `{url}`: {e}"))?;
+                Ok(ConnectionManager::new_lazy_with_config(
+                    client,
+                    config.clone(),
+                )?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!nodes.is_empty(), "REDLOCK_URLS names no node");
+        Ok(Self {
+            redis,
+            nodes,
+            node_timeout,
+            ttl,
+            wait,
+        })
+    }
+
+    fn quorum(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+
+    /// One Redlock round: the validity left if a quorum granted the lock.
+    ///
+    /// The round ends as soon as its outcome is certain (a quorum said yes, or
+    /// too many said no), so a dead node costs nothing while a quorum answers;
+    /// the release still goes to every node.
+    async fn try_acquire(&self, key: &str, token: &str) -> Option<Duration> {
+        let started = Instant::now();
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let mut answers: FuturesUnordered<_> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let mut node = node.clone();
+                async move {
+                    let mut set = redis::cmd("SET");
+                    set.arg(key).arg(token).arg("NX").arg("PX").arg(ttl_ms);
+                    let set = set.query_async::<Option<String>>(&mut node);
+                    matches!(
+                        tokio::time::timeout(self.node_timeout, set).await,
+                        Ok(Ok(Some(_)))
+                    )
+                }
+            })
+            .collect();
+        let (mut granted, mut refused) = (0, 0);
+        let refusals_that_sink_it = self.nodes.len() - self.quorum() + 1;
+        while let Some(yes) = answers.next().await {
+            if yes {
+                granted += 1;
+            } else {
+                refused += 1;
+            }
+            if granted >= self.quorum() || refused >= refusals_that_sink_it {
+                break;
+            }
+        }
+        drop(answers);
+        let validity = self
+            .ttl
+            .checked_sub(started.elapsed() + drift(self.ttl))
+            .filter(|v| !v.is_zero());
+        match validity {
+            Some(validity) if granted >= self.quorum() => Some(validity),
+            _ => {
+                self.release(key, token).await;
+                None
+            }
+        }
+    }
+
+    /// Compare-and-delete on every node, reachable or not.
+    async fn release(&self, key: &str, token: &str) {
+        join_all(self.nodes.iter().map(|node| {
+            let mut node = node.clone();
+            async move {
+                let mut unlock = redis::cmd("EVAL");
+                unlock.arg(UNLOCK_LUA).arg(1).arg(key).arg(token);
+                let unlock = unlock.query_async::<i64>(&mut node);
+                let _ = tokio::time::timeout(self.node_timeout, unlock).await;
+            }
+        }))
+        .await;
+    }
+
+    async fn snapshot(&self, purchase: &Purchase) -> Result<Snapshot, StrategyError> {
+        let mut read = redis::pipe();
+        Snapshot::read(&mut read, purchase);
+        Ok(Snapshot::from_replies(
+            read.query_async(&mut self.redis.clone()).await?,
+        ))
+    }
+}
+
+#[async_trait]
+impl Strategy for Redlock {
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::Redlock
+    }
+
+    async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
+        let resource = format!("{}:redlock", purchase.keys.lock);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let deadline = Instant::now() + self.wait;
+        let mut backoff = FIRST_BACKOFF;
+        let mut waits = 0u32;
+        let (validity, acquired_at) = loop {
+            let round = Instant::now();
+            if let Some(validity) = self.try_acquire(&resource, &token).await {
+                break (validity, round);
+            }
+            if let Some(rejection) = self.snapshot(purchase).await?.rejection() {
+                return Ok(Attempt::new(rejection).with_retries(waits));
+            }
+            if Instant::now() + backoff > deadline {
+                return Ok(Attempt::new(Outcome::Contended {
+                    detail: format!(
+                        "no Redlock quorum of {} of {} nodes within {:?}",
+                        self.quorum(),
+                        self.nodes.len(),
+                        self.wait
+                    ),
+                })
+                .with_retries(waits));
+            }
+            let jittered = rand::rng().random_range(backoff / 2..=backoff);
+            tokio::time::sleep(jittered).await;
+            waits += 1;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        };
+
+        let section = async {
+            let snapshot = self.snapshot(purchase).await?;
+            if let Some(rejection) = snapshot.rejection() {
+                return Ok::<_, StrategyError>(rejection);
+            }
+            let remaining = snapshot.stock - 1;
+            redis::pipe()
+                .cmd("SET")
+                .arg(&purchase.keys.stock)
+                .arg(remaining)
+                .ignore()
+                .cmd("HINCRBY")
+                .arg(&purchase.keys.buyers)
+                .arg(purchase.user.as_str())
+                .arg(1)
+                .ignore()
+                .cmd("XADD")
+                .arg(&purchase.keys.orders)
+                .arg("*")
+                .arg(&purchase.order_fields(snapshot.generation))
+                .ignore()
+                .exec_async(&mut self.redis.clone())
+                .await?;
+            Ok(Outcome::Purchased { remaining })
+        };
+        let outcome = section.await;
+        let lock_expired = acquired_at.elapsed() >= validity;
+        self.release(&resource, &token).await;
+        if lock_expired {
+            tracing::warn!(
+                item = %purchase.item,
+                validity_ms = validity.as_millis() as u64,
+                "Redlock validity ran out inside the critical section"
+            );
+        }
+        Ok(Attempt {
+            outcome: outcome?,
+            retries: waits,
+            lock_expired,
+        })
+    }
+}
