@@ -42,6 +42,12 @@ pub struct Config {
     #[arg(long, env = "LOCK_TTL_MS", default_value_t = 1000)]
     pub lock_ttl_ms: u64,
 
+    /// `lock`: extend the lock while its holder is alive (every third of the
+    /// TTL), so a slow holder does not lose it. A holder that is paused
+    /// stops extending too, which is what the fencing token is for.
+    #[arg(long, env = "LOCK_WATCHDOG", default_value_t = false, action = clap::ArgAction::Set)]
+    pub lock_watchdog: bool,
+
     /// `lock`: how long a buyer may wait for the lock before a 503 `contention` (ms).
     #[arg(long, env = "LOCK_WAIT_MS", default_value_t = 2000)]
     pub lock_wait_ms: u64,

@@ -36,6 +36,8 @@ pub struct ItemKeys {
     pub orders: String,
     /// The `lock` strategy's mutex (holds the owner's random token).
     pub lock: String,
+    /// Fencing-token counter: INCR at each `lock` acquisition.
+    pub fence: String,
 }
 
 impl ItemKeys {
@@ -47,6 +49,7 @@ impl ItemKeys {
             buyers: format!("{base}:buyers"),
             orders: format!("{base}:orders"),
             lock: format!("{base}:lock"),
+            fence: format!("{base}:fence"),
         }
     }
 }
@@ -64,6 +67,7 @@ mod tests {
             &keys.buyers,
             &keys.orders,
             &keys.lock,
+            &keys.fence,
         ] {
             assert!(key.starts_with("seckill:{ip17}:"), "{key}");
         }

@@ -21,21 +21,13 @@ use tokio::task::JoinHandle;
 
 use crate::keys;
 use crate::snowflake::MAX_WORKER;
-use crate::strategy::lock::UNLOCK_LUA;
+use crate::strategy::lock::{RENEW_LUA, UNLOCK_LUA};
 
 /// Long enough that a renewal missed to a Redis hiccup does not lose the lease;
 /// short enough that a crashed instance's number is free again soon.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// Three renewals per TTL: two may fail before the lease lapses.
 const RENEW_EVERY: Duration = Duration::from_secs(10);
-
-const RENEW_LUA: &str = r"
--- KEYS[1] lease key, ARGV[1] our token, ARGV[2] ttl ms. 1 if renewed, 0 if not ours.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
 
 /// A held worker lease, renewed in the background until [`WorkerLease::release`].
 pub struct WorkerLease {

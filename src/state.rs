@@ -162,6 +162,7 @@ impl App {
             config.lock_ttl(),
             config.lock_wait(),
             race_window,
+            config.lock_watchdog,
         ));
         for (kind, inner) in [
             (StrategyKind::OptimisticGated, &optimistic),

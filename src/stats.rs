@@ -29,6 +29,7 @@ struct Counters {
     retries: AtomicU64,
     errors: AtomicU64,
     lock_expired: AtomicU64,
+    fenced: AtomicU64,
 }
 
 /// A point-in-time copy of one strategy's counters on one item.
@@ -42,6 +43,8 @@ pub struct CounterSnapshot {
     pub retries: u64,
     pub errors: u64,
     pub lock_expired: u64,
+    /// Stale writes refused by the fencing token.
+    pub fenced: u64,
 }
 
 impl Counters {
@@ -56,6 +59,7 @@ impl Counters {
             retries: get(&self.retries),
             errors: get(&self.errors),
             lock_expired: get(&self.lock_expired),
+            fenced: get(&self.fenced),
         }
     }
 }
@@ -111,6 +115,9 @@ impl Stats {
             .fetch_add(u64::from(attempt.retries), Ordering::Relaxed);
         if attempt.lock_expired {
             c.lock_expired.fetch_add(1, Ordering::Relaxed);
+        }
+        if attempt.fenced {
+            c.fenced.fetch_add(1, Ordering::Relaxed);
         }
         let field = match attempt.outcome {
             Outcome::Purchased { .. } => &c.purchased,

@@ -15,10 +15,19 @@
 //!
 //! Waiting is bounded (`LOCK_WAIT_MS`) with exponential backoff and full jitter,
 //! so waiters do not poll Redis in lockstep. A buyer whose wait runs out gets
-//! `Contended` (503), counted as such. A lock that expired before its release
-//! (the holder took longer than `LOCK_TTL_MS`) means the section ran partly
-//! unprotected: the release notices (compare-and-delete returns 0), and it is
-//! counted as `lock_expired` and logged, never ignored.
+//! `Contended` (503), counted as such.
+//!
+//! A lock can expire under a slow or paused holder (longer than `LOCK_TTL_MS`),
+//! and the next buyer then reads the same stock. Two defences:
+//! - a fencing token: each acquisition also takes `INCR fence` (in
+//!   `acquire.lua`), and the write (`fenced_write.lua`) is refused unless the
+//!   fence still holds our number, so a stale holder cannot write. Its buyer
+//!   gets 503 `contention` (nothing bought), counted as `fenced`;
+//! - an optional watchdog (`LOCK_WATCHDOG=true`) that extends the lock every
+//!   third of the TTL while the holder runs, so a merely slow holder keeps it.
+//!
+//! A release that finds the lock gone (compare-and-delete returns 0) is counted
+//! as `lock_expired` and logged, never ignored.
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +37,13 @@ use redis::aio::ConnectionManager;
 
 use super::{Attempt, Outcome, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
 
-/// The release script, shared with the worker lease (same compare-and-delete).
+/// The release script, shared with the worker lease and redlock.
 pub const UNLOCK_LUA: &str = include_str!("unlock.lua");
+/// Compare-and-extend, for the watchdog and the worker lease.
+pub const RENEW_LUA: &str = include_str!("renew.lua");
+const ACQUIRE_LUA: &str = include_str!("acquire.lua");
+const FENCED_WRITE_LUA: &str = include_str!("fenced_write.lua");
+const RELEASE_UNUSED_LUA: &str = include_str!("release_unused.lua");
 
 /// First backoff after a failed acquisition: one timer tick.
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
@@ -43,6 +57,7 @@ pub struct Lock {
     wait: Duration,
     /// Lab knob: sleep between read and write while holding the lock.
     race_window: Duration,
+    watchdog: bool,
 }
 
 impl Lock {
@@ -51,13 +66,35 @@ impl Lock {
         ttl: Duration,
         wait: Duration,
         race_window: Duration,
+        watchdog: bool,
     ) -> Self {
         Self {
             redis,
             ttl,
             wait,
             race_window,
+            watchdog,
         }
+    }
+
+    /// Extends the lock every third of the TTL until aborted.
+    fn spawn_watchdog(&self, key: String, token: String) -> tokio::task::JoinHandle<()> {
+        let (mut redis, ttl) = (self.redis.clone(), self.ttl);
+        tokio::spawn(async move {
+            let renew = redis::Script::new(RENEW_LUA);
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let extended: redis::RedisResult<i64> = renew
+                    .key(&key)
+                    .arg(&token)
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async(&mut redis)
+                    .await;
+                if !matches!(extended, Ok(1)) {
+                    break;
+                }
+            }
+        })
     }
 }
 
@@ -76,20 +113,23 @@ impl Strategy for Lock {
         let mut backoff = FIRST_BACKOFF;
         let mut waits = 0u32;
 
-        let (snapshot, acquired_at) = loop {
+        let (snapshot, fence, acquired_at) = loop {
             let mut pipe = redis::pipe();
-            pipe.cmd("SET")
+            // EVAL, not EVALSHA: inside a pipeline a NOSCRIPT reply could not
+            // be retried, and Redis caches the compiled script by its hash.
+            pipe.cmd("EVAL")
+                .arg(ACQUIRE_LUA)
+                .arg(2)
                 .arg(&keys.lock)
+                .arg(&keys.fence)
                 .arg(&token)
-                .arg("NX")
-                .arg("PX")
                 .arg(ttl_ms);
             Snapshot::read(&mut pipe, purchase);
-            let (acquired, meta, held, stock): (Option<String>, _, _, _) =
+            let (fence, meta, held, stock): (Option<i64>, _, _, _) =
                 pipe.query_async(&mut redis).await?;
             let snapshot = Snapshot::from_replies((meta, held, stock));
-            if acquired.is_some() {
-                break (snapshot, Instant::now());
+            if let Some(fence) = fence {
+                break (snapshot, fence, Instant::now());
             }
             if let Some(rejection) = snapshot.rejection() {
                 return Ok(Attempt::new(rejection).with_retries(waits));
@@ -107,6 +147,9 @@ impl Strategy for Lock {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         };
 
+        let watchdog = self
+            .watchdog
+            .then(|| self.spawn_watchdog(keys.lock.clone(), token.clone()));
         let mut pipe = redis::pipe();
         let outcome = match snapshot.rejection() {
             Some(rejection) => rejection,
@@ -115,31 +158,42 @@ impl Strategy for Lock {
                     tokio::time::sleep(self.race_window).await;
                 }
                 let remaining = snapshot.stock - 1;
-                pipe.cmd("SET")
+                pipe.cmd("EVAL")
+                    .arg(FENCED_WRITE_LUA)
+                    .arg(4)
                     .arg(&keys.stock)
-                    .arg(remaining)
-                    .ignore()
-                    .cmd("HINCRBY")
                     .arg(&keys.buyers)
-                    .arg(purchase.user.as_str())
-                    .arg(1)
-                    .ignore()
-                    .cmd("XADD")
                     .arg(&keys.orders)
-                    .arg("*")
-                    .arg(&purchase.order_fields(snapshot.generation))
-                    .ignore();
+                    .arg(&keys.fence)
+                    .arg(fence)
+                    .arg(remaining)
+                    .arg(purchase.user.as_str())
+                    .arg(&purchase.order_fields(snapshot.generation));
                 Outcome::Purchased { remaining }
             }
         };
-        // EVAL rather than EVALSHA: inside a pipeline a NOSCRIPT reply could not
-        // be retried, and Redis caches the compiled script by its hash anyway.
-        pipe.cmd("EVAL")
-            .arg(UNLOCK_LUA)
-            .arg(1)
-            .arg(&keys.lock)
-            .arg(&token);
-        let (released,): (i64,) = pipe.query_async(&mut redis).await?;
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
+        }
+        let wrote = matches!(outcome, Outcome::Purchased { .. });
+        let (written, released): (Option<i64>, i64) = if wrote {
+            pipe.cmd("EVAL")
+                .arg(UNLOCK_LUA)
+                .arg(1)
+                .arg(&keys.lock)
+                .arg(&token);
+            pipe.query_async(&mut redis).await?
+        } else {
+            pipe.cmd("EVAL")
+                .arg(RELEASE_UNUSED_LUA)
+                .arg(2)
+                .arg(&keys.lock)
+                .arg(&keys.fence)
+                .arg(&token)
+                .arg(fence);
+            let (released,): (i64,) = pipe.query_async(&mut redis).await?;
+            (None, released)
+        };
 
         let lock_expired = released == 0;
         if lock_expired {
@@ -150,10 +204,22 @@ impl Strategy for Lock {
                 "lock expired before release: the critical section ran partly unprotected"
             );
         }
+        let fenced = written == Some(0);
+        let outcome = if fenced {
+            tracing::warn!(item = %purchase.item, fence, "stale lock holder's write refused by the fencing token");
+            Outcome::Contended {
+                detail: format!(
+                    "the lock expired before the write (fencing token {fence} superseded); nothing was bought"
+                ),
+            }
+        } else {
+            outcome
+        };
         Ok(Attempt {
             outcome,
             retries: waits,
             lock_expired,
+            fenced,
         })
     }
 }

@@ -195,6 +195,9 @@ pub struct Attempt {
     /// Lock: the lock had expired before release, so the critical section ran
     /// partly unprotected. Never silently ignored: counted and logged.
     pub lock_expired: bool,
+    /// Lock: the write was refused because a newer holder had taken the lock
+    /// (fencing token superseded). Counted.
+    pub fenced: bool,
 }
 
 impl Attempt {
@@ -203,6 +206,7 @@ impl Attempt {
             outcome,
             retries: 0,
             lock_expired: false,
+            fenced: false,
         }
     }
 

@@ -243,6 +243,7 @@ impl Strategy for Redlock {
             outcome: outcome?,
             retries: waits,
             lock_expired,
+            fenced: false,
         })
     }
 }

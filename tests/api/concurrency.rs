@@ -291,3 +291,76 @@ async fn instances_sharing_a_redis_lease_distinct_worker_numbers() {
     }
     assert_ne!(workers[0], workers[1]);
 }
+
+/// A holder paused past its TTL loses the lock to the next buyer. The fencing
+/// token makes the storage refuse the stale holder's write: counted, nothing
+/// bought, nothing oversold, no lost update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_lock_holders_write_is_refused_by_the_fencing_token() {
+    let app = Arc::new(
+        spawn_app_with(|c| {
+            c.lock_ttl_ms = 50;
+            c.race_window_ms = 200; // the pause, between read and write
+        })
+        .await,
+    );
+    let item = unique("fenced");
+    app.create_item(&item, 10, 1).await;
+    let stale = {
+        let (app, item) = (Arc::clone(&app), item.clone());
+        tokio::spawn(async move { app.purchase(&item, "paused", "lock").await })
+    };
+    // The first holder's lock expires at 50 ms; it writes at about 200 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let fresh = app.purchase(&item, "next", "lock").await;
+    assert_eq!(fresh.status(), 201);
+    let body = crate::helpers::assert_error(stale.await.unwrap(), 503, "contention").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fencing"),
+        "{body}"
+    );
+
+    let view = app.item(&item).await;
+    assert_eq!(
+        (view["sold"].as_u64(), view["stock"].as_i64()),
+        (Some(1), Some(9)),
+        "{view}"
+    );
+    assert_eq!(
+        (view["oversold"].as_u64(), view["drift"].as_i64()),
+        (Some(0), Some(0)),
+        "{view}"
+    );
+    let counters = &view["strategies"]["lock"];
+    assert_eq!(counters["fenced"], 1, "{counters}");
+    assert!(
+        counters["lock_expired"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
+}
+
+/// With the watchdog a slow holder keeps its lock: nobody else gets in, no
+/// expiry, no refused write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_keeps_a_slow_holders_lock() {
+    let app = Arc::new(
+        spawn_app_with(|c| {
+            c.lock_ttl_ms = 50;
+            c.race_window_ms = 200;
+            c.lock_watchdog = true;
+        })
+        .await,
+    );
+    let report = race(&app, "lock", 10, 1, distinct_users(3)).await;
+    assert_eq!(violations(&report), Vec::<String>::new());
+    assert_eq!(report.statuses.get(&201), Some(&3), "{:?}", report.statuses);
+    let counters = &report.view["strategies"]["lock"];
+    assert_eq!(
+        (&counters["lock_expired"], &counters["fenced"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "{counters}"
+    );
+}
