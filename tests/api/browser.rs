@@ -145,16 +145,14 @@ async fn the_page_shows_the_counters_the_api_reports() {
     .await;
     let view = page_matches_api(&browser, &app, &unsafe_item).await;
     assert_eq!(view["oversold"], 1);
-    let label = text(
+    // The state is in words, not colour alone. (Read with retries: the page
+    // re-renders twice a second, so one read can meet a replaced element.)
+    wait_text(
         &browser,
         &format!(r#"article[data-item="{unsafe_item}"] .oversell .label"#),
+        "OVERSOLD!",
     )
     .await;
-    assert_eq!(
-        label.as_deref(),
-        Some("OVERSOLD!"),
-        "the state is in words, not colour alone"
-    );
     screenshot(&browser, "status-page-1280.png").await;
 
     browser.set_window_size(390, 1800).await.unwrap();
