@@ -29,6 +29,10 @@ pub struct Config {
     #[arg(long, env = "WORKER_ID", value_parser = clap::value_parser!(u16).range(0..=1023))]
     pub worker_id: Option<u16>,
 
+    /// Lifetime of the leased worker number (ms); renewed every third of it.
+    #[arg(long, env = "WORKER_LEASE_TTL_MS", default_value_t = 30_000)]
+    pub worker_lease_ttl_ms: u64,
+
     /// Bearer token the admin endpoints require. Unset: admin endpoints are only
     /// allowed while the server is bound to a loopback address.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]

@@ -7,10 +7,16 @@
 //! paused past the TTL), take it back with `SET NX`; if someone else holds it
 //! now, the lease is *lost*: purchases are refused (503) rather than risk a
 //! duplicate id. On shutdown the lease is released (compare-and-delete).
+//!
+//! The lease is also only trusted for as long as it is known to be valid: a
+//! TTL from the start of the last confirmed renewal. A process that was paused
+//! (stopped, swapped out, a long GC in another language) wakes up past that
+//! point and refuses to mint ids until a renewal confirms the lease again,
+//! instead of minting from a number another instance may hold by now.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rand::Rng;
@@ -23,40 +29,76 @@ use crate::keys;
 use crate::snowflake::MAX_WORKER;
 use crate::strategy::lock::{RENEW_LUA, UNLOCK_LUA};
 
-/// Long enough that a renewal missed to a Redis hiccup does not lose the lease;
-/// short enough that a crashed instance's number is free again soon.
-pub const LEASE_TTL: Duration = Duration::from_secs(30);
-/// Three renewals per TTL: two may fail before the lease lapses.
-const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// Renewals per TTL: two may fail before the lease lapses.
+const RENEWALS_PER_TTL: u32 = 3;
+
+/// Until when the lease is known to be ours, as seen by this process.
+#[derive(Debug)]
+pub struct LeaseValidity {
+    epoch: Instant,
+    /// Milliseconds after `epoch`; 0 when the lease is lost.
+    valid_until_ms: AtomicU64,
+}
+
+impl LeaseValidity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            valid_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a confirmation (acquire or renew) that started at `at`.
+    fn confirm(&self, at: Instant, ttl: Duration) {
+        let until = at.duration_since(self.epoch) + ttl;
+        self.valid_until_ms
+            .store(until.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn lose(&self) {
+        self.valid_until_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// True while ids may be minted with this lease's worker number.
+    pub fn is_valid(&self) -> bool {
+        (self.epoch.elapsed().as_millis() as u64) < self.valid_until_ms.load(Ordering::SeqCst)
+    }
+}
 
 /// A held worker lease, renewed in the background until [`WorkerLease::release`].
 pub struct WorkerLease {
     worker: u16,
-    lost: Arc<AtomicBool>,
+    validity: Arc<LeaseValidity>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl WorkerLease {
-    /// Leases the first free worker number.
-    pub async fn acquire(redis: ConnectionManager) -> anyhow::Result<Self> {
+    /// Leases the first free worker number for `ttl` (`WORKER_LEASE_TTL_MS`,
+    /// 30 s by default: long enough that a renewal missed to a Redis hiccup
+    /// does not lose the lease, short enough that a crashed instance's number
+    /// is free again soon).
+    pub async fn acquire(redis: ConnectionManager, ttl: Duration) -> anyhow::Result<Self> {
         let mut conn = redis.clone();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let count = u32::from(MAX_WORKER) + 1;
         let start = rand::rng().random_range(0..count);
+        let validity = Arc::new(LeaseValidity::new());
         let mut worker = None;
         for i in 0..count {
+            let attempt = Instant::now();
             let n = ((start + i) % count) as u16;
             let taken: Option<String> = redis::cmd("SET")
                 .arg(keys::worker_lease(n))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
-                .arg(LEASE_TTL.as_millis() as u64)
+                .arg(ttl.as_millis() as u64)
                 .query_async(&mut conn)
                 .await
                 .context("cannot lease a snowflake worker number")?;
             if taken.is_some() {
+                validity.confirm(attempt, ttl);
                 worker = Some(n);
                 break;
             }
@@ -64,12 +106,18 @@ impl WorkerLease {
         let Some(worker) = worker else {
             bail!("all {count} snowflake worker numbers are leased; set WORKER_ID explicitly");
         };
-        let lost = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(renew(redis, worker, token, Arc::clone(&lost), stopped));
+        let task = tokio::spawn(renew(
+            redis,
+            worker,
+            token,
+            ttl,
+            Arc::clone(&validity),
+            stopped,
+        ));
         Ok(Self {
             worker,
-            lost,
+            validity,
             stop,
             task,
         })
@@ -79,9 +127,9 @@ impl WorkerLease {
         self.worker
     }
 
-    /// Set when the lease was taken over: ids must not be minted any more.
-    pub fn lost_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.lost)
+    /// Whether ids may be minted right now; shared with the id minter.
+    pub fn validity(&self) -> Arc<LeaseValidity> {
+        Arc::clone(&self.validity)
     }
 
     /// Stops renewing and releases the lease.
@@ -95,7 +143,8 @@ async fn renew(
     redis: ConnectionManager,
     worker: u16,
     token: String,
-    lost: Arc<AtomicBool>,
+    ttl: Duration,
+    validity: Arc<LeaseValidity>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let key = keys::worker_lease(worker);
@@ -105,36 +154,37 @@ async fn renew(
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
-            () = tokio::time::sleep(RENEW_EVERY) => {}
+            () = tokio::time::sleep(ttl / RENEWALS_PER_TTL) => {}
         }
+        let attempt = Instant::now();
         let renewed: redis::RedisResult<i64> = renew
             .key(&key)
             .arg(&token)
-            .arg(LEASE_TTL.as_millis() as u64)
+            .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await;
         match renewed {
-            Ok(1) => {}
+            Ok(1) => validity.confirm(attempt, ttl),
             Ok(_) => {
                 let retaken: redis::RedisResult<Option<String>> = redis::cmd("SET")
                     .arg(&key)
                     .arg(&token)
                     .arg("NX")
                     .arg("PX")
-                    .arg(LEASE_TTL.as_millis() as u64)
+                    .arg(ttl.as_millis() as u64)
                     .query_async(&mut conn)
                     .await;
                 match retaken {
                     Ok(Some(_)) => {
                         tracing::warn!(worker, "worker lease had lapsed; taken back");
-                        lost.store(false, Ordering::SeqCst);
+                        validity.confirm(attempt, ttl);
                     }
                     Ok(None) => {
                         tracing::error!(
                             worker,
                             "worker lease taken by another instance: refusing purchases"
                         );
-                        lost.store(true, Ordering::SeqCst);
+                        validity.lose();
                     }
                     Err(err) => tracing::warn!(worker, %err, "cannot retake worker lease"),
                 }

@@ -3,7 +3,6 @@
 //! generator and its worker lease, and the persister.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,12 +29,12 @@ pub enum AdminPolicy {
     LoopbackOnly { bound_to_loopback: bool },
 }
 
-/// Mints order ids, refusing while the worker lease is lost.
+/// Mints order ids, refusing while the worker lease is not known to be ours.
 #[derive(Debug, Clone)]
 pub struct IdMinter {
     generator: Arc<Snowflake>,
-    /// Set by the lease task when another instance took our worker number.
-    blocked: Arc<AtomicBool>,
+    /// `None` with a fixed `WORKER_ID`; else the lease's validity.
+    lease: Option<Arc<crate::lease::LeaseValidity>>,
 }
 
 /// Why no id was minted.
@@ -43,20 +42,20 @@ pub struct IdMinter {
 pub enum MintError {
     #[error(transparent)]
     Clock(#[from] IdError),
-    #[error("this instance's snowflake worker lease was lost")]
+    #[error("this instance's snowflake worker lease is lost or unconfirmed")]
     LeaseLost,
 }
 
 impl IdMinter {
-    pub fn new(generator: Snowflake, blocked: Arc<AtomicBool>) -> Self {
+    pub fn new(generator: Snowflake, lease: Option<Arc<crate::lease::LeaseValidity>>) -> Self {
         Self {
             generator: Arc::new(generator),
-            blocked,
+            lease,
         }
     }
 
     pub fn next(&self) -> Result<OrderId, MintError> {
-        if self.blocked.load(Ordering::Relaxed) {
+        if self.lease.as_ref().is_some_and(|lease| !lease.is_valid()) {
             return Err(MintError::LeaseLost);
         }
         Ok(self.generator.next_id()?)
@@ -203,11 +202,15 @@ impl App {
             .map_err(|msg| anyhow::anyhow!("DEFAULT_STRATEGY: {msg}"))?
             .kind();
 
-        let (worker, blocked, lease) = match config.worker_id {
-            Some(worker) => (worker, Arc::new(AtomicBool::new(false)), None),
+        let (worker, validity, lease) = match config.worker_id {
+            Some(worker) => (worker, None, None),
             None => {
-                let lease = WorkerLease::acquire(redis.clone()).await?;
-                (lease.worker(), lease.lost_flag(), Some(lease))
+                let lease = WorkerLease::acquire(
+                    redis.clone(),
+                    Duration::from_millis(config.worker_lease_ttl_ms.max(30)),
+                )
+                .await?;
+                (lease.worker(), Some(lease.validity()), Some(lease))
             }
         };
 
@@ -248,7 +251,7 @@ impl App {
             metrics: crate::metrics::Metrics::new(),
             strategies: Arc::new(strategies),
             default_strategy,
-            ids: IdMinter::new(Snowflake::new(worker), blocked),
+            ids: IdMinter::new(Snowflake::new(worker), validity),
             admin,
             persister: persister.as_ref().map(Persister::handle),
             request_timeout: config.request_timeout(),

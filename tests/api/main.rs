@@ -7,6 +7,7 @@ mod concurrency;
 mod endpoints;
 mod health;
 mod helpers;
+mod instances;
 mod live;
 mod loadgen;
 mod persistence;

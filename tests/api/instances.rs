@@ -1,0 +1,238 @@
+//! Several `seckill serve` processes on one Redis and one database, as a real
+//! flash sale runs them: distinct worker leases (order ids never collide),
+//! never oversold together, and a lease that stops being renewed expires and
+//! can be taken over without a duplicate id.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use seckill::redis_server::RedisServer;
+use seckill::snowflake::OrderId;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::helpers::{sqlite_url, unique};
+
+struct Instance {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(redis_url: &str, database_url: &str, extra: &[(&str, &str)]) -> Instance {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_seckill"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", redis_url)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    let instance = Instance {
+        child: command.spawn().unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(client.get(format!("{}/readyz", instance.base)).send().await, Ok(r) if r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "instance did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    instance
+}
+
+async fn buy(
+    client: &reqwest::Client,
+    base: &str,
+    item: &str,
+    user: &str,
+    strategy: &str,
+) -> (u16, Value) {
+    let response = client
+        .post(format!("{base}/api/items/{item}/purchase"))
+        .json(&json!({"user_id": user, "strategy": strategy}))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_lease_distinct_workers_and_never_oversell_together() {
+    let redis = RedisServer::start(Default::default()).unwrap();
+    let database = sqlite_url();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(start(&redis.url(), &database, &[]).await);
+    }
+    let bases: Arc<Vec<String>> = Arc::new(instances.iter().map(|i| i.base.clone()).collect());
+    let client = reqwest::Client::new();
+    let mut ids = HashSet::new();
+    let mut workers_by_instance = vec![HashSet::new(); 3];
+
+    // One item per strategy (a guard only excludes buyers who use it, so an
+    // item is sold under one strategy), its buyers spread over all instances.
+    for strategy in ["lua", "optimistic", "lock", "lock-gated", "redlock"] {
+        let item = unique(strategy);
+        let created = client
+            .put(format!("{}/api/items/{item}", bases[0]))
+            .json(&json!({"stock": 30}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let mut tasks = JoinSet::new();
+        for n in 0..90 {
+            let (client, bases, item) = (client.clone(), Arc::clone(&bases), item.clone());
+            tasks.spawn(async move {
+                let base = &bases[n % bases.len()];
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (status, body) =
+                        buy(&client, base, &item, &format!("i{n}"), strategy).await;
+                    // Buyers refused for contention come back.
+                    if body["error"]["code"] != "contention" || Instant::now() > deadline {
+                        return (n % bases.len(), status, body);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        }
+        let mut sold = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let (instance, status, body) = joined.unwrap();
+            if status == 201 {
+                sold += 1;
+                let id = OrderId::parse(body["order_id"].as_str().unwrap()).unwrap();
+                assert!(ids.insert(id), "order id {id} issued twice");
+                workers_by_instance[instance].insert(id.parts().worker);
+            }
+        }
+        assert_eq!(sold, 30, "{strategy}: exactly the stock sold");
+        let view: Value = client
+            .get(format!("{}/api/items/{item}", bases[2]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                view["sold"].as_u64(),
+                view["oversold"].as_u64(),
+                view["drift"].as_i64()
+            ),
+            (Some(30), Some(0), Some(0)),
+            "{strategy}: {view}"
+        );
+    }
+    let workers: HashSet<u16> = workers_by_instance.iter().flatten().copied().collect();
+    assert!(
+        workers_by_instance.iter().all(|w| w.len() == 1),
+        "one worker per instance: {workers_by_instance:?}"
+    );
+    assert_eq!(workers.len(), 3, "three instances, three worker numbers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_is_not_renewed_expires_and_can_be_taken_over() {
+    let redis = RedisServer::start(Default::default()).unwrap();
+    let database = sqlite_url();
+    let paused = start(&redis.url(), &database, &[("WORKER_LEASE_TTL_MS", "600")]).await;
+    let client = reqwest::Client::new();
+    let item = unique("lease");
+    client
+        .put(format!("{}/api/items/{item}", paused.base))
+        .json(&json!({"stock": 10}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = buy(&client, &paused.base, &item, "before", "lua").await;
+    assert_eq!(status, 201);
+    let worker = OrderId::parse(body["order_id"].as_str().unwrap())
+        .unwrap()
+        .parts()
+        .worker;
+    let key = format!("seckill:worker:{worker}");
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // Freeze the instance: it stops renewing, and its lease expires.
+    let pid = paused.child.id() as i32;
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another instance takes the number over.
+    let taken: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg("newcomer")
+        .arg("NX")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(taken.is_some(), "an expired lease can be taken over");
+
+    // Thawed, the old holder is past its lease's known validity: it refuses
+    // at once (no 201 from a number someone else holds), and keeps refusing
+    // once its renewal finds the number taken.
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    for attempt in 0..10 {
+        let (status, body) = buy(
+            &client,
+            &paused.base,
+            &item,
+            &format!("after{attempt}"),
+            "lua",
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let holder: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(holder, "newcomer", "the new holder keeps the number");
+}
