@@ -138,6 +138,23 @@ impl Purchase {
         }
     }
 
+    /// Adds the part of a sale's write every Redis-side strategy shares:
+    /// count the unit against the user, append the order to the order log.
+    /// Each strategy adds its own stock operation (a plain `SET` of the value
+    /// it computed, or `DECR`) and decides whether the pipeline is atomic.
+    pub fn add_buyer_and_order(&self, pipe: &mut redis::Pipeline, generation: u64) {
+        pipe.cmd("HINCRBY")
+            .arg(&self.keys.buyers)
+            .arg(self.user.as_str())
+            .arg(1)
+            .ignore()
+            .cmd("XADD")
+            .arg(&self.keys.orders)
+            .arg("*")
+            .arg(&self.order_fields(generation))
+            .ignore();
+    }
+
     /// The fields of the order-log entry (`XADD ... * <fields>`) for a sale
     /// of `generation`. The creation time is the id's own timestamp, so the two
     /// can never disagree. The persister reads these back (`crate::persister`).

@@ -46,23 +46,14 @@ impl Strategy for Naive {
 
         // Deliberately a plain pipeline, not MULTI: nothing here is atomic.
         let remaining = snapshot.stock - 1;
-        redis::pipe()
+        let mut write = redis::pipe();
+        write
             .cmd("SET")
             .arg(&purchase.keys.stock)
             .arg(remaining)
-            .ignore()
-            .cmd("HINCRBY")
-            .arg(&purchase.keys.buyers)
-            .arg(purchase.user.as_str())
-            .arg(1)
-            .ignore()
-            .cmd("XADD")
-            .arg(&purchase.keys.orders)
-            .arg("*")
-            .arg(&purchase.order_fields(snapshot.generation))
-            .ignore()
-            .exec_async(&mut redis)
-            .await?;
+            .ignore();
+        purchase.add_buyer_and_order(&mut write, snapshot.generation);
+        write.exec_async(&mut redis).await?;
         Ok(Attempt::new(Outcome::Purchased { remaining }))
     }
 }

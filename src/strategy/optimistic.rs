@@ -49,22 +49,10 @@ impl Optimistic {
                 return Ok(Attempt::new(rejection).with_retries(retries));
             }
 
-            let committed: Option<(i64,)> = redis::pipe()
-                .atomic()
-                .cmd("DECR")
-                .arg(&keys.stock)
-                .cmd("HINCRBY")
-                .arg(&keys.buyers)
-                .arg(purchase.user.as_str())
-                .arg(1)
-                .ignore()
-                .cmd("XADD")
-                .arg(&keys.orders)
-                .arg("*")
-                .arg(&purchase.order_fields(snapshot.generation))
-                .ignore()
-                .query_async(&mut **conn)
-                .await?;
+            let mut write = redis::pipe();
+            write.atomic().cmd("DECR").arg(&keys.stock);
+            purchase.add_buyer_and_order(&mut write, snapshot.generation);
+            let committed: Option<(i64,)> = write.query_async(&mut **conn).await?;
             match committed {
                 Some((remaining,)) => {
                     return Ok(Attempt::new(Outcome::Purchased { remaining }).with_retries(retries));

@@ -125,24 +125,14 @@ impl Sql {
 
     /// Copies a committed sale into Redis. Best effort: see the module doc.
     async fn mirror(&self, purchase: &Purchase, generation: u64) {
-        let keys = &purchase.keys;
-        let mirrored = redis::pipe()
+        let mut write = redis::pipe();
+        write
             .atomic()
             .cmd("DECR")
-            .arg(&keys.stock)
-            .ignore()
-            .cmd("HINCRBY")
-            .arg(&keys.buyers)
-            .arg(purchase.user.as_str())
-            .arg(1)
-            .ignore()
-            .cmd("XADD")
-            .arg(&keys.orders)
-            .arg("*")
-            .arg(&purchase.order_fields(generation))
-            .ignore()
-            .exec_async(&mut self.redis.clone())
-            .await;
+            .arg(&purchase.keys.stock)
+            .ignore();
+        purchase.add_buyer_and_order(&mut write, generation);
+        let mirrored = write.exec_async(&mut self.redis.clone()).await;
         if let Err(err) = mirrored {
             tracing::warn!(
                 item = %purchase.item,
