@@ -279,6 +279,9 @@ pub async fn measure_ceiling(
                 {
                     record(&mut histogram, sent);
                     count.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // The server is gone or refusing: do not spin on reconnects.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             histogram

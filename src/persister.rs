@@ -426,8 +426,9 @@ impl Worker {
                         && field("pending") == Some(0)
                         && field("lag") == Some(0)
                 }),
-                // The archive key is gone already.
-                Err(err) if err.code() == Some("ERR") => true,
+                // The archive key is gone already. Only that: any other
+                // error must not lead to deleting an archive.
+                Err(err) if err.to_string().contains("no such key") => true,
                 Err(err) => return Err(err).context("XINFO GROUPS"),
             };
             if done {
