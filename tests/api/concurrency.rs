@@ -278,15 +278,7 @@ async fn instances_sharing_a_redis_lease_distinct_worker_numbers() {
     for (app, user) in [(&a, "wa"), (&b, "wb")] {
         let body: Value = app.purchase(&item, user, "lua").await.json().await.unwrap();
         let id = body["order_id"].as_str().unwrap();
-        let decoded: Value = app
-            .client
-            .get(app.url(&format!("/api/ids/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let decoded: Value = app.get_json(&format!("/api/ids/{id}")).await;
         workers.push(decoded["worker"].as_u64().unwrap());
     }
     assert_ne!(workers[0], workers[1]);

@@ -164,15 +164,7 @@ async fn the_item_list_shows_created_items_with_their_truths() {
     let app = spawn_app().await;
     let item = unique("listed");
     app.create_item(&item, 7, 1).await;
-    let items: Vec<Value> = app
-        .client
-        .get(app.url("/api/items"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let items: Vec<Value> = app.get_json("/api/items").await;
     let found = items
         .iter()
         .find(|v| v["item_id"] == item.as_str())

@@ -163,6 +163,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET path`, parsed as JSON whatever the status.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// `GET /api/items/{item}` as JSON, asserting 200.
     pub async fn item(&self, item: &str) -> Value {
         let response = self

@@ -78,15 +78,7 @@ async fn the_stream_carries_each_items_truths_and_live_figures() {
     assert!(live["p99_ms"].as_f64().unwrap() > 0.0, "{live}");
     assert!(live["history"].as_array().is_some());
 
-    let latest: Value = app
-        .client
-        .get(app.url("/api/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let latest: Value = app.get_json("/api/stats").await;
     assert!(item_in(&latest, &item).is_some());
 }
 

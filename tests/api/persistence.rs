@@ -198,14 +198,8 @@ async fn the_orders_api_pages_with_a_stable_cursor() {
     assert_eq!(seen, answered);
 
     let page: Value = app
-        .client
-        .get(app.url(&format!("/api/orders?item={item}&user=p3&order=asc")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/orders?item={item}&user=p3&order=asc"))
+        .await;
     let orders = page["orders"].as_array().unwrap();
     assert!(orders.len() <= 1 && orders.iter().all(|o| o["user_id"] == "p3"));
 
