@@ -24,8 +24,9 @@ pub struct Config {
     #[arg(long, env = "REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: String,
 
-    /// Snowflake worker number (0..=1023). Unset: lease a free one in Redis, so
-    /// instances sharing a Redis never share a worker number.
+    /// Snowflake worker number (0..=1023), leased in Redis like any other: an
+    /// instance asking for a number another holds refuses to start. Unset:
+    /// lease a free one, so instances sharing a Redis never share a number.
     #[arg(long, env = "WORKER_ID", value_parser = clap::value_parser!(u16).range(0..=1023))]
     pub worker_id: Option<u16>,
 

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::domain::{ItemId, UserId};
 use crate::sale::ItemSettings;
@@ -121,47 +121,64 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
     }
 
-    /// Mirrors a restock into the `items` table (the `sql` strategy's stock).
-    pub async fn upsert_item(
-        &self,
+    /// Starts a transaction that will write. On SQLite it takes the write
+    /// lock up front (`BEGIN IMMEDIATE`), so writers queue on the busy timeout
+    /// instead of failing on a read-to-write upgrade.
+    pub async fn begin_write(&self) -> sqlx::Result<Transaction<'static, Any>> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// A restock's SQL step (the `sql` strategy's stock): resets the item's
+    /// row and numbers the new sale one above the last one SQL saw. Run in a
+    /// write transaction that stays open while the restock's Redis step runs:
+    /// the row lock it takes keeps `sql` purchases out until both are done.
+    pub async fn restock_item(
+        tx: &mut Transaction<'static, Any>,
         item: &ItemId,
         settings: ItemSettings,
-        generation: u64,
-    ) -> sqlx::Result<()> {
-        sqlx::query(
+    ) -> sqlx::Result<u64> {
+        let generation: i64 = sqlx::query_scalar(
             "INSERT INTO items (item_id, initial_stock, stock, per_user_limit, generation, updated_at)
-             VALUES ($1, $2, $2, $3, $4, $5)
+             VALUES ($1, $2, $2, $3, 1, $4)
              ON CONFLICT (item_id) DO UPDATE SET
                 initial_stock = excluded.initial_stock, stock = excluded.stock,
-                per_user_limit = excluded.per_user_limit, generation = excluded.generation,
-                updated_at = excluded.updated_at",
+                per_user_limit = excluded.per_user_limit, generation = items.generation + 1,
+                updated_at = excluded.updated_at
+             RETURNING generation",
         )
         .bind(item.as_str())
         .bind(settings.stock as i64)
         .bind(settings.per_user_limit as i64)
-        .bind(generation as i64)
         .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map(drop)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(generation.max(0) as u64)
     }
 
-    /// The latest sale number SQL has seen for `item`.
-    pub async fn item_generation(&self, item: &ItemId) -> sqlx::Result<Option<u64>> {
-        let generation: Option<i64> =
-            sqlx::query_scalar("SELECT generation FROM items WHERE item_id = $1")
-                .bind(item.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(generation.map(|g| g.max(0) as u64))
+    /// Sets the sale number, when Redis had already issued a higher one.
+    pub async fn set_item_generation(
+        tx: &mut Transaction<'static, Any>,
+        item: &ItemId,
+        generation: u64,
+    ) -> sqlx::Result<()> {
+        sqlx::query("UPDATE items SET generation = $1 WHERE item_id = $2")
+            .bind(generation as i64)
+            .bind(item.as_str())
+            .execute(&mut **tx)
+            .await
+            .map(drop)
     }
 
     /// Inserts orders in one transaction, skipping ids already there (the
-    /// persister may see an entry twice after a crash). Returns how many rows
-    /// were new.
-    pub async fn insert_orders(&self, orders: &[OrderRecord]) -> sqlx::Result<u64> {
+    /// persister may see an entry twice after a crash). Returns, for each
+    /// order in `orders`, whether this call inserted it: an order not
+    /// inserted had its id in SQL already, or earlier in `orders`.
+    pub async fn insert_orders(&self, orders: &[OrderRecord]) -> sqlx::Result<Vec<bool>> {
         let mut tx = self.pool.begin().await?;
-        let mut inserted = 0;
+        let mut new_ids = std::collections::HashSet::new();
         let persisted_at = now_ms();
         for chunk in orders.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
@@ -187,8 +204,8 @@ impl Db {
                 }
                 sql.push(')');
             }
-            sql.push_str(" ON CONFLICT (order_id) DO NOTHING");
-            let mut query = sqlx::query(&sql);
+            sql.push_str(" ON CONFLICT (order_id) DO NOTHING RETURNING order_id");
+            let mut query = sqlx::query_scalar::<_, i64>(&sql);
             for order in chunk {
                 query = query
                     .bind(order.order_id.0 as i64)
@@ -199,10 +216,34 @@ impl Db {
                     .bind(order.created_at)
                     .bind(persisted_at);
             }
-            inserted += query.execute(&mut *tx).await?.rows_affected();
+            new_ids.extend(query.fetch_all(&mut *tx).await?);
         }
         tx.commit().await?;
-        Ok(inserted)
+        // The first occurrence of a returned id is the row inserted.
+        Ok(orders
+            .iter()
+            .map(|order| new_ids.remove(&(order.order_id.0 as i64)))
+            .collect())
+    }
+
+    /// The rows stored under these ids.
+    pub async fn orders_by_id(&self, ids: &[OrderId]) -> sqlx::Result<Vec<OrderRecord>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT order_id, item_id, user_id, strategy, generation, created_at FROM orders WHERE order_id IN ({})",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.0 as i64);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.push(order_from_row(&row)?);
+            }
+        }
+        Ok(found)
     }
 
     /// Orders of one sale of `item` in SQL.

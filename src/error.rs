@@ -40,6 +40,21 @@ pub enum ApiError {
         user: String,
         limit: u64,
     },
+    /// 409 `strategy_mismatch`: the sale is bound to another strategy.
+    #[error(
+        "the sale of `{item}` is bound to strategy `{bound}`; this purchase named `{requested}`. Buy with `{bound}`, or restock the item to start a sale under another strategy"
+    )]
+    StrategyMismatch {
+        item: String,
+        requested: String,
+        bound: String,
+    },
+    /// 409 `sale_restarted`: the item was restocked while the purchase was in
+    /// flight; nothing was bought in either sale.
+    #[error(
+        "`{0}` was restocked while this purchase was in flight; nothing was bought. Try again to buy in the new sale"
+    )]
+    SaleRestarted(String),
     /// 409 `race_running`: the page's race control is busy.
     #[error("a race is already running; wait for it to finish")]
     RaceRunning,
@@ -89,9 +104,11 @@ impl ApiError {
             Self::AdminDisabled => StatusCode::FORBIDDEN,
             Self::ItemNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::SoldOut(_) | Self::LimitReached { .. } | Self::RaceRunning => {
-                StatusCode::CONFLICT
-            }
+            Self::SoldOut(_)
+            | Self::LimitReached { .. }
+            | Self::StrategyMismatch { .. }
+            | Self::SaleRestarted(_)
+            | Self::RaceRunning => StatusCode::CONFLICT,
             Self::Contention { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -108,6 +125,8 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::SoldOut(_) => "sold_out",
             Self::LimitReached { .. } => "limit_reached",
+            Self::StrategyMismatch { .. } => "strategy_mismatch",
+            Self::SaleRestarted(_) => "sale_restarted",
             Self::RaceRunning => "race_running",
             Self::Contention { .. } => "contention",
             Self::Unavailable { .. } => "unavailable",

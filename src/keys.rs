@@ -13,14 +13,22 @@ pub fn items_index() -> String {
     format!("{PREFIX}:items")
 }
 
-/// Set of order logs set aside by restocks, until the persister has them all.
-pub fn order_archives() -> String {
+/// Set of order logs set aside by restocks, written by versions before the
+/// per-item [`ItemKeys::archives`] set. Still read, so an upgrade finds the
+/// archives an older version left; never written.
+pub fn legacy_order_archives() -> String {
     format!("{PREFIX}:order-archives")
 }
 
 /// Snowflake worker lease for worker number `n`.
 pub fn worker_lease(n: u16) -> String {
     format!("{PREFIX}:worker:{n}")
+}
+
+/// How far ids were minted with worker number `n` (Unix ms). No TTL: it
+/// outlives the lease, for the number's next holder (see [`crate::lease`]).
+pub fn worker_horizon(n: u16) -> String {
+    format!("{}:horizon", worker_lease(n))
 }
 
 /// The keys of one item.
@@ -38,6 +46,13 @@ pub struct ItemKeys {
     pub lock: String,
     /// Fencing-token counter: INCR at each `lock` acquisition.
     pub fence: String,
+    /// Set of this item's order logs set aside by restocks (see
+    /// [`ItemKeys::new_archive`]), until the persister has them all.
+    pub archives: String,
+    /// Stream of order-log entries the persister could not store because SQL
+    /// holds a different order under the same id: kept, never acknowledged
+    /// away.
+    pub dead_letters: String,
 }
 
 impl ItemKeys {
@@ -50,7 +65,15 @@ impl ItemKeys {
             orders: format!("{base}:orders"),
             lock: format!("{base}:lock"),
             fence: format!("{base}:fence"),
+            archives: format!("{base}:archives"),
+            dead_letters: format!("{base}:dead-letters"),
         }
+    }
+
+    /// A fresh name for the order log a restock sets aside. It keeps the
+    /// item's hash tag, so it stays in the item's slot.
+    pub fn new_archive(&self) -> String {
+        format!("{}:archived:{}", self.orders, uuid::Uuid::new_v4().simple())
     }
 }
 
@@ -68,6 +91,9 @@ mod tests {
             &keys.orders,
             &keys.lock,
             &keys.fence,
+            &keys.archives,
+            &keys.dead_letters,
+            &keys.new_archive(),
         ] {
             assert!(key.starts_with("seckill:{ip17}:"), "{key}");
         }

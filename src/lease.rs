@@ -1,21 +1,39 @@
-//! Snowflake worker numbers leased in Redis, so instances sharing a Redis never
-//! mint ids with the same worker number (which could collide).
+//! Snowflake worker numbers leased in Redis, and the id minter that uses them:
+//! two processes never mint with one worker number, and no number mints an id
+//! that an earlier holder of it may have minted.
 //!
-//! Acquire: `SET seckill:worker:<n> <token> NX PX <ttl>` for the first free `n`,
-//! starting at a random one. Renew: a compare-and-`PEXPIRE` script every third
-//! of the TTL. If the lease is gone when renewing (Redis restarted, or we were
-//! paused past the TTL), take it back with `SET NX`; if someone else holds it
-//! now, the lease is *lost*: purchases are refused (503) rather than risk a
-//! duplicate id. On shutdown the lease is released (compare-and-delete).
+//! # The lease
+//! Take: `SET seckill:worker:<n> <token> NX PX <ttl>` (`lease_take.lua`), for
+//! the first free `n` from a random start, or for exactly `WORKER_ID` when one
+//! is set: a fixed number is registered like a leased one, and a second
+//! instance asking for a held number refuses to start, naming it. Renew: a
+//! compare-and-`PEXPIRE` script every third of the TTL. Release on shutdown.
 //!
-//! The lease is also only trusted for as long as it is known to be valid: a
-//! TTL from the start of the last confirmed renewal. A process that was paused
-//! (stopped, swapped out, a long GC in another language) wakes up past that
-//! point and refuses to mint ids until a renewal confirms the lease again,
-//! instead of minting from a number another instance may hold by now.
+//! The lease is trusted only for a TTL from the start of its last confirmed
+//! renewal (by the monotonic clock): a process paused past that point (stopped,
+//! swapped out) refuses to mint until a renewal confirms the lease again.
+//!
+//! A lease found gone or taken at renewal is *lost*: minting stops at once
+//! (purchases and `/readyz` answer 503) and the instance leases again, any
+//! free number (or its fixed one, once free). Purchases resume with the new
+//! number.
+//!
+//! # The horizon
+//! Each number has a horizon key, `seckill:worker:<n>:horizon`, with no TTL:
+//! the Unix millisecond up to which its holders may have minted. Each renewal
+//! raises it to the renewal's start plus the TTL, and the holder mints no id
+//! past its own horizon (so a wall clock that jumps forward cannot carry ids
+//! beyond it). A clean release lowers it to the last millisecond really used.
+//! Whoever takes a number (after a restart, a takeover, or with a clock that
+//! stepped back) waits until its clock is past the horizon plus
+//! [`SKEW_MARGIN`] before minting, and its generator issues nothing at or
+//! below that point. The wait is bounded by [`max_wait`] (the TTL plus twice
+//! the margin: a number taken over after its lease expired needs about the
+//! margin); a longer one is refused as a clock problem instead, the number
+//! given back and another tried.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -26,18 +44,49 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::keys;
-use crate::snowflake::MAX_WORKER;
-use crate::strategy::lock::{RENEW_LUA, UNLOCK_LUA};
+use crate::snowflake::{Clock, IdError, MAX_WORKER, OrderId, Snowflake, SystemClock};
 
 /// Renewals per TTL: two may fail before the lease lapses.
 const RENEWALS_PER_TTL: u32 = 3;
+/// Allowance for clocks that disagree: between the machines of two holders of
+/// one number, or across a step of one machine's clock. A taker waits this
+/// long past the horizon; NTP keeps healthy clocks within milliseconds.
+pub const SKEW_MARGIN: Duration = Duration::from_secs(1);
+/// How often a lost lease is sought again.
+const RELEASE_RETRY: Duration = Duration::from_millis(200);
+
+const TAKE_LUA: &str = include_str!("lease_take.lua");
+const RENEW_LUA: &str = include_str!("lease_renew.lua");
+const RELEASE_LUA: &str = include_str!("lease_release.lua");
+
+/// How to lease.
+#[derive(Clone)]
+pub struct LeaseConfig {
+    pub ttl: Duration,
+    /// `WORKER_ID`: only this number; `None`: any free one.
+    pub fixed: Option<u16>,
+    /// The wall clock ids are minted by (a manual one in tests).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl LeaseConfig {
+    pub fn new(ttl: Duration, fixed: Option<u16>) -> Self {
+        Self {
+            ttl,
+            fixed,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
 
 /// Until when the lease is known to be ours, as seen by this process.
 #[derive(Debug)]
-pub struct LeaseValidity {
+struct LeaseValidity {
     epoch: Instant,
     /// Milliseconds after `epoch`; 0 when the lease is lost.
     valid_until_ms: AtomicU64,
+    /// Unix ms past which no id may be minted (the horizon Redis holds).
+    horizon_ms: AtomicU64,
 }
 
 impl LeaseValidity {
@@ -45,12 +94,15 @@ impl LeaseValidity {
         Self {
             epoch: Instant::now(),
             valid_until_ms: AtomicU64::new(0),
+            horizon_ms: AtomicU64::new(0),
         }
     }
 
-    /// Records a confirmation (acquire or renew) that started at `at`.
-    fn confirm(&self, at: Instant, ttl: Duration) {
+    /// Records a confirmation (take or renew) that started at `at`, with the
+    /// horizon Redis now holds for us.
+    fn confirm(&self, at: Instant, ttl: Duration, horizon_ms: u64) {
         let until = at.duration_since(self.epoch) + ttl;
+        self.horizon_ms.store(horizon_ms, Ordering::SeqCst);
         self.valid_until_ms
             .store(until.as_millis() as u64, Ordering::SeqCst);
     }
@@ -59,142 +111,354 @@ impl LeaseValidity {
         self.valid_until_ms.store(0, Ordering::SeqCst);
     }
 
-    /// True while ids may be minted with this lease's worker number.
-    pub fn is_valid(&self) -> bool {
+    fn is_valid(&self) -> bool {
         (self.epoch.elapsed().as_millis() as u64) < self.valid_until_ms.load(Ordering::SeqCst)
     }
 }
 
-/// A held worker lease, renewed in the background until [`WorkerLease::release`].
+/// Why no id was minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error(transparent)]
+    Clock(#[from] IdError),
+    #[error("this instance's snowflake worker lease is lost or unconfirmed")]
+    LeaseLost,
+    #[error("the clock is past the worker lease's horizon; waiting for a renewal")]
+    PastHorizon,
+}
+
+type Generator = Snowflake<Arc<dyn Clock>>;
+
+/// Mints order ids, refusing while the worker lease is not known to be ours.
+pub struct IdMinter {
+    /// Replaced when the lease is lost and another number is taken.
+    generator: RwLock<Arc<Generator>>,
+    validity: LeaseValidity,
+}
+
+impl std::fmt::Debug for IdMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdMinter")
+            .field("worker", &self.worker())
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl IdMinter {
+    fn generator(&self) -> Arc<Generator> {
+        // A poisoned lock still holds a whole Arc: writers only swap it.
+        Arc::clone(&self.generator.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn next(&self) -> Result<OrderId, MintError> {
+        if !self.validity.is_valid() {
+            return Err(MintError::LeaseLost);
+        }
+        let id = self.generator().next_id()?;
+        if id.parts().unix_ms > self.validity.horizon_ms.load(Ordering::SeqCst) {
+            return Err(MintError::PastHorizon);
+        }
+        Ok(id)
+    }
+
+    /// The worker number ids carry now.
+    pub fn worker(&self) -> u16 {
+        self.generator().worker()
+    }
+
+    /// Whether ids can be minted: the lease is held and confirmed.
+    pub fn is_ready(&self) -> bool {
+        self.validity.is_valid()
+    }
+}
+
+/// A held worker lease, renewed in the background until
+/// [`WorkerLease::release`]. Dropped without a release it is abandoned (no
+/// more renewals; it lapses after its TTL), as a crash would leave it.
 pub struct WorkerLease {
-    worker: u16,
-    validity: Arc<LeaseValidity>,
+    minter: Arc<IdMinter>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl WorkerLease {
-    /// Leases the first free worker number for `ttl` (`WORKER_LEASE_TTL_MS`,
-    /// 30 s by default: long enough that a renewal missed to a Redis hiccup
-    /// does not lose the lease, short enough that a crashed instance's number
-    /// is free again soon).
-    pub async fn acquire(redis: ConnectionManager, ttl: Duration) -> anyhow::Result<Self> {
-        let mut conn = redis.clone();
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let count = u32::from(MAX_WORKER) + 1;
-        let start = rand::rng().random_range(0..count);
-        let validity = Arc::new(LeaseValidity::new());
-        let mut worker = None;
-        for i in 0..count {
-            let attempt = Instant::now();
-            let n = ((start + i) % count) as u16;
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(keys::worker_lease(n))
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .query_async(&mut conn)
-                .await
-                .context("cannot lease a snowflake worker number")?;
-            if taken.is_some() {
-                validity.confirm(attempt, ttl);
-                worker = Some(n);
-                break;
-            }
-        }
-        let Some(worker) = worker else {
-            bail!("all {count} snowflake worker numbers are leased; set WORKER_ID explicitly");
-        };
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(renew(
+    /// Leases a worker number and returns once ids can be minted with it.
+    pub async fn acquire(redis: ConnectionManager, config: LeaseConfig) -> anyhow::Result<Self> {
+        let mut leaser = Leaser {
             redis,
-            worker,
-            token,
-            ttl,
-            Arc::clone(&validity),
-            stopped,
-        ));
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            config,
+        };
+        let held = leaser.take_any(None).await?;
+        let minter = Arc::new(IdMinter {
+            generator: RwLock::new(Arc::new(held.generator)),
+            validity: LeaseValidity::new(),
+        });
+        minter
+            .validity
+            .confirm(held.confirmed_at, leaser.config.ttl, held.horizon_ms);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(renew(leaser, held.worker, Arc::clone(&minter), stopped));
         Ok(Self {
-            worker,
-            validity,
+            minter,
             stop,
-            task,
+            task: Some(task),
         })
     }
 
     pub fn worker(&self) -> u16 {
-        self.worker
+        self.minter.worker()
     }
 
-    /// Whether ids may be minted right now; shared with the id minter.
-    pub fn validity(&self) -> Arc<LeaseValidity> {
-        Arc::clone(&self.validity)
+    /// The id minter, shared with the handlers.
+    pub fn minter(&self) -> Arc<IdMinter> {
+        Arc::clone(&self.minter)
     }
 
-    /// Stops renewing and releases the lease.
-    pub async fn release(self) {
+    /// Stops minting and renewing, and gives the number back.
+    pub async fn release(mut self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 
-async fn renew(
-    redis: ConnectionManager,
+impl Drop for WorkerLease {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            self.minter.validity.lose();
+            task.abort();
+        }
+    }
+}
+
+/// The longest a taker waits for its clock to pass a number's horizon.
+pub fn max_wait(ttl: Duration) -> Duration {
+    ttl + 2 * SKEW_MARGIN
+}
+
+/// A number just taken, with a generator that may mint with it.
+struct Held {
     worker: u16,
+    generator: Generator,
+    confirmed_at: Instant,
+    horizon_ms: u64,
+}
+
+/// Takes, renews and releases numbers for one instance.
+struct Leaser {
+    redis: ConnectionManager,
     token: String,
-    ttl: Duration,
-    validity: Arc<LeaseValidity>,
+    config: LeaseConfig,
+}
+
+impl Leaser {
+    fn ttl_ms(&self) -> u64 {
+        self.config.ttl.as_millis() as u64
+    }
+
+    /// The longest wait past a horizon this leaser accepts.
+    fn max_wait(&self) -> Duration {
+        max_wait(self.config.ttl)
+    }
+
+    /// Takes the fixed number, or any free one, starting with `prefer`.
+    async fn take_any(&mut self, prefer: Option<u16>) -> anyhow::Result<Held> {
+        if let Some(fixed) = self.config.fixed {
+            return match self.take(fixed).await? {
+                Some(held) => Ok(held),
+                None => {
+                    let pttl: i64 = redis::cmd("PTTL")
+                        .arg(keys::worker_lease(fixed))
+                        .query_async(&mut self.redis)
+                        .await
+                        .unwrap_or(-2);
+                    bail!(
+                        "WORKER_ID {fixed} is held by another instance (lease key {}, expiring in {pttl} ms unless renewed); two instances with one worker number would mint duplicate order ids. Give each instance its own WORKER_ID, or unset it to lease a free number",
+                        keys::worker_lease(fixed)
+                    )
+                }
+            };
+        }
+        let count = u32::from(MAX_WORKER) + 1;
+        let start = prefer.map_or_else(|| rand::rng().random_range(0..count), u32::from);
+        for i in 0..count {
+            let n = ((start + i) % count) as u16;
+            if let Some(held) = self.take(n).await? {
+                return Ok(held);
+            }
+        }
+        bail!("all {count} snowflake worker numbers are leased; set WORKER_ID explicitly")
+    }
+
+    /// Takes `n` if free, then waits past its horizon. `None` when someone
+    /// holds it, or when the wait would be a clock problem (given back).
+    async fn take(&mut self, n: u16) -> anyhow::Result<Option<Held>> {
+        let horizon: Option<u64> = Script::new(TAKE_LUA)
+            .key(keys::worker_lease(n))
+            .key(keys::worker_horizon(n))
+            .arg(&self.token)
+            // Long enough to cover the wait below; the renewal after it sets
+            // the usual TTL.
+            .arg((self.config.ttl + self.max_wait()).as_millis() as u64)
+            .invoke_async(&mut self.redis)
+            .await
+            .context("cannot lease a snowflake worker number")?;
+        let Some(horizon) = horizon else {
+            return Ok(None);
+        };
+        let floor = if horizon == 0 {
+            0
+        } else {
+            horizon + SKEW_MARGIN.as_millis() as u64
+        };
+        let now = self.config.clock.now_ms();
+        let wait = Duration::from_millis(floor.saturating_sub(now));
+        if wait > self.max_wait() {
+            tracing::error!(
+                worker = n,
+                wait_ms = wait.as_millis() as u64,
+                "this clock is behind the ids worker number {n} has issued; not using it"
+            );
+            self.give_back(n, horizon).await;
+            if self.config.fixed.is_some() {
+                bail!(
+                    "WORKER_ID {n}: this clock is {} ms behind the last ids minted with it (plus the {} ms skew margin); fix the clock",
+                    wait.as_millis(),
+                    SKEW_MARGIN.as_millis()
+                );
+            }
+            return Ok(None);
+        }
+        // Wait until the clock itself has passed the floor: a manual or
+        // stepped clock does not move with the sleep.
+        let deadline = Instant::now() + self.max_wait();
+        while self.config.clock.now_ms() <= floor {
+            if Instant::now() > deadline {
+                self.give_back(n, horizon).await;
+                return Ok(None);
+            }
+            tokio::time::sleep(
+                Duration::from_millis(floor + 1 - self.config.clock.now_ms().min(floor))
+                    .min(Duration::from_millis(50)),
+            )
+            .await;
+        }
+        if !wait.is_zero() {
+            tracing::info!(
+                worker = n,
+                waited_ms = wait.as_millis() as u64,
+                "waited past the worker number's horizon before minting"
+            );
+        }
+        // Renewed once the wait is over, so the lease is trusted for a whole
+        // TTL from here, and the horizon covers what we may now mint.
+        let confirmed_at = Instant::now();
+        let ours = self.config.clock.now_ms() + self.ttl_ms();
+        if !self.renew_once(n, ours).await? {
+            return Ok(None);
+        }
+        Ok(Some(Held {
+            worker: n,
+            generator: Snowflake::with_floor(n, Arc::clone(&self.config.clock), floor),
+            confirmed_at,
+            horizon_ms: ours,
+        }))
+    }
+
+    /// Extends the lease on `n` and raises its horizon to `horizon_ms`.
+    async fn renew_once(&mut self, n: u16, horizon_ms: u64) -> anyhow::Result<bool> {
+        let renewed: i64 = Script::new(RENEW_LUA)
+            .key(keys::worker_lease(n))
+            .key(keys::worker_horizon(n))
+            .arg(&self.token)
+            .arg(self.ttl_ms())
+            .arg(horizon_ms)
+            .invoke_async(&mut self.redis)
+            .await
+            .context("cannot renew the snowflake worker lease")?;
+        Ok(renewed == 1)
+    }
+
+    /// Releases `n`, leaving `last_ms` as its horizon.
+    async fn give_back(&mut self, n: u16, last_ms: u64) {
+        let released: redis::RedisResult<i64> = Script::new(RELEASE_LUA)
+            .key(keys::worker_lease(n))
+            .key(keys::worker_horizon(n))
+            .arg(&self.token)
+            .arg(last_ms)
+            .invoke_async(&mut self.redis)
+            .await;
+        if let Err(err) = released {
+            tracing::warn!(worker = n, %err, "cannot release worker lease; it expires by itself");
+        }
+    }
+}
+
+/// Renews every third of the TTL; on loss, leases again and swaps the
+/// generator; on stop, releases.
+async fn renew(
+    mut leaser: Leaser,
+    mut worker: u16,
+    minter: Arc<IdMinter>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let key = keys::worker_lease(worker);
-    let renew = Script::new(RENEW_LUA);
-    let release = Script::new(UNLOCK_LUA);
-    let mut conn = redis;
+    let ttl = leaser.config.ttl;
     loop {
+        let pause = if minter.validity.is_valid() {
+            ttl / RENEWALS_PER_TTL
+        } else {
+            RELEASE_RETRY
+        };
         tokio::select! {
             _ = stopped.changed() => break,
-            () = tokio::time::sleep(ttl / RENEWALS_PER_TTL) => {}
+            () = tokio::time::sleep(pause) => {}
         }
+        // Renewed even when our validity has lapsed (a pause): if the key
+        // still holds our token, nobody else has minted with the number.
         let attempt = Instant::now();
-        let renewed: redis::RedisResult<i64> = renew
-            .key(&key)
-            .arg(&token)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await;
-        match renewed {
-            Ok(1) => validity.confirm(attempt, ttl),
-            Ok(_) => {
-                let retaken: redis::RedisResult<Option<String>> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl.as_millis() as u64)
-                    .query_async(&mut conn)
-                    .await;
-                match retaken {
-                    Ok(Some(_)) => {
-                        tracing::warn!(worker, "worker lease had lapsed; taken back");
-                        validity.confirm(attempt, ttl);
-                    }
-                    Ok(None) => {
-                        tracing::error!(
-                            worker,
-                            "worker lease taken by another instance: refusing purchases"
-                        );
-                        validity.lose();
-                    }
-                    Err(err) => tracing::warn!(worker, %err, "cannot retake worker lease"),
-                }
+        let horizon = leaser.config.clock.now_ms() + leaser.ttl_ms();
+        match leaser.renew_once(worker, horizon).await {
+            Ok(true) => {
+                minter.validity.confirm(attempt, ttl, horizon);
+                continue;
             }
-            Err(err) => tracing::warn!(worker, %err, "cannot renew worker lease; will retry"),
+            Ok(false) => {
+                if minter.validity.is_valid() {
+                    tracing::error!(
+                        worker,
+                        "worker lease lost (expired or taken): refusing purchases until a number is leased again"
+                    );
+                }
+                minter.validity.lose();
+            }
+            Err(err) => {
+                tracing::warn!(worker, error = %format!("{err:#}"), "cannot renew worker lease; will retry");
+                continue;
+            }
+        }
+        match leaser.take_any(Some(worker)).await {
+            Ok(held) => {
+                tracing::warn!(
+                    previous = worker,
+                    worker = held.worker,
+                    "worker number leased again; purchases resume"
+                );
+                worker = held.worker;
+                *minter.generator.write().unwrap_or_else(|e| e.into_inner()) =
+                    Arc::new(held.generator);
+                minter
+                    .validity
+                    .confirm(held.confirmed_at, ttl, held.horizon_ms);
+            }
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "no worker number to lease yet; retrying")
+            }
         }
     }
-    let released: redis::RedisResult<i64> =
-        release.key(&key).arg(&token).invoke_async(&mut conn).await;
-    if let Err(err) = released {
-        tracing::warn!(worker, %err, "cannot release worker lease; it expires by itself");
-    }
+    minter.validity.lose();
+    let last_ms = minter.generator().last_unix_ms();
+    leaser.give_back(worker, last_ms).await;
 }

@@ -369,7 +369,7 @@ async fn race_one(
         plan.item_prefix,
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    create_item(target, &item, plan.stock, plan.per_user_limit).await?;
+    create_item(target, &item, plan.stock, plan.per_user_limit, strategy).await?;
     observe(Progress::Started {
         strategy,
         item: item.clone(),
@@ -653,14 +653,17 @@ pub async fn probe(target: &Target, path: &str) -> bool {
     )
 }
 
-/// Creates (or restocks) `item` through the admin API.
+/// Creates (or restocks) `item` through the admin API, its sale bound to
+/// `strategy`.
 pub async fn create_item(
     target: &Target,
     item: &str,
     stock: u64,
     limit: u64,
+    strategy: StrategyKind,
 ) -> anyhow::Result<()> {
-    let body = serde_json::json!({"stock": stock, "per_user_limit": limit}).to_string();
+    let body = serde_json::json!({"stock": stock, "per_user_limit": limit, "strategy": strategy})
+        .to_string();
     let mut conn = Conn::default();
     let (status, body) = conn
         .send(

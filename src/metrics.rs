@@ -56,6 +56,7 @@ pub struct Metrics {
     undersold: ItemGauge,
     lag: ItemGauge,
     persisted_total: Gauge<i64, AtomicI64>,
+    conflicts_total: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -90,12 +91,21 @@ impl Metrics {
         let oversold = gauge("item_oversold", "max(0, sold - initial stock)");
         let drift = gauge("item_drift", "(initial - stock) - sold: lost updates");
         let undersold = gauge("item_undersold", "Units left while buyers were refused");
-        let lag = gauge("persister_lag", "Orders of the item not yet in SQL");
+        let lag = gauge(
+            "persister_lag",
+            "Orders of the item in its order log not yet in SQL (negative: in SQL, not in the log)",
+        );
         let persisted_total = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "persister_inserted",
             "Rows this instance's persister inserted into SQL",
             persisted_total.clone(),
+        );
+        let conflicts_total = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "persister_conflicts",
+            "Order-log entries whose id SQL holds with different fields: kept in the item's dead-letter stream",
+            conflicts_total.clone(),
         );
         Self {
             registry,
@@ -108,6 +118,7 @@ impl Metrics {
             undersold,
             lag,
             persisted_total,
+            conflicts_total,
         }
     }
 
@@ -136,10 +147,11 @@ impl Metrics {
             set(&self.oversold, view.oversold as i64);
             set(&self.drift, view.drift);
             set(&self.undersold, view.undersold as i64);
-            set(&self.lag, view.lag as i64);
+            set(&self.lag, view.lag);
         }
         if let Some(report) = persister {
             self.persisted_total.set(report.persisted as i64);
+            self.conflicts_total.set(report.conflicts as i64);
         }
         let mut text = String::new();
         // Writing into a String cannot fail.

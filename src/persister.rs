@@ -10,10 +10,17 @@
 //! shutdown the HTTP server stops first, then the persister drains what is left.
 //!
 //! Which streams: the current order log of every item in the items index, and
-//! the logs that restocks set aside (the archive set), which are deleted once
-//! fully persisted.
+//! the logs that restocks set aside (each item's archive set), which are
+//! deleted once fully persisted.
+//!
+//! Nothing is dropped silently. An entry whose order id SQL already holds is
+//! compared with the stored row: the same order (a redelivery) is acknowledged;
+//! a different one (two orders minted with one id) is a conflict, counted
+//! (`conflicts`, and the `seckill_persister_conflicts` metric), logged at
+//! error level with both rows, and moved to the item's dead-letter stream in
+//! the same `MULTI` as its acknowledgement.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,6 +62,7 @@ pub struct PersisterStatus {
     persisted: AtomicU64,
     batches: AtomicU64,
     reclaimed: AtomicU64,
+    conflicts: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -69,6 +77,9 @@ pub struct PersisterReport {
     pub batches: u64,
     /// Entries taken over from idle consumers.
     pub reclaimed: u64,
+    /// Entries whose id SQL holds with different fields; each is in its
+    /// item's dead-letter stream.
+    pub conflicts: u64,
     pub errors: u64,
     pub last_error: Option<String>,
 }
@@ -156,6 +167,7 @@ fn report(consumer: &str, status: &PersisterStatus) -> PersisterReport {
         persisted: status.persisted.load(Ordering::Relaxed),
         batches: status.batches.load(Ordering::Relaxed),
         reclaimed: status.reclaimed.load(Ordering::Relaxed),
+        conflicts: status.conflicts.load(Ordering::Relaxed),
         errors: status.errors.load(Ordering::Relaxed),
         last_error: status
             .last_error
@@ -279,21 +291,37 @@ impl Worker {
         Ok(handled)
     }
 
-    /// The streams to read (those with a group) and the archive set.
+    /// The streams to read (those with a group) and the archived logs.
     async fn discover(&mut self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-        let (items, archives): (Vec<String>, Vec<String>) = redis::pipe()
+        let (items, legacy): (Vec<String>, Vec<String>) = redis::pipe()
             .cmd("SMEMBERS")
             .arg(keys::items_index())
             .cmd("SMEMBERS")
-            .arg(keys::order_archives())
+            .arg(keys::legacy_order_archives())
             .query_async(&mut self.redis)
             .await
             .context("cannot list order logs")?;
-        let mut streams = Vec::with_capacity(items.len() + archives.len());
-        let candidates = items
+        let items: Vec<ItemKeys> = items
             .iter()
             .filter_map(|id| ItemId::parse(id).ok())
-            .map(|item| ItemKeys::new(&item).orders)
+            .map(|item| ItemKeys::new(&item))
+            .collect();
+        let mut archives = legacy;
+        if !items.is_empty() {
+            let mut read = redis::pipe();
+            for keys in &items {
+                read.cmd("SMEMBERS").arg(&keys.archives);
+            }
+            let per_item: Vec<Vec<String>> = read
+                .query_async(&mut self.redis)
+                .await
+                .context("cannot list archived order logs")?;
+            archives.extend(per_item.into_iter().flatten());
+        }
+        let mut streams = Vec::with_capacity(items.len() + archives.len());
+        let candidates = items
+            .into_iter()
+            .map(|keys| keys.orders)
             .chain(archives.iter().cloned());
         for key in candidates {
             if self.grouped.contains(&key) || self.create_group(&key).await? {
@@ -362,7 +390,8 @@ impl Worker {
         Ok(total)
     }
 
-    /// Inserts the entries in one transaction, then acknowledges them.
+    /// Inserts the entries in one transaction, then acknowledges them, moving
+    /// conflicting ones to the dead-letter stream in the same `MULTI`.
     async fn persist(
         &mut self,
         key: &str,
@@ -374,9 +403,13 @@ impl Worker {
         }
         let item = item_of_stream(key);
         let mut orders = Vec::with_capacity(entries.len());
+        let mut parsed = Vec::with_capacity(entries.len());
         for entry in entries {
             match parse_entry(&item, entry) {
-                Ok(order) => orders.push(order),
+                Ok(order) => {
+                    orders.push(order);
+                    parsed.push(entry);
+                }
                 // Only this service writes these streams; an entry it cannot
                 // read is a bug worth a loud log, not a reason to stall the
                 // log forever. It stays in the stream for inspection.
@@ -385,22 +418,85 @@ impl Worker {
                 }
             }
         }
-        let inserted = self
+        let new = self
             .db
             .insert_orders(&orders)
             .await
             .context("cannot insert orders")?;
+        let inserted = new.iter().filter(|n| **n).count() as u64;
+        let conflicts = self.conflicts(&orders, &new).await?;
+
+        let mut ack = redis::pipe();
+        ack.atomic();
+        if !conflicts.is_empty() {
+            let dead_letters = ItemId::parse(&item)
+                .map(|item| ItemKeys::new(&item).dead_letters)
+                .map_err(anyhow::Error::msg)?;
+            for (index, stored) in &conflicts {
+                let (entry, order) = (parsed[*index], &orders[*index]);
+                tracing::error!(
+                    stream = %key,
+                    entry = %entry.id,
+                    log_order = ?order,
+                    sql_order = ?stored,
+                    "order id conflict: SQL holds a different order under this id; entry moved to the dead-letter stream"
+                );
+                ack.cmd("XADD")
+                    .arg(&dead_letters)
+                    .arg("*")
+                    .arg(dead_letter_fields(key, &entry.id, order, stored))
+                    .ignore();
+            }
+        }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let _: u64 = redis::cmd("XACK")
-            .arg(key)
-            .arg(GROUP)
-            .arg(&ids)
+        ack.cmd("XACK").arg(key).arg(GROUP).arg(&ids).ignore();
+        let _: () = ack
             .query_async(&mut self.redis)
             .await
             .with_context(|| format!("XACK {key}"))?;
         status.persisted.fetch_add(inserted, Ordering::Relaxed);
+        status
+            .conflicts
+            .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
         status.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The orders not inserted whose id SQL holds with different fields, by
+    /// index in `orders`, with the stored row. Not inserted but identical is a
+    /// redelivery (a crash between commit and acknowledgement): harmless.
+    async fn conflicts(
+        &self,
+        orders: &[OrderRecord],
+        new: &[bool],
+    ) -> anyhow::Result<Vec<(usize, OrderRecord)>> {
+        let skipped: Vec<usize> = (0..orders.len()).filter(|&i| !new[i]).collect();
+        if skipped.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<OrderId> = skipped.iter().map(|&i| orders[i].order_id).collect();
+        let stored: HashMap<OrderId, OrderRecord> = self
+            .db
+            .orders_by_id(&ids)
+            .await
+            .context("cannot read back orders not inserted")?
+            .into_iter()
+            .map(|row| (row.order_id, row))
+            .collect();
+        let mut conflicts = Vec::new();
+        for i in skipped {
+            match stored.get(&orders[i].order_id) {
+                Some(row) if *row == orders[i] => {}
+                Some(row) => conflicts.push((i, row.clone())),
+                // Not inserted, yet not there: only a concurrent delete could
+                // do that, and nothing deletes orders. Refuse to acknowledge.
+                None => anyhow::bail!(
+                    "order {} was neither inserted nor found in SQL",
+                    orders[i].order_id
+                ),
+            }
+        }
+        Ok(conflicts)
     }
 
     /// Deletes archived logs that are fully persisted (nothing pending, nothing
@@ -432,12 +528,18 @@ impl Worker {
                 Err(err) => return Err(err).context("XINFO GROUPS"),
             };
             if done {
-                let _: () = redis::pipe()
-                    .cmd("DEL")
-                    .arg(key)
-                    .ignore()
+                let mut forget = redis::pipe();
+                forget.cmd("DEL").arg(key).ignore();
+                if let Ok(item) = ItemId::parse(&item_of_stream(key)) {
+                    forget
+                        .cmd("SREM")
+                        .arg(ItemKeys::new(&item).archives)
+                        .arg(key)
+                        .ignore();
+                }
+                let _: () = forget
                     .cmd("SREM")
-                    .arg(keys::order_archives())
+                    .arg(keys::legacy_order_archives())
                     .arg(key)
                     .ignore()
                     .query_async(&mut self.redis)
@@ -456,6 +558,30 @@ fn item_of_stream(key: &str) -> String {
         .and_then(|(_, rest)| rest.split_once('}'))
         .map(|(item, _)| item.to_owned())
         .unwrap_or_default()
+}
+
+/// A dead letter: the log's entry, where it came from, and the row SQL holds.
+fn dead_letter_fields(
+    stream: &str,
+    entry_id: &str,
+    order: &OrderRecord,
+    stored: &OrderRecord,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("reason", "order id held in SQL by a different order".into()),
+        ("stream", stream.to_owned()),
+        ("entry_id", entry_id.to_owned()),
+        ("order_id", order.order_id.to_string()),
+        ("user_id", order.user_id.clone()),
+        ("strategy", order.strategy.clone()),
+        ("generation", order.generation.to_string()),
+        ("created_ms", order.created_at.to_string()),
+        ("sql_item_id", stored.item_id.clone()),
+        ("sql_user_id", stored.user_id.clone()),
+        ("sql_strategy", stored.strategy.clone()),
+        ("sql_generation", stored.generation.to_string()),
+        ("sql_created_ms", stored.created_at.to_string()),
+    ]
 }
 
 fn parse_entry(item: &str, entry: &StreamId) -> Result<OrderRecord, String> {

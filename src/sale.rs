@@ -10,11 +10,17 @@
 //! - `undersold` = min(stock, contention refusals): units left on the shelf
 //!   while buyers were turned away;
 //! - `persisted`: orders of this sale in SQL; `lag` = sold − persisted, what
-//!   the persister has yet to move;
+//!   the persister has yet to move. Negative when SQL holds more orders of the
+//!   sale than its order log (an `sql` order whose mirror failed, or orders
+//!   that never went through the log): shown, never clamped to zero;
+//! - `strategy`: the strategy the sale is bound to (`None` until its first
+//!   purchase, unless the restock named one);
 //! - per-strategy counters from [`crate::stats`].
 //!
-//! A restock writes Redis first (which numbers the sale), then mirrors the
-//! item into SQL for the `sql` strategy. If the database write fails the
+//! A restock runs in one SQL write transaction: it updates the item's row
+//! (the `sql` strategy's stock; the row lock keeps `sql` purchases out), runs
+//! the Redis script that starts the new sale, then commits. If Redis fails the
+//! transaction rolls back; if the commit fails after Redis restocked, the
 //! request is a 503 and the admin repeats it; repeating is harmless.
 
 use std::collections::BTreeMap;
@@ -40,6 +46,9 @@ pub const MAX_PER_USER_LIMIT: u64 = 1_000_000;
 pub struct ItemSettings {
     pub stock: u64,
     pub per_user_limit: u64,
+    /// The strategy the new sale is bound to; `None` leaves it to the first
+    /// purchase.
+    pub strategy: Option<StrategyKind>,
 }
 
 /// Result of a restock.
@@ -59,20 +68,28 @@ pub struct ItemView {
     pub per_user_limit: u64,
     /// Sale number: bumped by every restock.
     pub generation: u64,
+    /// The strategy this sale is bound to; purchases naming another get 409
+    /// `strategy_mismatch`. `None` until the first purchase binds it.
+    pub strategy: Option<String>,
     pub sold: u64,
     pub oversold: u64,
     pub drift: i64,
     pub undersold: u64,
     /// Orders of this sale in SQL.
     pub persisted: u64,
-    /// Orders in the order log not yet in SQL: sold − persisted.
-    pub lag: u64,
+    /// sold − persisted: orders in the order log not yet in SQL when
+    /// positive; orders in SQL that the log lacks when negative.
+    pub lag: i64,
     pub strategies: BTreeMap<StrategyKind, CounterSnapshot>,
 }
 
 /// Replies to the view's pipeline: `HMGET meta initial_stock per_user_limit
-/// generation`, `GET stock`, `XLEN orders`.
-type ViewReplies = ((Option<u64>, Option<u64>, Option<u64>), Option<i64>, u64);
+/// generation strategy`, `GET stock`, `XLEN orders`.
+type ViewReplies = (
+    (Option<u64>, Option<u64>, Option<u64>, Option<String>),
+    Option<i64>,
+    u64,
+);
 
 /// Item administration and views.
 #[derive(Clone)]
@@ -101,7 +118,8 @@ impl Sales {
     }
 
     /// Creates or restocks `item` and resets its sale (buyers, lock, order log,
-    /// counters). The previous order log is kept under a new name.
+    /// counters, strategy binding). The previous order log is kept under a new
+    /// name, registered for the persister.
     pub async fn restock(
         &self,
         item: &ItemId,
@@ -109,38 +127,37 @@ impl Sales {
         stats: &Stats,
     ) -> Result<Restocked, SaleError> {
         let keys = ItemKeys::new(item);
-        let archive = format!("{}:archived:{}", keys.orders, uuid::Uuid::new_v4().simple());
         let mut redis = self.redis.clone();
-        let floor = self.db.item_generation(item).await?.map_or(1, |g| g + 1);
-        let (generation, created, archived): (u64, u8, u8) = self
+        // Listed first: an index entry for an item whose restock then failed
+        // is skipped by the listing; an item missing from the index would be
+        // missed by the persister.
+        let _: () = redis::cmd("SADD")
+            .arg(keys::items_index())
+            .arg(item.as_str())
+            .query_async(&mut redis)
+            .await?;
+        let mut tx = self.db.begin_write().await?;
+        let floor = Db::restock_item(&mut tx, item, settings).await?;
+        let (generation, created, _archived): (u64, u8, u8) = self
             .restock
             .key(&keys.stock)
             .key(&keys.meta)
             .key(&keys.buyers)
             .key(&keys.orders)
             .key(&keys.lock)
-            .key(&archive)
+            .key(keys.new_archive())
+            .key(&keys.archives)
             .arg(settings.stock)
             .arg(settings.per_user_limit)
             .arg(floor)
+            .arg(settings.strategy.map_or("", StrategyKind::as_str))
             .invoke_async(&mut redis)
             .await?;
-        // The index and the archive set live outside the item's hash tag, so
-        // they cannot join the script. A crash between the two leaves an item
-        // missing from the list until its next restock, or an archived log
-        // unregistered (kept in Redis, found by `KEYS seckill:*:archived:*`),
-        // never a wrong count.
-        let mut index = redis::pipe();
-        index
-            .cmd("SADD")
-            .arg(keys::items_index())
-            .arg(item.as_str());
-        if archived == 1 {
-            index.cmd("SADD").arg(keys::order_archives()).arg(&archive);
+        if generation != floor {
+            Db::set_item_generation(&mut tx, item, generation).await?;
         }
-        index.exec_async(&mut redis).await?;
+        tx.commit().await?;
         stats.reset(item);
-        self.db.upsert_item(item, settings, generation).await?;
         Ok(Restocked {
             generation,
             created: created == 1,
@@ -150,10 +167,10 @@ impl Sales {
     /// The item view, or `None` if the item does not exist.
     pub async fn view(&self, item: &ItemId, stats: &Stats) -> Result<Option<ItemView>, SaleError> {
         let keys = ItemKeys::new(item);
-        let ((initial, limit, generation), stock, sold): ViewReplies = redis::pipe()
+        let ((initial, limit, generation, strategy), stock, sold): ViewReplies = redis::pipe()
             .cmd("HMGET")
             .arg(&keys.meta)
-            .arg(&["initial_stock", "per_user_limit", "generation"])
+            .arg(&["initial_stock", "per_user_limit", "generation", "strategy"])
             .cmd("GET")
             .arg(&keys.stock)
             .cmd("XLEN")
@@ -174,12 +191,13 @@ impl Sales {
             stock,
             per_user_limit,
             generation,
+            strategy,
             sold,
             oversold: sold.saturating_sub(initial_stock),
             drift: (initial_stock as i64 - stock) - sold as i64,
             undersold: (stock.max(0) as u64).min(contention),
             persisted,
-            lag: sold.saturating_sub(persisted),
+            lag: sold as i64 - persisted as i64,
             strategies,
         }))
     }

@@ -55,6 +55,13 @@ impl Clock for SystemClock {
     }
 }
 
+/// Shared clocks: the id minter and the worker lease read the same one.
+impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
+    fn now_ms(&self) -> u64 {
+        (**self).now_ms()
+    }
+}
+
 /// A clock that only moves when told to, for tests.
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
@@ -167,8 +174,29 @@ impl<C: Clock> Snowflake<C> {
         }
     }
 
+    /// A generator that issues no id in or before the Unix millisecond
+    /// `floor_ms`: for a worker number whose earlier holders may have minted
+    /// up to there. Until the clock passes the floor, `next_id` waits out a
+    /// gap of up to [`MAX_BACKWARD_MS`] and refuses a larger one.
+    pub fn with_floor(worker: u16, clock: C, floor_ms: u64) -> Self {
+        let generator = Self::with_clock(worker, clock);
+        if let Some(floor) = floor_ms.checked_sub(EPOCH_MS) {
+            // The floor's sequence counts as used up: the next id needs a
+            // later millisecond.
+            generator
+                .last
+                .store((floor << SEQUENCE_BITS) | MAX_SEQUENCE, Ordering::Release);
+        }
+        generator
+    }
+
     pub fn worker(&self) -> u16 {
         self.worker
+    }
+
+    /// The Unix millisecond of the last id issued (or of the floor).
+    pub fn last_unix_ms(&self) -> u64 {
+        (self.last.load(Ordering::Acquire) >> SEQUENCE_BITS) + EPOCH_MS
     }
 
     /// Issues the next id.
@@ -251,6 +279,19 @@ mod tests {
         );
         assert_eq!(second.parts().sequence, 1);
         assert!(first.0 >> 63 == 0, "sign bit stays clear");
+    }
+
+    #[test]
+    fn a_floored_generator_issues_nothing_at_or_before_its_floor() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let generator = Snowflake::with_floor(7, Arc::clone(&clock), T0 + 1_000);
+        assert!(matches!(
+            generator.next_id(),
+            Err(IdError::ClockMovedBackwards { by_ms: 1_000 })
+        ));
+        clock.set(T0 + 1_001);
+        assert_eq!(generator.next_id().unwrap().parts().unix_ms, T0 + 1_001);
+        assert_eq!(generator.last_unix_ms(), T0 + 1_001);
     }
 
     #[test]

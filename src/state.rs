@@ -12,10 +12,9 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::lease::WorkerLease;
+use crate::lease::{IdMinter, LeaseConfig, WorkerLease};
 use crate::persister::{Persister, PersisterConfig, PersisterHandle};
 use crate::sale::Sales;
-use crate::snowflake::{IdError, OrderId, Snowflake};
 use crate::stats::Stats;
 use crate::strategy::{self, Registry, StrategyKind};
 
@@ -27,43 +26,6 @@ pub enum AdminPolicy {
     /// No token configured: allowed only while bound to loopback, where only
     /// this machine can reach the server.
     LoopbackOnly { bound_to_loopback: bool },
-}
-
-/// Mints order ids, refusing while the worker lease is not known to be ours.
-#[derive(Debug, Clone)]
-pub struct IdMinter {
-    generator: Arc<Snowflake>,
-    /// `None` with a fixed `WORKER_ID`; else the lease's validity.
-    lease: Option<Arc<crate::lease::LeaseValidity>>,
-}
-
-/// Why no id was minted.
-#[derive(Debug, thiserror::Error)]
-pub enum MintError {
-    #[error(transparent)]
-    Clock(#[from] IdError),
-    #[error("this instance's snowflake worker lease is lost or unconfirmed")]
-    LeaseLost,
-}
-
-impl IdMinter {
-    pub fn new(generator: Snowflake, lease: Option<Arc<crate::lease::LeaseValidity>>) -> Self {
-        Self {
-            generator: Arc::new(generator),
-            lease,
-        }
-    }
-
-    pub fn next(&self) -> Result<OrderId, MintError> {
-        if self.lease.as_ref().is_some_and(|lease| !lease.is_valid()) {
-            return Err(MintError::LeaseLost);
-        }
-        Ok(self.generator.next_id()?)
-    }
-
-    pub fn worker(&self) -> u16 {
-        self.generator.worker()
-    }
 }
 
 /// What handlers share, behind one `Arc`: axum clones the state for every
@@ -91,7 +53,7 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     pub strategies: Arc<Registry>,
     pub default_strategy: StrategyKind,
-    pub ids: IdMinter,
+    pub ids: Arc<IdMinter>,
     pub admin: AdminPolicy,
     /// `None` when this instance runs no persister (`PERSISTER=false`).
     pub persister: Option<PersisterHandle>,
@@ -110,7 +72,7 @@ pub struct Shared {
 /// The state plus what must be stopped cleanly on shutdown.
 pub struct App {
     pub state: AppState,
-    lease: Option<WorkerLease>,
+    lease: WorkerLease,
     persister: Option<Persister>,
     live: tokio::task::JoinHandle<()>,
 }
@@ -154,7 +116,7 @@ impl App {
             race_window,
         )));
         let optimistic: Arc<dyn strategy::Strategy> = Arc::new(
-            strategy::optimistic::Optimistic::new(pool, config.optimistic_max_retries),
+            strategy::optimistic::Optimistic::new(pool, config.optimistic_max_retries, race_window),
         );
         let lock: Arc<dyn strategy::Strategy> = Arc::new(strategy::lock::Lock::new(
             redis.clone(),
@@ -186,6 +148,7 @@ impl App {
             &redlock_urls,
             config.lock_ttl(),
             config.lock_wait(),
+            race_window,
         )?));
 
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
@@ -196,23 +159,22 @@ impl App {
             db.clone(),
             redis.clone(),
             config.sql_for_update,
+            race_window,
         )));
         let default_strategy = strategies
             .get(&config.default_strategy)
             .map_err(|msg| anyhow::anyhow!("DEFAULT_STRATEGY: {msg}"))?
             .kind();
 
-        let (worker, validity, lease) = match config.worker_id {
-            Some(worker) => (worker, None, None),
-            None => {
-                let lease = WorkerLease::acquire(
-                    redis.clone(),
-                    Duration::from_millis(config.worker_lease_ttl_ms.max(30)),
-                )
-                .await?;
-                (lease.worker(), Some(lease.validity()), Some(lease))
-            }
-        };
+        let lease = WorkerLease::acquire(
+            redis.clone(),
+            LeaseConfig::new(
+                Duration::from_millis(config.worker_lease_ttl_ms.max(30)),
+                config.worker_id,
+            ),
+        )
+        .await?;
+        let worker = lease.worker();
 
         let admin = match &config.admin_token {
             Some(token) if !token.is_empty() => AdminPolicy::Token(token.as_str().into()),
@@ -251,7 +213,7 @@ impl App {
             metrics: crate::metrics::Metrics::new(),
             strategies: Arc::new(strategies),
             default_strategy,
-            ids: IdMinter::new(Snowflake::new(worker), validity),
+            ids: lease.minter(),
             admin,
             persister: persister.as_ref().map(Persister::handle),
             request_timeout: config.request_timeout(),
@@ -277,8 +239,6 @@ impl App {
         if let Some(persister) = self.persister {
             persister.drain_and_stop().await;
         }
-        if let Some(lease) = self.lease {
-            lease.release().await;
-        }
+        self.lease.release().await;
     }
 }

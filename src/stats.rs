@@ -26,6 +26,8 @@ struct Counters {
     limit_reached: AtomicU64,
     not_found: AtomicU64,
     contention: AtomicU64,
+    strategy_mismatch: AtomicU64,
+    sale_restarted: AtomicU64,
     retries: AtomicU64,
     errors: AtomicU64,
     lock_expired: AtomicU64,
@@ -40,6 +42,10 @@ pub struct CounterSnapshot {
     pub sold_out: u64,
     pub limit_reached: u64,
     pub contention: u64,
+    /// Refused: the sale is bound to another strategy.
+    pub strategy_mismatch: u64,
+    /// Refused: the item was restocked while the purchase was in flight.
+    pub sale_restarted: u64,
     pub retries: u64,
     pub errors: u64,
     pub lock_expired: u64,
@@ -56,6 +62,8 @@ impl Counters {
             sold_out: get(&self.sold_out),
             limit_reached: get(&self.limit_reached),
             contention: get(&self.contention),
+            strategy_mismatch: get(&self.strategy_mismatch),
+            sale_restarted: get(&self.sale_restarted),
             retries: get(&self.retries),
             errors: get(&self.errors),
             lock_expired: get(&self.lock_expired),
@@ -124,6 +132,8 @@ impl Stats {
             Outcome::SoldOut => &c.sold_out,
             Outcome::LimitReached { .. } => &c.limit_reached,
             Outcome::ItemNotFound => &c.not_found,
+            Outcome::StrategyMismatch { .. } => &c.strategy_mismatch,
+            Outcome::SaleRestarted => &c.sale_restarted,
             Outcome::Contended { .. } => &c.contention,
         };
         field.fetch_add(1, Ordering::Relaxed);

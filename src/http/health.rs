@@ -16,16 +16,22 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when Redis answers PING and the database a query, else
-/// 503 `unavailable` naming which.
+/// `GET /readyz`: 200 when the snowflake worker lease is held, Redis answers
+/// PING and the database a query, else 503 `unavailable` naming which.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if !state.ids.is_ready() {
+        return Err(ApiError::Unavailable {
+            what: "the order id generator",
+            source: anyhow::anyhow!("the snowflake worker lease is lost; leasing again"),
+        });
+    }
     let _: String = redis::cmd("PING")
         .query_async(&mut state.redis.clone())
         .await
         .map_err(ApiError::redis)?;
     state.db.ping().await.map_err(ApiError::database)?;
     Ok(Json(
-        json!({"status": "ready", "redis": "ok", "database": state.db.backend()}),
+        json!({"status": "ready", "redis": "ok", "database": state.db.backend(), "worker": state.ids.worker()}),
     ))
 }
 

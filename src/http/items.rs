@@ -12,6 +12,7 @@ use super::{item_id, json_body};
 use crate::error::ApiError;
 use crate::sale::{ItemSettings, ItemView, MAX_PER_USER_LIMIT, MAX_STOCK};
 use crate::state::AppState;
+use crate::strategy::StrategyKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +20,8 @@ struct ItemInput {
     stock: u64,
     #[serde(default = "one")]
     per_user_limit: u64,
+    /// Binds the new sale to this strategy; absent, its first purchase does.
+    strategy: Option<String>,
 }
 
 fn one() -> u64 {
@@ -37,15 +40,22 @@ impl ItemInput {
                 "per_user_limit must be between 1 and {MAX_PER_USER_LIMIT}"
             )));
         }
+        let strategy = self
+            .strategy
+            .map(|name| name.parse::<StrategyKind>())
+            .transpose()
+            .map_err(ApiError::invalid)?;
         Ok(ItemSettings {
             stock: self.stock,
             per_user_limit: self.per_user_limit,
+            strategy,
         })
     }
 }
 
-/// Create or restock an item; its sale starts over. 201 when created, 200 when
-/// restocked; the body is the fresh item view.
+/// Create or restock an item; its sale starts over, bound to the body's
+/// `strategy` or, without one, to its first purchase's. 201 when created, 200
+/// when restocked; the body is the fresh item view.
 #[tracing::instrument(skip_all)]
 pub async fn put_item(
     _admin: Admin,
@@ -55,7 +65,9 @@ pub async fn put_item(
 ) -> Result<(StatusCode, Json<ItemView>), ApiError> {
     let item = item_id(path)?;
     let input: ItemInput = json_body(body)?.ok_or_else(|| {
-        ApiError::invalid(r#"a JSON body is required, e.g. {"stock":100,"per_user_limit":1}"#)
+        ApiError::invalid(
+            r#"a JSON body is required, e.g. {"stock":100,"per_user_limit":1,"strategy":"lua"}"#,
+        )
     })?;
     let settings = input.validate()?;
     let restocked = state.sales.restock(&item, settings, &state.stats).await?;

@@ -123,6 +123,12 @@ pub async fn purchase(
             limit,
         }),
         Outcome::ItemNotFound => Err(ApiError::ItemNotFound(item.to_string())),
+        Outcome::StrategyMismatch { bound } => Err(ApiError::StrategyMismatch {
+            item: item.to_string(),
+            requested: kind.to_string(),
+            bound,
+        }),
+        Outcome::SaleRestarted => Err(ApiError::SaleRestarted(item.to_string())),
         Outcome::Contended { detail } => Err(ApiError::Contention {
             item: item.to_string(),
             detail,

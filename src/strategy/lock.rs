@@ -20,11 +20,15 @@
 //! A lock can expire under a slow or paused holder (longer than `LOCK_TTL_MS`),
 //! and the next buyer then reads the same stock. Two defences:
 //! - a fencing token: each acquisition also takes `INCR fence` (in
-//!   `acquire.lua`), and the write (`fenced_write.lua`) is refused unless the
+//!   `acquire.lua`), and the write (`write.lua`) is refused unless the
 //!   fence still holds our number, so a stale holder cannot write. Its buyer
 //!   gets 503 `contention` (nothing bought), counted as `fenced`;
 //! - an optional watchdog (`LOCK_WATCHDOG=true`) that extends the lock every
 //!   third of the TTL while the holder runs, so a merely slow holder keeps it.
+//!
+//! A restock deletes the lock and starts a new sale; a holder from the old sale
+//! then finds its write refused by `write.lua`'s generation check (409
+//! `sale_restarted`), whether or not anyone took the lock since.
 //!
 //! A release that finds the lock gone (compare-and-delete returns 0) is counted
 //! as `lock_expired` and logged, never ignored.
@@ -35,14 +39,16 @@ use async_trait::async_trait;
 use rand::Rng;
 use redis::aio::ConnectionManager;
 
-use super::{Attempt, Outcome, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
+use super::{
+    Attempt, Outcome, Purchase, Snapshot, SnapshotReplies, StockWrite, Strategy, StrategyError,
+    StrategyKind, Written,
+};
 
 /// The release script, shared with the worker lease and redlock.
 pub const UNLOCK_LUA: &str = include_str!("unlock.lua");
 /// Compare-and-extend, for the watchdog and the worker lease.
 pub const RENEW_LUA: &str = include_str!("renew.lua");
 const ACQUIRE_LUA: &str = include_str!("acquire.lua");
-const FENCED_WRITE_LUA: &str = include_str!("fenced_write.lua");
 const RELEASE_UNUSED_LUA: &str = include_str!("release_unused.lua");
 
 /// First backoff after a failed acquisition: one timer tick.
@@ -125,13 +131,13 @@ impl Strategy for Lock {
                 .arg(&token)
                 .arg(ttl_ms);
             Snapshot::read(&mut pipe, purchase);
-            let (fence, meta, held, stock): (Option<i64>, _, _, _) =
+            let (fence, replies): (Option<i64>, SnapshotReplies) =
                 pipe.query_async(&mut redis).await?;
-            let snapshot = Snapshot::from_replies((meta, held, stock));
+            let snapshot = Snapshot::from_replies(replies);
             if let Some(fence) = fence {
                 break (snapshot, fence, Instant::now());
             }
-            if let Some(rejection) = snapshot.rejection() {
+            if let Some(rejection) = snapshot.rejection(purchase.strategy) {
                 return Ok(Attempt::new(rejection).with_retries(waits));
             }
             let now = Instant::now();
@@ -151,24 +157,19 @@ impl Strategy for Lock {
             .watchdog
             .then(|| self.spawn_watchdog(keys.lock.clone(), token.clone()));
         let mut pipe = redis::pipe();
-        let outcome = match snapshot.rejection() {
+        let outcome = match snapshot.rejection(purchase.strategy) {
             Some(rejection) => rejection,
             None => {
                 if !self.race_window.is_zero() {
                     tokio::time::sleep(self.race_window).await;
                 }
                 let remaining = snapshot.stock - 1;
-                pipe.cmd("EVAL")
-                    .arg(FENCED_WRITE_LUA)
-                    .arg(4)
-                    .arg(&keys.stock)
-                    .arg(&keys.buyers)
-                    .arg(&keys.orders)
-                    .arg(&keys.fence)
-                    .arg(fence)
-                    .arg(remaining)
-                    .arg(purchase.user.as_str())
-                    .arg(&purchase.order_fields(snapshot.generation));
+                purchase.add_guarded_write(
+                    &mut pipe,
+                    snapshot.generation,
+                    Some(fence),
+                    StockWrite::Set(remaining),
+                );
                 Outcome::Purchased { remaining }
             }
         };
@@ -195,7 +196,10 @@ impl Strategy for Lock {
             (None, released)
         };
 
-        let lock_expired = released == 0;
+        let written = written.map(Written::from_reply).transpose()?;
+        let restarted = written == Some(Written::SaleRestarted);
+        // A restock deletes the lock: gone, but not expired under us.
+        let lock_expired = released == 0 && !restarted;
         if lock_expired {
             tracing::warn!(
                 item = %purchase.item,
@@ -204,8 +208,11 @@ impl Strategy for Lock {
                 "lock expired before release: the critical section ran partly unprotected"
             );
         }
-        let fenced = written == Some(0);
-        let outcome = if fenced {
+        let fenced = written == Some(Written::Fenced);
+        let outcome = if restarted {
+            tracing::info!(item = %purchase.item, "lock holder's write refused: the item was restocked");
+            Outcome::SaleRestarted
+        } else if fenced {
             tracing::warn!(item = %purchase.item, fence, "stale lock holder's write refused by the fencing token");
             Outcome::Contended {
                 detail: format!(

@@ -33,7 +33,7 @@ impl Strategy for Lua {
 
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
         let keys = &purchase.keys;
-        let (code, value): (i64, i64) = self
+        let (code, value): (i64, redis::Value) = self
             .script
             .key(&keys.stock)
             .key(&keys.meta)
@@ -45,13 +45,24 @@ impl Strategy for Lua {
             .arg(purchase.order_id.parts().unix_ms)
             .invoke_async(&mut self.redis.clone())
             .await?;
+        let parse_error = |err: redis::ParsingError| {
+            StrategyError::Protocol(format!("purchase.lua returned an unreadable value: {err}"))
+        };
+        let number = || -> Result<i64, StrategyError> {
+            redis::from_redis_value_ref(&value).map_err(parse_error)
+        };
         let outcome = match code {
-            0 => Outcome::Purchased { remaining: value },
+            0 => Outcome::Purchased {
+                remaining: number()?,
+            },
             1 => Outcome::SoldOut,
             2 => Outcome::LimitReached {
-                limit: value.max(0) as u64,
+                limit: number()?.max(0) as u64,
             },
             3 => Outcome::ItemNotFound,
+            4 => Outcome::StrategyMismatch {
+                bound: redis::from_redis_value_ref(&value).map_err(parse_error)?,
+            },
             other => {
                 return Err(StrategyError::Protocol(format!(
                     "purchase.lua returned code {other}"

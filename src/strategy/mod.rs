@@ -17,8 +17,25 @@
 //! | [`sql`] | a database transaction with a conditional `UPDATE` |
 //! | `lock-gated`, `optimistic-gated` | the same behind an in-process [`gate`] |
 //!
-//! Check order is the same everywhere: item exists, then the user's limit, then
-//! the stock; so the same request gets the same answer from every strategy.
+//! Check order is the same everywhere: item exists, then the sale's strategy
+//! binding, then the user's limit, then the stock; so the same request gets the
+//! same answer from every strategy.
+//!
+//! # One strategy per sale
+//! A guard only excludes buyers who use it, so a sale is bound to one strategy:
+//! the one its restock named, or else the one its first purchase names
+//! (`snapshot.lua`, `purchase.lua`; one atomic `HSET` in a script, so of two
+//! first purchases naming different strategies exactly one wins, on any
+//! instance). A purchase naming another strategy is refused before it writes
+//! ([`Outcome::StrategyMismatch`]).
+//!
+//! # A restock fences every guard
+//! Every write that follows a read (`naive`, `lock`, `redlock`, the `sql`
+//! mirror) goes through `write.lua`, which refuses it if the sale's generation
+//! is no longer the one the writer read ([`Outcome::SaleRestarted`]): nothing
+//! decided in one sale lands in the next. `optimistic` watches the sale's meta
+//! hash, so a restock aborts its transaction, and its retry notices the new
+//! generation; `lua` decides and writes in one step.
 
 pub mod gate;
 pub mod lock;
@@ -27,6 +44,12 @@ pub mod naive;
 pub mod optimistic;
 pub mod redlock;
 pub mod sql;
+
+/// `snapshot.lua`: the reads every read-check-write strategy starts with, and
+/// the sale's strategy binding.
+const SNAPSHOT_LUA: &str = include_str!("snapshot.lua");
+/// `write.lua`: the generation-checked (and optionally fenced) write.
+const WRITE_LUA: &str = include_str!("write.lua");
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -138,10 +161,8 @@ impl Purchase {
         }
     }
 
-    /// Adds the part of a sale's write every Redis-side strategy shares:
-    /// count the unit against the user, append the order to the order log.
-    /// Each strategy adds its own stock operation (a plain `SET` of the value
-    /// it computed, or `DECR`) and decides whether the pipeline is atomic.
+    /// Adds the buyer count and the order append to a `MULTI` (`optimistic`,
+    /// whose `WATCH` is what keeps the write in the sale it read).
     pub fn add_buyer_and_order(&self, pipe: &mut redis::Pipeline, generation: u64) {
         pipe.cmd("HINCRBY")
             .arg(&self.keys.buyers)
@@ -153,6 +174,35 @@ impl Purchase {
             .arg("*")
             .arg(&self.order_fields(generation))
             .ignore();
+    }
+
+    /// Adds `write.lua` to `pipe`: the write of a purchase decided in sale
+    /// `generation`, refused if the sale has been restocked since, and, with a
+    /// fencing token, if a newer lock holder exists. Its reply reads with
+    /// [`Written::from_reply`].
+    pub fn add_guarded_write(
+        &self,
+        pipe: &mut redis::Pipeline,
+        generation: u64,
+        fence: Option<i64>,
+        stock: StockWrite,
+    ) {
+        pipe.cmd("EVAL")
+            .arg(WRITE_LUA)
+            .arg(5)
+            .arg(&self.keys.stock)
+            .arg(&self.keys.meta)
+            .arg(&self.keys.buyers)
+            .arg(&self.keys.orders)
+            .arg(&self.keys.fence)
+            .arg(generation)
+            .arg(fence.map(|f| f.to_string()).unwrap_or_default())
+            .arg(match stock {
+                StockWrite::Set(value) => value.to_string(),
+                StockWrite::Decrement => String::new(),
+            })
+            .arg(self.user.as_str())
+            .arg(&self.order_fields(generation));
     }
 
     /// The fields of the order-log entry (`XADD ... * <fields>`) for a sale
@@ -169,6 +219,48 @@ impl Purchase {
     }
 }
 
+/// How `write.lua` changes the stock.
+#[derive(Debug, Clone, Copy)]
+pub enum StockWrite {
+    /// Store the value the writer computed under its guard.
+    Set(i64),
+    /// Decrement (the `sql` mirror: SQL already decided).
+    Decrement,
+}
+
+/// What `write.lua` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Yes,
+    /// A newer lock holder's fencing token exists.
+    Fenced,
+    /// The sale was restocked after the writer read it.
+    SaleRestarted,
+}
+
+impl Written {
+    pub fn from_reply(code: i64) -> Result<Self, StrategyError> {
+        match code {
+            1 => Ok(Self::Yes),
+            0 => Ok(Self::Fenced),
+            -1 => Ok(Self::SaleRestarted),
+            other => Err(StrategyError::Protocol(format!(
+                "write.lua returned {other}"
+            ))),
+        }
+    }
+
+    /// For writers that hold no fencing token: `Fenced` cannot happen.
+    pub fn unfenced(self) -> Result<Self, StrategyError> {
+        match self {
+            Self::Fenced => Err(StrategyError::Protocol(
+                "write.lua fenced a write that carried no token".into(),
+            )),
+            other => Ok(other),
+        }
+    }
+}
+
 /// What a purchase attempt came to. Errors (Redis unreachable) are not outcomes:
 /// they are the `Err` side of [`Strategy::purchase`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +274,13 @@ pub enum Outcome {
         limit: u64,
     },
     ItemNotFound,
+    /// The sale is bound to another strategy (named here). Nothing written.
+    StrategyMismatch {
+        bound: String,
+    },
+    /// The item was restocked while this purchase was in flight; its write
+    /// was refused, so it bought nothing in either sale.
+    SaleRestarted,
     /// The strategy gave up while stock may remain (lock wait or retries
     /// exhausted). Counted: it feeds `undersold`.
     Contended {
@@ -197,6 +296,8 @@ impl Outcome {
             Self::SoldOut => "sold_out",
             Self::LimitReached { .. } => "limit_reached",
             Self::ItemNotFound => "item_not_found",
+            Self::StrategyMismatch { .. } => "strategy_mismatch",
+            Self::SaleRestarted => "sale_restarted",
             Self::Contended { .. } => "contention",
         }
     }
@@ -283,48 +384,75 @@ impl Registry {
     }
 }
 
-/// The state every strategy reads before deciding: `HMGET meta per_user_limit
-/// generation`, `HGET buyers <user>`, `GET stock`, as one pipeline's replies.
-#[derive(Debug, Clone, Copy)]
+/// The state every read-check-write strategy reads before deciding, from one
+/// `snapshot.lua` call (which also binds an unbound sale to the purchase's
+/// strategy).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     pub limit: Option<u64>,
     pub generation: u64,
+    /// The strategy the sale is bound to.
+    pub bound: Option<String>,
     pub held: u64,
     pub stock: i64,
 }
 
-/// Replies to [`Snapshot::read`], in order.
-pub(crate) type SnapshotReplies = ((Option<u64>, Option<u64>), Option<u64>, Option<i64>);
+/// Replies to [`Snapshot::read`].
+pub(crate) type SnapshotReplies = (
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+    Option<u64>,
+    Option<i64>,
+);
 
 impl Snapshot {
-    /// Adds the three reads to `pipe`, in the order `from_replies` expects.
+    /// Adds the snapshot script to `pipe`; its reply reads with `from_replies`.
     pub fn read(pipe: &mut redis::Pipeline, purchase: &Purchase) {
-        pipe.cmd("HMGET")
+        pipe.cmd("EVAL")
+            .arg(SNAPSHOT_LUA)
+            .arg(3)
             .arg(&purchase.keys.meta)
-            .arg(&["per_user_limit", "generation"])
-            .cmd("HGET")
             .arg(&purchase.keys.buyers)
+            .arg(&purchase.keys.stock)
             .arg(purchase.user.as_str())
-            .cmd("GET")
-            .arg(&purchase.keys.stock);
+            .arg(purchase.strategy.as_str());
     }
 
-    pub fn from_replies(((limit, generation), held, stock): SnapshotReplies) -> Self {
+    /// Reads a snapshot on its own.
+    pub async fn fetch(
+        redis: &mut impl redis::aio::ConnectionLike,
+        purchase: &Purchase,
+    ) -> Result<Self, StrategyError> {
+        let mut pipe = redis::pipe();
+        Self::read(&mut pipe, purchase);
+        let (replies,): (SnapshotReplies,) = pipe.query_async(redis).await?;
+        Ok(Self::from_replies(replies))
+    }
+
+    pub fn from_replies((limit, generation, bound, held, stock): SnapshotReplies) -> Self {
         Self {
             limit,
             generation: generation.unwrap_or(0),
+            bound,
             held: held.unwrap_or(0),
             stock: stock.unwrap_or(0),
         }
     }
 
-    /// The rejection this snapshot calls for, if any.
-    pub fn rejection(&self) -> Option<Outcome> {
-        match self.limit {
-            None => Some(Outcome::ItemNotFound),
-            Some(limit) if self.held >= limit => Some(Outcome::LimitReached { limit }),
-            Some(_) if self.stock <= 0 => Some(Outcome::SoldOut),
-            Some(_) => None,
+    /// The rejection this snapshot calls for, if any, for a purchase naming
+    /// `strategy`.
+    pub fn rejection(&self, strategy: StrategyKind) -> Option<Outcome> {
+        match (self.limit, &self.bound) {
+            (None, _) => Some(Outcome::ItemNotFound),
+            (Some(_), Some(bound)) if bound != strategy.as_str() => {
+                Some(Outcome::StrategyMismatch {
+                    bound: bound.clone(),
+                })
+            }
+            (Some(limit), _) if self.held >= limit => Some(Outcome::LimitReached { limit }),
+            (Some(_), _) if self.stock <= 0 => Some(Outcome::SoldOut),
+            (Some(_), _) => None,
         }
     }
 }
@@ -352,16 +480,43 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_checks_existence_then_limit_then_stock() {
-        let snap = |limit, held, stock| {
-            Snapshot::from_replies(((limit, Some(1)), Some(held), Some(stock)))
+    fn snapshot_checks_existence_then_binding_then_limit_then_stock() {
+        let snap = |limit, bound: &str, held, stock| {
+            Snapshot::from_replies((
+                limit,
+                Some(1),
+                Some(bound.to_owned()),
+                Some(held),
+                Some(stock),
+            ))
         };
-        assert_eq!(snap(None, 0, 5).rejection(), Some(Outcome::ItemNotFound));
+        let lua = StrategyKind::Lua;
         assert_eq!(
-            snap(Some(1), 1, 0).rejection(),
+            snap(None, "lua", 0, 5).rejection(lua),
+            Some(Outcome::ItemNotFound)
+        );
+        assert_eq!(
+            snap(Some(1), "naive", 1, 0).rejection(lua),
+            Some(Outcome::StrategyMismatch {
+                bound: "naive".into()
+            })
+        );
+        assert_eq!(
+            snap(Some(1), "lua", 1, 0).rejection(lua),
             Some(Outcome::LimitReached { limit: 1 })
         );
-        assert_eq!(snap(Some(2), 1, 0).rejection(), Some(Outcome::SoldOut));
-        assert_eq!(snap(Some(2), 1, 3).rejection(), None);
+        assert_eq!(
+            snap(Some(2), "lua", 1, 0).rejection(lua),
+            Some(Outcome::SoldOut)
+        );
+        assert_eq!(snap(Some(2), "lua", 1, 3).rejection(lua), None);
+    }
+
+    #[test]
+    fn write_replies_map_to_what_happened() {
+        assert_eq!(Written::from_reply(1).unwrap(), Written::Yes);
+        assert_eq!(Written::from_reply(0).unwrap(), Written::Fenced);
+        assert_eq!(Written::from_reply(-1).unwrap(), Written::SaleRestarted);
+        assert!(Written::from_reply(7).is_err());
     }
 }

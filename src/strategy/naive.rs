@@ -6,13 +6,21 @@
 //! even when the stock counter looks fine. The optional race window (a sleep
 //! between read and write, `RACE_WINDOW_MS`) makes it show at any load,
 //! which is also how the tests make it deterministic.
+//!
+//! Its write goes through `write.lua` like every read-check-write strategy's:
+//! that does not make naive safe (the write still stores a value computed from
+//! a stale read), it only keeps naive's damage inside its own sale when the
+//! item is restocked mid-purchase.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use super::{Attempt, Outcome, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
+use super::{
+    Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
+    Written,
+};
 
 pub struct Naive {
     redis: ConnectionManager,
@@ -33,10 +41,8 @@ impl Strategy for Naive {
 
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
         let mut redis = self.redis.clone();
-        let mut read = redis::pipe();
-        Snapshot::read(&mut read, purchase);
-        let snapshot = Snapshot::from_replies(read.query_async(&mut redis).await?);
-        if let Some(rejection) = snapshot.rejection() {
+        let snapshot = Snapshot::fetch(&mut redis, purchase).await?;
+        if let Some(rejection) = snapshot.rejection(purchase.strategy) {
             return Ok(Attempt::new(rejection));
         }
 
@@ -44,16 +50,20 @@ impl Strategy for Naive {
             tokio::time::sleep(self.race_window).await;
         }
 
-        // Deliberately a plain pipeline, not MULTI: nothing here is atomic.
+        // The value computed from the read, whatever happened since: the lost
+        // update this strategy exists to show.
         let remaining = snapshot.stock - 1;
         let mut write = redis::pipe();
-        write
-            .cmd("SET")
-            .arg(&purchase.keys.stock)
-            .arg(remaining)
-            .ignore();
-        purchase.add_buyer_and_order(&mut write, snapshot.generation);
-        write.exec_async(&mut redis).await?;
+        purchase.add_guarded_write(
+            &mut write,
+            snapshot.generation,
+            None,
+            StockWrite::Set(remaining),
+        );
+        let (code,): (i64,) = write.query_async(&mut redis).await?;
+        if Written::from_reply(code)?.unfenced()? == Written::SaleRestarted {
+            return Ok(Attempt::new(Outcome::SaleRestarted));
+        }
         Ok(Attempt::new(Outcome::Purchased { remaining }))
     }
 }

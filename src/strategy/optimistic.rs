@@ -11,21 +11,38 @@
 //! Why retries can stay bounded without turning buyers away: only a successful
 //! purchase (or a restock) writes the watched keys, so a buyer is aborted at most
 //! once per unit someone else bought. With `max_retries` at or above the stock,
-//! no buyer gives up while stock remains.
+//! no buyer gives up while stock remains. Binding an unbound sale to
+//! `optimistic` writes the watched meta hash too, so the first buyers of such a
+//! sale are aborted once more.
+//!
+//! A restock writes the watched keys as well: the transaction aborts, and the
+//! retry sees a new generation. The purchase was made for the sale it first
+//! read, so it ends there with `SaleRestarted` instead of buying in the new
+//! sale. `RACE_WINDOW_MS` sleeps between the read and the `MULTI`.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::{Connection, Pool};
 
-use super::{Attempt, Outcome, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
+use super::{
+    Attempt, Outcome, Purchase, Snapshot, SnapshotReplies, Strategy, StrategyError, StrategyKind,
+};
 
 pub struct Optimistic {
     pool: Pool,
     max_retries: u32,
+    /// Lab knob: sleep between the read and the transaction.
+    race_window: Duration,
 }
 
 impl Optimistic {
-    pub fn new(pool: Pool, max_retries: u32) -> Self {
-        Self { pool, max_retries }
+    pub fn new(pool: Pool, max_retries: u32, race_window: Duration) -> Self {
+        Self {
+            pool,
+            max_retries,
+            race_window,
+        }
     }
 
     async fn attempt(
@@ -35,6 +52,7 @@ impl Optimistic {
     ) -> Result<Attempt, StrategyError> {
         let keys = &purchase.keys;
         let mut retries = 0;
+        let mut sale = None;
         loop {
             let mut read = redis::pipe();
             read.cmd("WATCH")
@@ -43,10 +61,21 @@ impl Optimistic {
                 .arg(&keys.meta)
                 .ignore();
             Snapshot::read(&mut read, purchase);
-            let snapshot = Snapshot::from_replies(read.query_async(&mut **conn).await?);
-            if let Some(rejection) = snapshot.rejection() {
+            let (replies,): (SnapshotReplies,) = read.query_async(&mut **conn).await?;
+            let snapshot = Snapshot::from_replies(replies);
+            let rejection = match sale {
+                Some(generation) if generation != snapshot.generation => {
+                    Some(Outcome::SaleRestarted)
+                }
+                _ => snapshot.rejection(purchase.strategy),
+            };
+            if let Some(rejection) = rejection {
                 redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
                 return Ok(Attempt::new(rejection).with_retries(retries));
+            }
+            sale = Some(snapshot.generation);
+            if !self.race_window.is_zero() {
+                tokio::time::sleep(self.race_window).await;
             }
 
             let mut write = redis::pipe();

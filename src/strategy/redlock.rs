@@ -17,7 +17,13 @@
 //! jitter up to `LOCK_WAIT_MS`, and leaves at once when the main Redis says
 //! the item is sold out or the user is at the limit. With a majority of nodes
 //! down no quorum is possible: buyers are refused (503), never let through.
-//! A section that outlives the lock's validity is counted as `lock_expired`.
+//! The write goes through `write.lua`, which checks the sale's generation
+//! atomically with the order append, so a holder whose item was restocked
+//! meanwhile writes nothing (409 `sale_restarted`). Validity is checked before
+//! the write: a holder whose validity ran out writes nothing (503
+//! `contention`, counted as `lock_expired`). Validity found spent only after
+//! the write is counted as `lock_expired` too. `RACE_WINDOW_MS` holds the lock
+//! between read and write, as in `lock`.
 //!
 //! Its caveats (clock drift, failover without fsync, pauses longer than the
 //! TTL, and why a fencing token is the real fix) are in the README.
@@ -32,7 +38,10 @@ use rand::Rng;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::lock::UNLOCK_LUA;
-use super::{Attempt, Outcome, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
+use super::{
+    Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
+    Written,
+};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 /// A Redlock round costs N round trips in parallel; waiting longer than this
@@ -54,6 +63,8 @@ pub struct Redlock {
     node_timeout: Duration,
     ttl: Duration,
     wait: Duration,
+    /// Lab knob: sleep between read and write while holding the lock.
+    race_window: Duration,
 }
 
 impl Redlock {
@@ -62,6 +73,7 @@ impl Redlock {
         node_urls: &[String],
         ttl: Duration,
         wait: Duration,
+        race_window: Duration,
     ) -> anyhow::Result<Self> {
         let node_timeout = (ttl / 10).clamp(Duration::from_millis(5), Duration::from_millis(50));
         let config = ConnectionManagerConfig::new()
@@ -87,6 +99,7 @@ impl Redlock {
             node_timeout,
             ttl,
             wait,
+            race_window,
         })
     }
 
@@ -159,11 +172,7 @@ impl Redlock {
     }
 
     async fn snapshot(&self, purchase: &Purchase) -> Result<Snapshot, StrategyError> {
-        let mut read = redis::pipe();
-        Snapshot::read(&mut read, purchase);
-        Ok(Snapshot::from_replies(
-            read.query_async(&mut self.redis.clone()).await?,
-        ))
+        Snapshot::fetch(&mut self.redis.clone(), purchase).await
     }
 }
 
@@ -184,7 +193,7 @@ impl Strategy for Redlock {
             if let Some(validity) = self.try_acquire(&resource, &token).await {
                 break (validity, round);
             }
-            if let Some(rejection) = self.snapshot(purchase).await?.rejection() {
+            if let Some(rejection) = self.snapshot(purchase).await?.rejection(purchase.strategy) {
                 return Ok(Attempt::new(rejection).with_retries(waits));
             }
             if Instant::now() + backoff > deadline {
@@ -206,19 +215,31 @@ impl Strategy for Redlock {
 
         let section = async {
             let snapshot = self.snapshot(purchase).await?;
-            if let Some(rejection) = snapshot.rejection() {
+            if let Some(rejection) = snapshot.rejection(purchase.strategy) {
                 return Ok::<_, StrategyError>(rejection);
+            }
+            if !self.race_window.is_zero() {
+                tokio::time::sleep(self.race_window).await;
+            }
+            if acquired_at.elapsed() >= validity {
+                return Ok(Outcome::Contended {
+                    detail: "the Redlock validity ran out before the write; nothing was bought"
+                        .into(),
+                });
             }
             let remaining = snapshot.stock - 1;
             let mut write = redis::pipe();
-            write
-                .cmd("SET")
-                .arg(&purchase.keys.stock)
-                .arg(remaining)
-                .ignore();
-            purchase.add_buyer_and_order(&mut write, snapshot.generation);
-            write.exec_async(&mut self.redis.clone()).await?;
-            Ok(Outcome::Purchased { remaining })
+            purchase.add_guarded_write(
+                &mut write,
+                snapshot.generation,
+                None,
+                StockWrite::Set(remaining),
+            );
+            let (code,): (i64,) = write.query_async(&mut self.redis.clone()).await?;
+            Ok(match Written::from_reply(code)?.unfenced()? {
+                Written::Yes => Outcome::Purchased { remaining },
+                _ => Outcome::SaleRestarted,
+            })
         };
         let outcome = section.await;
         let lock_expired = acquired_at.elapsed() >= validity;

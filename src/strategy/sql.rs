@@ -9,6 +9,11 @@
 //!    `WHERE units < limit` refuses the unit past the limit;
 //! 3. the order insert.
 //!
+//! Before the transaction the purchase reads the sale's strategy binding in
+//! Redis (`snapshot.lua`, binding an unbound sale to `sql`): the `sql` stock
+//! is a second copy of the units, so selling from it beside a Redis strategy
+//! would sell every unit twice.
+//!
 //! Any rejection rolls the whole transaction back. On SQLite the transaction
 //! starts with `BEGIN IMMEDIATE`, taking the write lock up front so buyers
 //! queue on SQLite's busy timeout instead of failing on a read-to-write
@@ -17,32 +22,49 @@
 //! row lock costs.
 //!
 //! The order is in SQL when the transaction commits. It is then mirrored into
-//! Redis (stock, buyers, order log) in one MULTI, so the item view and the
+//! Redis (stock, buyers, order log) by `write.lua`, so the item view and the
 //! status page read every strategy's sale the same way. A failed mirror loses
 //! nothing (the order is in SQL and the buyer gets the 201); it is logged, and
-//! shows as `sold` lagging `persisted`.
+//! shows as `persisted` above `sold`.
+//!
+//! Restocks and purchases are ordered by the item's row lock: a restock
+//! updates the row and runs its Redis script inside one SQL transaction (see
+//! [`crate::sale`]), so a purchase's transaction sees either the old sale
+//! (and commits before the restock starts) or the new one. The mirror checks
+//! the generation in Redis: the order of a purchase that committed in the old
+//! sale just before the restock is not mirrored into the new sale; it stays in
+//! SQL under the old sale's generation, a real order with its 201.
+//! `RACE_WINDOW_MS` sleeps inside the transaction, holding the row lock.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use sqlx::{Any, Transaction};
 
-use super::{Attempt, Outcome, Purchase, Strategy, StrategyError, StrategyKind};
+use super::{
+    Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
+    Written,
+};
 use crate::db::{Backend, Db};
 
 pub struct Sql {
     db: Db,
     redis: ConnectionManager,
     for_update: bool,
+    /// Lab knob: sleep inside the transaction, holding the row lock.
+    race_window: Duration,
 }
 
 impl Sql {
     /// `for_update` only applies on Postgres (SQLite has no row locks).
-    pub fn new(db: Db, redis: ConnectionManager, for_update: bool) -> Self {
+    pub fn new(db: Db, redis: ConnectionManager, for_update: bool, race_window: Duration) -> Self {
         let for_update = for_update && db.backend() == Backend::Postgres;
         Self {
             db,
             redis,
             for_update,
+            race_window,
         }
     }
 
@@ -51,10 +73,7 @@ impl Sql {
         &self,
         purchase: &Purchase,
     ) -> Result<Result<(i64, u64), Outcome>, sqlx::Error> {
-        let mut tx = match self.db.backend() {
-            Backend::Sqlite => self.db.pool().begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.db.pool().begin().await?,
-        };
+        let mut tx = self.db.begin_write().await?;
         let item = purchase.item.as_str();
         let decremented: Option<(i64, i64, i64)> = if self.for_update {
             let row: Option<(i64, i64, i64)> = sqlx::query_as(
@@ -87,6 +106,9 @@ impl Sql {
             tx.rollback().await?;
             return Ok(Err(outcome));
         };
+        if !self.race_window.is_zero() {
+            tokio::time::sleep(self.race_window).await;
+        }
 
         let counted = sqlx::query(
             "INSERT INTO sql_buyers (item_id, generation, user_id, units) VALUES ($1, $2, $3, 1)
@@ -126,20 +148,26 @@ impl Sql {
     /// Copies a committed sale into Redis. Best effort: see the module doc.
     async fn mirror(&self, purchase: &Purchase, generation: u64) {
         let mut write = redis::pipe();
-        write
-            .atomic()
-            .cmd("DECR")
-            .arg(&purchase.keys.stock)
-            .ignore();
-        purchase.add_buyer_and_order(&mut write, generation);
-        let mirrored = write.exec_async(&mut self.redis.clone()).await;
-        if let Err(err) = mirrored {
-            tracing::warn!(
+        purchase.add_guarded_write(&mut write, generation, None, StockWrite::Decrement);
+        let mirrored = write
+            .query_async::<(i64,)>(&mut self.redis.clone())
+            .await
+            .map_err(StrategyError::from)
+            .and_then(|(code,)| Written::from_reply(code)?.unfenced());
+        match mirrored {
+            Ok(Written::Yes) => {}
+            Ok(_) => tracing::warn!(
+                item = %purchase.item,
+                order_id = %purchase.order_id,
+                generation,
+                "sql order committed in a sale that was restocked since; kept in SQL, not mirrored into the new sale"
+            ),
+            Err(err) => tracing::warn!(
                 item = %purchase.item,
                 order_id = %purchase.order_id,
                 %err,
                 "sql order committed but not mirrored to Redis; it is safe in SQL"
-            );
+            ),
         }
     }
 }
@@ -183,6 +211,12 @@ impl Strategy for Sql {
     }
 
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
+        let binding = Snapshot::fetch(&mut self.redis.clone(), purchase).await?;
+        if let Some(refusal @ (Outcome::ItemNotFound | Outcome::StrategyMismatch { .. })) =
+            binding.rejection(purchase.strategy)
+        {
+            return Ok(Attempt::new(refusal));
+        }
         match self.transact(purchase).await? {
             Ok((remaining, generation)) => {
                 self.mirror(purchase, generation).await;

@@ -58,12 +58,15 @@ async fn an_id_that_is_not_a_snowflake_is_400() {
 #[tokio::test]
 async fn the_strategy_defaults_to_lua_and_the_query_string_works_alone() {
     let app = spawn_app().await;
-    let item = unique("query");
-    app.create_item(&item, 5, 1).await;
-    let url = app.url(&format!("/api/items/{item}/purchase"));
+    // One item per strategy: a sale is bound to one.
+    let prefix = unique("query");
+    let url = |strategy: &str| app.url(&format!("/api/items/{prefix}-{strategy}/purchase"));
+    for strategy in ["lua", "lock", "optimistic"] {
+        app.create_item(&format!("{prefix}-{strategy}"), 5, 1).await;
+    }
     let (status, body) = status_and_json(
         app.client
-            .post(format!("{url}?user_id=q1"))
+            .post(format!("{}?user_id=q1", url("lua")))
             .send()
             .await
             .unwrap(),
@@ -72,7 +75,7 @@ async fn the_strategy_defaults_to_lua_and_the_query_string_works_alone() {
     assert_eq!((status.as_u16(), &body["strategy"]), (201, &json!("lua")));
     let (status, body) = status_and_json(
         app.client
-            .post(format!("{url}?user_id=q2&strategy=lock"))
+            .post(format!("{}?user_id=q2&strategy=lock", url("lock")))
             .send()
             .await
             .unwrap(),
@@ -82,7 +85,7 @@ async fn the_strategy_defaults_to_lua_and_the_query_string_works_alone() {
     // The same value in both places is not a conflict.
     let response = app
         .client
-        .post(format!("{url}?strategy=optimistic"))
+        .post(format!("{}?strategy=optimistic", url("optimistic")))
         .json(&json!({"user_id":"q3","strategy":"optimistic"}))
         .send()
         .await

@@ -255,3 +255,20 @@ pub async fn assert_error(response: Response, status: u16, code: &str) -> Value 
     );
     body
 }
+
+/// Holds every worker number on `redis` except `free`.
+pub async fn hold_all_worker_numbers_but(redis: &RedisServer, free: &[u16]) {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for n in (0..=seckill::snowflake::MAX_WORKER).filter(|n| !free.contains(n)) {
+        pipe.cmd("SET")
+            .arg(format!("seckill:worker:{n}"))
+            .arg("someone-else")
+            .ignore();
+    }
+    pipe.exec_async(&mut conn).await.unwrap();
+}

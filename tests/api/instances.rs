@@ -78,6 +78,10 @@ async fn buy(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_lease_distinct_workers_and_never_oversell_together() {
     let redis = RedisServer::start(Default::default()).unwrap();
+    // Only three numbers free: distinct numbers must come from the lease
+    // refusing held ones, not from three random starts that happen to differ.
+    let free = [600, 601, 602];
+    crate::helpers::hold_all_worker_numbers_but(&redis, &free).await;
     let database = sqlite_url();
     let mut instances = Vec::new();
     for _ in 0..3 {
@@ -150,7 +154,11 @@ async fn three_instances_lease_distinct_workers_and_never_oversell_together() {
         workers_by_instance.iter().all(|w| w.len() == 1),
         "one worker per instance: {workers_by_instance:?}"
     );
-    assert_eq!(workers.len(), 3, "three instances, three worker numbers");
+    assert_eq!(
+        workers,
+        HashSet::from(free),
+        "three instances, the three free numbers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,27 +216,38 @@ async fn a_lease_that_is_not_renewed_expires_and_can_be_taken_over() {
         .unwrap();
     assert!(taken.is_some(), "an expired lease can be taken over");
 
-    // Thawed, the old holder is past its lease's known validity: it refuses
-    // at once (no 201 from a number someone else holds), and keeps refusing
-    // once its renewal finds the number taken.
+    // Thawed, the old holder is past its lease's known validity: it mints
+    // nothing with the number someone else holds now. Its renewal finds the
+    // number taken, so it leases another and purchases resume with that one.
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    for attempt in 0..10 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refused = 0;
+    let new_worker = loop {
         let (status, body) = buy(
             &client,
             &paused.base,
             &item,
-            &format!("after{attempt}"),
+            &format!("after{refused}"),
             "lua",
         )
         .await;
+        if status == 201 {
+            break OrderId::parse(body["order_id"].as_str().unwrap())
+                .unwrap()
+                .parts()
+                .worker;
+        }
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (503, Some("unavailable")),
             "{body}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        refused += 1;
+        assert!(Instant::now() < deadline, "purchases never resumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(new_worker, worker, "resumed on a number nobody else holds");
     let holder: String = redis::cmd("GET")
         .arg(&key)
         .query_async(&mut conn)

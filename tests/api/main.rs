@@ -8,6 +8,7 @@ mod endpoints;
 mod health;
 mod helpers;
 mod instances;
+mod integrity;
 mod live;
 mod loadgen;
 mod persistence;

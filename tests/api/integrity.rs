@@ -1,0 +1,554 @@
+//! A protected sale cannot be broken from outside: by a client naming another
+//! strategy, by a restock landing mid-purchase, or by two processes minting
+//! order ids with one worker number. Each test is the attack; each must fail
+//! when its defence is removed.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use seckill::lease::{LeaseConfig, SKEW_MARGIN, WorkerLease};
+use seckill::redis_server::RedisServer;
+use seckill::snowflake::{ManualClock, OrderId, SystemClock};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::helpers::{
+    TestApp, assert_error, hold_all_worker_numbers_but, spawn_app, spawn_app_on, spawn_app_with,
+    spawn_persisting_app, sqlite_url, status_and_json, unique,
+};
+
+/// Every strategy name a client may send.
+const STRATEGIES: [&str; 8] = [
+    "naive",
+    "optimistic",
+    "optimistic-gated",
+    "lock",
+    "lock-gated",
+    "lua",
+    "redlock",
+    "sql",
+];
+
+#[tokio::test]
+async fn a_purchase_naming_another_strategy_than_the_sales_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let item = unique("bound");
+    app.create_item(&item, 5, 1).await;
+    assert_eq!(app.item(&item).await["strategy"], Value::Null);
+    assert_eq!(app.purchase(&item, "first", "lua").await.status(), 201);
+    assert_eq!(app.item(&item).await["strategy"], "lua");
+
+    let before = app.redis_snapshot(&item).await;
+    for strategy in STRATEGIES.iter().filter(|s| **s != "lua") {
+        let body = assert_error(
+            app.purchase(&item, "hostile", strategy).await,
+            409,
+            "strategy_mismatch",
+        )
+        .await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`lua`"),
+            "names the sale's strategy: {message}"
+        );
+    }
+    assert_eq!(
+        app.redis_snapshot(&item).await,
+        before,
+        "refusals change nothing"
+    );
+    let view = app.item(&item).await;
+    assert_eq!(
+        view["strategies"]["naive"]["strategy_mismatch"], 1,
+        "{view}"
+    );
+    assert_eq!(view["strategies"]["sql"]["strategy_mismatch"], 1, "{view}");
+    assert_eq!(view["sold"], 1, "{view}");
+
+    // And the other way round: `lua` decides in its own script.
+    let naive_sale = unique("bound-naive");
+    app.create_item(&naive_sale, 5, 1).await;
+    assert_eq!(
+        app.purchase(&naive_sale, "first", "naive").await.status(),
+        201
+    );
+    let before = app.redis_snapshot(&naive_sale).await;
+    let body = assert_error(
+        app.purchase(&naive_sale, "hostile", "lua").await,
+        409,
+        "strategy_mismatch",
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`naive`"),
+        "{body}"
+    );
+    assert_eq!(app.redis_snapshot(&naive_sale).await, before);
+}
+
+/// The attack: one anonymous client sends `naive` purchases with a
+/// race window while 32 buyers buy a 200-unit `lua` sale. Before the binding
+/// this sold 202 units.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_naive_client_cannot_oversell_a_lua_sale() {
+    let app = Arc::new(spawn_app_with(|c| c.race_window_ms = 50).await);
+    let item = unique("hostile");
+    app.create_item(&item, 200, 1).await;
+    assert_eq!(app.purchase(&item, "opener", "lua").await.status(), 201);
+
+    let mut tasks = JoinSet::new();
+    for buyer in 0..32 {
+        let (app, item) = (Arc::clone(&app), item.clone());
+        tasks.spawn(async move {
+            let mut statuses = Vec::new();
+            for round in 0..8 {
+                let user = format!("b{buyer}-{round}");
+                statuses.push(("lua", app.purchase(&item, &user, "lua").await.status()));
+            }
+            statuses
+        });
+    }
+    for _ in 0..4 {
+        let (app, item) = (Arc::clone(&app), item.clone());
+        tasks.spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                // One user, far past a limit of 1, with the unsafe strategy.
+                statuses.push(("naive", app.purchase(&item, "anon", "naive").await.status()));
+            }
+            statuses
+        });
+    }
+    let mut counts: BTreeMap<(&str, u16), usize> = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        for (strategy, status) in joined.unwrap() {
+            *counts.entry((strategy, status.as_u16())).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.get(&("naive", 409)), Some(&40), "{counts:?}");
+    assert_eq!(counts.get(&("lua", 201)), Some(&199), "{counts:?}");
+    let view = app.item(&item).await;
+    assert_eq!(
+        (&view["sold"], &view["oversold"], &view["stock"]),
+        (&json!(200), &json!(0), &json!(0)),
+        "{view}"
+    );
+    assert_eq!(view["strategies"]["naive"]["strategy_mismatch"], 40);
+}
+
+/// First purchases naming every strategy at once, from two instances: exactly
+/// one strategy wins the sale, every other purchase is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_purchases_bind_the_sale_to_exactly_one_strategy_across_instances() {
+    let database = sqlite_url();
+    let apps = [
+        Arc::new(spawn_app_with(|c| c.database_url = database.clone()).await),
+        Arc::new(spawn_app_with(|c| c.database_url = database.clone()).await),
+    ];
+    let mut winners = BTreeSet::new();
+    for round in 0..6 {
+        let item = unique("first");
+        apps[0].create_item(&item, 1_000, 1).await;
+        let mut tasks = JoinSet::new();
+        for i in 0..48 {
+            let app = Arc::clone(&apps[i % 2]);
+            let strategy = STRATEGIES[(i + round) % STRATEGIES.len()];
+            let item = item.clone();
+            tasks.spawn(async move {
+                let response = app.purchase(&item, &format!("u{i}"), strategy).await;
+                let (status, body) = status_and_json(response).await;
+                (strategy, status.as_u16(), body)
+            });
+        }
+        let mut bought = BTreeSet::new();
+        let mut purchases = 0;
+        let mut refusals = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (strategy, status, body) = joined.unwrap();
+            match status {
+                201 => {
+                    bought.insert(strategy);
+                    purchases += 1;
+                }
+                409 => refusals.push(body),
+                other => panic!("{strategy}: unexpected {other} {body}"),
+            }
+        }
+        assert_eq!(bought.len(), 1, "one strategy sells: {bought:?}");
+        let winner = *bought.iter().next().unwrap();
+        for body in &refusals {
+            assert_eq!(body["error"]["code"], "strategy_mismatch", "{body}");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains(&format!("`{winner}`")), "{message}");
+        }
+        let view = apps[1].item(&item).await;
+        assert_eq!(view["strategy"], winner, "{view}");
+        assert_eq!(view["sold"], purchases, "{view}");
+        winners.insert(winner);
+    }
+    assert!(!winners.is_empty());
+}
+
+#[tokio::test]
+async fn a_restock_names_the_strategy_or_clears_the_binding() {
+    let app = spawn_app().await;
+    let item = unique("named");
+    let put = |body: Value| {
+        app.client
+            .put(app.url(&format!("/api/items/{item}")))
+            .json(&body)
+            .send()
+    };
+    let (status, view) =
+        status_and_json(put(json!({"stock": 3, "strategy": "lock"})).await.unwrap()).await;
+    assert_eq!((status.as_u16(), &view["strategy"]), (201, &json!("lock")));
+    assert_error(
+        app.purchase(&item, "u1", "lua").await,
+        409,
+        "strategy_mismatch",
+    )
+    .await;
+    assert_eq!(app.purchase(&item, "u1", "lock").await.status(), 201);
+
+    let before = app.redis_snapshot(&item).await;
+    let body = assert_error(
+        put(json!({"stock": 3, "strategy": "fast"})).await.unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("lua"));
+    assert_eq!(
+        app.redis_snapshot(&item).await,
+        before,
+        "a bad restock changes nothing"
+    );
+
+    let (status, view) = status_and_json(put(json!({"stock": 3})).await.unwrap()).await;
+    assert_eq!((status.as_u16(), &view["strategy"]), (200, &Value::Null));
+    assert_eq!(app.purchase(&item, "u1", "lua").await.status(), 201);
+    assert_eq!(app.item(&item).await["strategy"], "lua");
+}
+
+/// A purchase from the old sale, held open by the race window, finishes after
+/// a restock: it must not write into the new sale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restock_during_a_held_purchase_leaves_the_new_sale_untouched() {
+    let app = Arc::new(spawn_app_with(|c| c.race_window_ms = 300).await);
+    for strategy in [
+        "lock",
+        "lock-gated",
+        "redlock",
+        "naive",
+        "optimistic",
+        "optimistic-gated",
+        "sql",
+    ] {
+        let item = unique("restocked");
+        let restock = |stock: u64| {
+            app.client
+                .put(app.url(&format!("/api/items/{item}")))
+                .json(&json!({"stock": stock, "strategy": strategy}))
+                .send()
+        };
+        assert!(restock(1_000).await.unwrap().status().is_success());
+        let held = {
+            let (app, item) = (Arc::clone(&app), item.clone());
+            tokio::spawn(async move { app.purchase(&item, "held", strategy).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(restock(5).await.unwrap().status(), 200, "{strategy}");
+        let (status, body) = status_and_json(held.await.unwrap()).await;
+
+        let view = app.item(&item).await;
+        assert_eq!(
+            (
+                &view["stock"],
+                &view["sold"],
+                &view["lag"],
+                &view["generation"]
+            ),
+            (&json!(5), &json!(0), &json!(0), &json!(2)),
+            "{strategy}: the new sale is untouched: {view}"
+        );
+        if strategy == "sql" {
+            // The restock waited for the row lock: the order committed in
+            // the old sale first, and stays there.
+            assert_eq!(status.as_u16(), 201, "{strategy}: {body}");
+            let orders: Value = app.get_json(&format!("/api/orders?item={item}")).await;
+            assert_eq!(orders["orders"][0]["generation"], 1, "{orders}");
+        } else {
+            assert_eq!(
+                (status.as_u16(), body["error"]["code"].as_str()),
+                (409, Some("sale_restarted")),
+                "{strategy}: {body}"
+            );
+            // Nothing was written in either sale: no order log was set aside.
+            let mut redis = app.redis().await;
+            let archived: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("seckill:{{{item}}}:orders*"))
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert!(archived.is_empty(), "{strategy}: {archived:?}");
+            assert_eq!(
+                view["strategies"][strategy]["sale_restarted"], 1,
+                "{strategy}: counted: {view}"
+            );
+        }
+    }
+}
+
+async fn worker_of_purchase(app: &TestApp, item: &str, user: &str) -> u16 {
+    let (status, body) = status_and_json(app.purchase(item, user, "lua").await).await;
+    assert_eq!(status, 201, "{body}");
+    OrderId::parse(body["order_id"].as_str().unwrap())
+        .unwrap()
+        .parts()
+        .worker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_lease_only_free_worker_numbers_and_never_the_same() {
+    let redis = RedisServer::start(Default::default()).unwrap();
+    hold_all_worker_numbers_but(&redis, &[300, 301]).await;
+    let (a, b) = (
+        spawn_app_on(&redis.url(), |_| {}).await,
+        spawn_app_on(&redis.url(), |_| {}).await,
+    );
+    let item = unique("workers");
+    a.create_item(&item, 2, 1).await;
+    let workers: BTreeSet<u16> = [
+        worker_of_purchase(&a, &item, "wa").await,
+        worker_of_purchase(&b, &item, "wb").await,
+    ]
+    .into();
+    assert_eq!(workers, BTreeSet::from([300, 301]));
+}
+
+#[tokio::test]
+async fn a_second_instance_with_the_same_worker_id_refuses_to_start() {
+    let redis = RedisServer::start(Default::default()).unwrap();
+    let first = spawn_app_on(&redis.url(), |c| c.worker_id = Some(7)).await;
+    let mut config = seckill::config::Config::defaults();
+    config.database_url = sqlite_url();
+    config.persister = false;
+    config.worker_id = Some(7);
+    let refused = seckill::state::App::build(&config, &redis.url()).await;
+    let err = format!(
+        "{:#}",
+        refused.err().expect("the second instance must not start")
+    );
+    assert!(err.contains("WORKER_ID 7"), "{err}");
+
+    // Once the first stops cleanly the number is free again.
+    first.stop().await;
+    let again = seckill::state::App::build(&config, &redis.url()).await;
+    assert!(again.is_ok(), "{:?}", again.err());
+}
+
+/// A number taken over, by a process whose clock reads what the previous
+/// holder's did (a restart after a clock step back): the new holder waits past
+/// the number's horizon, so its ids never repeat the old holder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_number_taken_over_mints_no_repeated_id() {
+    let redis = RedisServer::start(Default::default()).unwrap();
+    hold_all_worker_numbers_but(&redis, &[5]).await;
+    let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
+        .await
+        .unwrap();
+    let t0 = seckill::snowflake::Clock::now_ms(&SystemClock);
+    let clock = Arc::new(ManualClock::new(t0));
+    let config = LeaseConfig {
+        ttl: Duration::from_millis(300),
+        fixed: None,
+        clock: clock.clone(),
+    };
+
+    let old = WorkerLease::acquire(conn.clone(), config.clone())
+        .await
+        .unwrap();
+    assert_eq!(old.worker(), 5, "forced: every other number is held");
+    let minter = old.minter();
+    let old_ids: HashSet<OrderId> = (0..100).map(|_| minter.next().unwrap()).collect();
+    drop(old); // a crash: no release, the lease lapses by its TTL
+
+    let mut probe = conn.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::cmd("EXISTS")
+        .arg("seckill:worker:5")
+        .query_async::<bool>(&mut probe)
+        .await
+        .unwrap()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned lease never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The clock still reads t0: the newcomer must wait, not mint.
+    let taking = tokio::spawn(WorkerLease::acquire(conn.clone(), config.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !taking.is_finished(),
+        "minting before the horizon could repeat ids"
+    );
+    clock.set(t0 + 300 + SKEW_MARGIN.as_millis() as u64 + 1);
+    let new = tokio::time::timeout(Duration::from_secs(5), taking)
+        .await
+        .expect("the taker resumes once its clock passes the horizon")
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.worker(), 5);
+    let minter = new.minter();
+    for _ in 0..100 {
+        let id = minter.next().unwrap();
+        assert!(!old_ids.contains(&id), "repeated id {id}");
+    }
+    new.release().await;
+}
+
+/// A lease taken away: the instance refuses purchases and reports not ready,
+/// then leases another number as soon as one is free and resumes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_purchases_until_another_number_is_leased() {
+    let redis = RedisServer::start(Default::default()).unwrap();
+    hold_all_worker_numbers_but(&redis, &[3]).await;
+    let app = spawn_app_on(&redis.url(), |c| c.worker_lease_ttl_ms = 300).await;
+    let item = unique("lost");
+    app.create_item(&item, 10, 1).await;
+    assert_eq!(worker_of_purchase(&app, &item, "u0").await, 3);
+
+    let mut conn = app.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg("seckill:worker:3")
+        .arg("thief")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if ready.status() == 503 {
+            assert_error(ready, 503, "unavailable").await;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a lost lease must make /readyz 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_error(app.purchase(&item, "u1", "lua").await, 503, "unavailable").await;
+
+    let _: () = redis::cmd("DEL")
+        .arg("seckill:worker:9")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "never leased the freed number");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(worker_of_purchase(&app, &item, "u2").await, 9);
+}
+
+/// Two different orders under one id reach the persister (two processes that
+/// minted with one worker number): the second is not acknowledged away but
+/// counted and kept in the item's dead-letter stream. A redelivered identical
+/// entry is no conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() {
+    let database_url = crate::helpers::database_urls().remove(0);
+    let (app, _redis) = spawn_persisting_app(&database_url, |_| {}).await;
+    let item = unique("conflict");
+    app.create_item(&item, 10, 1).await;
+    let mut redis = app.redis().await;
+    let id = "123456789012345";
+    for user in ["first", "first", "second"] {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("seckill:{{{item}}}:orders"))
+            .arg("*")
+            .arg(&[
+                ("order_id", id),
+                ("user_id", user),
+                ("strategy", "lua"),
+                ("created_ms", "1764000000000"),
+                ("generation", "1"),
+            ])
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let report = loop {
+        let report: Value = app.get_json("/api/persister").await;
+        if report["conflicts"] == 1 && report["persisted"] == 1 {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "conflict not handled: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["conflicts"], 1, "{report}");
+
+    let dead: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(format!("seckill:{{{item}}}:dead-letters"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let fields = &dead[0].1;
+    assert_eq!(
+        (
+            fields["order_id"].as_str(),
+            fields["user_id"].as_str(),
+            fields["sql_user_id"].as_str()
+        ),
+        (id, "second", "first"),
+        "{fields:?}"
+    );
+    let orders: Value = app.get_json(&format!("/api/orders?item={item}")).await;
+    assert_eq!(orders["orders"].as_array().unwrap().len(), 1, "{orders}");
+    assert_eq!(orders["orders"][0]["user_id"], "first", "{orders}");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("seckill_persister_conflicts 1"),
+        "{metrics}"
+    );
+    // Nothing left pending: every entry is accounted for.
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(format!("seckill:{{{item}}}:orders"))
+        .arg("persister")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0);
+    // sold counts the log's three entries, SQL holds one: the view says so.
+    let view = app.item(&item).await;
+    assert_eq!(view["lag"], 2, "{view}");
+}
