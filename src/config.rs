@@ -16,9 +16,32 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Redis to keep stock in. Unset: start a private `redis-server` child on a
-    /// free loopback port, with persistence off, and stop it on exit.
+    /// free loopback port, keeping its data in `EMBEDDED_REDIS_DIR`, and stop
+    /// it on exit.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Where the private `redis-server` keeps its append-only file; it starts
+    /// again on the same files, so a restart resumes every sale.
+    #[arg(long, env = "EMBEDDED_REDIS_DIR", default_value = "data/redis")]
+    pub embedded_redis_dir: std::path::PathBuf,
+
+    /// The private `redis-server`'s `appendfsync`: `always` (an acknowledged
+    /// order survives a power cut) or `everysec` (faster; a power cut loses up
+    /// to about the last second; a killed process loses nothing).
+    #[arg(
+        long,
+        env = "EMBEDDED_REDIS_FSYNC",
+        value_enum,
+        default_value = "always"
+    )]
+    pub embedded_redis_fsync: crate::redis_server::Fsync,
+
+    /// Start even if Redis may evict keys (`maxmemory-policy` other than
+    /// `noeviction`), with a warning. An evicted buyers hash, fence or lease
+    /// silently breaks the guarantees, so this is refused by default.
+    #[arg(long, env = "ALLOW_EVICTING_REDIS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_evicting_redis: bool,
 
     /// The `redis-server` binary used when `REDIS_URL` is unset.
     #[arg(long, env = "REDIS_SERVER_BIN", default_value = "redis-server")]

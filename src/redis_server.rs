@@ -1,9 +1,17 @@
 //! A private `redis-server` child process: the embedded default of `serve` when
 //! no `REDIS_URL` is given, and the throwaway Redis of the tests.
 //!
-//! The child listens on loopback only, keeps nothing on disk unless asked
-//! (`append_only`, which the Redis-restart test uses), and dies with us: it is
+//! The child listens on loopback only, never evicts keys (`noeviction`: an
+//! evicted buyers hash, fence or lease would silently break the guarantees),
+//! keeps nothing on disk unless asked ([`Fsync`]: the append-only file, which
+//! `serve` turns on under its data directory), and dies with us: it is
 //! killed on drop, and `PR_SET_PDEATHSIG` kills it if this process dies first.
+//!
+//! With a directory of its own (`dir`), the child writes a pidfile there. A
+//! start finds a server left running on the same files (its parent was killed
+//! and the death signal did not reach it) by that pidfile and stops it
+//! cleanly (SIGTERM: Redis flushes its append-only file and exits) before
+//! starting a new one, so two servers never write one append-only file.
 //! Linux delivers that signal when the *thread* that spawned the child exits, so
 //! each child is spawned by a guardian thread that lives exactly as long as the
 //! child does (it waits on it).
@@ -19,6 +27,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// How the append-only file reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fsync {
+    /// `fsync` before every reply: an acknowledged write survives a power
+    /// cut.
+    Always,
+    /// `fsync` once a second: a power cut or kernel crash loses up to about
+    /// the last second (2 s at worst); a killed process loses nothing.
+    Everysec,
+}
+
+impl Fsync {
+    fn as_redis(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Everysec => "everysec",
+        }
+    }
+}
+
 /// How to start a child.
 #[derive(Debug, Clone)]
 pub struct RedisServerOptions {
@@ -28,9 +56,9 @@ pub struct RedisServerOptions {
     pub port: Option<u16>,
     /// Working directory; `None` makes (and later removes) a temporary one.
     pub dir: Option<PathBuf>,
-    /// Turn on the append-only file with fsync on every write, so a killed
-    /// server restarted on the same `dir` comes back with its data.
-    pub append_only: bool,
+    /// Turn on the append-only file, so a server restarted on the same `dir`
+    /// comes back with its data. `None`: nothing on disk.
+    pub append_only: Option<Fsync>,
 }
 
 impl Default for RedisServerOptions {
@@ -39,7 +67,7 @@ impl Default for RedisServerOptions {
             bin: "redis-server".into(),
             port: None,
             dir: None,
-            append_only: false,
+            append_only: None,
         }
     }
 }
@@ -54,8 +82,9 @@ pub struct RedisServer {
     guardian: Option<JoinHandle<()>>,
 }
 
-/// How long a fresh server may take to answer PING.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server may take to answer PING: a long sale's append-only file
+/// takes seconds to load, and Redis answers `-LOADING` until it is done.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl RedisServer {
     /// Starts a child and waits until it answers PING.
@@ -91,12 +120,22 @@ impl RedisServer {
         };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create redis dir {}", dir.display()))?;
+        // redis-server moves into `--dir` before opening the files named
+        // after it: relative names would then point elsewhere.
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve redis dir {}", dir.display()))?;
         let log = dir.join("redis.log");
+        let pidfile = dir.join("redis-server.pid");
+        stop_leftover(&pidfile)?;
 
         let mut command = Command::new(&options.bin);
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"])
+            .args(["--maxmemory-policy", "noeviction"])
+            .arg("--pidfile")
+            .arg(&pidfile)
             .arg("--dir")
             .arg(&dir)
             .arg("--logfile")
@@ -104,16 +143,20 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if options.append_only {
-            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        if let Some(fsync) = options.append_only {
+            command.args(["--appendonly", "yes", "--appendfsync", fsync.as_redis()]);
         } else {
             command.args(["--appendonly", "no"]);
         }
         // SAFETY: the closure runs in the forked child before exec and only makes
-        // one async-signal-safe syscall.
+        // async-signal-safe syscalls.
         unsafe {
             command.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // A process group of its own: a terminal's ctrl-c (sent to the
+                // whole foreground group) reaches only us, so the persister can
+                // drain into SQL before we stop Redis ourselves.
+                libc::setpgid(0, 0);
                 Ok(())
             });
         }
@@ -158,7 +201,11 @@ impl RedisServer {
                     tail(&log)
                 );
             }
-            if ping(port) {
+            // Our child's answer, not another server's that took the port
+            // first (then ours exits on a bind error, which the next round
+            // reports); and a PONG, which Redis withholds (-LOADING) until
+            // its append-only file is loaded.
+            if answering_pid(port) == Some(pid) && ping(port) {
                 return Ok(server);
             }
             if Instant::now() > deadline {
@@ -205,6 +252,62 @@ impl Drop for RedisServer {
     }
 }
 
+/// Stops a `redis-server` still running on this directory's files, named by
+/// its pidfile: SIGTERM, then SIGKILL after 10 s. Anything else behind a stale
+/// pidfile (a recycled pid) is left alone.
+fn stop_leftover(pidfile: &Path) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(pidfile) else {
+        return Ok(());
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return Ok(());
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if pid <= 1 || !comm.trim().starts_with("redis-server") || !running(pid) {
+        return Ok(());
+    }
+    tracing::warn!(
+        pid,
+        pidfile = %pidfile.display(),
+        "a redis-server from an earlier run still uses these files; stopping it first"
+    );
+    let alive = || running(pid);
+    // SAFETY: plain syscalls on a pid that /proc just named as redis-server.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if alive() {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if alive() {
+        bail!(
+            "redis-server {pid} (from {}) will not stop",
+            pidfile.display()
+        );
+    }
+    Ok(())
+}
+
+/// True while `pid` exists and is not a zombie: a dead process its parent has
+/// not reaped (an orphan under an init that does not reap) holds no files.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after_name) = stat.rsplit_once(") ")?;
+            after_name.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("no free loopback port")?;
     Ok(listener.local_addr()?.port())
@@ -221,6 +324,33 @@ fn ping(port: u16) -> bool {
     }
     let mut reply = [0u8; 7];
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// The process id of the Redis answering on `port` (`INFO server`), if one
+/// answers.
+fn answering_pid(port: u16) -> Option<i32> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while reply.len() < 64 * 1024 {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        // Only a whole line: the number may still be arriving.
+        if let Some((_, rest)) = text.split_once("process_id:")
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            return pid.trim().parse().ok();
+        }
+    }
+    None
 }
 
 fn tail(log: &Path) -> String {

@@ -42,11 +42,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => {
             let server = RedisServer::start(RedisServerOptions {
                 bin: config.redis_server_bin.clone(),
+                dir: Some(config.embedded_redis_dir.clone()),
+                append_only: Some(config.embedded_redis_fsync),
                 ..RedisServerOptions::default()
             })?;
             tracing::info!(
                 url = %server.url(),
-                "no REDIS_URL: started a private redis-server (no persistence; stopped on exit)"
+                dir = %config.embedded_redis_dir.display(),
+                fsync = ?config.embedded_redis_fsync,
+                "no REDIS_URL: started a private redis-server (append-only file; stopped on exit)"
             );
             let url = server.url();
             embedded = Some(server);

@@ -69,6 +69,34 @@ pub struct Shared {
     pub static_dir: std::path::PathBuf,
 }
 
+/// Refuses a Redis that may evict keys: an evicted buyers hash, fence, binding
+/// or worker lease breaks the guarantees without a sound. A Redis that hides
+/// `CONFIG` (some managed ones) cannot be checked: warned, not refused.
+async fn refuse_evicting_redis(redis: &mut ConnectionManager, allow: bool) -> anyhow::Result<()> {
+    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(redis)
+        .await;
+    let policy = match reply {
+        Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+        Err(err) => {
+            tracing::warn!(%err, "cannot read Redis maxmemory-policy; make sure it is noeviction");
+            return Ok(());
+        }
+    };
+    if policy == "noeviction" {
+        return Ok(());
+    }
+    if allow {
+        tracing::warn!(%policy, "Redis may evict keys (ALLOW_EVICTING_REDIS=true): a full Redis can silently break sales");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "Redis maxmemory-policy is `{policy}`: it may evict the keys that guard a sale. Set it to noeviction (CONFIG SET maxmemory-policy noeviction), or start with ALLOW_EVICTING_REDIS=true to accept the risk"
+    )
+}
+
 /// The state plus what must be stopped cleanly on shutdown.
 pub struct App {
     pub state: AppState,
@@ -94,6 +122,8 @@ impl App {
         let redis = ConnectionManager::new_with_config(client, manager_config)
             .await
             .with_context(|| format!("cannot connect to Redis at {redis_url}"))?;
+
+        refuse_evicting_redis(&mut redis.clone(), config.allow_evicting_redis).await?;
 
         let mut pool_config = deadpool_redis::Config::from_url(redis_url);
         pool_config.pool = Some(PoolConfig {

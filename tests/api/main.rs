@@ -4,6 +4,7 @@
 mod bad_input;
 mod browser;
 mod concurrency;
+mod durability;
 mod endpoints;
 mod health;
 mod helpers;

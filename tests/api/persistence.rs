@@ -41,7 +41,7 @@ async fn buy_concurrently(
 }
 
 /// Every order id of `item` in SQL, read straight from the database.
-async fn ids_in_sql(database_url: &str, item: &str) -> HashSet<String> {
+pub async fn ids_in_sql(database_url: &str, item: &str) -> HashSet<String> {
     let db = Db::connect(database_url, 2).await.unwrap();
     let query = seckill::db::OrderQuery {
         item: Some(ItemId::parse(item).unwrap()),
@@ -258,29 +258,32 @@ async fn every_201_reaches_sql_across_a_kill_9() {
 
         let mut server = start();
         wait_ready(client.clone(), base.clone()).await;
-        let item = unique("kill9");
-        let created = client
-            .put(format!("{base}/api/items/{item}"))
-            .json(&serde_json::json!({"stock": 1_000_000}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(created.status(), 201);
+        // One item per strategy: a sale is bound to one.
+        let prefix = unique("kill9");
+        for strategy in PERSISTED {
+            let created = client
+                .put(format!("{base}/api/items/{prefix}-{strategy}"))
+                .json(&serde_json::json!({"stock": 1_000_000, "strategy": strategy}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(created.status(), 201);
+        }
 
         let answered = Arc::new(Mutex::new(HashSet::new()));
         let mut load = JoinSet::new();
         for worker in 0..16 {
-            let (client, base, item, answered) = (
+            let (client, base, prefix, answered) = (
                 client.clone(),
                 base.clone(),
-                item.clone(),
+                prefix.clone(),
                 Arc::clone(&answered),
             );
             load.spawn(async move {
                 for n in 0.. {
                     let strategy = PERSISTED[n % PERSISTED.len()];
                     let url = format!(
-                        "{base}/api/items/{item}/purchase?user_id=k{worker}x{n}&strategy={strategy}"
+                        "{base}/api/items/{prefix}-{strategy}/purchase?user_id=k{worker}x{n}&strategy={strategy}"
                     );
                     let Ok(response) = client.post(url).send().await else {
                         break;
@@ -312,7 +315,10 @@ async fn every_201_reaches_sql_across_a_kill_9() {
         wait_ready(client.clone(), base.clone()).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let in_sql = ids_in_sql(&database_url, &item).await;
+            let mut in_sql = HashSet::new();
+            for strategy in PERSISTED {
+                in_sql.extend(ids_in_sql(&database_url, &format!("{prefix}-{strategy}")).await);
+            }
             let missing = answered.difference(&in_sql).count();
             if missing == 0 {
                 break;

@@ -1,0 +1,230 @@
+//! The default setup keeps its promises across a crash: the private Redis
+//! keeps its data under the data directory, a restart resumes every sale, and
+//! every 201 reaches SQL. A Redis that may evict keys is refused.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use seckill::redis_server::{Fsync, RedisServer, RedisServerOptions};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::helpers::{sqlite_url, unique};
+use crate::persistence::ids_in_sql;
+
+/// `seckill serve` as a newcomer runs it: no REDIS_URL, no DATABASE_URL, in
+/// `dir`, so its data lands in `dir/data`.
+fn serve_default(dir: &Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_seckill"))
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN", format!("127.0.0.1:{port}"))
+        .env("PERSISTER_CLAIM_IDLE_MS", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200) {
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_setup_resumes_every_sale_after_a_kill_9() {
+    let dir = std::env::temp_dir().join(unique("seckill-default"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut server = serve_default(&dir, port);
+    wait_ready(&client, &base).await;
+    let item = unique("crash");
+    let created = client
+        .put(format!("{base}/api/items/{item}"))
+        .json(&serde_json::json!({"stock": 1_000_000, "strategy": "lua"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let answered = Arc::new(Mutex::new(HashSet::new()));
+    let mut load = JoinSet::new();
+    for worker in 0..16 {
+        let (client, base, item, answered) = (
+            client.clone(),
+            base.clone(),
+            item.clone(),
+            Arc::clone(&answered),
+        );
+        load.spawn(async move {
+            for n in 0.. {
+                let url = format!("{base}/api/items/{item}/purchase?user_id=d{worker}x{n}");
+                let Ok(response) = client.post(url).send().await else {
+                    break;
+                };
+                if response.status() == 201 {
+                    let Ok(body) = response.json::<Value>().await else {
+                        break;
+                    };
+                    answered
+                        .lock()
+                        .unwrap()
+                        .insert(body["order_id"].as_str().unwrap().to_owned());
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill().unwrap(); // SIGKILL: no drain; the Redis child dies with it
+    server.wait().unwrap();
+    while load.join_next().await.is_some() {}
+    let answered = answered.lock().unwrap().clone();
+    assert!(
+        answered.len() > 20,
+        "orders before the kill: {}",
+        answered.len()
+    );
+
+    let mut server = serve_default(&dir, port);
+    wait_ready(&client, &base).await;
+    let view: Value = client
+        .get(format!("{base}/api/items/{item}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["item_id"], item.as_str(), "the sale survived: {view}");
+    assert!(
+        view["sold"].as_u64().unwrap() >= answered.len() as u64,
+        "every 201 is still in the order log: {view}"
+    );
+    assert_eq!(
+        view["stock"].as_i64().unwrap() + view["sold"].as_i64().unwrap(),
+        1_000_000,
+        "{view}"
+    );
+    let database_url = format!("sqlite://{}/data/seckill.db", dir.display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = answered
+            .difference(&ids_in_sql(&database_url, &item).await)
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged orders never reached SQL",
+            answered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And it keeps selling where it left off.
+    let bought = client
+        .post(format!("{base}/api/items/{item}/purchase?user_id=after"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bought.status(), 201);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A redis-server still running on the data directory (its parent died
+/// without taking it along) is stopped cleanly before a new one starts on the
+/// same files, and the data it held is there.
+#[tokio::test]
+async fn a_leftover_redis_server_on_the_same_files_is_stopped_first() {
+    let dir = std::env::temp_dir().join(unique("seckill-leftover"));
+    let options = RedisServerOptions {
+        dir: Some(dir.clone()),
+        append_only: Some(Fsync::Always),
+        ..RedisServerOptions::default()
+    };
+    let leftover = RedisServer::start(options.clone()).unwrap();
+    let mut conn = redis::Client::open(leftover.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("seckill:kept")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let pid: i32 = std::fs::read_to_string(dir.join("redis-server.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let fresh = RedisServer::start(options).unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}/status")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .contains("zombie"),
+        "the leftover server was stopped"
+    );
+    let mut conn = redis::Client::open(fresh.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let kept: Option<String> = redis::cmd("GET")
+        .arg("seckill:kept")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("yes"));
+    drop(leftover);
+    drop(fresh);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_keys_is_refused_unless_allowed() {
+    let redis = RedisServer::start(Default::default()).unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut config = seckill::config::Config::defaults();
+    config.database_url = sqlite_url();
+    config.persister = false;
+    let refused = seckill::state::App::build(&config, &redis.url()).await;
+    let err = format!("{:#}", refused.err().expect("an evicting Redis is refused"));
+    assert!(
+        err.contains("allkeys-lru") && err.contains("noeviction"),
+        "{err}"
+    );
+
+    config.allow_evicting_redis = true;
+    let allowed = seckill::state::App::build(&config, &redis.url()).await;
+    assert!(allowed.is_ok(), "{:?}", allowed.err());
+}
