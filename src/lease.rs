@@ -85,8 +85,6 @@ struct LeaseValidity {
     epoch: Instant,
     /// Milliseconds after `epoch`; 0 when the lease is lost.
     valid_until_ms: AtomicU64,
-    /// Unix ms past which no id may be minted (the horizon Redis holds).
-    horizon_ms: AtomicU64,
 }
 
 impl LeaseValidity {
@@ -94,15 +92,12 @@ impl LeaseValidity {
         Self {
             epoch: Instant::now(),
             valid_until_ms: AtomicU64::new(0),
-            horizon_ms: AtomicU64::new(0),
         }
     }
 
-    /// Records a confirmation (take or renew) that started at `at`, with the
-    /// horizon Redis now holds for us.
-    fn confirm(&self, at: Instant, ttl: Duration, horizon_ms: u64) {
+    /// Records a confirmation (take or renew) that started at `at`.
+    fn confirm(&self, at: Instant, ttl: Duration) {
         let until = at.duration_since(self.epoch) + ttl;
-        self.horizon_ms.store(horizon_ms, Ordering::SeqCst);
         self.valid_until_ms
             .store(until.as_millis() as u64, Ordering::SeqCst);
     }
@@ -129,10 +124,18 @@ pub enum MintError {
 
 type Generator = Snowflake<Arc<dyn Clock>>;
 
+/// One held number: its generator and the horizon Redis holds for it, kept
+/// together so an id is always checked against its own number's horizon.
+struct Minting {
+    generator: Generator,
+    /// Unix ms past which no id may be minted with this number.
+    horizon_ms: AtomicU64,
+}
+
 /// Mints order ids, refusing while the worker lease is not known to be ours.
 pub struct IdMinter {
     /// Replaced when the lease is lost and another number is taken.
-    generator: RwLock<Arc<Generator>>,
+    current: RwLock<Arc<Minting>>,
     validity: LeaseValidity,
 }
 
@@ -146,17 +149,18 @@ impl std::fmt::Debug for IdMinter {
 }
 
 impl IdMinter {
-    fn generator(&self) -> Arc<Generator> {
+    fn current(&self) -> Arc<Minting> {
         // A poisoned lock still holds a whole Arc: writers only swap it.
-        Arc::clone(&self.generator.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn next(&self) -> Result<OrderId, MintError> {
         if !self.validity.is_valid() {
             return Err(MintError::LeaseLost);
         }
-        let id = self.generator().next_id()?;
-        if id.parts().unix_ms > self.validity.horizon_ms.load(Ordering::SeqCst) {
+        let current = self.current();
+        let id = current.generator.next_id()?;
+        if id.parts().unix_ms > current.horizon_ms.load(Ordering::SeqCst) {
             return Err(MintError::PastHorizon);
         }
         Ok(id)
@@ -164,7 +168,7 @@ impl IdMinter {
 
     /// The worker number ids carry now.
     pub fn worker(&self) -> u16 {
-        self.generator().worker()
+        self.current().generator.worker()
     }
 
     /// Whether ids can be minted: the lease is held and confirmed.
@@ -190,14 +194,14 @@ impl WorkerLease {
             token: uuid::Uuid::new_v4().simple().to_string(),
             config,
         };
-        let held = leaser.take_any(None).await?;
+        let held = leaser.take_any(None, 0).await?;
         let minter = Arc::new(IdMinter {
-            generator: RwLock::new(Arc::new(held.generator)),
+            current: RwLock::new(Arc::new(held.minting)),
             validity: LeaseValidity::new(),
         });
         minter
             .validity
-            .confirm(held.confirmed_at, leaser.config.ttl, held.horizon_ms);
+            .confirm(held.confirmed_at, leaser.config.ttl);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(renew(leaser, held.worker, Arc::clone(&minter), stopped));
         Ok(Self {
@@ -242,9 +246,8 @@ pub fn max_wait(ttl: Duration) -> Duration {
 /// A number just taken, with a generator that may mint with it.
 struct Held {
     worker: u16,
-    generator: Generator,
+    minting: Minting,
     confirmed_at: Instant,
-    horizon_ms: u64,
 }
 
 /// Takes, renews and releases numbers for one instance.
@@ -264,10 +267,13 @@ impl Leaser {
         max_wait(self.config.ttl)
     }
 
-    /// Takes the fixed number, or any free one, starting with `prefer`.
-    async fn take_any(&mut self, prefer: Option<u16>) -> anyhow::Result<Held> {
+    /// Takes the fixed number, or any free one, starting with `prefer`. Its
+    /// generator issues nothing at or before `not_before_ms` either: what this
+    /// process minted already, in case the number's horizon key was lost with
+    /// a Redis that kept no data.
+    async fn take_any(&mut self, prefer: Option<u16>, not_before_ms: u64) -> anyhow::Result<Held> {
         if let Some(fixed) = self.config.fixed {
-            return match self.take(fixed).await? {
+            return match self.take(fixed, not_before_ms).await? {
                 Some(held) => Ok(held),
                 None => {
                     let pttl: i64 = redis::cmd("PTTL")
@@ -286,7 +292,7 @@ impl Leaser {
         let start = prefer.map_or_else(|| rand::rng().random_range(0..count), u32::from);
         for i in 0..count {
             let n = ((start + i) % count) as u16;
-            if let Some(held) = self.take(n).await? {
+            if let Some(held) = self.take(n, not_before_ms).await? {
                 return Ok(held);
             }
         }
@@ -295,7 +301,7 @@ impl Leaser {
 
     /// Takes `n` if free, then waits past its horizon. `None` when someone
     /// holds it, or when the wait would be a clock problem (given back).
-    async fn take(&mut self, n: u16) -> anyhow::Result<Option<Held>> {
+    async fn take(&mut self, n: u16, not_before_ms: u64) -> anyhow::Result<Option<Held>> {
         let horizon: Option<u64> = Script::new(TAKE_LUA)
             .key(keys::worker_lease(n))
             .key(keys::worker_horizon(n))
@@ -310,9 +316,9 @@ impl Leaser {
             return Ok(None);
         };
         let floor = if horizon == 0 {
-            0
+            not_before_ms
         } else {
-            horizon + SKEW_MARGIN.as_millis() as u64
+            (horizon + SKEW_MARGIN.as_millis() as u64).max(not_before_ms)
         };
         let now = self.config.clock.now_ms();
         let wait = Duration::from_millis(floor.saturating_sub(now));
@@ -362,9 +368,11 @@ impl Leaser {
         }
         Ok(Some(Held {
             worker: n,
-            generator: Snowflake::with_floor(n, Arc::clone(&self.config.clock), floor),
+            minting: Minting {
+                generator: Snowflake::with_floor(n, Arc::clone(&self.config.clock), floor),
+                horizon_ms: AtomicU64::new(ours),
+            },
             confirmed_at,
-            horizon_ms: ours,
         }))
     }
 
@@ -422,7 +430,8 @@ async fn renew(
         let horizon = leaser.config.clock.now_ms() + leaser.ttl_ms();
         match leaser.renew_once(worker, horizon).await {
             Ok(true) => {
-                minter.validity.confirm(attempt, ttl, horizon);
+                minter.current().horizon_ms.store(horizon, Ordering::SeqCst);
+                minter.validity.confirm(attempt, ttl);
                 continue;
             }
             Ok(false) => {
@@ -439,7 +448,12 @@ async fn renew(
                 continue;
             }
         }
-        match leaser.take_any(Some(worker)).await {
+        let minted = minter.current().generator.last_unix_ms();
+        let taken = tokio::select! {
+            _ = stopped.changed() => break,
+            taken = leaser.take_any(Some(worker), minted) => taken,
+        };
+        match taken {
             Ok(held) => {
                 tracing::warn!(
                     previous = worker,
@@ -447,11 +461,8 @@ async fn renew(
                     "worker number leased again; purchases resume"
                 );
                 worker = held.worker;
-                *minter.generator.write().unwrap_or_else(|e| e.into_inner()) =
-                    Arc::new(held.generator);
-                minter
-                    .validity
-                    .confirm(held.confirmed_at, ttl, held.horizon_ms);
+                *minter.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(held.minting);
+                minter.validity.confirm(held.confirmed_at, ttl);
             }
             Err(err) => {
                 tracing::warn!(error = %format!("{err:#}"), "no worker number to lease yet; retrying")
@@ -459,6 +470,6 @@ async fn renew(
         }
     }
     minter.validity.lose();
-    let last_ms = minter.generator().last_unix_ms();
+    let last_ms = minter.current().generator.last_unix_ms();
     leaser.give_back(worker, last_ms).await;
 }

@@ -57,6 +57,7 @@ pub struct Metrics {
     lag: ItemGauge,
     persisted_total: Gauge<i64, AtomicI64>,
     conflicts_total: Gauge<i64, AtomicI64>,
+    unreadable_total: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -107,6 +108,12 @@ impl Metrics {
             "Order-log entries whose id SQL holds with different fields: kept in the item's dead-letter stream",
             conflicts_total.clone(),
         );
+        let unreadable_total = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "persister_unreadable",
+            "Order-log entries that are not orders: kept in the item's dead-letter stream",
+            unreadable_total.clone(),
+        );
         Self {
             registry,
             purchases,
@@ -119,6 +126,7 @@ impl Metrics {
             lag,
             persisted_total,
             conflicts_total,
+            unreadable_total,
         }
     }
 
@@ -152,6 +160,7 @@ impl Metrics {
         if let Some(report) = persister {
             self.persisted_total.set(report.persisted as i64);
             self.conflicts_total.set(report.conflicts as i64);
+            self.unreadable_total.set(report.unreadable as i64);
         }
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -17,8 +17,10 @@
 //! compared with the stored row: the same order (a redelivery) is acknowledged;
 //! a different one (two orders minted with one id) is a conflict, counted
 //! (`conflicts`, and the `seckill_persister_conflicts` metric), logged at
-//! error level with both rows, and moved to the item's dead-letter stream in
-//! the same `MULTI` as its acknowledgement.
+//! error level with both rows, and moved to the item's dead-letter stream by
+//! the script that acknowledges it (`dead_letter.lua`), so it is kept exactly
+//! once. An entry that cannot be read as an order (a bug, or a hand-made
+//! entry) is kept there the same way (`unreadable`), never acknowledged away.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use serde::Serialize;
@@ -39,6 +42,8 @@ use crate::snowflake::OrderId;
 
 /// The consumer group every instance's persister joins.
 pub const GROUP: &str = "persister";
+
+const DEAD_LETTER_LUA: &str = include_str!("dead_letter.lua");
 
 /// Tuning.
 #[derive(Debug, Clone)]
@@ -63,6 +68,7 @@ pub struct PersisterStatus {
     batches: AtomicU64,
     reclaimed: AtomicU64,
     conflicts: AtomicU64,
+    unreadable: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -80,6 +86,9 @@ pub struct PersisterReport {
     /// Entries whose id SQL holds with different fields; each is in its
     /// item's dead-letter stream.
     pub conflicts: u64,
+    /// Entries that could not be read as orders; each is in its item's
+    /// dead-letter stream.
+    pub unreadable: u64,
     pub errors: u64,
     pub last_error: Option<String>,
 }
@@ -168,6 +177,7 @@ fn report(consumer: &str, status: &PersisterStatus) -> PersisterReport {
         batches: status.batches.load(Ordering::Relaxed),
         reclaimed: status.reclaimed.load(Ordering::Relaxed),
         conflicts: status.conflicts.load(Ordering::Relaxed),
+        unreadable: status.unreadable.load(Ordering::Relaxed),
         errors: status.errors.load(Ordering::Relaxed),
         last_error: status
             .last_error
@@ -390,8 +400,9 @@ impl Worker {
         Ok(total)
     }
 
-    /// Inserts the entries in one transaction, then acknowledges them, moving
-    /// conflicting ones to the dead-letter stream in the same `MULTI`.
+    /// Inserts the entries in one transaction, then acknowledges them. Those
+    /// it cannot store (unreadable, or a conflicting id) go to the item's
+    /// dead-letter stream instead, each with its own acknowledgement.
     async fn persist(
         &mut self,
         key: &str,
@@ -404,17 +415,23 @@ impl Worker {
         let item = item_of_stream(key);
         let mut orders = Vec::with_capacity(entries.len());
         let mut parsed = Vec::with_capacity(entries.len());
+        let mut letters = Vec::new();
         for entry in entries {
             match parse_entry(&item, entry) {
                 Ok(order) => {
                     orders.push(order);
                     parsed.push(entry);
                 }
-                // Only this service writes these streams; an entry it cannot
-                // read is a bug worth a loud log, not a reason to stall the
-                // log forever. It stays in the stream for inspection.
+                // Only this service writes these streams: an entry it cannot
+                // read is a bug, logged loudly and kept, not a reason to
+                // stall the log.
                 Err(err) => {
-                    tracing::error!(stream = %key, id = %entry.id, %err, "unreadable order-log entry skipped")
+                    tracing::error!(stream = %key, id = %entry.id, %err, "unreadable order-log entry moved to the dead-letter stream");
+                    letters.push((
+                        entry.id.as_str(),
+                        unreadable_fields(key, entry, &err),
+                        false,
+                    ));
                 }
             }
         }
@@ -424,40 +441,62 @@ impl Worker {
             .await
             .context("cannot insert orders")?;
         let inserted = new.iter().filter(|n| **n).count() as u64;
-        let conflicts = self.conflicts(&orders, &new).await?;
+        for (index, stored) in self.conflicts(&orders, &new).await? {
+            let (entry, order) = (parsed[index], &orders[index]);
+            tracing::error!(
+                stream = %key,
+                entry = %entry.id,
+                log_order = ?order,
+                sql_order = ?stored,
+                "order id conflict: SQL holds a different order under this id; entry moved to the dead-letter stream"
+            );
+            letters.push((
+                entry.id.as_str(),
+                dead_letter_fields(key, &entry.id, order, &stored),
+                true,
+            ));
+        }
 
-        let mut ack = redis::pipe();
-        ack.atomic();
-        if !conflicts.is_empty() {
+        let mut handled = HashSet::new();
+        if !letters.is_empty() {
             let dead_letters = ItemId::parse(&item)
                 .map(|item| ItemKeys::new(&item).dead_letters)
-                .map_err(anyhow::Error::msg)?;
-            for (index, stored) in &conflicts {
-                let (entry, order) = (parsed[*index], &orders[*index]);
-                tracing::error!(
-                    stream = %key,
-                    entry = %entry.id,
-                    log_order = ?order,
-                    sql_order = ?stored,
-                    "order id conflict: SQL holds a different order under this id; entry moved to the dead-letter stream"
-                );
-                ack.cmd("XADD")
-                    .arg(&dead_letters)
-                    .arg("*")
-                    .arg(dead_letter_fields(key, &entry.id, order, stored))
-                    .ignore();
+                .map_err(|err| anyhow::anyhow!("no dead-letter stream for {key}: {err}"))?;
+            let script = Script::new(DEAD_LETTER_LUA);
+            for (id, fields, conflict) in letters {
+                let kept: i64 = script
+                    .key(key)
+                    .key(&dead_letters)
+                    .arg(GROUP)
+                    .arg(id)
+                    .arg(fields)
+                    .invoke_async(&mut self.redis)
+                    .await
+                    .with_context(|| format!("cannot move {id} of {key} to the dead letters"))?;
+                let counter = if conflict {
+                    &status.conflicts
+                } else {
+                    &status.unreadable
+                };
+                counter.fetch_add(kept.max(0) as u64, Ordering::Relaxed);
+                handled.insert(id);
             }
         }
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        ack.cmd("XACK").arg(key).arg(GROUP).arg(&ids).ignore();
-        let _: () = ack
-            .query_async(&mut self.redis)
-            .await
-            .with_context(|| format!("XACK {key}"))?;
+        let ids: Vec<&str> = entries
+            .iter()
+            .map(|e| e.id.as_str())
+            .filter(|id| !handled.contains(id))
+            .collect();
+        if !ids.is_empty() {
+            let _: u64 = redis::cmd("XACK")
+                .arg(key)
+                .arg(GROUP)
+                .arg(&ids)
+                .query_async(&mut self.redis)
+                .await
+                .with_context(|| format!("XACK {key}"))?;
+        }
         status.persisted.fetch_add(inserted, Ordering::Relaxed);
-        status
-            .conflicts
-            .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
         status.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -560,14 +599,31 @@ fn item_of_stream(key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A dead letter for an entry that is not an order: its raw fields.
+fn unreadable_fields(stream: &str, entry: &StreamId, err: &str) -> Vec<(String, String)> {
+    let mut fields = vec![
+        ("reason".to_owned(), format!("unreadable: {err}")),
+        ("stream".to_owned(), stream.to_owned()),
+        ("entry_id".to_owned(), entry.id.clone()),
+    ];
+    let mut raw: Vec<(&String, &redis::Value)> = entry.map.iter().collect();
+    raw.sort_by_key(|(name, _)| *name);
+    for (name, value) in raw {
+        let text =
+            redis::from_redis_value_ref::<String>(value).unwrap_or_else(|_| format!("{value:?}"));
+        fields.push((format!("raw_{name}"), text));
+    }
+    fields
+}
+
 /// A dead letter: the log's entry, where it came from, and the row SQL holds.
 fn dead_letter_fields(
     stream: &str,
     entry_id: &str,
     order: &OrderRecord,
     stored: &OrderRecord,
-) -> Vec<(&'static str, String)> {
-    vec![
+) -> Vec<(String, String)> {
+    [
         ("reason", "order id held in SQL by a different order".into()),
         ("stream", stream.to_owned()),
         ("entry_id", entry_id.to_owned()),
@@ -582,6 +638,9 @@ fn dead_letter_fields(
         ("sql_generation", stored.generation.to_string()),
         ("sql_created_ms", stored.created_at.to_string()),
     ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect()
 }
 
 fn parse_entry(item: &str, entry: &StreamId) -> Result<OrderRecord, String> {

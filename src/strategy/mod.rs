@@ -395,6 +395,8 @@ pub(crate) struct Snapshot {
     pub bound: Option<String>,
     pub held: u64,
     pub stock: i64,
+    /// This read bound the sale (it was unbound).
+    pub bound_now: bool,
 }
 
 /// Replies to [`Snapshot::read`].
@@ -404,6 +406,7 @@ pub(crate) type SnapshotReplies = (
     Option<String>,
     Option<u64>,
     Option<i64>,
+    u8,
 );
 
 impl Snapshot {
@@ -430,13 +433,16 @@ impl Snapshot {
         Ok(Self::from_replies(replies))
     }
 
-    pub fn from_replies((limit, generation, bound, held, stock): SnapshotReplies) -> Self {
+    pub fn from_replies(
+        (limit, generation, bound, held, stock, bound_now): SnapshotReplies,
+    ) -> Self {
         Self {
             limit,
             generation: generation.unwrap_or(0),
             bound,
             held: held.unwrap_or(0),
             stock: stock.unwrap_or(0),
+            bound_now: bound_now == 1,
         }
     }
 
@@ -488,6 +494,7 @@ mod tests {
                 Some(bound.to_owned()),
                 Some(held),
                 Some(stock),
+                0,
             ))
         };
         let lua = StrategyKind::Lua;

@@ -12,8 +12,8 @@
 //! purchase (or a restock) writes the watched keys, so a buyer is aborted at most
 //! once per unit someone else bought. With `max_retries` at or above the stock,
 //! no buyer gives up while stock remains. Binding an unbound sale to
-//! `optimistic` writes the watched meta hash too, so the first buyers of such a
-//! sale are aborted once more.
+//! `optimistic` writes the watched meta hash too: the buyer whose read bound it
+//! reads again at once (not a retry), since its transaction would abort.
 //!
 //! A restock writes the watched keys as well: the transaction aborts, and the
 //! retry sees a new generation. The purchase was made for the sale it first
@@ -63,6 +63,10 @@ impl Optimistic {
             Snapshot::read(&mut read, purchase);
             let (replies,): (SnapshotReplies,) = read.query_async(&mut **conn).await?;
             let snapshot = Snapshot::from_replies(replies);
+            if snapshot.bound_now {
+                redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
+                continue;
+            }
             let rejection = match sale {
                 Some(generation) if generation != snapshot.generation => {
                     Some(Outcome::SaleRestarted)

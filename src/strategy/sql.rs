@@ -34,7 +34,11 @@
 //! the generation in Redis: the order of a purchase that committed in the old
 //! sale just before the restock is not mirrored into the new sale; it stays in
 //! SQL under the old sale's generation, a real order with its 201.
-//! `RACE_WINDOW_MS` sleeps inside the transaction, holding the row lock.
+//! The transaction also checks that the row's generation is the sale whose
+//! binding the purchase read; a restock in between ends it with
+//! `SaleRestarted`, so a purchase never sells `sql` units in a sale bound to
+//! another strategy. `RACE_WINDOW_MS` sleeps twice: between the binding check
+//! and the transaction, and inside the transaction, holding the row lock.
 
 use std::time::Duration;
 
@@ -68,10 +72,12 @@ impl Sql {
         }
     }
 
-    /// Runs the transaction; `Ok(Err(outcome))` is a rejection (rolled back).
+    /// Runs the transaction for the sale numbered `sale` (whose binding the
+    /// purchase checked); `Ok(Err(outcome))` is a rejection (rolled back).
     async fn transact(
         &self,
         purchase: &Purchase,
+        sale: u64,
     ) -> Result<Result<(i64, u64), Outcome>, sqlx::Error> {
         let mut tx = self.db.begin_write().await?;
         let item = purchase.item.as_str();
@@ -106,6 +112,12 @@ impl Sql {
             tx.rollback().await?;
             return Ok(Err(outcome));
         };
+        if generation.max(0) as u64 != sale {
+            // Restocked between the binding check and this row lock: the new
+            // sale may be bound to another strategy, whose units these are.
+            tx.rollback().await?;
+            return Ok(Err(Outcome::SaleRestarted));
+        }
         if !self.race_window.is_zero() {
             tokio::time::sleep(self.race_window).await;
         }
@@ -217,7 +229,10 @@ impl Strategy for Sql {
         {
             return Ok(Attempt::new(refusal));
         }
-        match self.transact(purchase).await? {
+        if !self.race_window.is_zero() {
+            tokio::time::sleep(self.race_window).await;
+        }
+        match self.transact(purchase, binding.generation).await? {
             Ok((remaining, generation)) => {
                 self.mirror(purchase, generation).await;
                 Ok(Attempt::new(Outcome::Purchased { remaining }))
