@@ -48,6 +48,8 @@ struct Window {
     attempts: VecDeque<(Instant, u64)>,
     latencies: VecDeque<Histogram<u32>>,
     history: VecDeque<f64>,
+    /// The tick that last showed this window.
+    seen: Option<Instant>,
 }
 
 /// Spawns the broadcaster. It stops when `state.closing` says so.
@@ -88,6 +90,9 @@ async fn build(state: &AppState, windows: &mut HashMap<(ItemId, StrategyKind), W
         .into_iter()
         .map(|view| item_json(view, now, windows))
         .collect();
+    // Windows only for what this tick showed: items restocked (their
+    // counters start over) or gone leave nothing behind.
+    windows.retain(|_, window| window.seen == Some(now));
     json!({
         "at_ms": crate::db::now_ms(),
         "items": items,
@@ -105,6 +110,7 @@ fn item_json(
     let mut live = serde_json::Map::new();
     for (kind, counters) in &view.strategies {
         let window = windows.entry((view.item_id.clone(), *kind)).or_default();
+        window.seen = Some(now);
         if window.attempts.is_empty() {
             // First sight of this strategy on this item: it had made no
             // attempts a tick ago, so its first burst counts in the rate.

@@ -58,6 +58,8 @@ pub struct Metrics {
     persisted_total: Gauge<i64, AtomicI64>,
     conflicts_total: Gauge<i64, AtomicI64>,
     unreadable_total: Gauge<i64, AtomicI64>,
+    tracked_items: Gauge<i64, AtomicI64>,
+    untracked: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -114,6 +116,18 @@ impl Metrics {
             "Order-log entries that are not orders: kept in the item's dead-letter stream",
             unreadable_total.clone(),
         );
+        let tracked_items = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "tracked_items",
+            "Items with per-item counters in this instance (bounded)",
+            tracked_items.clone(),
+        );
+        let untracked = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "untracked_requests",
+            "Requests not counted per item because the per-item map was full",
+            untracked.clone(),
+        );
         Self {
             registry,
             purchases,
@@ -127,6 +141,8 @@ impl Metrics {
             persisted_total,
             conflicts_total,
             unreadable_total,
+            tracked_items,
+            untracked,
         }
     }
 
@@ -142,7 +158,14 @@ impl Metrics {
     }
 
     /// Prometheus text for the current state of `items`.
-    pub fn render(&self, items: &[ItemView], persister: Option<&PersisterReport>) -> String {
+    pub fn render(
+        &self,
+        items: &[ItemView],
+        persister: Option<&PersisterReport>,
+        stats: &crate::stats::Stats,
+    ) -> String {
+        self.tracked_items.set(stats.tracked_items() as i64);
+        self.untracked.set(stats.untracked() as i64);
         for view in items {
             let labels = ItemLabels {
                 item: view.item_id.to_string(),

@@ -6,6 +6,12 @@
 //! `drift`. Counters are in-process atomics: counting costs no Redis round trip,
 //! which matters when the strategies are being raced. They count this
 //! instance's requests since the item's last restock.
+//!
+//! Memory is bounded whatever clients send: a purchase for an item that does
+//! not exist allocates nothing here (only the global metrics count it), an
+//! error is counted only for an item already tracked, and at most
+//! [`MAX_TRACKED_ITEMS`] items are tracked at once; requests for items past
+//! that are still served, just not counted per item (`untracked`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +30,6 @@ struct Counters {
     purchased: AtomicU64,
     sold_out: AtomicU64,
     limit_reached: AtomicU64,
-    not_found: AtomicU64,
     contention: AtomicU64,
     strategy_mismatch: AtomicU64,
     sale_restarted: AtomicU64,
@@ -87,31 +92,63 @@ fn latency_histogram() -> Histogram<u32> {
     Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
 }
 
+/// Items tracked at most: each costs about 2 KiB of counters (plus a latency
+/// histogram of about 14 KiB per strategy used, for one live-feed tick), so
+/// the map stays under about 20 MiB of counters whatever the traffic.
+pub const MAX_TRACKED_ITEMS: usize = 10_000;
+
 /// All counters of this instance.
 #[derive(Debug, Default)]
 pub struct Stats {
     items: RwLock<HashMap<ItemId, Arc<ItemCounters>>>,
+    /// Requests not counted per item because the map was full.
+    untracked: AtomicU64,
 }
 
 impl Stats {
-    fn item(&self, item: &ItemId) -> Arc<ItemCounters> {
+    fn existing(&self, item: &ItemId) -> Option<Arc<ItemCounters>> {
         // A poisoned lock means a panic while holding it; the map itself is
         // still consistent (inserts are single operations), so keep going.
-        if let Some(found) = self
-            .items
+        self.items
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(item)
-        {
-            return Arc::clone(found);
+            .cloned()
+    }
+
+    /// The item's counters, created if there is room.
+    fn item(&self, item: &ItemId) -> Option<Arc<ItemCounters>> {
+        if let Some(found) = self.existing(item) {
+            return Some(found);
         }
         let mut items = self.items.write().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(items.entry(item.clone()).or_default())
+        if items.len() >= MAX_TRACKED_ITEMS && !items.contains_key(item) {
+            self.untracked.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Arc::clone(items.entry(item.clone()).or_default()))
+    }
+
+    /// How many items are tracked now.
+    pub fn tracked_items(&self) -> usize {
+        self.items.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Requests not counted per item because [`MAX_TRACKED_ITEMS`] were
+    /// tracked already.
+    pub fn untracked(&self) -> u64 {
+        self.untracked.load(Ordering::Relaxed)
     }
 
     /// Counts one attempt that came to an outcome, and how long it took.
+    /// An item that does not exist is not tracked.
     pub fn record(&self, item: &ItemId, kind: StrategyKind, attempt: &Attempt, took: Duration) {
-        let counters = self.item(item);
+        if attempt.outcome == Outcome::ItemNotFound {
+            return;
+        }
+        let Some(counters) = self.item(item) else {
+            return;
+        };
         let c = &counters.counters[kind.index()];
         counters.latencies[kind.index()]
             .lock()
@@ -131,7 +168,7 @@ impl Stats {
             Outcome::Purchased { .. } => &c.purchased,
             Outcome::SoldOut => &c.sold_out,
             Outcome::LimitReached { .. } => &c.limit_reached,
-            Outcome::ItemNotFound => &c.not_found,
+            Outcome::ItemNotFound => return,
             Outcome::StrategyMismatch { .. } => &c.strategy_mismatch,
             Outcome::SaleRestarted => &c.sale_restarted,
             Outcome::Contended { .. } => &c.contention,
@@ -139,9 +176,13 @@ impl Stats {
         field.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one attempt that failed (Redis unreachable and the like).
+    /// Counts one attempt that failed (Redis unreachable and the like), for
+    /// an item already tracked: a failed request cannot say whether its item
+    /// exists, so it allocates nothing.
     pub fn record_error(&self, item: &ItemId, kind: StrategyKind) {
-        let counters = self.item(item);
+        let Some(counters) = self.existing(item) else {
+            return;
+        };
         let c = &counters.counters[kind.index()];
         c.attempts.fetch_add(1, Ordering::Relaxed);
         c.errors.fetch_add(1, Ordering::Relaxed);
@@ -218,6 +259,14 @@ mod tests {
             Duration::from_millis(4),
         );
         stats.record_error(&item, StrategyKind::Lua);
+        stats.record(
+            &ItemId::parse("nowhere").unwrap(),
+            StrategyKind::Lock,
+            &Attempt::new(Outcome::ItemNotFound),
+            Duration::from_millis(1),
+        );
+        stats.record_error(&ItemId::parse("never-seen").unwrap(), StrategyKind::Lua);
+        assert_eq!(stats.tracked_items(), 1, "no entry for a missing item");
         let snap = stats.snapshot(&item);
         let lock = snap[&StrategyKind::Lock];
         assert_eq!(

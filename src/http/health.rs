@@ -51,6 +51,6 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(&items, report.as_ref()),
+        state.metrics.render(&items, report.as_ref(), &state.stats),
     )
 }

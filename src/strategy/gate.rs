@@ -9,6 +9,10 @@
 //! comes from the wrapped strategy: the gate only changes who tries when.
 //! Offered as separate strategy names (`lock-gated`, `optimistic-gated`) so the
 //! same run can report a strategy with and without it.
+//!
+//! A gate lives only while someone holds or waits for it: the last one out
+//! removes it, so the map holds the items being bought right now, not every
+//! id a client ever sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +41,22 @@ impl Gated {
         }
     }
 
+    /// Drops `gate`, and its map entry if nobody else holds or waits for it.
+    /// Under the map lock no new holder can appear: `gate()` clones under it.
+    fn release(&self, item: &ItemId, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        // Two references: the map's and ours.
+        if Arc::strong_count(&gate) == 2 {
+            gates.remove(item);
+        }
+    }
+
+    /// How many items have a gate now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.gates.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn gate(&self, item: &ItemId) -> Arc<tokio::sync::Mutex<()>> {
         // A poisoned map is still a consistent map (single inserts only).
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
@@ -58,6 +78,55 @@ impl Strategy for Gated {
                 detail: format!("in-process gate not reached within {:?}", self.wait),
             }));
         };
-        self.inner.purchase(purchase).await
+        let attempt = self.inner.purchase(purchase).await;
+        drop(_turn);
+        self.release(&purchase.item, gate);
+        attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UserId;
+    use crate::snowflake::OrderId;
+
+    /// Answers at once, like a strategy on an item that does not exist.
+    struct Nothing;
+
+    #[async_trait]
+    impl Strategy for Nothing {
+        fn kind(&self) -> StrategyKind {
+            StrategyKind::Lock
+        }
+
+        async fn purchase(&self, _: &Purchase) -> Result<Attempt, StrategyError> {
+            tokio::task::yield_now().await;
+            Ok(Attempt::new(Outcome::ItemNotFound))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gates_of_finished_purchases_are_removed() {
+        let gated = Arc::new(Gated::new(
+            StrategyKind::LockGated,
+            Arc::new(Nothing),
+            Duration::from_secs(1),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..2_000 {
+            let gated = Arc::clone(&gated);
+            tasks.spawn(async move {
+                let purchase = Purchase::new(
+                    ItemId::parse(&format!("junk{}", i % 300)).unwrap(),
+                    UserId::parse("u").unwrap(),
+                    OrderId(1),
+                    StrategyKind::LockGated,
+                );
+                gated.purchase(&purchase).await.unwrap();
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(gated.len(), 0, "no gate left behind");
     }
 }

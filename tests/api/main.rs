@@ -8,6 +8,7 @@ mod durability;
 mod endpoints;
 mod health;
 mod helpers;
+mod hostile;
 mod instances;
 mod integrity;
 mod live;
