@@ -40,8 +40,8 @@ use rand::Rng;
 use redis::aio::ConnectionManager;
 
 use super::{
-    Attempt, Outcome, Purchase, Snapshot, SnapshotReplies, StockWrite, Strategy, StrategyError,
-    StrategyKind, Written,
+    Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
+    Written,
 };
 
 /// The release script, shared with the worker lease and redlock.
@@ -131,10 +131,13 @@ impl Strategy for Lock {
                 .arg(&token)
                 .arg(ttl_ms);
             Snapshot::read(&mut pipe, purchase);
-            let (fence, replies): (Option<i64>, SnapshotReplies) =
+            let (fence, meta, held, stock): (Option<i64>, _, _, _) =
                 pipe.query_async(&mut redis).await?;
-            let snapshot = Snapshot::from_replies(replies);
+            let snapshot = Snapshot::from_replies((meta, held, stock));
             if let Some(fence) = fence {
+                // The holder binds an unbound sale before deciding (once per
+                // sale); waiters only read.
+                let snapshot = snapshot.bound_for(&mut redis, purchase).await?;
                 break (snapshot, fence, Instant::now());
             }
             if let Some(rejection) = snapshot.rejection(purchase.strategy) {

@@ -45,11 +45,19 @@ pub mod optimistic;
 pub mod redlock;
 pub mod sql;
 
-/// `snapshot.lua`: the reads every read-check-write strategy starts with, and
-/// the sale's strategy binding.
+/// `snapshot.lua`: the reads a read-check-write strategy decides on, and the
+/// sale's strategy binding.
 const SNAPSHOT_LUA: &str = include_str!("snapshot.lua");
 /// `write.lua`: the generation-checked (and optionally fenced) write.
 const WRITE_LUA: &str = include_str!("write.lua");
+
+/// The same scripts for calls on their own: `EVALSHA` sends a 40-byte hash
+/// instead of the script, and loads the script on `NOSCRIPT`. Inside a
+/// pipeline a `NOSCRIPT` could not be retried, so pipelines send `EVAL`.
+static SNAPSHOT_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SNAPSHOT_LUA));
+static WRITE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(WRITE_LUA));
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -195,14 +203,49 @@ impl Purchase {
             .arg(&self.keys.buyers)
             .arg(&self.keys.orders)
             .arg(&self.keys.fence)
-            .arg(generation)
-            .arg(fence.map(|f| f.to_string()).unwrap_or_default())
-            .arg(match stock {
+            .arg(self.guarded_write_args(generation, fence, stock));
+    }
+
+    /// `write.lua` on its own (`EVALSHA`): what [`Self::add_guarded_write`]
+    /// adds to a pipeline.
+    pub async fn guarded_write(
+        &self,
+        redis: &mut impl redis::aio::ConnectionLike,
+        generation: u64,
+        stock: StockWrite,
+    ) -> Result<Written, StrategyError> {
+        let code: i64 = WRITE_SCRIPT
+            .key(&self.keys.stock)
+            .key(&self.keys.meta)
+            .key(&self.keys.buyers)
+            .key(&self.keys.orders)
+            .key(&self.keys.fence)
+            .arg(self.guarded_write_args(generation, None, stock))
+            .invoke_async(redis)
+            .await?;
+        Written::from_reply(code)?.unfenced()
+    }
+
+    fn guarded_write_args(
+        &self,
+        generation: u64,
+        fence: Option<i64>,
+        stock: StockWrite,
+    ) -> Vec<String> {
+        let mut args = vec![
+            generation.to_string(),
+            fence.map(|f| f.to_string()).unwrap_or_default(),
+            match stock {
                 StockWrite::Set(value) => value.to_string(),
                 StockWrite::Decrement => String::new(),
-            })
-            .arg(self.user.as_str())
-            .arg(&self.order_fields(generation));
+            },
+            self.user.to_string(),
+        ];
+        for (name, value) in self.order_fields(generation) {
+            args.push(name.to_owned());
+            args.push(value);
+        }
+        args
     }
 
     /// The fields of the order-log entry (`XADD ... * <fields>`) for a sale
@@ -384,66 +427,97 @@ impl Registry {
     }
 }
 
-/// The state every read-check-write strategy reads before deciding, from one
-/// `snapshot.lua` call (which also binds an unbound sale to the purchase's
-/// strategy).
+/// The state a read-check-write strategy decides on.
+///
+/// Two ways to read it: [`Snapshot::read`], plain reads in a pipeline, for
+/// buyers who only need to know whether to leave early (a lock waiter); and
+/// [`Snapshot::fetch`], `snapshot.lua`, which also binds an unbound sale to
+/// the purchase's strategy, for a buyer about to write. Waiters re-read on
+/// every round, so their read must stay cheap: running the script there (Lua,
+/// hundreds of times per unit sold) starved the lock holder on two cores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     pub limit: Option<u64>,
     pub generation: u64,
-    /// The strategy the sale is bound to.
+    /// The strategy the sale is bound to; `None`: unbound (a plain read).
     pub bound: Option<String>,
     pub held: u64,
     pub stock: i64,
-    /// This read bound the sale (it was unbound).
-    pub bound_now: bool,
 }
 
-/// Replies to [`Snapshot::read`].
+/// Replies to [`Snapshot::read`]: `HMGET meta per_user_limit generation
+/// strategy`, `HGET buyers <user>`, `GET stock`.
 pub(crate) type SnapshotReplies = (
+    (Option<u64>, Option<u64>, Option<String>),
+    Option<u64>,
+    Option<i64>,
+);
+
+/// Reply to `snapshot.lua`.
+type ScriptReply = (
     Option<u64>,
     Option<u64>,
     Option<String>,
     Option<u64>,
     Option<i64>,
-    u8,
 );
 
 impl Snapshot {
-    /// Adds the snapshot script to `pipe`; its reply reads with `from_replies`.
+    /// Adds the plain reads to `pipe`; the replies read with `from_replies`.
+    /// No binding: see [`Snapshot::bound_for`].
     pub fn read(pipe: &mut redis::Pipeline, purchase: &Purchase) {
-        pipe.cmd("EVAL")
-            .arg(SNAPSHOT_LUA)
-            .arg(3)
+        pipe.cmd("HMGET")
             .arg(&purchase.keys.meta)
+            .arg(&["per_user_limit", "generation", "strategy"])
+            .cmd("HGET")
             .arg(&purchase.keys.buyers)
-            .arg(&purchase.keys.stock)
             .arg(purchase.user.as_str())
-            .arg(purchase.strategy.as_str());
+            .cmd("GET")
+            .arg(&purchase.keys.stock);
     }
 
-    /// Reads a snapshot on its own.
-    pub async fn fetch(
-        redis: &mut impl redis::aio::ConnectionLike,
-        purchase: &Purchase,
-    ) -> Result<Self, StrategyError> {
-        let mut pipe = redis::pipe();
-        Self::read(&mut pipe, purchase);
-        let (replies,): (SnapshotReplies,) = pipe.query_async(redis).await?;
-        Ok(Self::from_replies(replies))
-    }
-
-    pub fn from_replies(
-        (limit, generation, bound, held, stock, bound_now): SnapshotReplies,
-    ) -> Self {
+    pub fn from_replies(((limit, generation, bound), held, stock): SnapshotReplies) -> Self {
         Self {
             limit,
             generation: generation.unwrap_or(0),
             bound,
             held: held.unwrap_or(0),
             stock: stock.unwrap_or(0),
-            bound_now: bound_now == 1,
         }
+    }
+
+    /// Reads and binds an unbound sale to the purchase's strategy
+    /// (`snapshot.lua`, `EVALSHA`): the read of a buyer about to write.
+    pub async fn fetch(
+        redis: &mut impl redis::aio::ConnectionLike,
+        purchase: &Purchase,
+    ) -> Result<Self, StrategyError> {
+        let (limit, generation, bound, held, stock): ScriptReply = SNAPSHOT_SCRIPT
+            .key(&purchase.keys.meta)
+            .key(&purchase.keys.buyers)
+            .key(&purchase.keys.stock)
+            .arg(purchase.user.as_str())
+            .arg(purchase.strategy.as_str())
+            .invoke_async(redis)
+            .await?;
+        Ok(Self::from_replies((
+            (limit, generation, bound),
+            held,
+            stock,
+        )))
+    }
+
+    /// This snapshot if its sale is bound, else a fresh one that binds it: a
+    /// plain read that found the sale unbound must bind before writing.
+    pub async fn bound_for(
+        self,
+        redis: &mut impl redis::aio::ConnectionLike,
+        purchase: &Purchase,
+    ) -> Result<Self, StrategyError> {
+        if self.limit.is_none() || self.bound.is_some() {
+            return Ok(self);
+        }
+        Self::fetch(redis, purchase).await
     }
 
     /// The rejection this snapshot calls for, if any, for a purchase naming
@@ -451,6 +525,7 @@ impl Snapshot {
     pub fn rejection(&self, strategy: StrategyKind) -> Option<Outcome> {
         match (self.limit, &self.bound) {
             (None, _) => Some(Outcome::ItemNotFound),
+            // Unbound (a plain read) is no mismatch: the writer binds first.
             (Some(_), Some(bound)) if bound != strategy.as_str() => {
                 Some(Outcome::StrategyMismatch {
                     bound: bound.clone(),
@@ -489,12 +564,9 @@ mod tests {
     fn snapshot_checks_existence_then_binding_then_limit_then_stock() {
         let snap = |limit, bound: &str, held, stock| {
             Snapshot::from_replies((
-                limit,
-                Some(1),
-                Some(bound.to_owned()),
+                (limit, Some(1), Some(bound.to_owned())),
                 Some(held),
                 Some(stock),
-                0,
             ))
         };
         let lua = StrategyKind::Lua;

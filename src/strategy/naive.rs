@@ -53,15 +53,10 @@ impl Strategy for Naive {
         // The value computed from the read, whatever happened since: the lost
         // update this strategy exists to show.
         let remaining = snapshot.stock - 1;
-        let mut write = redis::pipe();
-        purchase.add_guarded_write(
-            &mut write,
-            snapshot.generation,
-            None,
-            StockWrite::Set(remaining),
-        );
-        let (code,): (i64,) = write.query_async(&mut redis).await?;
-        if Written::from_reply(code)?.unfenced()? == Written::SaleRestarted {
+        let written = purchase
+            .guarded_write(&mut redis, snapshot.generation, StockWrite::Set(remaining))
+            .await?;
+        if written == Written::SaleRestarted {
             return Ok(Attempt::new(Outcome::SaleRestarted));
         }
         Ok(Attempt::new(Outcome::Purchased { remaining }))

@@ -12,8 +12,8 @@
 //! purchase (or a restock) writes the watched keys, so a buyer is aborted at most
 //! once per unit someone else bought. With `max_retries` at or above the stock,
 //! no buyer gives up while stock remains. Binding an unbound sale to
-//! `optimistic` writes the watched meta hash too: the buyer whose read bound it
-//! reads again at once (not a retry), since its transaction would abort.
+//! `optimistic` writes the watched meta hash too, so a buyer who finds the sale
+//! unbound binds it before watching (not a retry).
 //!
 //! A restock writes the watched keys as well: the transaction aborts, and the
 //! retry sees a new generation. The purchase was made for the sale it first
@@ -61,10 +61,13 @@ impl Optimistic {
                 .arg(&keys.meta)
                 .ignore();
             Snapshot::read(&mut read, purchase);
-            let (replies,): (SnapshotReplies,) = read.query_async(&mut **conn).await?;
+            let replies: SnapshotReplies = read.query_async(&mut **conn).await?;
             let snapshot = Snapshot::from_replies(replies);
-            if snapshot.bound_now {
+            if snapshot.limit.is_some() && snapshot.bound.is_none() {
+                // Bind outside the watch: binding writes the watched meta
+                // hash, which would abort our own transaction.
                 redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
+                Snapshot::fetch(&mut **conn, purchase).await?;
                 continue;
             }
             let rejection = match sale {

@@ -171,8 +171,18 @@ impl Redlock {
         .await;
     }
 
+    /// The holder's read: binds an unbound sale.
     async fn snapshot(&self, purchase: &Purchase) -> Result<Snapshot, StrategyError> {
         Snapshot::fetch(&mut self.redis.clone(), purchase).await
+    }
+
+    /// A waiter's read, to leave early: plain reads, no script.
+    async fn peek(&self, purchase: &Purchase) -> Result<Snapshot, StrategyError> {
+        let mut read = redis::pipe();
+        Snapshot::read(&mut read, purchase);
+        Ok(Snapshot::from_replies(
+            read.query_async(&mut self.redis.clone()).await?,
+        ))
     }
 }
 
@@ -193,7 +203,7 @@ impl Strategy for Redlock {
             if let Some(validity) = self.try_acquire(&resource, &token).await {
                 break (validity, round);
             }
-            if let Some(rejection) = self.snapshot(purchase).await?.rejection(purchase.strategy) {
+            if let Some(rejection) = self.peek(purchase).await?.rejection(purchase.strategy) {
                 return Ok(Attempt::new(rejection).with_retries(waits));
             }
             if Instant::now() + backoff > deadline {
@@ -228,15 +238,14 @@ impl Strategy for Redlock {
                 });
             }
             let remaining = snapshot.stock - 1;
-            let mut write = redis::pipe();
-            purchase.add_guarded_write(
-                &mut write,
-                snapshot.generation,
-                None,
-                StockWrite::Set(remaining),
-            );
-            let (code,): (i64,) = write.query_async(&mut self.redis.clone()).await?;
-            Ok(match Written::from_reply(code)?.unfenced()? {
+            let written = purchase
+                .guarded_write(
+                    &mut self.redis.clone(),
+                    snapshot.generation,
+                    StockWrite::Set(remaining),
+                )
+                .await?;
+            Ok(match written {
                 Written::Yes => Outcome::Purchased { remaining },
                 _ => Outcome::SaleRestarted,
             })

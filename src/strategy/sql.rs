@@ -159,13 +159,9 @@ impl Sql {
 
     /// Copies a committed sale into Redis. Best effort: see the module doc.
     async fn mirror(&self, purchase: &Purchase, generation: u64) {
-        let mut write = redis::pipe();
-        purchase.add_guarded_write(&mut write, generation, None, StockWrite::Decrement);
-        let mirrored = write
-            .query_async::<(i64,)>(&mut self.redis.clone())
-            .await
-            .map_err(StrategyError::from)
-            .and_then(|(code,)| Written::from_reply(code)?.unfenced());
+        let mirrored = purchase
+            .guarded_write(&mut self.redis.clone(), generation, StockWrite::Decrement)
+            .await;
         match mirrored {
             Ok(Written::Yes) => {}
             Ok(_) => tracing::warn!(

@@ -631,6 +631,10 @@ async fn binding_a_sale_does_not_abort_the_optimistic_buyer_that_binds_it() {
         assert_eq!(status, 201, "{strategy}: {body}");
         let view = app.item(&item).await;
         assert_eq!(view["strategies"][strategy]["retries"], 0, "{view}");
+        assert_eq!(
+            view["strategy"], strategy,
+            "the purchase bound the sale: {view}"
+        );
     }
 }
 
