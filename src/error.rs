@@ -18,9 +18,14 @@ pub enum ApiError {
     /// 401 `unauthorized`: admin endpoint without the right bearer token.
     #[error("this endpoint needs `Authorization: Bearer <ADMIN_TOKEN>`")]
     Unauthorized,
-    /// 403 `forbidden`: admin endpoint on a non-loopback bind with no token set.
-    #[error("admin endpoints are disabled: set ADMIN_TOKEN or bind to a loopback address")]
-    AdminDisabled,
+    /// 403 `forbidden`: an admin endpoint, with no token set, from where
+    /// admin is not allowed (see `http::admin`); the message says why.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 415 `unsupported_media_type`: an admin body that is not
+    /// `application/json` (a cross-site form cannot send that type).
+    #[error("admin request bodies must be sent as Content-Type: application/json")]
+    UnsupportedMediaType,
     /// 404 `item_not_found`.
     #[error("item `{0}` does not exist; create it with PUT /api/items/{0}")]
     ItemNotFound(String),
@@ -101,7 +106,8 @@ impl ApiError {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::AdminDisabled => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ItemNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::SoldOut(_)
@@ -119,7 +125,8 @@ impl ApiError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Unauthorized => "unauthorized",
-            Self::AdminDisabled => "forbidden",
+            Self::Forbidden(_) => "forbidden",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::ItemNotFound(_) => "item_not_found",
             Self::RouteNotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",

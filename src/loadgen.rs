@@ -233,6 +233,28 @@ pub type Observer = Arc<dyn Fn(Progress) + Send + Sync>;
 /// How often progress is reported.
 const TICK: Duration = Duration::from_millis(200);
 
+/// Spawned tasks that end with the future owning them: a race cancelled
+/// mid-run (its task aborted) must not leave its buyers sending.
+struct Owned<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Owned<T> {
+    async fn join_all(mut self) -> Result<Vec<T>, tokio::task::JoinError> {
+        let mut outcomes = Vec::with_capacity(self.0.len());
+        for handle in &mut self.0 {
+            outcomes.push(handle.await?);
+        }
+        Ok(outcomes)
+    }
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
 /// Measures the ceiling, then races each strategy on its own fresh item.
 pub async fn race(
     target: &Target,
@@ -264,10 +286,10 @@ pub async fn measure_ceiling(
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let mut workers = Vec::new();
+    let mut workers = Owned(Vec::new());
     for _ in 0..concurrency {
         let (target, stop, count) = (target.clone(), Arc::clone(&stop), Arc::clone(&count));
-        workers.push(tokio::spawn(async move {
+        workers.0.push(tokio::spawn(async move {
             let mut conn = Conn::default();
             let mut histogram = new_histogram();
             while !stop.load(Ordering::Relaxed) {
@@ -296,8 +318,8 @@ pub async fn measure_ceiling(
     }
     stop.store(true, Ordering::Relaxed);
     let mut histogram = new_histogram();
-    for worker in workers {
-        histogram.add(worker.await?).context("merging histograms")?;
+    for worker in workers.join_all().await? {
+        histogram.add(worker).context("merging histograms")?;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let requests = histogram.len();
@@ -388,12 +410,14 @@ async fn race_one(
         start: Instant::now(),
         sold_out_at_us: AtomicU64::new(0),
     });
-    let workers: Vec<_> = (0..plan.concurrency)
-        .map(|_| tokio::spawn(buy_loop(Arc::clone(&shared))))
-        .collect();
+    let workers = Owned(
+        (0..plan.concurrency)
+            .map(|_| tokio::spawn(buy_loop(Arc::clone(&shared))))
+            .collect(),
+    );
     let ticker = {
         let (shared, observe) = (Arc::clone(&shared), Arc::clone(observe));
-        tokio::spawn(async move {
+        Owned(vec![tokio::spawn(async move {
             loop {
                 tokio::time::sleep(TICK).await;
                 observe(Progress::Running {
@@ -406,21 +430,20 @@ async fn race_one(
                     shared.stop.store(true, Ordering::Relaxed);
                 }
             }
-        })
+        })])
     };
 
     let mut histogram = new_histogram();
     let mut statuses = StatusCounts::default();
     let mut order_ids = Vec::new();
-    for worker in workers {
-        let outcome = worker.await?;
+    for outcome in workers.join_all().await? {
         histogram
             .add(outcome.histogram)
             .context("merging histograms")?;
         statuses.add(&outcome.statuses);
         order_ids.extend(outcome.order_ids);
     }
-    ticker.abort();
+    drop(ticker);
     let elapsed = shared.start.elapsed().as_secs_f64();
     observe(Progress::Verifying { strategy });
 

@@ -1,9 +1,14 @@
 //! The status page's race control: runs the load generator ([`crate::loadgen`])
 //! against this very server, one race at a time, and keeps its progress for
 //! the live feed.
+//!
+//! A race is bounded: it is cancelled after [`RaceControl::time_bound`]
+//! (each strategy's duration plus [`OVERHEAD_PER_STRATEGY`] for its ceiling
+//! probe, set-up and checks), by `DELETE /api/race`, and at shutdown.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -43,10 +48,16 @@ pub enum RaceError {
     NoAddress,
 }
 
+/// Time a race may take per strategy beyond its duration: the ceiling probe,
+/// creating the item, and reading back the truths.
+pub const OVERHEAD_PER_STRATEGY: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 pub struct RaceControl {
     status: Arc<Mutex<RaceStatus>>,
     address: OnceLock<SocketAddr>,
+    /// The running race's task, to cancel it.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl RaceControl {
@@ -66,6 +77,25 @@ impl RaceControl {
             .clone()
     }
 
+    /// The longest `plan` may run before it is cancelled.
+    pub fn time_bound(plan: &RacePlan) -> Duration {
+        (plan.duration + OVERHEAD_PER_STRATEGY) * plan.strategies.len().max(1) as u32
+    }
+
+    /// Stops the running race, if any; `why` becomes its phase.
+    pub fn cancel(&self, why: &str) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            if status.running {
+                status.running = false;
+                status.strategy = None;
+                status.phase = why.to_owned();
+            }
+        }
+    }
+
     /// Starts a race in the background.
     pub fn start(&self, plan: RacePlan, admin_token: Option<String>) -> Result<(), RaceError> {
         let address = *self.address.get().ok_or(RaceError::NoAddress)?;
@@ -82,7 +112,9 @@ impl RaceControl {
             };
         }
         let status = Arc::clone(&self.status);
-        tokio::spawn(async move {
+        let bound = Self::time_bound(&plan);
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        let handle = tokio::spawn(async move {
             let target = Target {
                 addr: address,
                 host: address.to_string(),
@@ -120,19 +152,32 @@ impl RaceControl {
                     }),
                 }
             });
-            let outcome = loadgen::race(&target, &plan, observer).await;
+            let outcome =
+                tokio::time::timeout(bound, loadgen::race(&target, &plan, observer)).await;
             let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
             s.running = false;
             s.strategy = None;
             match outcome {
-                Ok(_) => s.phase = "done".into(),
-                Err(err) => {
+                Ok(Ok(_)) => s.phase = "done".into(),
+                Ok(Err(err)) => {
                     tracing::warn!(error = format!("{err:#}"), "race failed");
                     s.phase = "failed".into();
                     s.error = Some(format!("{err:#}"));
                 }
+                Err(_) => {
+                    tracing::warn!(
+                        bound_s = bound.as_secs(),
+                        "race cancelled at its time bound"
+                    );
+                    s.phase = "timed out".into();
+                    s.error = Some(format!(
+                        "the race exceeded its bound of {} s",
+                        bound.as_secs()
+                    ));
+                }
             }
         });
+        *task = Some(handle.abort_handle());
         Ok(())
     }
 }

@@ -21,13 +21,16 @@ pub async fn run(
     state.race.set_address(listener.local_addr()?);
     let closing = state.closing.clone();
     let app = crate::http::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closing.send_replace(true);
-        })
-        .await
-        .context("HTTP server failed")
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        closing.send_replace(true);
+    })
+    .await
+    .context("HTTP server failed")
 }
 
 /// `seckill serve`: builds everything from `config` and serves until ctrl-c or

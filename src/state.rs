@@ -265,6 +265,9 @@ impl App {
     /// drains the order logs into SQL, then the worker lease is released.
     pub async fn shutdown(self) {
         self.state.closing.send_replace(true);
+        self.state
+            .race
+            .cancel("stopped: the server is shutting down");
         let _ = self.live.await;
         if let Some(persister) = self.persister {
             persister.drain_and_stop().await;

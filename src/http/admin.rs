@@ -1,9 +1,20 @@
 //! The admin guard: an extractor that admin handlers take first, so an
 //! unauthorised request is refused before its body is even read.
+//!
+//! With `ADMIN_TOKEN` set, a request needs `Authorization: Bearer <token>`,
+//! compared in time that depends on neither the token's content nor its
+//! length. Without it, admin is allowed only while the server is bound to
+//! loopback, and only for a request whose TCP peer is a loopback address and
+//! that carries no `Forwarded`, `X-Forwarded-For` or `X-Real-IP` header: a
+//! same-host proxy (nginx in front of the service) connects from loopback
+//! too, on behalf of anyone, and says so in those headers.
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName};
 
 use crate::error::ApiError;
 use crate::state::{AdminPolicy, AppState};
@@ -11,17 +22,23 @@ use crate::state::{AdminPolicy, AppState};
 /// Proof that the request may use admin endpoints.
 pub struct Admin;
 
+/// Headers a proxy adds for the client it forwards.
+const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match &state.admin {
-            AdminPolicy::LoopbackOnly {
-                bound_to_loopback: true,
-            } => Ok(Admin),
-            AdminPolicy::LoopbackOnly {
-                bound_to_loopback: false,
-            } => Err(ApiError::AdminDisabled),
+            AdminPolicy::LoopbackOnly { bound_to_loopback } => {
+                let peer = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|info| info.0);
+                loopback_verdict(*bound_to_loopback, peer, &parts.headers)
+                    .map(|()| Admin)
+                    .map_err(ApiError::Forbidden)
+            }
             AdminPolicy::Token(expected) => {
                 let presented = parts
                     .headers
@@ -39,24 +56,83 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// Compares without returning early on the first differing byte, so response
-/// time does not reveal how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
+/// Whether a token-less admin request may pass, or why not.
+fn loopback_verdict(
+    bound_to_loopback: bool,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(), &'static str> {
+    if !bound_to_loopback {
+        return Err("admin endpoints are disabled: set ADMIN_TOKEN, or bind to a loopback address");
+    }
+    if !peer.is_some_and(|peer| peer.ip().is_loopback()) {
+        return Err("without ADMIN_TOKEN, admin requests are accepted from this machine only");
+    }
+    if FORWARDING_HEADERS
+        .iter()
+        .any(|name| headers.contains_key(HeaderName::from_static(name)))
+    {
+        return Err(
+            "without ADMIN_TOKEN, admin requests forwarded by a proxy are refused; set ADMIN_TOKEN",
+        );
+    }
+    Ok(())
+}
+
+/// Compares in time that depends only on the length of `presented` (which
+/// the caller chose): every presented byte is compared, against the expected
+/// token repeated, and a length mismatch is folded into the result rather
+/// than returned early, so timing reveals neither how much of a guess was
+/// right nor how long the token is. `expected` is never empty (an empty
+/// ADMIN_TOKEN means no token).
+fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+    if expected.is_empty() {
         return false;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let mut diff = u8::from(presented.len() != expected.len());
+    for (i, byte) in presented.iter().enumerate() {
+        diff |= byte ^ expected[i % expected.len()];
+    }
+    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
 
     #[test]
     fn tokens_compare_equal_only_when_identical() {
         assert!(constant_time_eq(b"secret", b"secret"));
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(
+            !constant_time_eq(b"secretsecret", b"secret"),
+            "a repeat is not the token"
+        );
         assert!(!constant_time_eq(b"", b"x"));
+        assert!(!constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn token_less_admin_needs_a_loopback_peer_and_no_proxy() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "203.0.113.7:5000".parse().unwrap();
+        let none = HeaderMap::new();
+        assert!(loopback_verdict(true, Some(local), &none).is_ok());
+        assert!(loopback_verdict(true, Some("[::1]:1".parse().unwrap()), &none).is_ok());
+        assert!(loopback_verdict(true, Some(remote), &none).is_err());
+        assert!(loopback_verdict(true, None, &none).is_err(), "unknown peer");
+        assert!(loopback_verdict(false, Some(local), &none).is_err());
+        for name in FORWARDING_HEADERS {
+            let mut forwarded = HeaderMap::new();
+            forwarded.insert(
+                HeaderName::from_static(name),
+                "198.51.100.1".parse().unwrap(),
+            );
+            assert!(
+                loopback_verdict(true, Some(local), &forwarded).is_err(),
+                "{name}"
+            );
+        }
     }
 }

@@ -3,12 +3,12 @@
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::Deserialize;
 
 use super::admin::Admin;
-use super::{item_id, json_body};
+use super::{item_id, json_body, require_json_type};
 use crate::error::ApiError;
 use crate::sale::{ItemSettings, ItemView, MAX_PER_USER_LIMIT, MAX_STOCK};
 use crate::state::AppState;
@@ -61,9 +61,11 @@ pub async fn put_item(
     _admin: Admin,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<ItemView>), ApiError> {
     let item = item_id(path)?;
+    require_json_type(&headers, &body)?;
     let input: ItemInput = json_body(body)?.ok_or_else(|| {
         ApiError::invalid(
             r#"a JSON body is required, e.g. {"stock":100,"per_user_limit":1,"strategy":"lua"}"#,

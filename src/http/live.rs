@@ -1,6 +1,7 @@
 //! The status page's endpoints: the latest snapshot (`GET /api/stats`), the
 //! live feed (`GET /api/stats/stream`, Server-Sent Events, about twice a
-//! second), and the race control (`POST /api/race`, admin).
+//! second), and the race control (`POST /api/race` to start one, `DELETE
+//! /api/race` to cancel it; admin).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use super::admin::Admin;
-use super::json_body;
+use super::{json_body, require_json_type};
 use crate::error::ApiError;
 use crate::loadgen::RacePlan;
 use crate::race::{RaceError, RaceStatus};
@@ -75,18 +76,31 @@ struct RaceInput {
 
 /// `POST /api/race`: fresh identical items, one per strategy, driven by the
 /// load generator against this server. 202 and the status; 409 while one runs.
+/// Each strategy at most once; the whole race is bounded in time (see
+/// [`crate::race`]).
 pub async fn start_race(
     _admin: Admin,
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RaceStatus>), ApiError> {
+    require_json_type(&headers, &body)?;
     let input: RaceInput = json_body(body)?.unwrap_or_default();
     let strategies = match input.strategies {
-        Some(names) if !names.is_empty() => names
-            .iter()
-            .map(|n| state.strategies.get(n).map(|s| s.kind()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ApiError::invalid)?,
+        Some(names) if !names.is_empty() => {
+            let kinds = names
+                .iter()
+                .map(|n| state.strategies.get(n).map(|s| s.kind()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ApiError::invalid)?;
+            let distinct: std::collections::BTreeSet<_> = kinds.iter().collect();
+            if distinct.len() != kinds.len() {
+                return Err(ApiError::invalid(
+                    "`strategies` names a strategy more than once; each races once",
+                ));
+            }
+            kinds
+        }
         _ => StrategyKind::ALL.to_vec(),
     };
     let stock = input.stock.unwrap_or(2_000);
@@ -121,4 +135,10 @@ pub async fn start_race(
         Err(RaceError::AlreadyRunning) => Err(ApiError::RaceRunning),
         Err(err @ RaceError::NoAddress) => Err(ApiError::Internal(err.into())),
     }
+}
+
+/// `DELETE /api/race`: cancels the running race, if any. 200 and the status.
+pub async fn cancel_race(_admin: Admin, State(state): State<AppState>) -> Json<RaceStatus> {
+    state.race.cancel("cancelled");
+    Json(state.race.status())
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::Uri;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,7 +42,10 @@ pub fn router(state: AppState) -> Router {
         .nest_service("/static", ServeDir::new(&page))
         .route("/api/stats", get(live::stats))
         .route("/api/stats/stream", get(live::stream))
-        .route("/api/race", post(live::start_race))
+        .route(
+            "/api/race",
+            post(live::start_race).delete(live::cancel_race),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -91,6 +95,29 @@ async fn request_timeout(State(limit): State<Duration>, request: Request, next: 
 fn item_id(path: Result<Path<String>, PathRejection>) -> Result<ItemId, ApiError> {
     let Path(raw) = path.map_err(|r| ApiError::invalid(r.body_text()))?;
     ItemId::parse(&raw).map_err(ApiError::invalid)
+}
+
+/// An admin body must say it is JSON: browsers send `application/json` only
+/// after a CORS preflight this service never grants, so a cross-site form
+/// (`text/plain`, form types) cannot reach an admin endpoint. An empty body
+/// needs no type.
+fn require_json_type(
+    headers: &HeaderMap,
+    body: &Result<Bytes, BytesRejection>,
+) -> Result<(), ApiError> {
+    let empty = body
+        .as_ref()
+        .is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace));
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if empty || json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
 }
 
 /// Parses a JSON body whatever its content type (`curl -d` sends a form type),

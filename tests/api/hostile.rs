@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use crate::helpers::{spawn_app, unique};
+use crate::helpers::{assert_error, spawn_app, unique};
 
 /// Every strategy name a client may send.
 const STRATEGIES: [&str; 8] = [
@@ -69,4 +69,136 @@ async fn a_flood_of_junk_item_ids_allocates_nothing() {
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Without ADMIN_TOKEN, a same-host proxy's request (it connects from
+/// loopback on someone else's behalf, and says so) is refused, and so is a
+/// body a cross-site form could send.
+#[tokio::test]
+async fn token_less_admin_refuses_proxied_requests_and_non_json_bodies() {
+    let app = spawn_app().await;
+    let item = unique("admin-guard");
+    let url = app.url(&format!("/api/items/{item}"));
+    for header in ["X-Forwarded-For", "X-Real-IP", "Forwarded"] {
+        let response = app
+            .client
+            .put(&url)
+            .header(header, "for=198.51.100.7")
+            .json(&serde_json::json!({"stock": 3}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 403, "forbidden").await;
+    }
+    let response = app
+        .client
+        .put(&url)
+        .header("content-type", "text/plain")
+        .body(r#"{"stock":3}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 415, "unsupported_media_type").await;
+    let response = app
+        .client
+        .post(app.url("/api/race"))
+        .header("content-type", "text/plain")
+        .body(r#"{"strategies":["lua"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 415, "unsupported_media_type").await;
+    assert!(
+        app.redis_snapshot(&item).await.is_empty(),
+        "nothing created"
+    );
+    // No race was started: a proper one is accepted, not refused with 409.
+    let proper = post_race(&app, serde_json::json!({"strategies": ["lua"]})).await;
+    assert_eq!(proper.status(), 202);
+    app.client
+        .delete(app.url("/api/race"))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn post_race(app: &crate::helpers::TestApp, body: serde_json::Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/race"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The race control: each strategy once, one race at a time, cancellable, and
+/// stopped by shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_names_each_strategy_once_runs_alone_and_can_be_cancelled() {
+    let app = spawn_app().await;
+    let repeated = serde_json::json!({"strategies": ["lua", "lua", "lua"]});
+    let body = assert_error(post_race(&app, repeated).await, 400, "invalid_request").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than once")
+    );
+
+    let long = serde_json::json!({
+        "strategies": ["lua"], "stock": 1_000_000, "concurrency": 2, "duration_s": 60
+    });
+    assert_eq!(post_race(&app, long.clone()).await.status(), 202);
+    assert_error(post_race(&app, long.clone()).await, 409, "race_running").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let race = app.client.get(app.url("/api/stats")).send().await.unwrap();
+        let race: serde_json::Value = race.json().await.unwrap();
+        let purchased = race["race"]["purchased"].as_u64().unwrap_or(0);
+        if race["race"]["strategy"] == "lua" && purchased > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the race never started: {race}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let cancelled: serde_json::Value = app
+        .client
+        .delete(app.url("/api/race"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&cancelled["running"], &cancelled["phase"]),
+        (&serde_json::json!(false), &serde_json::json!("cancelled")),
+        "{cancelled}"
+    );
+    // Cancelled means stopped: the race's item receives no more purchases.
+    let attempts = || async {
+        let items: serde_json::Value = app.get_json("/api/items").await;
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["item_id"].as_str().unwrap().starts_with("race-"))
+            .map(|i| i["strategies"]["lua"]["attempts"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let settled = attempts().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        attempts().await,
+        settled,
+        "the cancelled race still sends purchases"
+    );
+    // Another may start, and shutdown stops it.
+    assert_eq!(post_race(&app, long).await.status(), 202);
+    tokio::time::timeout(std::time::Duration::from_secs(20), app.stop())
+        .await
+        .expect("shutdown stops a running race instead of waiting for it");
 }
