@@ -105,6 +105,16 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
+    /// A connection must send a whole request head within this time (ms), or
+    /// it is closed: bounds a half-sent request and an idle keep-alive
+    /// connection alike.
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub header_timeout_ms: u64,
+
+    /// Open connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4_096)]
+    pub max_connections: usize,
+
     /// Lab knob: sleep this long between reading and writing the stock, in
     /// `naive` (so its oversell shows even at low load) and in `lock` while
     /// holding the lock (above `LOCK_TTL_MS` it shows what lock expiry does).

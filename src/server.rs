@@ -1,18 +1,38 @@
 //! Starting and stopping the service: `serve` wires configuration into state and
 //! `run` serves a router on a listener until a shutdown future resolves. Tests
 //! call `run` with their own port-0 listener and stop signal.
+//!
+//! `run` is its own accept loop over hyper's HTTP/1 connection builder rather
+//! than `axum::serve`, for the limits a hostile client calls for:
+//! - `HEADER_TIMEOUT_MS`: a connection that has not sent a whole request head
+//!   within this time is closed. hyper starts this timer whenever it waits
+//!   for a head, so it bounds a half-sent request and an idle keep-alive
+//!   connection alike;
+//! - `MAX_CONNECTIONS`: connections past it wait in the listen backlog until
+//!   one closes;
+//! - shutdown: stop accepting, let each connection finish its request, and
+//!   close whatever is still open after `REQUEST_TIMEOUT_MS`, so a client
+//!   that never finishes cannot hold the process (and its persister's drain)
+//!   hostage.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use anyhow::Context;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::redis_server::{RedisServer, RedisServerOptions};
 use crate::state::{App, AppState};
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish (each is bounded by the request timeout).
+/// requests finish, closing what is still open after the request timeout.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -20,17 +40,76 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     state.race.set_address(listener.local_addr()?);
     let closing = state.closing.clone();
+    let (header_timeout, grace) = (state.header_timeout, state.request_timeout);
+    let permits = Arc::new(Semaphore::new(state.max_connections.max(1)));
     let app = crate::http::router(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        closing.send_replace(true);
+    let (stop, stopping) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit.context("connection limit closed")?,
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let (app, mut stopping) = (app.clone(), stopping.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let _ = stream.set_nodelay(true);
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(request)
+                });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = served {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Ends endless responses (the SSE feed), then every connection's
+    // keep-alive; requests under way finish within the request timeout.
+    closing.send_replace(true);
+    stop.send_replace(true);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
     })
-    .await
-    .context("HTTP server failed")
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            grace_ms = grace.as_millis() as u64,
+            "connections still open after the grace period; closing them"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+    Ok(())
 }
 
 /// `seckill serve`: builds everything from `config` and serves until ctrl-c or

@@ -57,8 +57,12 @@ pub struct Shared {
     pub admin: AdminPolicy,
     /// `None` when this instance runs no persister (`PERSISTER=false`).
     pub persister: Option<PersisterHandle>,
-    /// Upper bound on a request's time.
+    /// Upper bound on a request's time, and the grace period at shutdown.
     pub request_timeout: Duration,
+    /// Time a connection has to send a whole request head (idle included).
+    pub header_timeout: Duration,
+    /// Open connections served at once.
+    pub max_connections: usize,
     /// Set when shutdown starts, so endless responses (the SSE feed) end and
     /// graceful shutdown is not held open by a status page.
     pub closing: watch::Sender<bool>,
@@ -247,6 +251,8 @@ impl App {
             admin,
             persister: persister.as_ref().map(Persister::handle),
             request_timeout: config.request_timeout(),
+            header_timeout: Duration::from_millis(config.header_timeout_ms.max(1)),
+            max_connections: config.max_connections,
             closing: watch::channel(false).0,
             live: live_rx,
             race: crate::race::RaceControl::default(),

@@ -2,6 +2,7 @@
 //! idle clients, and admin requests from where they should not come.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 
@@ -201,4 +202,93 @@ async fn a_race_names_each_strategy_once_runs_alone_and_can_be_cancelled() {
     tokio::time::timeout(std::time::Duration::from_secs(20), app.stop())
         .await
         .expect("shutdown stops a running race instead of waiting for it");
+}
+
+/// A raw connection to the app, for clients no HTTP library would be.
+async fn raw(app: &crate::helpers::TestApp) -> tokio::net::TcpStream {
+    let address = app.address.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(address).await.unwrap()
+}
+
+/// Reads until the server closes the connection; panics if it has not within
+/// `within` (a liveness bound, generous on purpose). Returns what was read.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn half_sent_requests_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_app_with(|c| c.header_timeout_ms = 300).await;
+    let mut half = raw(&app).await;
+    half.write_all(b"POST /api/items/x/purchase HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    closed_by_server(&mut half, Duration::from_secs(5)).await;
+
+    let mut idle = raw(&app).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = closed_by_server(&mut idle, Duration::from_secs(5)).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.max_connections = 2;
+        c.header_timeout_ms = 60_000;
+    })
+    .await;
+    let first = raw(&app).await;
+    let _second = raw(&app).await;
+    let mut third = raw(&app).await;
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served past MAX_CONNECTIONS");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}
+
+/// Shutdown with a client that never finishes its request: the process does
+/// not wait for it past the request timeout.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_half_sent_request() {
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.request_timeout_ms = 1_000;
+        c.header_timeout_ms = 600_000;
+    })
+    .await;
+    let mut half = raw(&app).await;
+    half.write_all(b"POST /api/items/x/purchase HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(15), app.stop())
+        .await
+        .expect("shutdown finished within the request timeout, not the client's pleasure");
 }
