@@ -149,6 +149,12 @@ pub struct Config {
     #[arg(long, env = "PERSISTER_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub persister_claim_idle_ms: u64,
 
+    /// Persister: how long the drain at shutdown may take (ms). Orders it
+    /// cannot move in time (the database is down) stay in Redis and reach SQL
+    /// after the next start.
+    #[arg(long, env = "PERSISTER_DRAIN_MS", default_value_t = 10_000)]
+    pub persister_drain_ms: u64,
+
     /// Directory of the status page's files (`index.html`, script, styles).
     #[arg(long, env = "STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"))]
     pub static_dir: std::path::PathBuf,

@@ -58,6 +58,10 @@ pub struct PersisterConfig {
     pub claim_idle: Duration,
     /// Unique per process: the consumer name in the group.
     pub consumer: String,
+    /// How long the drain at shutdown may take (`PERSISTER_DRAIN_MS`). What
+    /// it cannot move in time stays in Redis, pending, and reaches SQL after
+    /// the next start.
+    pub drain_timeout: Duration,
 }
 
 /// What the persister has done, for `/api/persister` and `/metrics`.
@@ -190,9 +194,6 @@ fn report(consumer: &str, status: &PersisterStatus) -> PersisterReport {
 /// After a failed step, wait this long before the next: Redis or the database
 /// is likely down, and hammering it helps nobody.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
-/// While draining, give up after this many consecutive failures: the entries
-/// stay pending in Redis and are reclaimed by the next start.
-const DRAIN_ATTEMPTS: u32 = 5;
 
 async fn run(
     redis: ConnectionManager,
@@ -206,33 +207,59 @@ async fn run(
         db,
         grouped: HashSet::new(),
         last_claim: None,
+        own_pending_due: true,
         config,
     };
-    let mut failures = 0;
+    // Set when the stop comes: the drain runs until nothing is left or
+    // this passes, each step cut short at it (an insert waiting on a locked
+    // database must not hold the process).
+    let mut drain_deadline: Option<Instant> = None;
+    let drain_timeout = worker.config.drain_timeout;
     loop {
         let draining = *stopped.borrow();
-        match worker.step(!draining, &status).await {
+        let step = worker.step(!draining, &status);
+        let result = if draining {
+            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + drain_timeout);
+            match tokio::time::timeout_at(deadline.into(), step).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::error!(
+                        drain_ms = drain_timeout.as_millis() as u64,
+                        "persister gives up draining at its bound; the orders left stay in Redis and reach SQL after the next start"
+                    );
+                    break;
+                }
+            }
+        } else {
+            step.await
+        };
+        match result {
             Ok(handled) => {
-                failures = 0;
                 if draining && handled == 0 {
                     break;
                 }
             }
             Err(err) => {
-                failures += 1;
                 status.errors.fetch_add(1, Ordering::Relaxed);
                 let message = format!("{err:#}");
                 tracing::warn!(error = %message, "persister step failed; retrying");
                 *status.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
-                if draining && failures >= DRAIN_ATTEMPTS {
-                    tracing::error!(
-                        "persister gives up draining; pending entries are reclaimed at next start"
-                    );
-                    break;
-                }
-                tokio::select! {
-                    _ = stopped.changed() => {}
-                    () = tokio::time::sleep(ERROR_BACKOFF) => {}
+                // What failed is pending under our name: read it again next
+                // time instead of waiting for it to idle into a reclaim.
+                worker.own_pending_due = true;
+                let backoff = match drain_deadline {
+                    Some(deadline) => {
+                        ERROR_BACKOFF.min(deadline.saturating_duration_since(Instant::now()))
+                    }
+                    None => ERROR_BACKOFF,
+                };
+                if draining {
+                    tokio::time::sleep(backoff).await;
+                } else {
+                    tokio::select! {
+                        _ = stopped.changed() => {}
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                 }
             }
         }
@@ -247,6 +274,9 @@ struct Worker {
     /// Streams whose consumer group we created or found.
     grouped: HashSet<String>,
     last_claim: Option<Instant>,
+    /// Read this consumer's own pending entries (`XREADGROUP ... 0`) next
+    /// step: at start, after a failed step, and throughout the drain.
+    own_pending_due: bool,
     config: PersisterConfig,
 }
 
@@ -263,6 +293,11 @@ impl Worker {
         }
         let mut handled = 0;
 
+        if self.own_pending_due || !block {
+            handled += self.read_group(&streams, "0", false, status).await?;
+            self.own_pending_due = false;
+        }
+
         let claim_due = self
             .last_claim
             .is_none_or(|at| at.elapsed() >= self.config.claim_idle / 2);
@@ -272,6 +307,21 @@ impl Worker {
             self.last_claim = Some(Instant::now());
         }
 
+        handled += self.read_group(&streams, ">", block, status).await?;
+        Ok(handled)
+    }
+
+    /// One `XREADGROUP` over `streams` from `from` (`>`: new entries; `0`:
+    /// this consumer's pending ones), persisting what it returns. A stream
+    /// replaced since we grouped it (`NOGROUP`) counts as work, so a drain
+    /// looks again, with fresh groups, instead of stopping there.
+    async fn read_group(
+        &mut self,
+        streams: &[String],
+        from: &str,
+        block: bool,
+        status: &PersisterStatus,
+    ) -> anyhow::Result<usize> {
         let mut read = redis::cmd("XREADGROUP");
         read.arg("GROUP")
             .arg(GROUP)
@@ -281,19 +331,19 @@ impl Worker {
         if block {
             read.arg("BLOCK").arg(self.config.block.as_millis() as u64);
         }
-        read.arg("STREAMS").arg(&streams);
-        for _ in &streams {
-            read.arg(">");
+        read.arg("STREAMS").arg(streams);
+        for _ in streams {
+            read.arg(from);
         }
         let reply: Option<StreamReadReply> = match read.query_async(&mut self.redis).await {
             Ok(reply) => reply,
             Err(err) if err.code() == Some("NOGROUP") => {
-                // A stream was replaced (restock) since we grouped it.
                 self.grouped.clear();
-                return Ok(handled);
+                return Ok(1);
             }
             Err(err) => return Err(err).context("XREADGROUP failed"),
         };
+        let mut handled = 0;
         for stream in reply.map(|r| r.keys).unwrap_or_default() {
             handled += stream.ids.len();
             self.persist(&stream.key, &stream.ids, status).await?;

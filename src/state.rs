@@ -226,6 +226,7 @@ impl App {
                     batch: config.persister_batch.max(1),
                     block: Duration::from_millis(500),
                     claim_idle: Duration::from_millis(config.persister_claim_idle_ms),
+                    drain_timeout: Duration::from_millis(config.persister_drain_ms),
                     consumer: format!(
                         "w{worker}-{}",
                         &uuid::Uuid::new_v4().simple().to_string()[..8]

@@ -228,3 +228,92 @@ async fn a_redis_that_may_evict_keys_is_refused_unless_allowed() {
     let allowed = seckill::state::App::build(&config, &redis.url()).await;
     assert!(allowed.is_ok(), "{:?}", allowed.err());
 }
+
+/// Holds SQLite's write lock until dropped, as a long migration or a wedged
+/// writer would.
+async fn lock_database(url: &str) -> sqlx::sqlite::SqliteConnection {
+    use sqlx::Connection;
+    let mut lock = sqlx::sqlite::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    lock
+}
+
+async fn buy_lua(app: &crate::helpers::TestApp, item: &str, n: usize) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let response = app.purchase(item, &format!("b{i}"), "lua").await;
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        ids.insert(body["order_id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+async fn wait_in_sql(database_url: &str, item: &str, answered: &HashSet<String>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let missing = answered
+            .difference(&ids_in_sql(database_url, item).await)
+            .count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged orders not in SQL",
+            answered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The database is locked when the service stops: the drain gives up at its
+/// bound instead of holding the process, the orders wait in Redis, and reach
+/// SQL after the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_against_a_locked_database_gives_up_at_its_bound_and_loses_nothing() {
+    let database_url = sqlite_url();
+    let (app, redis) = crate::helpers::spawn_persisting_app(&database_url, |c| {
+        c.persister_drain_ms = 1_500;
+    })
+    .await;
+    let item = unique("locked");
+    app.create_item(&item, 1_000, 1).await;
+    let lock = lock_database(&database_url).await;
+    let answered = buy_lua(&app, &item, 40).await;
+
+    tokio::time::timeout(Duration::from_secs(15), app.stop())
+        .await
+        .expect("the drain gave up at its bound");
+    drop(lock);
+
+    let _restarted = crate::helpers::spawn_app_on(&redis.url(), |c| {
+        c.database_url = database_url.clone();
+        c.persister = true;
+        c.persister_claim_idle_ms = 500;
+    })
+    .await;
+    wait_in_sql(&database_url, &item, &answered, Duration::from_secs(30)).await;
+}
+
+/// A database locked for a moment: the persister retries the entries it
+/// holds pending at once, not after they idle into a reclaim (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_that_failed_to_insert_are_retried_without_waiting_for_a_reclaim() {
+    let database_url = sqlite_url();
+    let (app, _redis) = crate::helpers::spawn_persisting_app(&database_url, |c| {
+        c.persister_claim_idle_ms = 30_000;
+    })
+    .await;
+    let item = unique("blip");
+    app.create_item(&item, 1_000, 1).await;
+    let lock = lock_database(&database_url).await;
+    let answered = buy_lua(&app, &item, 20).await;
+    // The insert waits on SQLite's busy timeout (5 s), then fails.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    drop(lock);
+    wait_in_sql(&database_url, &item, &answered, Duration::from_secs(15)).await;
+}
