@@ -105,6 +105,10 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
+    /// How long a purchase's `Idempotency-Key` and its response are kept (s).
+    #[arg(long, env = "IDEMPOTENCY_TTL_S", default_value_t = 86_400)]
+    pub idempotency_ttl_s: u64,
+
     /// A connection must send a whole request head within this time (ms), or
     /// it is closed: bounds a half-sent request and an idle keep-alive
     /// connection alike.

@@ -60,6 +60,16 @@ pub enum ApiError {
         "`{0}` was restocked while this purchase was in flight; nothing was bought. Try again to buy in the new sale"
     )]
     SaleRestarted(String),
+    /// 422 `idempotency_key_reused`: the Idempotency-Key was used before
+    /// with another body.
+    #[error(
+        "this Idempotency-Key was used with a different request; use a new key for a new purchase"
+    )]
+    IdempotencyKeyReused,
+    /// 409 `idempotency_in_flight`: a request with this Idempotency-Key is
+    /// still being processed.
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyInFlight,
     /// 409 `race_running`: the page's race control is busy.
     #[error("a race is already running; wait for it to finish")]
     RaceRunning,
@@ -114,7 +124,9 @@ impl ApiError {
             | Self::LimitReached { .. }
             | Self::StrategyMismatch { .. }
             | Self::SaleRestarted(_)
+            | Self::IdempotencyInFlight
             | Self::RaceRunning => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Contention { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -134,6 +146,8 @@ impl ApiError {
             Self::LimitReached { .. } => "limit_reached",
             Self::StrategyMismatch { .. } => "strategy_mismatch",
             Self::SaleRestarted(_) => "sale_restarted",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::IdempotencyInFlight => "idempotency_in_flight",
             Self::RaceRunning => "race_running",
             Self::Contention { .. } => "contention",
             Self::Unavailable { .. } => "unavailable",
@@ -151,6 +165,13 @@ impl From<crate::sale::SaleError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body every error response carries.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code(), "message": self.to_string()}})
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
@@ -162,7 +183,7 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
+        let body = Json(self.body());
         let mut response = (self.status(), body).into_response();
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             // One second: long enough for a lock holder to finish or Redis to

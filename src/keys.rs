@@ -53,6 +53,8 @@ pub struct ItemKeys {
     /// holds a different order under the same id: kept, never acknowledged
     /// away.
     pub dead_letters: String,
+    /// `seckill:{ITEM}`, for keys named per use (idempotency records).
+    base: String,
 }
 
 impl ItemKeys {
@@ -67,7 +69,13 @@ impl ItemKeys {
             fence: format!("{base}:fence"),
             archives: format!("{base}:archives"),
             dead_letters: format!("{base}:dead-letters"),
+            base,
         }
+    }
+
+    /// The record of one `Idempotency-Key` (hex-encoded) used on this item.
+    pub fn idempotency(&self, encoded_key: &str) -> String {
+        format!("{}:idem:{encoded_key}", self.base)
     }
 
     /// A fresh name for the order log a restock sets aside. It keeps the
@@ -94,6 +102,7 @@ mod tests {
             &keys.archives,
             &keys.dead_letters,
             &keys.new_archive(),
+            &keys.idempotency("6162"),
         ] {
             assert!(key.starts_with("seckill:{ip17}:"), "{key}");
         }

@@ -17,6 +17,7 @@
 //! - [`redis_server`]: the private `redis-server` child.
 //! - [`metrics`]: Prometheus metrics for `/metrics`; [`live`]: the status
 //!   page's feed; [`race`]: the page's race control.
+//! - [`idempotency`]: `Idempotency-Key` records for purchases.
 //! - [`db`]: SQL (SQLite or Postgres) and its queries; [`persister`]: the
 //!   background task moving orders from the Redis order logs into SQL.
 //!
@@ -37,6 +38,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod keys;
 pub mod lease;
 pub mod live;

@@ -49,6 +49,7 @@ pub struct Shared {
     pub redis: ConnectionManager,
     pub db: Db,
     pub sales: Sales,
+    pub idempotency: crate::idempotency::Idempotency,
     pub stats: Arc<Stats>,
     pub metrics: crate::metrics::Metrics,
     pub strategies: Arc<Registry>,
@@ -242,6 +243,11 @@ impl App {
         let (live_tx, live_rx) = watch::channel(Arc::<str>::from("{}"));
         let state = AppState(Arc::new(Shared {
             sales: Sales::new(redis.clone(), db.clone()),
+            idempotency: crate::idempotency::Idempotency::new(
+                redis.clone(),
+                config.request_timeout(),
+                Duration::from_secs(config.idempotency_ttl_s),
+            ),
             db,
             redis,
             stats: Arc::new(Stats::default()),

@@ -3,20 +3,33 @@
 //! `user_id` and `strategy` come from the JSON body or the query string (so
 //! wrk and oha one-liners can vary the user per request). Naming one in both
 //! places with different values is a 400; so is anything unknown in the body.
+//! An `Idempotency-Key` header makes the purchase take effect at most once
+//! per key ([`crate::idempotency`]); its record is checked after the input is
+//! validated, so a bad request stores nothing.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{item_id, json_body};
 use crate::domain::{ItemId, UserId};
 use crate::error::ApiError;
+use crate::idempotency::{Claim, IdempotencyKey};
+use crate::keys::ItemKeys;
 use crate::snowflake::OrderId;
 use crate::state::AppState;
-use crate::strategy::{Outcome, Purchase, StrategyError, StrategyKind};
+use crate::strategy::{Outcome, Purchase, Strategy, StrategyError, StrategyKind};
+
+/// The request header, as the IETF draft names it.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on a response replayed from an earlier request with the same key.
+const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotency-replayed");
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,9 +66,86 @@ pub async fn purchase(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<PurchaseInput>, QueryRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Purchased>), ApiError> {
+) -> Response {
+    match idempotent_purchase(state, path, query, headers, body).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn idempotent_purchase(
+    state: AppState,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PurchaseInput>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
+    let key = headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key must be printable ASCII"))
+                .and_then(|v| IdempotencyKey::parse(v).map_err(ApiError::invalid))
+        })
+        .transpose()?;
+    let (item, user, strategy) = purchase_input(&state, path, query, body)?;
+    let Some(key) = key else {
+        return Ok(buy(&state, item, user, strategy, started)
+            .await
+            .into_response());
+    };
+    let keys = ItemKeys::new(&item);
+    let fingerprint = format!("{user}\u{1f}{}", strategy.kind());
+    match state
+        .idempotency
+        .begin(&keys, &key, &fingerprint)
+        .await
+        .map_err(ApiError::redis)?
+    {
+        Claim::Missing => Err(ApiError::ItemNotFound(item.to_string())),
+        Claim::Reused => Err(ApiError::IdempotencyKeyReused),
+        Claim::InFlight => Err(ApiError::IdempotencyInFlight),
+        Claim::Done { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Ok((
+                status,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (IDEMPOTENCY_REPLAYED, "true"),
+                ],
+                body,
+            )
+                .into_response())
+        }
+        Claim::New => {
+            let result = buy(&state, item, user, strategy, started).await;
+            let (status, body) = match &result {
+                Ok((status, Json(purchased))) => (
+                    *status,
+                    serde_json::to_string(purchased).map_err(|e| ApiError::Internal(e.into()))?,
+                ),
+                Err(err) => (err.status(), err.body().to_string()),
+            };
+            // A 5xx may come out differently next time: let the retry run.
+            let record = (!status.is_server_error()).then_some((status.as_u16(), body.as_str()));
+            if let Err(err) = state.idempotency.finish(&keys, &key, record).await {
+                tracing::warn!(%err, "cannot record the outcome for an Idempotency-Key; its claim expires by itself");
+            }
+            Ok(result.into_response())
+        }
+    }
+}
+
+/// The validated item, user and strategy of a purchase request.
+fn purchase_input(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PurchaseInput>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(ItemId, UserId, Arc<dyn Strategy>), ApiError> {
     let item = item_id(path)?;
     let Query(query) =
         query.map_err(|r| ApiError::invalid(format!("query string: {}", r.body_text())))?;
@@ -73,11 +163,22 @@ pub async fn purchase(
                 ApiError::Internal(anyhow::anyhow!("default strategy missing: {msg}"))
             })?,
     };
-    let kind = strategy.kind();
     let span = tracing::Span::current();
     span.record("item", item.as_str());
     span.record("user", user.as_str());
-    span.record("strategy", kind.as_str());
+    span.record("strategy", strategy.kind().as_str());
+    Ok((item, user, strategy))
+}
+
+/// The purchase itself, counted and mapped to its response.
+async fn buy(
+    state: &AppState,
+    item: ItemId,
+    user: UserId,
+    strategy: Arc<dyn Strategy>,
+    started: std::time::Instant,
+) -> Result<(StatusCode, Json<Purchased>), ApiError> {
+    let kind = strategy.kind();
 
     let order_id = state.ids.next().map_err(|err| ApiError::Unavailable {
         what: "the order id generator",

@@ -9,6 +9,7 @@ mod endpoints;
 mod health;
 mod helpers;
 mod hostile;
+mod idempotency;
 mod instances;
 mod integrity;
 mod live;

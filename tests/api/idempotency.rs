@@ -1,0 +1,131 @@
+//! `Idempotency-Key`: a purchase takes effect at most once per key, on any
+//! instance; a client that timed out asks again and learns its order id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with, status_and_json, unique};
+
+async fn buy_with_key(
+    app: &TestApp,
+    item: &str,
+    user: &str,
+    strategy: &str,
+    key: &str,
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/api/items/{item}/purchase")))
+        .header("Idempotency-Key", key)
+        .json(&json!({"user_id": user, "strategy": strategy}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_repeated_key_replays_the_first_response_on_any_instance() {
+    let (a, b) = (spawn_app().await, spawn_app().await);
+    let item = unique("idem");
+    a.create_item(&item, 10, 3).await;
+    let key = uuid::Uuid::new_v4().to_string();
+    let (status, first) = status_and_json(buy_with_key(&a, &item, "u1", "lua", &key).await).await;
+    assert_eq!(status, 201, "{first}");
+    for app in [&a, &b] {
+        let response = buy_with_key(app, &item, "u1", "lua", &format!("\"{key}\"")).await;
+        assert_eq!(response.headers()["idempotency-replayed"], "true");
+        let (status, again) = status_and_json(response).await;
+        assert_eq!(
+            (status.as_u16(), &again),
+            (201, &first),
+            "the same order, once"
+        );
+    }
+    let view = a.item(&item).await;
+    assert_eq!(
+        (&view["sold"], &view["stock"]),
+        (&json!(1), &json!(9)),
+        "{view}"
+    );
+
+    // Another key is another purchase.
+    let other = buy_with_key(&a, &item, "u1", "lua", "another-key").await;
+    assert_eq!(other.status(), 201);
+}
+
+#[tokio::test]
+async fn a_key_reused_with_another_body_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let item = unique("idem-reuse");
+    app.create_item(&item, 10, 1).await;
+    assert_eq!(
+        buy_with_key(&app, &item, "u1", "lua", "k1").await.status(),
+        201
+    );
+    let before = app.redis_snapshot(&item).await;
+    assert_error(
+        buy_with_key(&app, &item, "u2", "lua", "k1").await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_error(
+        buy_with_key(&app, &item, "u1", "naive", "k1").await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(app.redis_snapshot(&item).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_while_the_first_is_in_flight_is_told_so() {
+    let app = Arc::new(spawn_app_with(|c| c.race_window_ms = 400).await);
+    let item = unique("idem-flight");
+    app.create_item(&item, 10, 1).await;
+    let first = {
+        let (app, item) = (Arc::clone(&app), item.clone());
+        tokio::spawn(async move { buy_with_key(&app, &item, "slow", "lock", "k-flight").await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_error(
+        buy_with_key(&app, &item, "slow", "lock", "k-flight").await,
+        409,
+        "idempotency_in_flight",
+    )
+    .await;
+    let (status, body) = status_and_json(first.await.unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, again) =
+        status_and_json(buy_with_key(&app, &item, "slow", "lock", "k-flight").await).await;
+    assert_eq!(
+        (status.as_u16(), &again["order_id"]),
+        (201, &body["order_id"])
+    );
+}
+
+#[tokio::test]
+async fn bad_keys_and_missing_items_store_nothing() {
+    let app = spawn_app().await;
+    let item = unique("idem-bad");
+    app.create_item(&item, 10, 1).await;
+    for bad in ["", "with space", &"x".repeat(300)] {
+        assert_error(
+            buy_with_key(&app, &item, "u1", "lua", bad).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+    }
+    let ghost = unique("idem-ghost");
+    assert_error(
+        buy_with_key(&app, &ghost, "u1", "lua", "k").await,
+        404,
+        "item_not_found",
+    )
+    .await;
+    assert!(app.redis_snapshot(&ghost).await.is_empty());
+    let view: Value = app.item(&item).await;
+    assert_eq!(view["sold"], 0, "{view}");
+}
