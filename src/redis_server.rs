@@ -82,6 +82,9 @@ pub struct RedisServer {
     guardian: Option<JoinHandle<()>>,
 }
 
+/// How long a clean stop may take before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a server may take to answer PING: a long sale's append-only file
 /// takes seconds to load, and Redis answers `-LOADING` until it is done.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -230,7 +233,8 @@ impl RedisServer {
         &self.dir
     }
 
-    /// Kills the child with SIGKILL (no shutdown, no save) and waits for it.
+    /// Kills the child with SIGKILL (no shutdown, no save) and waits for it:
+    /// a crash, for tests. Dropping the server stops it cleanly.
     pub fn kill(&mut self) {
         if let Some(guardian) = self.guardian.take() {
             // SAFETY: plain syscall; `pid` is our own child, still unreaped
@@ -244,7 +248,20 @@ impl RedisServer {
 }
 
 impl Drop for RedisServer {
+    /// A clean stop: SIGTERM lets Redis flush and fsync its append-only file
+    /// and exit; SIGKILL only if it has not within [`STOP_TIMEOUT`].
     fn drop(&mut self) {
+        if self.guardian.is_some() {
+            // SAFETY: plain syscall on our own child, still unreaped (the
+            // guardian reaps it).
+            unsafe {
+                libc::kill(self.pid, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while running(self.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         self.kill();
         if self.owns_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
