@@ -37,6 +37,12 @@ pub struct Config {
     )]
     pub embedded_redis_fsync: crate::redis_server::Fsync,
 
+    /// The private `redis-server`'s memory limit (`maxmemory`: `2gb`,
+    /// `512mb`; `0` for none). Full, it refuses writes (503) and evicts
+    /// nothing.
+    #[arg(long, env = "EMBEDDED_REDIS_MAXMEMORY", default_value = "2gb")]
+    pub embedded_redis_maxmemory: String,
+
     /// Start even if Redis may evict keys (`maxmemory-policy` other than
     /// `noeviction`), with a warning. An evicted buyers hash, fence or lease
     /// silently breaks the guarantees, so this is refused by default.
@@ -116,8 +122,14 @@ pub struct Config {
     pub header_timeout_ms: u64,
 
     /// Open connections served at once; more wait in the listen backlog.
+    /// Lowered at start to what the open-file limit leaves room for.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4_096)]
     pub max_connections: usize,
+
+    /// Status-page live streams (`/api/stats/stream`) open at once; 503 past
+    /// it.
+    #[arg(long, env = "MAX_LIVE_STREAMS", default_value_t = 64)]
+    pub max_live_streams: usize,
 
     /// Lab knob: sleep this long between reading and writing the stock, in
     /// `naive` (so its oversell shows even at low load) and in `lock` while

@@ -8,13 +8,16 @@
 //! The record lives in Redis beside the item's keys (one hash tag, so the
 //! same slot on a cluster), shared by every instance and durable with Redis:
 //! claimed `pending` for [`CLAIM_MARGIN`] past the request timeout, then,
-//! once the purchase has an outcome, `done` with its status and body for
-//! `IDEMPOTENCY_TTL_S` (24 h by default). Outcomes that a retry could change
-//! (503, 500) are not recorded: the claim is released so the retry runs.
-//! No record is made for an item that does not exist.
+//! once the purchase is made, `done` with its 201 for `IDEMPOTENCY_TTL_S`
+//! (24 h by default). Only a purchase is recorded: a refusal changed nothing,
+//! so its claim is released and a repeat simply asks again (which is also
+//! what keeps hostile keys from filling Redis: records are bounded by the
+//! units sold). No record is made for an item that does not exist.
 //!
-//! The one window: an instance that dies between the purchase's write and
-//! recording its outcome leaves the claim to expire; a retry after that runs
+//! The claim, the purchase and the record run in a task of their own, so a
+//! client that goes away, or the request timeout, cannot cut the sequence
+//! between the purchase and its record. The one window left: an instance
+//! that dies right there leaves the claim to expire; a retry after that runs
 //! the purchase again (and, under a per-user limit of 1, gets
 //! `limit_reached`).
 
@@ -25,8 +28,9 @@ use redis::aio::ConnectionManager;
 
 use crate::keys::ItemKeys;
 
-/// Longest key accepted (the draft sets none; keys are UUIDs in practice).
-pub const MAX_KEY_LEN: usize = 255;
+/// Longest key accepted (the draft sets none; keys are UUIDs, 36
+/// characters, in practice). Bounds each record's name.
+pub const MAX_KEY_LEN: usize = 64;
 /// How much longer than the request timeout a claim outlives its request.
 pub const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
@@ -123,8 +127,8 @@ impl Idempotency {
         })
     }
 
-    /// Records the response to replay, or, for an outcome a retry could
-    /// change (`None`), releases the claim.
+    /// Records the 201 to replay, or, for any other outcome (`None`),
+    /// releases the claim.
     pub async fn finish(
         &self,
         keys: &ItemKeys,

@@ -231,7 +231,13 @@ async fn run(
                 }
             }
         } else {
-            step.await
+            // A stop cuts a running step short (an insert waiting on a
+            // database that stopped answering included): its entries stay
+            // pending under our name, and the drain reads them again.
+            tokio::select! {
+                result = step => result,
+                _ = stopped.changed() => continue,
+            }
         };
         match result {
             Ok(handled) => {

@@ -7,11 +7,15 @@
 //! `serve` turns on under its data directory), and dies with us: it is
 //! killed on drop, and `PR_SET_PDEATHSIG` kills it if this process dies first.
 //!
-//! With a directory of its own (`dir`), the child writes a pidfile there. A
-//! start finds a server left running on the same files (its parent was killed
-//! and the death signal did not reach it) by that pidfile and stops it
-//! cleanly (SIGTERM: Redis flushes its append-only file and exits) before
-//! starting a new one, so two servers never write one append-only file.
+//! With a directory of its own (`dir`), the parent holds an exclusive `flock`
+//! on `dir/seckill.lock` for the server's lifetime, and the child writes a
+//! pidfile there. A second start on a directory in use fails (another live
+//! seckill owns those files). A start that gets the lock knows any server
+//! still running on the directory lost its parent (the lock dies with the
+//! process), finds it by the pidfile (checked to be a `redis-server` whose
+//! working directory is this one, not a recycled pid) and stops it cleanly
+//! (SIGTERM: Redis flushes its append-only file and exits) before starting
+//! a new one, so two servers never write one append-only file.
 //! Linux delivers that signal when the *thread* that spawned the child exits, so
 //! each child is spawned by a guardian thread that lives exactly as long as the
 //! child does (it waits on it).
@@ -21,7 +25,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,6 +63,10 @@ pub struct RedisServerOptions {
     /// Turn on the append-only file, so a server restarted on the same `dir`
     /// comes back with its data. `None`: nothing on disk.
     pub append_only: Option<Fsync>,
+    /// Redis `maxmemory` (`2gb`, `512mb`; `0`: no limit). With `noeviction`,
+    /// a full Redis refuses writes (503s) instead of growing until the kernel
+    /// kills it.
+    pub maxmemory: String,
 }
 
 impl Default for RedisServerOptions {
@@ -68,6 +76,7 @@ impl Default for RedisServerOptions {
             port: None,
             dir: None,
             append_only: None,
+            maxmemory: "0".into(),
         }
     }
 }
@@ -80,7 +89,14 @@ pub struct RedisServer {
     dir: PathBuf,
     owns_dir: bool,
     guardian: Option<JoinHandle<()>>,
+    /// Set by the guardian when it has reaped the child.
+    reaped: Arc<Mutex<bool>>,
+    /// The directory's `flock`, held while the server runs.
+    dir_lock: Option<std::fs::File>,
 }
+
+/// How often the guardian checks whether its child has exited.
+const REAP_POLL: Duration = Duration::from_millis(10);
 
 /// How long a clean stop may take before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -130,13 +146,16 @@ impl RedisServer {
             .with_context(|| format!("cannot resolve redis dir {}", dir.display()))?;
         let log = dir.join("redis.log");
         let pidfile = dir.join("redis-server.pid");
-        stop_leftover(&pidfile)?;
+        let dir_lock = lock_dir(&dir)?;
+        stop_leftover(&pidfile, &dir)?;
 
         let mut command = Command::new(&options.bin);
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"])
             .args(["--maxmemory-policy", "noeviction"])
+            .arg("--maxmemory")
+            .arg(&options.maxmemory)
             .arg("--pidfile")
             .arg(&pidfile)
             .arg("--dir")
@@ -167,12 +186,32 @@ impl RedisServer {
         let (started_tx, started_rx) = mpsc::channel();
         let (exited_tx, exited_rx) = mpsc::channel();
         let bin = options.bin.clone();
+        let reaped = Arc::new(Mutex::new(false));
+        let watch = Arc::clone(&reaped);
         let guardian = std::thread::Builder::new()
             .name(format!("redis-server-{port}"))
             .spawn(move || match command.spawn() {
                 Ok(mut child) => {
                     let _ = started_tx.send(Ok(child.id() as i32));
-                    let status = child.wait();
+                    // Reaped under the lock `signal` takes: a pid is never
+                    // signalled after it was reaped (and perhaps reused).
+                    let status = loop {
+                        {
+                            let mut reaped = watch.lock().unwrap_or_else(|e| e.into_inner());
+                            match child.try_wait() {
+                                Ok(Some(status)) => {
+                                    *reaped = true;
+                                    break Ok(status);
+                                }
+                                Ok(None) => {}
+                                Err(err) => {
+                                    *reaped = true;
+                                    break Err(err);
+                                }
+                            }
+                        }
+                        std::thread::sleep(REAP_POLL);
+                    };
                     let _ = exited_tx.send(status.map(|s| s.to_string()).unwrap_or_default());
                 }
                 Err(err) => {
@@ -194,6 +233,8 @@ impl RedisServer {
             dir,
             owns_dir,
             guardian: Some(guardian),
+            reaped,
+            dir_lock: Some(dir_lock),
         };
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -225,6 +266,17 @@ impl RedisServer {
         self.port
     }
 
+    /// Leaves the server running without a parent, as a parent killed before
+    /// it could stop it would: the directory's lock is released, and the
+    /// server is neither stopped nor reaped by us. For tests.
+    pub fn abandon(mut self) {
+        self.dir_lock = None;
+        // Detached: the guardian keeps waiting on the child, and reaps it
+        // whenever it exits.
+        drop(self.guardian.take());
+        self.owns_dir = false;
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -237,12 +289,22 @@ impl RedisServer {
     /// a crash, for tests. Dropping the server stops it cleanly.
     pub fn kill(&mut self) {
         if let Some(guardian) = self.guardian.take() {
-            // SAFETY: plain syscall; `pid` is our own child, still unreaped
-            // because the guardian is the one that reaps it.
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-            }
+            self.signal(libc::SIGKILL);
             let _ = guardian.join();
+        }
+        // Dead, it no longer uses its files.
+        self.dir_lock = None;
+    }
+
+    /// Sends `signal` to the child unless it has been reaped already.
+    fn signal(&self, signal: i32) {
+        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        if !*reaped {
+            // SAFETY: plain syscall; `pid` is our own child, and unreaped
+            // while we hold the lock the guardian reaps under.
+            unsafe {
+                libc::kill(self.pid, signal);
+            }
         }
     }
 }
@@ -252,13 +314,11 @@ impl Drop for RedisServer {
     /// and exit; SIGKILL only if it has not within [`STOP_TIMEOUT`].
     fn drop(&mut self) {
         if self.guardian.is_some() {
-            // SAFETY: plain syscall on our own child, still unreaped (the
-            // guardian reaps it).
-            unsafe {
-                libc::kill(self.pid, libc::SIGTERM);
-            }
+            self.signal(libc::SIGTERM);
             let deadline = Instant::now() + STOP_TIMEOUT;
-            while running(self.pid) && Instant::now() < deadline {
+            while !*self.reaped.lock().unwrap_or_else(|e| e.into_inner())
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
@@ -269,10 +329,35 @@ impl Drop for RedisServer {
     }
 }
 
+/// Takes `dir`'s exclusive lock, or fails if a live process holds it.
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("seckill.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; released when the file closes,
+    // which the kernel does for us if this process dies.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        bail!(
+            "{} is in use by another running seckill (it holds {}); give each instance its own EMBEDDED_REDIS_DIR",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 /// Stops a `redis-server` still running on this directory's files, named by
-/// its pidfile: SIGTERM, then SIGKILL after 10 s. Anything else behind a stale
-/// pidfile (a recycled pid) is left alone.
-fn stop_leftover(pidfile: &Path) -> anyhow::Result<()> {
+/// its pidfile: SIGTERM, then SIGKILL after 10 s. Called holding the
+/// directory's lock, so that server's parent is gone. Anything else behind a
+/// stale pidfile (a recycled pid: another program, or a redis-server working
+/// elsewhere) is left alone.
+fn stop_leftover(pidfile: &Path, dir: &Path) -> anyhow::Result<()> {
     let Ok(text) = std::fs::read_to_string(pidfile) else {
         return Ok(());
     };
@@ -280,7 +365,12 @@ fn stop_leftover(pidfile: &Path) -> anyhow::Result<()> {
         return Ok(());
     };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if pid <= 1 || !comm.trim().starts_with("redis-server") || !running(pid) {
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    if pid <= 1
+        || !comm.trim().starts_with("redis-server")
+        || cwd.as_deref() != Some(dir)
+        || !running(pid)
+    {
         return Ok(());
     }
     tracing::warn!(

@@ -41,7 +41,8 @@ pub async fn run(
     state.race.set_address(listener.local_addr()?);
     let closing = state.closing.clone();
     let (header_timeout, grace) = (state.header_timeout, state.request_timeout);
-    let permits = Arc::new(Semaphore::new(state.max_connections.max(1)));
+    let max_connections = within_open_file_limit(state.max_connections);
+    let permits = Arc::new(Semaphore::new(max_connections));
     let app = crate::http::router(state);
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -112,6 +113,47 @@ pub async fn run(
     Ok(())
 }
 
+/// Descriptors kept for Redis, the database, the persister and files.
+const FD_RESERVE: u64 = 256;
+
+/// `wanted` connections, or fewer if the open-file limit leaves no room for
+/// them (after raising the soft limit to the hard one): running out of
+/// descriptors would break the Redis and database connections instead.
+fn within_open_file_limit(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return wanted.max(1);
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let room = usize::try_from(soft.saturating_sub(FD_RESERVE))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if wanted > room {
+        tracing::warn!(
+            wanted,
+            allowed = room,
+            open_file_limit = soft,
+            "MAX_CONNECTIONS lowered to what the open-file limit leaves room for"
+        );
+    }
+    wanted.min(room).max(1)
+}
+
 /// `seckill serve`: builds everything from `config` and serves until ctrl-c or
 /// SIGTERM, then stops background work and the private Redis, if any.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -126,6 +168,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 bin: config.redis_server_bin.clone(),
                 dir: Some(config.embedded_redis_dir.clone()),
                 append_only: Some(config.embedded_redis_fsync),
+                maxmemory: config.embedded_redis_maxmemory.clone(),
                 ..RedisServerOptions::default()
             })?;
             tracing::info!(

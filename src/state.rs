@@ -64,6 +64,8 @@ pub struct Shared {
     pub header_timeout: Duration,
     /// Open connections served at once.
     pub max_connections: usize,
+    /// Live-feed streams open at once.
+    pub live_streams: Arc<tokio::sync::Semaphore>,
     /// Set when shutdown starts, so endless responses (the SSE feed) end and
     /// graceful shutdown is not held open by a status page.
     pub closing: watch::Sender<bool>,
@@ -260,6 +262,7 @@ impl App {
             request_timeout: config.request_timeout(),
             header_timeout: Duration::from_millis(config.header_timeout_ms.max(1)),
             max_connections: config.max_connections,
+            live_streams: Arc::new(tokio::sync::Semaphore::new(config.max_live_streams)),
             closing: watch::channel(false).0,
             live: live_rx,
             race: crate::race::RaceControl::default(),
@@ -281,7 +284,15 @@ impl App {
         self.state
             .race
             .cancel("stopped: the server is shutting down");
-        let _ = self.live.await;
+        // The live task ends at its next tick; one stuck on a database that
+        // stopped answering is not waited for.
+        let mut live = self.live;
+        if tokio::time::timeout(Duration::from_secs(2), &mut live)
+            .await
+            .is_err()
+        {
+            live.abort();
+        }
         if let Some(persister) = self.persister {
             persister.drain_and_stop().await;
         }

@@ -4,15 +4,18 @@
 //! With `ADMIN_TOKEN` set, a request needs `Authorization: Bearer <token>`,
 //! compared in time that depends on neither the token's content nor its
 //! length. Without it, admin is allowed only while the server is bound to
-//! loopback, and only for a request whose TCP peer is a loopback address and
-//! that carries no `Forwarded`, `X-Forwarded-For` or `X-Real-IP` header: a
-//! same-host proxy (nginx in front of the service) connects from loopback
-//! too, on behalf of anyone, and says so in those headers.
+//! loopback, and only for a request whose TCP peer is a loopback address,
+//! that names a loopback `Host` (a page that rebinds its own domain to
+//! 127.0.0.1 still sends its own name), and that carries no `Forwarded`,
+//! `X-Forwarded-For` or `X-Real-IP` header: a same-host proxy connects from
+//! loopback too, on behalf of anyone, and a proxy set up to say so (as
+//! `deploy/nginx.conf` is) says it in those headers. A proxy that says
+//! nothing cannot be told apart: put a token behind any proxy.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, HOST};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName};
 
@@ -68,6 +71,15 @@ fn loopback_verdict(
     if !peer.is_some_and(|peer| peer.ip().is_loopback()) {
         return Err("without ADMIN_TOKEN, admin requests are accepted from this machine only");
     }
+    if !headers
+        .get(HOST)
+        .and_then(|host| host.to_str().ok())
+        .is_some_and(is_loopback_host)
+    {
+        return Err(
+            "without ADMIN_TOKEN, admin requests must name this machine (Host: localhost or a loopback address)",
+        );
+    }
     if FORWARDING_HEADERS
         .iter()
         .any(|name| headers.contains_key(HeaderName::from_static(name)))
@@ -77,6 +89,25 @@ fn loopback_verdict(
         );
     }
     Ok(())
+}
+
+/// `localhost`, a loopback address, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [::1]:8080
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Compares in time that depends only on the length of `presented` (which
@@ -117,14 +148,40 @@ mod tests {
     fn token_less_admin_needs_a_loopback_peer_and_no_proxy() {
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let remote: SocketAddr = "203.0.113.7:5000".parse().unwrap();
-        let none = HeaderMap::new();
+        let mut none = HeaderMap::new();
+        none.insert(HOST, "127.0.0.1:8080".parse().unwrap());
         assert!(loopback_verdict(true, Some(local), &none).is_ok());
         assert!(loopback_verdict(true, Some("[::1]:1".parse().unwrap()), &none).is_ok());
         assert!(loopback_verdict(true, Some(remote), &none).is_err());
         assert!(loopback_verdict(true, None, &none).is_err(), "unknown peer");
         assert!(loopback_verdict(false, Some(local), &none).is_err());
+        for host in ["localhost:8080", "LOCALHOST", "[::1]:80", "127.0.0.1"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, host.parse().unwrap());
+            assert!(
+                loopback_verdict(true, Some(local), &headers).is_ok(),
+                "{host}"
+            );
+        }
+        for host in [
+            "evil.example:8080",
+            "evil.example",
+            "10.0.0.1:8080",
+            "localhost.evil.example",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, host.parse().unwrap());
+            assert!(
+                loopback_verdict(true, Some(local), &headers).is_err(),
+                "{host}"
+            );
+        }
+        assert!(
+            loopback_verdict(true, Some(local), &HeaderMap::new()).is_err(),
+            "no Host"
+        );
         for name in FORWARDING_HEADERS {
-            let mut forwarded = HeaderMap::new();
+            let mut forwarded = none.clone();
             forwarded.insert(
                 HeaderName::from_static(name),
                 "198.51.100.1".parse().unwrap(),

@@ -65,7 +65,7 @@ pub async fn put_item(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<ItemView>), ApiError> {
     let item = item_id(path)?;
-    require_json_type(&headers, &body)?;
+    require_json_type(&headers)?;
     let input: ItemInput = json_body(body)?.ok_or_else(|| {
         ApiError::invalid(
             r#"a JSON body is required, e.g. {"stock":100,"per_user_limit":1,"strategy":"lua"}"#,

@@ -4,6 +4,7 @@
 //! /api/race` to cancel it; admin).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -34,15 +35,23 @@ pub async fn stats(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /api/stats/stream`: the current snapshot at once, then every new one.
-/// Ends when the server starts shutting down.
+/// Ends when the server starts shutting down. At most `MAX_LIVE_STREAMS` at
+/// once (503 past that): a stream holds a connection for as long as its
+/// client wants, so unbounded, a few thousand would take every connection.
 pub async fn stream(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let permit = Arc::clone(&state.live_streams)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Unavailable {
+            what: "the live feed",
+            source: anyhow::anyhow!("MAX_LIVE_STREAMS live streams are open"),
+        })?;
     let live = state.live.clone();
     let closing = state.closing.subscribe();
     let events = futures_util::stream::unfold(
-        (live, closing, true),
-        |(mut live, mut closing, first)| async move {
+        (live, closing, true, permit),
+        |(mut live, mut closing, first, permit)| async move {
             if !first {
                 tokio::select! {
                     changed = live.changed() => changed.ok()?,
@@ -54,10 +63,10 @@ pub async fn stream(
             }
             let data = live.borrow_and_update().clone();
             let event = Event::default().event("stats").data(&*data);
-            Some((Ok(event), (live, closing, false)))
+            Some((Ok(event), (live, closing, false, permit)))
         },
     );
-    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
 
 /// Limits that keep a race from the page a demonstration, not a siege.
@@ -84,7 +93,7 @@ pub async fn start_race(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RaceStatus>), ApiError> {
-    require_json_type(&headers, &body)?;
+    require_json_type(&headers)?;
     let input: RaceInput = json_body(body)?.unwrap_or_default();
     let strategies = match input.strategies {
         Some(names) if !names.is_empty() => {

@@ -97,23 +97,17 @@ fn item_id(path: Result<Path<String>, PathRejection>) -> Result<ItemId, ApiError
     ItemId::parse(&raw).map_err(ApiError::invalid)
 }
 
-/// An admin body must say it is JSON: browsers send `application/json` only
-/// after a CORS preflight this service never grants, so a cross-site form
-/// (`text/plain`, form types) cannot reach an admin endpoint. An empty body
-/// needs no type.
-fn require_json_type(
-    headers: &HeaderMap,
-    body: &Result<Bytes, BytesRejection>,
-) -> Result<(), ApiError> {
-    let empty = body
-        .as_ref()
-        .is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace));
+/// An admin request must say its body is JSON, even an empty one: browsers
+/// send `application/json` only after a CORS preflight this service never
+/// grants, so a cross-site form or a no-cors `fetch` (`text/plain`, form
+/// types, no body) cannot reach an admin endpoint.
+fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if empty || json {
+    if json {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType)

@@ -121,19 +121,29 @@ async fn idempotent_purchase(
                 .into_response())
         }
         Claim::New => {
-            let result = buy(&state, item, user, strategy, started).await;
-            let (status, body) = match &result {
-                Ok((status, Json(purchased))) => (
-                    *status,
-                    serde_json::to_string(purchased).map_err(|e| ApiError::Internal(e.into()))?,
-                ),
-                Err(err) => (err.status(), err.body().to_string()),
-            };
-            // A 5xx may come out differently next time: let the retry run.
-            let record = (!status.is_server_error()).then_some((status.as_u16(), body.as_str()));
-            if let Err(err) = state.idempotency.finish(&keys, &key, record).await {
-                tracing::warn!(%err, "cannot record the outcome for an Idempotency-Key; its claim expires by itself");
-            }
+            // A task of its own: a client that leaves or the request timeout
+            // must not cut the sequence between the purchase and its record.
+            let sequence = tokio::spawn(async move {
+                let result = buy(&state, item, user, strategy, started).await;
+                // Only a purchase is kept; a refusal changed nothing, and a
+                // repeat may simply ask again.
+                let record = match &result {
+                    Ok((status, Json(purchased))) => serde_json::to_string(purchased)
+                        .ok()
+                        .map(|body| (status.as_u16(), body)),
+                    Err(_) => None,
+                };
+                let record = record
+                    .as_ref()
+                    .map(|(status, body)| (*status, body.as_str()));
+                if let Err(err) = state.idempotency.finish(&keys, &key, record).await {
+                    tracing::warn!(%err, "cannot record the outcome for an Idempotency-Key; its claim expires by itself");
+                }
+                result
+            });
+            let result = sequence.await.map_err(|err| {
+                ApiError::Internal(anyhow::anyhow!("purchase task failed: {err}"))
+            })?;
             Ok(result.into_response())
         }
     }

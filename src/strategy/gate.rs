@@ -43,10 +43,10 @@ impl Gated {
 
     /// Drops `gate`, and its map entry if nobody else holds or waits for it.
     /// Under the map lock no new holder can appear: `gate()` clones under it.
-    fn release(&self, item: &ItemId, gate: Arc<tokio::sync::Mutex<()>>) {
+    fn release(&self, item: &ItemId, gate: &Arc<tokio::sync::Mutex<()>>) {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        // Two references: the map's and ours.
-        if Arc::strong_count(&gate) == 2 {
+        // Two references: the map's and this buyer's.
+        if Arc::strong_count(gate) == 2 {
             gates.remove(item);
         }
     }
@@ -71,17 +71,33 @@ impl Strategy for Gated {
     }
 
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
-        let gate = self.gate(&purchase.item);
+        // Released on every way out, a cancelled request's included (a
+        // client that leaves drops this future at its next await).
+        let held = Held {
+            gated: self,
+            item: &purchase.item,
+            gate: self.gate(&purchase.item),
+        };
         // tokio's Mutex is fair (FIFO), which is the point: no unlucky buyer.
-        let Ok(_turn) = tokio::time::timeout(self.wait, gate.lock()).await else {
+        let Ok(_turn) = tokio::time::timeout(self.wait, held.gate.lock()).await else {
             return Ok(Attempt::new(Outcome::Contended {
                 detail: format!("in-process gate not reached within {:?}", self.wait),
             }));
         };
-        let attempt = self.inner.purchase(purchase).await;
-        drop(_turn);
-        self.release(&purchase.item, gate);
-        attempt
+        self.inner.purchase(purchase).await
+    }
+}
+
+/// A buyer's hold on a gate; dropping it lets the gate go when unused.
+struct Held<'a> {
+    gated: &'a Gated,
+    item: &'a ItemId,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.gated.release(self.item, &self.gate);
     }
 }
 
@@ -128,5 +144,46 @@ mod tests {
         }
         while tasks.join_next().await.is_some() {}
         assert_eq!(gated.len(), 0, "no gate left behind");
+    }
+
+    /// Never answers: a buyer whose client left mid-purchase.
+    struct Forever;
+
+    #[async_trait]
+    impl Strategy for Forever {
+        fn kind(&self) -> StrategyKind {
+            StrategyKind::Lock
+        }
+
+        async fn purchase(&self, _: &Purchase) -> Result<Attempt, StrategyError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gates_of_cancelled_purchases_are_removed() {
+        let gated = Arc::new(Gated::new(
+            StrategyKind::LockGated,
+            Arc::new(Forever),
+            Duration::from_secs(60),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let gated = Arc::clone(&gated);
+            tasks.spawn(async move {
+                let purchase = Purchase::new(
+                    ItemId::parse(&format!("junk{}", i % 50)).unwrap(),
+                    UserId::parse("u").unwrap(),
+                    OrderId(1),
+                    StrategyKind::LockGated,
+                );
+                let _ = gated.purchase(&purchase).await;
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(gated.len(), 50, "one gate per item in use");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(gated.len(), 0, "cancelled buyers leave no gate behind");
     }
 }

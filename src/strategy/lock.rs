@@ -156,9 +156,11 @@ impl Strategy for Lock {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         };
 
+        // Aborted on every way out, a cancelled request's included: a
+        // watchdog left running would extend a dead holder's lock forever.
         let watchdog = self
             .watchdog
-            .then(|| self.spawn_watchdog(keys.lock.clone(), token.clone()));
+            .then(|| AbortOnDrop(self.spawn_watchdog(keys.lock.clone(), token.clone())));
         let mut pipe = redis::pipe();
         let outcome = match snapshot.rejection(purchase.strategy) {
             Some(rejection) => rejection,
@@ -176,9 +178,7 @@ impl Strategy for Lock {
                 Outcome::Purchased { remaining }
             }
         };
-        if let Some(watchdog) = watchdog {
-            watchdog.abort();
-        }
+        drop(watchdog);
         let wrote = matches!(outcome, Outcome::Purchased { .. });
         let (written, released): (Option<i64>, i64) = if wrote {
             pipe.cmd("EVAL")
@@ -231,5 +231,14 @@ impl Strategy for Lock {
             lock_expired,
             fenced,
         })
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

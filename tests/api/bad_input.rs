@@ -217,7 +217,11 @@ async fn bad_restocks_are_400_and_change_nothing() {
         ("missing stock", Some(json!({"per_user_limit": 2}))),
     ];
     for (name, body) in cases {
-        let mut request = app.client.request(Method::PUT, &url);
+        // Typed as JSON, or it would be a 415 before any of this is read.
+        let mut request = app
+            .client
+            .request(Method::PUT, &url)
+            .header("content-type", "application/json");
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -175,6 +175,12 @@ async fn a_leftover_redis_server_on_the_same_files_is_stopped_first() {
         .parse()
         .unwrap();
 
+    // While its parent lives, the directory is refused to a second start.
+    let refused = RedisServer::start(options.clone()).expect_err("in use");
+    assert!(format!("{refused:#}").contains("in use"), "{refused:#}");
+
+    // Its parent gone (the lock with it), the next start stops it first.
+    leftover.abandon();
     let fresh = RedisServer::start(options).unwrap();
     assert!(
         !Path::new(&format!("/proc/{pid}/status")).exists()
@@ -194,7 +200,6 @@ async fn a_leftover_redis_server_on_the_same_files_is_stopped_first() {
         .await
         .unwrap();
     assert_eq!(kept.as_deref(), Some("yes"));
-    drop(leftover);
     drop(fresh);
     let _ = std::fs::remove_dir_all(&dir);
 }

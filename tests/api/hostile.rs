@@ -109,6 +109,19 @@ async fn token_less_admin_refuses_proxied_requests_and_non_json_bodies() {
         .await
         .unwrap();
     assert_error(response, 415, "unsupported_media_type").await;
+    // A no-cors fetch: POST with no body and no type.
+    let response = app.client.post(app.url("/api/race")).send().await.unwrap();
+    assert_error(response, 415, "unsupported_media_type").await;
+    // DNS rebinding: the peer is loopback, the Host is the attacker's name.
+    let response = app
+        .client
+        .put(&url)
+        .header("Host", "evil.example:8080")
+        .json(&serde_json::json!({"stock": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 403, "forbidden").await;
     assert!(
         app.redis_snapshot(&item).await.is_empty(),
         "nothing created"
@@ -291,4 +304,27 @@ async fn shutdown_does_not_wait_for_a_half_sent_request() {
     tokio::time::timeout(Duration::from_secs(15), app.stop())
         .await
         .expect("shutdown finished within the request timeout, not the client's pleasure");
+}
+
+#[tokio::test]
+async fn live_streams_are_capped() {
+    let app = crate::helpers::spawn_app_with(|c| c.max_live_streams = 2).await;
+    let open = || app.client.get(app.url("/api/stats/stream")).send();
+    let first = open().await.unwrap();
+    let _second = open().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_error(open().await.unwrap(), 503, "unavailable").await;
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = open().await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed stream's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
