@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,43 +13,18 @@ use tokio::task::JoinSet;
 
 use crate::helpers::{sqlite_url, unique};
 use crate::persistence::ids_in_sql;
+use crate::process::Server;
 
-/// `seckill serve` as a newcomer runs it: no REDIS_URL, no DATABASE_URL, in
-/// `dir`, so its data lands in `dir/data`.
-fn serve_default(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_seckill"))
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("LISTEN", format!("127.0.0.1:{port}"))
-        .env("PERSISTER_CLAIM_IDLE_MS", "1000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200) {
-        assert!(Instant::now() < deadline, "server did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// What a newcomer's `seckill serve` gets beside its defaults.
+const NEWCOMER: [(&str, &str); 1] = [("PERSISTER_CLAIM_IDLE_MS", "1000")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_setup_resumes_every_sale_after_a_kill_9() {
     let dir = std::env::temp_dir().join(unique("seckill-default"));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut server = serve_default(&dir, port);
-    wait_ready(&client, &base).await;
+    // No REDIS_URL, no DATABASE_URL: its data lands in `dir/data`.
+    let mut server = Server::start(&NEWCOMER, Some(&dir)).await;
+    let (client, base) = (reqwest::Client::new(), server.base.clone());
     let item = unique("crash");
     let created = client
         .put(format!("{base}/api/items/{item}"))
@@ -88,8 +62,7 @@ async fn the_default_setup_resumes_every_sale_after_a_kill_9() {
         });
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.kill().unwrap(); // SIGKILL: no drain; the Redis child dies with it
-    server.wait().unwrap();
+    server.kill(); // SIGKILL: no drain; the Redis child dies with it
     while load.join_next().await.is_some() {}
     let answered = answered.lock().unwrap().clone();
     assert!(
@@ -98,8 +71,7 @@ async fn the_default_setup_resumes_every_sale_after_a_kill_9() {
         answered.len()
     );
 
-    let mut server = serve_default(&dir, port);
-    wait_ready(&client, &base).await;
+    let restarted = Server::start_on(server.port(), &NEWCOMER, Some(&dir)).await;
     let view: Value = client
         .get(format!("{base}/api/items/{item}"))
         .send()
@@ -141,8 +113,7 @@ async fn the_default_setup_resumes_every_sale_after_a_kill_9() {
         .await
         .unwrap();
     assert_eq!(bought.status(), 201);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(restarted);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -4,7 +4,6 @@
 //! can be taken over without a duplicate id.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,49 +13,13 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::helpers::{sqlite_url, unique};
+use crate::process::Server;
 
-struct Instance {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start(redis_url: &str, database_url: &str, extra: &[(&str, &str)]) -> Instance {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_seckill"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("LISTEN", format!("127.0.0.1:{port}"))
-        .env("REDIS_URL", redis_url)
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    for (key, value) in extra {
-        command.env(key, value);
-    }
-    let instance = Instance {
-        child: command.spawn().unwrap(),
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(client.get(format!("{}/readyz", instance.base)).send().await, Ok(r) if r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "instance did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    instance
+/// An instance on `redis_url` and `database_url`, with `extra` settings.
+async fn start(redis_url: &str, database_url: &str, extra: &[(&str, &str)]) -> Server {
+    let mut env = vec![("REDIS_URL", redis_url), ("DATABASE_URL", database_url)];
+    env.extend_from_slice(extra);
+    Server::start(&env, None).await
 }
 
 async fn buy(

@@ -15,5 +15,6 @@ mod integrity;
 mod live;
 mod loadgen;
 mod persistence;
+mod process;
 mod redis_down;
 mod redlock;

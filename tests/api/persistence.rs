@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::helpers::{TestApp, database_urls, spawn_persisting_app, status_and_json, unique};
+use crate::process::Server;
 
 const PERSISTED: [&str; 4] = ["lua", "optimistic", "lock", "sql"];
 
@@ -227,37 +228,14 @@ async fn the_orders_api_pages_with_a_stable_cursor() {
 async fn every_201_reaches_sql_across_a_kill_9() {
     for database_url in database_urls() {
         let redis = seckill::redis_server::RedisServer::start(Default::default()).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let base = format!("http://127.0.0.1:{port}");
-        let start = || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_seckill"))
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("LISTEN", format!("127.0.0.1:{port}"))
-                .env("REDIS_URL", redis.url())
-                .env("DATABASE_URL", &database_url)
-                .env("PERSISTER_CLAIM_IDLE_MS", "1000")
-                .env("RUST_LOG", "warn")
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        let client = reqwest::Client::new();
-        let wait_ready = |client: reqwest::Client, base: String| async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200)
-            {
-                assert!(Instant::now() < deadline, "server did not become ready");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-
-        let mut server = start();
-        wait_ready(client.clone(), base.clone()).await;
+        let redis_url = redis.url();
+        let env = [
+            ("REDIS_URL", redis_url.as_str()),
+            ("DATABASE_URL", database_url.as_str()),
+            ("PERSISTER_CLAIM_IDLE_MS", "1000"),
+        ];
+        let mut server = Server::start(&env, None).await;
+        let (client, base) = (reqwest::Client::new(), server.base.clone());
         // One item per strategy: a sale is bound to one.
         let prefix = unique("kill9");
         for strategy in PERSISTED {
@@ -301,8 +279,7 @@ async fn every_201_reaches_sql_across_a_kill_9() {
             });
         }
         tokio::time::sleep(Duration::from_millis(800)).await;
-        server.kill().unwrap(); // SIGKILL: no drain, no lease release
-        server.wait().unwrap();
+        server.kill(); // SIGKILL: no drain, no lease release
         while load.join_next().await.is_some() {}
         let answered = answered.lock().unwrap().clone();
         assert!(
@@ -311,8 +288,7 @@ async fn every_201_reaches_sql_across_a_kill_9() {
             answered.len()
         );
 
-        let mut server = start();
-        wait_ready(client.clone(), base.clone()).await;
+        let _server = Server::start_on(server.port(), &env, None).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut in_sql = HashSet::new();
@@ -330,8 +306,6 @@ async fn every_201_reaches_sql_across_a_kill_9() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        server.kill().unwrap();
-        server.wait().unwrap();
     }
 }
 

@@ -1,0 +1,87 @@
+//! The real `seckill` binary as a child process, for the tests that need
+//! what only a process has: `kill -9`, SIGSTOP, a working directory of its
+//! own. One harness: start it with a clean environment, wait for `/readyz`,
+//! and kill it on drop.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `seckill serve`. Killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    port: u16,
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts the binary on a free port with only `PATH`, `LISTEN`,
+    /// `RUST_LOG=warn` and `env` set, in `dir` (or here), and waits until
+    /// `/readyz` answers 200.
+    pub async fn start(env: &[(&str, &str)], dir: Option<&Path>) -> Self {
+        Self::start_on(free_port(), env, dir).await
+    }
+
+    /// The same on a given port: a restart answers where its clients are.
+    pub async fn start_on(port: u16, env: &[(&str, &str)], dir: Option<&Path>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_seckill"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let server = Self {
+            child: command.spawn().unwrap(),
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Waits until `/readyz` answers 200 (30 s at most).
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(
+            client.get(format!("{}/readyz", self.base)).send().await,
+            Ok(r) if r.status() == 200
+        ) {
+            assert!(Instant::now() < deadline, "server did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no drain, no lease release; returns once it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
