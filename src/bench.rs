@@ -41,12 +41,9 @@ pub struct BenchArgs {
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Strategies to race, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "naive,optimistic,optimistic-gated,lock,lock-gated,lua,redlock,sql"
-    )]
+    /// Strategies to race, comma-separated (default: every strategy in the
+    /// catalogue, in its order).
+    #[arg(long, value_delimiter = ',')]
     pub strategies: Vec<String>,
 
     /// Units per item (each strategy gets a fresh item with this stock).
@@ -88,15 +85,18 @@ pub struct BenchArgs {
 
 /// Runs the bench and prints the table.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let strategies = args
-        .strategies
-        .iter()
-        .map(|name| {
-            name.trim()
-                .parse::<StrategyKind>()
-                .map_err(anyhow::Error::msg)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let strategies = if args.strategies.is_empty() {
+        StrategyKind::ALL.to_vec()
+    } else {
+        args.strategies
+            .iter()
+            .map(|name| {
+                name.trim()
+                    .parse::<StrategyKind>()
+                    .map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
     if args.concurrency == 0 || args.stock == 0 {
         bail!("--concurrency and --stock must be at least 1");
     }

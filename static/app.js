@@ -2,7 +2,10 @@
 // renders every item's sale; restock and race controls call the admin API.
 "use strict";
 
-const STRATEGIES = ["naive", "optimistic", "optimistic-gated", "lock", "lock-gated", "lua", "redlock", "sql"];
+// Filled from GET /api/strategies, the server's catalogue.
+let STRATEGIES = [];
+// Checked at first: the control group, the fast path, and a gated lock.
+const FEATURED = new Set(["naive", "lua", "lock-gated"]);
 const TOKEN_KEY = "seckill-admin-token";
 
 const $ = (selector) => document.querySelector(selector);
@@ -82,7 +85,7 @@ function itemCard(item) {
     })
     .join("");
   return `<article class="item ${bad ? "oversold" : ""}" data-item="${esc(item.item_id)}">
-    <div class="item-head"><h3>${esc(item.item_id)}</h3><span class="gen">sale #${num(item.generation)} · limit ${num(item.per_user_limit)}/user</span></div>
+    <div class="item-head"><h3>${esc(item.item_id)}</h3><span class="gen">sale #${num(item.generation)} · limit ${num(item.per_user_limit)}/user · ${item.strategy ? `bound to ${esc(item.strategy)}` : "not bound yet"}</span></div>
     <div class="bar" role="img" aria-label="${num(left)} of ${num(item.initial_stock)} left"><span style="width:${pct}%"></span></div>
     <div class="bar-label"><span data-field="stock">${num(item.stock)}</span> of ${num(item.initial_stock)} left</div>
     <div class="headline">
@@ -191,9 +194,23 @@ $("#race").addEventListener("submit", async (event) => {
   if (!response.ok) $("#race-status").textContent = await describe(response);
 });
 
-$("#race-strategies").insertAdjacentHTML(
-  "beforeend",
-  STRATEGIES.map((s) => `<label><input type="checkbox" name="s-${s}" ${s === "naive" || s === "lua" || s === "lock-gated" ? "checked" : ""}> ${s}</label>`).join(" "),
-);
+async function loadStrategies() {
+  try {
+    const response = await fetch("/api/strategies");
+    const catalogue = await response.json();
+    STRATEGIES = catalogue.strategies.filter((s) => s.enabled).map((s) => s.name);
+    $("#race-strategies").insertAdjacentHTML(
+      "beforeend",
+      catalogue.strategies
+        .filter((s) => s.enabled)
+        .map((s) => `<label title="${esc(s.guard)}"><input type="checkbox" name="s-${esc(s.name)}" ${FEATURED.has(s.name) ? "checked" : ""}> ${esc(s.name)}</label>`)
+        .join(" "),
+    );
+  } catch (err) {
+    $("#race-status").textContent = "cannot load the strategies; reload the page";
+  }
+}
+
+loadStrategies();
 
 connect();

@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/api/strategies", get(strategies))
         .route("/api/items", get(items::list_items))
         .route(
             "/api/items/{item}",
@@ -67,6 +68,27 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `GET /api/strategies`: the catalogue, in order: each strategy's name, what
+/// guards it, and whether this instance serves it; and the default. The
+/// status page builds its race controls from it.
+async fn strategies(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    let enabled = state.strategies.names();
+    let list: Vec<serde_json::Value> = crate::strategy::StrategyKind::ALL
+        .iter()
+        .map(|kind| {
+            serde_json::json!({
+                "name": kind.as_str(),
+                "guard": kind.guard(),
+                "enabled": enabled.contains(&kind.as_str()),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "strategies": list,
+        "default": state.default_strategy.as_str(),
+    }))
 }
 
 async fn not_found(uri: Uri) -> ApiError {

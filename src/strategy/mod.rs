@@ -115,6 +115,21 @@ impl StrategyKind {
         }
     }
 
+    /// What keeps two buyers apart, in a line: the catalogue's description
+    /// (`GET /api/strategies`, the status page).
+    pub fn guard(self) -> &'static str {
+        match self {
+            Self::Naive => "nothing: read, check, write (the control group; oversells)",
+            Self::Optimistic => "WATCH/MULTI/EXEC on a dedicated connection, bounded retries",
+            Self::OptimisticGated => "optimistic behind an in-process FIFO gate per item",
+            Self::Lock => "a SET NX PX token lock with a fencing token around read-check-write",
+            Self::LockGated => "lock behind an in-process FIFO gate per item",
+            Self::Lua => "one atomic Lua script",
+            Self::Redlock => "a quorum lock over several Redis nodes around read-check-write",
+            Self::Sql => "a database transaction with a conditional UPDATE",
+        }
+    }
+
     /// Dense index, for per-strategy counter arrays.
     pub fn index(self) -> usize {
         self as usize

@@ -143,6 +143,13 @@ async fn the_page_shows_the_counters_the_api_reports() {
         "3",
     )
     .await;
+    // The sale's strategy binding is shown with its number.
+    wait_text(
+        &browser,
+        &format!(r#"article[data-item="{safe}"] .gen"#),
+        "sale #1 · limit 1/user · bound to lua",
+    )
+    .await;
     let view = page_matches_api(&browser, &app, &unsafe_item).await;
     assert_eq!(view["oversold"], 1);
     // The state is in words, not colour alone. (Read with retries: the page

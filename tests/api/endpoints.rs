@@ -93,6 +93,29 @@ async fn the_strategy_defaults_to_lua_and_the_query_string_works_alone() {
     assert_eq!(response.status(), 201);
 }
 
+/// The catalogue: every strategy the code knows, in order, each served here.
+/// A strategy missing from the registry would show `enabled: false`.
+#[tokio::test]
+async fn the_strategy_catalogue_lists_every_strategy_and_the_default() {
+    let app = spawn_app().await;
+    let catalogue: Value = app.get_json("/api/strategies").await;
+    let names: Vec<&str> = catalogue["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, crate::helpers::all_strategies().to_vec());
+    for strategy in catalogue["strategies"].as_array().unwrap() {
+        assert_eq!(strategy["enabled"], true, "{strategy}");
+        assert!(
+            !strategy["guard"].as_str().unwrap().is_empty(),
+            "{strategy}"
+        );
+    }
+    assert_eq!(catalogue["default"], "lua");
+}
+
 #[tokio::test]
 async fn every_strategy_honours_a_per_user_limit_above_one() {
     let app = spawn_app().await;

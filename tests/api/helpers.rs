@@ -272,3 +272,9 @@ pub async fn hold_all_worker_numbers_but(redis: &RedisServer, free: &[u16]) {
     }
     pipe.exec_async(&mut conn).await.unwrap();
 }
+
+/// Every strategy a client may name, in the catalogue's order: the tests'
+/// matrix derives from the same list the service serves.
+pub fn all_strategies() -> [&'static str; seckill::strategy::StrategyKind::ALL.len()] {
+    seckill::strategy::StrategyKind::ALL.map(seckill::strategy::StrategyKind::as_str)
+}

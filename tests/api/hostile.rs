@@ -6,19 +6,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::helpers::{assert_error, spawn_app, unique};
-
-/// Every strategy name a client may send.
-const STRATEGIES: [&str; 8] = [
-    "naive",
-    "optimistic",
-    "optimistic-gated",
-    "lock",
-    "lock-gated",
-    "lua",
-    "redlock",
-    "sql",
-];
+use crate::helpers::{all_strategies, assert_error, spawn_app, unique};
 
 async fn metric(app: &crate::helpers::TestApp, name: &str) -> f64 {
     let text = app
@@ -52,7 +40,7 @@ async fn a_flood_of_junk_item_ids_allocates_nothing() {
         let (app, prefix) = (Arc::clone(&app), prefix.clone());
         tasks.spawn(async move {
             for n in 0..100 {
-                let strategy = STRATEGIES[(worker + n) % STRATEGIES.len()];
+                let strategy = all_strategies()[(worker + n) % all_strategies().len()];
                 let item = format!("{prefix}-{worker}-{n}");
                 let status = app.purchase(&item, "u", strategy).await.status();
                 assert_eq!(status, 404, "{strategy}");

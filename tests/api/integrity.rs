@@ -14,21 +14,9 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::helpers::{
-    TestApp, assert_error, hold_all_worker_numbers_but, spawn_app, spawn_app_on, spawn_app_with,
-    spawn_persisting_app, sqlite_url, status_and_json, unique,
+    TestApp, all_strategies, assert_error, hold_all_worker_numbers_but, spawn_app, spawn_app_on,
+    spawn_app_with, spawn_persisting_app, sqlite_url, status_and_json, unique,
 };
-
-/// Every strategy name a client may send.
-const STRATEGIES: [&str; 8] = [
-    "naive",
-    "optimistic",
-    "optimistic-gated",
-    "lock",
-    "lock-gated",
-    "lua",
-    "redlock",
-    "sql",
-];
 
 #[tokio::test]
 async fn a_purchase_naming_another_strategy_than_the_sales_is_refused_and_changes_nothing() {
@@ -40,7 +28,7 @@ async fn a_purchase_naming_another_strategy_than_the_sales_is_refused_and_change
     assert_eq!(app.item(&item).await["strategy"], "lua");
 
     let before = app.redis_snapshot(&item).await;
-    for strategy in STRATEGIES.iter().filter(|s| **s != "lua") {
+    for strategy in all_strategies().into_iter().filter(|s| *s != "lua") {
         let body = assert_error(
             app.purchase(&item, "hostile", strategy).await,
             409,
@@ -155,7 +143,7 @@ async fn concurrent_first_purchases_bind_the_sale_to_exactly_one_strategy_across
         let mut tasks = JoinSet::new();
         for i in 0..48 {
             let app = Arc::clone(&apps[i % 2]);
-            let strategy = STRATEGIES[(i + round) % STRATEGIES.len()];
+            let strategy = all_strategies()[(i + round) % all_strategies().len()];
             let item = item.clone();
             tasks.spawn(async move {
                 let response = app.purchase(&item, &format!("u{i}"), strategy).await;
