@@ -36,9 +36,9 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rand::Rng;
 use redis::aio::ConnectionManager;
 
+use super::backoff::Backoff;
 use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
@@ -50,12 +50,6 @@ pub const UNLOCK_LUA: &str = include_str!("unlock.lua");
 pub const RENEW_LUA: &str = include_str!("renew.lua");
 const ACQUIRE_LUA: &str = include_str!("acquire.lua");
 const RELEASE_UNUSED_LUA: &str = include_str!("release_unused.lua");
-
-/// First backoff after a failed acquisition: one timer tick.
-const FIRST_BACKOFF: Duration = Duration::from_millis(1);
-/// Backoff ceiling: a holder needs well under a millisecond, so waiting longer
-/// than this only leaves the lock idle.
-const MAX_BACKOFF: Duration = Duration::from_millis(16);
 
 pub struct Lock {
     redis: ConnectionManager,
@@ -115,9 +109,7 @@ impl Strategy for Lock {
         let mut redis = self.redis.clone();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let ttl_ms = self.ttl.as_millis() as u64;
-        let deadline = Instant::now() + self.wait;
-        let mut backoff = FIRST_BACKOFF;
-        let mut waits = 0u32;
+        let mut backoff = Backoff::new(self.wait);
 
         let (snapshot, fence, acquired_at) = loop {
             let mut pipe = redis::pipe();
@@ -141,19 +133,14 @@ impl Strategy for Lock {
                 break (snapshot, fence, Instant::now());
             }
             if let Some(rejection) = snapshot.rejection(purchase.strategy) {
-                return Ok(Attempt::new(rejection).with_retries(waits));
+                return Ok(Attempt::new(rejection).with_retries(backoff.waits()));
             }
-            let now = Instant::now();
-            if now + backoff > deadline {
+            if !backoff.wait().await {
                 return Ok(Attempt::new(Outcome::Contended {
                     detail: format!("lock not acquired within {:?}", self.wait),
                 })
-                .with_retries(waits));
+                .with_retries(backoff.waits()));
             }
-            let jittered = rand::rng().random_range(backoff / 2..=backoff);
-            tokio::time::sleep(jittered).await;
-            waits += 1;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         };
 
         // Aborted on every way out, a cancelled request's included: a
@@ -227,7 +214,7 @@ impl Strategy for Lock {
         };
         Ok(Attempt {
             outcome,
-            retries: waits,
+            retries: backoff.waits(),
             lock_expired,
             fenced,
         })

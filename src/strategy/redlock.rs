@@ -34,19 +34,14 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
-use rand::Rng;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::backoff::Backoff;
 use super::lock::UNLOCK_LUA;
 use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
 };
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(1);
-/// A Redlock round costs N round trips in parallel; waiting longer than this
-/// only leaves the lock idle.
-const MAX_BACKOFF: Duration = Duration::from_millis(16);
 
 /// Clock drift allowance: 1% of the TTL plus 2 ms, as the algorithm states.
 fn drift(ttl: Duration) -> Duration {
@@ -195,18 +190,16 @@ impl Strategy for Redlock {
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
         let resource = format!("{}:redlock", purchase.keys.lock);
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let deadline = Instant::now() + self.wait;
-        let mut backoff = FIRST_BACKOFF;
-        let mut waits = 0u32;
+        let mut backoff = Backoff::new(self.wait);
         let (validity, acquired_at) = loop {
             let round = Instant::now();
             if let Some(validity) = self.try_acquire(&resource, &token).await {
                 break (validity, round);
             }
             if let Some(rejection) = self.peek(purchase).await?.rejection(purchase.strategy) {
-                return Ok(Attempt::new(rejection).with_retries(waits));
+                return Ok(Attempt::new(rejection).with_retries(backoff.waits()));
             }
-            if Instant::now() + backoff > deadline {
+            if !backoff.wait().await {
                 return Ok(Attempt::new(Outcome::Contended {
                     detail: format!(
                         "no Redlock quorum of {} of {} nodes within {:?}",
@@ -215,12 +208,8 @@ impl Strategy for Redlock {
                         self.wait
                     ),
                 })
-                .with_retries(waits));
+                .with_retries(backoff.waits()));
             }
-            let jittered = rand::rng().random_range(backoff / 2..=backoff);
-            tokio::time::sleep(jittered).await;
-            waits += 1;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         };
 
         let section = async {
@@ -262,7 +251,7 @@ impl Strategy for Redlock {
         }
         Ok(Attempt {
             outcome: outcome?,
-            retries: waits,
+            retries: backoff.waits(),
             lock_expired,
             fenced: false,
         })
