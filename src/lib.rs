@@ -18,6 +18,8 @@
 //! - [`metrics`]: Prometheus metrics for `/metrics`; [`live`]: the status
 //!   page's feed; [`race`]: the page's race control.
 //! - [`idempotency`]: `Idempotency-Key` records for purchases.
+//! - [`order_log`]: the order-log entry, written by the strategies and read
+//!   by the persister and the bench.
 //! - [`db`]: SQL (SQLite or Postgres) and its queries; [`persister`]: the
 //!   background task moving orders from the Redis order logs into SQL.
 //!
@@ -44,6 +46,7 @@ pub mod lease;
 pub mod live;
 pub mod loadgen;
 pub mod metrics;
+pub mod order_log;
 pub mod persister;
 pub mod race;
 pub mod redis_server;

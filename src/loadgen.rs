@@ -658,8 +658,8 @@ async fn lost_in_order_log(
         };
         start = format!("({last}");
         for (_, fields) in &entries {
-            if let Some((_, id)) = fields.iter().find(|(k, _)| k == "order_id") {
-                logged.insert(id.clone());
+            if let Some(id) = crate::order_log::order_id_of(fields) {
+                logged.insert(id.to_owned());
             }
         }
     }

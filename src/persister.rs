@@ -473,7 +473,7 @@ impl Worker {
         let mut parsed = Vec::with_capacity(entries.len());
         let mut letters = Vec::new();
         for entry in entries {
-            match parse_entry(&item, entry) {
+            match crate::order_log::parse(&item, entry) {
                 Ok(order) => {
                     orders.push(order);
                     parsed.push(entry);
@@ -699,27 +699,6 @@ fn dead_letter_fields(
     .collect()
 }
 
-fn parse_entry(item: &str, entry: &StreamId) -> Result<OrderRecord, String> {
-    let text = |field: &str| {
-        entry
-            .get::<String>(field)
-            .ok_or_else(|| format!("missing field `{field}`"))
-    };
-    let number = |field: &str| {
-        text(field)?
-            .parse::<i64>()
-            .map_err(|_| format!("field `{field}` is not an integer"))
-    };
-    Ok(OrderRecord {
-        order_id: OrderId::parse(&text("order_id")?)?,
-        item_id: item.to_owned(),
-        user_id: text("user_id")?,
-        strategy: text("strategy")?,
-        generation: number("generation")?,
-        created_at: number("created_ms")?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,32 +707,5 @@ mod tests {
     fn the_item_comes_from_the_hash_tag() {
         assert_eq!(item_of_stream("seckill:{ip17}:orders"), "ip17");
         assert_eq!(item_of_stream("seckill:{ip17}:orders:archived:ab"), "ip17");
-    }
-
-    #[test]
-    fn entries_parse_into_orders_and_bad_ones_say_why() {
-        let mut entry = StreamId {
-            id: "1-0".into(),
-            ..StreamId::default()
-        };
-        for (k, v) in [
-            ("order_id", "42"),
-            ("user_id", "u1"),
-            ("strategy", "lua"),
-            ("created_ms", "1700000000000"),
-            ("generation", "3"),
-        ] {
-            entry
-                .map
-                .insert(k.into(), redis::Value::BulkString(v.as_bytes().to_vec()));
-        }
-        let order = parse_entry("ip", &entry).unwrap();
-        assert_eq!((order.order_id, order.generation), (OrderId(42), 3));
-        entry.map.remove("generation");
-        assert!(
-            parse_entry("ip", &entry)
-                .unwrap_err()
-                .contains("generation")
-        );
     }
 }

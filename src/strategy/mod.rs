@@ -264,17 +264,10 @@ impl Purchase {
         args
     }
 
-    /// The fields of the order-log entry (`XADD ... * <fields>`) for a sale
-    /// of `generation`. The creation time is the id's own timestamp, so the two
-    /// can never disagree. The persister reads these back (`crate::persister`).
+    /// The fields of the order-log entry for a sale of `generation`
+    /// ([`crate::order_log`]).
     pub fn order_fields(&self, generation: u64) -> [(&'static str, String); 5] {
-        [
-            ("order_id", self.order_id.to_string()),
-            ("user_id", self.user.to_string()),
-            ("strategy", self.strategy.to_string()),
-            ("created_ms", self.order_id.parts().unix_ms.to_string()),
-            ("generation", generation.to_string()),
-        ]
+        crate::order_log::fields(self.order_id, &self.user, self.strategy, generation)
     }
 }
 

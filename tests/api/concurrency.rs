@@ -66,13 +66,8 @@ async fn race(
         .await
         .unwrap();
     let logged_ids = entries
-        .into_iter()
-        .filter_map(|(_, fields)| {
-            fields
-                .into_iter()
-                .find(|(k, _)| k == "order_id")
-                .map(|(_, v)| v)
-        })
+        .iter()
+        .filter_map(|(_, fields)| seckill::order_log::order_id_of(fields).map(str::to_owned))
         .collect();
     let held: HashMap<String, u64> = redis::cmd("HGETALL")
         .arg(format!("seckill:{{{item}}}:buyers"))

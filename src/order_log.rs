@@ -1,0 +1,111 @@
+//! The order-log entry: the one wire shape between the strategies, which
+//! append it to the item's order log (`XADD`), and its readers, the
+//! persister and the bench. Its field names live here; `purchase.lua`, which
+//! cannot import them, writes the same names in the same order, and a test
+//! below holds the two together.
+
+use redis::streams::StreamId;
+
+use crate::db::OrderRecord;
+use crate::domain::UserId;
+use crate::snowflake::OrderId;
+use crate::strategy::StrategyKind;
+
+/// The snowflake order id, decimal.
+pub const ORDER_ID: &str = "order_id";
+pub const USER_ID: &str = "user_id";
+/// The strategy the purchase named.
+pub const STRATEGY: &str = "strategy";
+/// The order id's own timestamp (Unix ms), so the two never disagree.
+pub const CREATED_MS: &str = "created_ms";
+/// The sale (restock generation) the order belongs to.
+pub const GENERATION: &str = "generation";
+
+/// The fields of one entry (`XADD ... * <fields>`), in the order
+/// `purchase.lua` writes them.
+pub fn fields(
+    order_id: OrderId,
+    user: &UserId,
+    strategy: StrategyKind,
+    generation: u64,
+) -> [(&'static str, String); 5] {
+    [
+        (ORDER_ID, order_id.to_string()),
+        (USER_ID, user.to_string()),
+        (STRATEGY, strategy.to_string()),
+        (CREATED_MS, order_id.parts().unix_ms.to_string()),
+        (GENERATION, generation.to_string()),
+    ]
+}
+
+/// Reads an entry of `item`'s order log back into an order.
+pub fn parse(item: &str, entry: &StreamId) -> Result<OrderRecord, String> {
+    let text = |field: &str| {
+        entry
+            .get::<String>(field)
+            .ok_or_else(|| format!("missing field `{field}`"))
+    };
+    let number = |field: &str| {
+        text(field)?
+            .parse::<i64>()
+            .map_err(|_| format!("field `{field}` is not an integer"))
+    };
+    Ok(OrderRecord {
+        order_id: OrderId::parse(&text(ORDER_ID)?)?,
+        item_id: item.to_owned(),
+        user_id: text(USER_ID)?,
+        strategy: text(STRATEGY)?,
+        generation: number(GENERATION)?,
+        created_at: number(CREATED_MS)?,
+    })
+}
+
+/// The order id of an entry read as plain field pairs (`XRANGE`).
+pub fn order_id_of(fields: &[(String, String)]) -> Option<&str> {
+    fields
+        .iter()
+        .find(|(name, _)| name == ORDER_ID)
+        .map(|(_, value)| value.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purchase_lua_writes_the_same_fields_in_the_same_order() {
+        let script = include_str!("strategy/purchase.lua");
+        let xadd = &script[script
+            .find("'XADD'")
+            .expect("purchase.lua appends an entry")..];
+        let mut from = 0;
+        for name in [ORDER_ID, USER_ID, STRATEGY, CREATED_MS, GENERATION] {
+            let at = xadd[from..]
+                .find(&format!("'{name}'"))
+                .unwrap_or_else(|| panic!("purchase.lua lacks `{name}` after position {from}"));
+            from += at + name.len();
+        }
+    }
+
+    #[test]
+    fn entries_parse_into_orders_and_bad_ones_say_why() {
+        let user = UserId::parse("u1").unwrap();
+        let mut entry = StreamId {
+            id: "1-0".into(),
+            ..StreamId::default()
+        };
+        for (k, v) in fields(OrderId(42), &user, StrategyKind::Lua, 3) {
+            entry
+                .map
+                .insert(k.into(), redis::Value::BulkString(v.into_bytes()));
+        }
+        let order = parse("ip", &entry).unwrap();
+        assert_eq!((order.order_id, order.generation), (OrderId(42), 3));
+        assert_eq!(
+            (order.user_id.as_str(), order.strategy.as_str()),
+            ("u1", "lua")
+        );
+        entry.map.remove(GENERATION);
+        assert!(parse("ip", &entry).unwrap_err().contains(GENERATION));
+    }
+}
