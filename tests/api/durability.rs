@@ -4,16 +4,14 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use seckill::redis_server::{Fsync, RedisServer, RedisServerOptions};
 use serde_json::Value;
-use tokio::task::JoinSet;
 
 use crate::helpers::{sqlite_url, unique};
-use crate::persistence::ids_in_sql;
-use crate::process::Server;
+use crate::persistence::wait_in_sql;
+use crate::process::{Server, buy_until_killed};
 
 /// What a newcomer's `seckill serve` gets beside its defaults.
 const NEWCOMER: [(&str, &str); 1] = [("PERSISTER_CLAIM_IDLE_MS", "1000")];
@@ -34,37 +32,9 @@ async fn the_default_setup_resumes_every_sale_after_a_kill_9() {
         .unwrap();
     assert_eq!(created.status(), 201);
 
-    let answered = Arc::new(Mutex::new(HashSet::new()));
-    let mut load = JoinSet::new();
-    for worker in 0..16 {
-        let (client, base, item, answered) = (
-            client.clone(),
-            base.clone(),
-            item.clone(),
-            Arc::clone(&answered),
-        );
-        load.spawn(async move {
-            for n in 0.. {
-                let url = format!("{base}/api/items/{item}/purchase?user_id=d{worker}x{n}");
-                let Ok(response) = client.post(url).send().await else {
-                    break;
-                };
-                if response.status() == 201 {
-                    let Ok(body) = response.json::<Value>().await else {
-                        break;
-                    };
-                    answered
-                        .lock()
-                        .unwrap()
-                        .insert(body["order_id"].as_str().unwrap().to_owned());
-                }
-            }
-        });
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.kill(); // SIGKILL: no drain; the Redis child dies with it
-    while load.join_next().await.is_some() {}
-    let answered = answered.lock().unwrap().clone();
+    // SIGKILL: no drain; the Redis child dies with it.
+    let sales = [(item.clone(), "lua")];
+    let answered = buy_until_killed(&mut server, &sales, Duration::from_millis(1500)).await;
     assert!(
         answered.len() > 20,
         "orders before the kill: {}",
@@ -91,21 +61,13 @@ async fn the_default_setup_resumes_every_sale_after_a_kill_9() {
         "{view}"
     );
     let database_url = format!("sqlite://{}/data/seckill.db", dir.display());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let missing = answered
-            .difference(&ids_in_sql(&database_url, &item).await)
-            .count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} acknowledged orders never reached SQL",
-            answered.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_in_sql(
+        &database_url,
+        std::slice::from_ref(&item),
+        &answered,
+        Duration::from_secs(30),
+    )
+    .await;
     // And it keeps selling where it left off.
     let bought = client
         .post(format!("{base}/api/items/{item}/purchase?user_id=after"))
@@ -228,24 +190,6 @@ async fn buy_lua(app: &crate::helpers::TestApp, item: &str, n: usize) -> HashSet
     ids
 }
 
-async fn wait_in_sql(database_url: &str, item: &str, answered: &HashSet<String>, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let missing = answered
-            .difference(&ids_in_sql(database_url, item).await)
-            .count();
-        if missing == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} acknowledged orders not in SQL",
-            answered.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The database is locked when the service stops: the drain gives up at its
 /// bound instead of holding the process, the orders wait in Redis, and reach
 /// SQL after the next start.
@@ -272,7 +216,13 @@ async fn a_drain_against_a_locked_database_gives_up_at_its_bound_and_loses_nothi
         c.persister_claim_idle_ms = 500;
     })
     .await;
-    wait_in_sql(&database_url, &item, &answered, Duration::from_secs(30)).await;
+    wait_in_sql(
+        &database_url,
+        std::slice::from_ref(&item),
+        &answered,
+        Duration::from_secs(30),
+    )
+    .await;
 }
 
 /// A database locked for a moment: the persister retries the entries it
@@ -291,5 +241,11 @@ async fn entries_that_failed_to_insert_are_retried_without_waiting_for_a_reclaim
     // The insert waits on SQLite's busy timeout (5 s), then fails.
     tokio::time::sleep(Duration::from_secs(6)).await;
     drop(lock);
-    wait_in_sql(&database_url, &item, &answered, Duration::from_secs(15)).await;
+    wait_in_sql(
+        &database_url,
+        std::slice::from_ref(&item),
+        &answered,
+        Duration::from_secs(15),
+    )
+    .await;
 }

@@ -3,7 +3,7 @@
 //! after a graceful stop and after a kill -9.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use seckill::db::Db;
@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::helpers::{TestApp, database_urls, spawn_persisting_app, status_and_json, unique};
-use crate::process::Server;
+use crate::process::{Server, buy_until_killed};
 
 const PERSISTED: [&str; 4] = ["lua", "optimistic", "lock", "sql"];
 
@@ -55,6 +55,33 @@ pub async fn ids_in_sql(database_url: &str, item: &str) -> HashSet<String> {
         .into_iter()
         .map(|o| o.order_id.to_string())
         .collect()
+}
+
+/// Waits until every id in `answered` is in SQL, under one of `items`;
+/// fails after `within`.
+pub async fn wait_in_sql(
+    database_url: &str,
+    items: &[String],
+    answered: &HashSet<String>,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut in_sql = HashSet::new();
+        for item in items {
+            in_sql.extend(ids_in_sql(database_url, item).await);
+        }
+        let missing = answered.difference(&in_sql).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged orders never reached SQL ({database_url})",
+            answered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Polls the item view until the persister has caught up.
@@ -248,40 +275,12 @@ async fn every_201_reaches_sql_across_a_kill_9() {
             assert_eq!(created.status(), 201);
         }
 
-        let answered = Arc::new(Mutex::new(HashSet::new()));
-        let mut load = JoinSet::new();
-        for worker in 0..16 {
-            let (client, base, prefix, answered) = (
-                client.clone(),
-                base.clone(),
-                prefix.clone(),
-                Arc::clone(&answered),
-            );
-            load.spawn(async move {
-                for n in 0.. {
-                    let strategy = PERSISTED[n % PERSISTED.len()];
-                    let url = format!(
-                        "{base}/api/items/{prefix}-{strategy}/purchase?user_id=k{worker}x{n}&strategy={strategy}"
-                    );
-                    let Ok(response) = client.post(url).send().await else {
-                        break;
-                    };
-                    if response.status() == 201 {
-                        let Ok(body) = response.json::<Value>().await else {
-                            break;
-                        };
-                        answered
-                            .lock()
-                            .unwrap()
-                            .insert(body["order_id"].as_str().unwrap().to_owned());
-                    }
-                }
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        server.kill(); // SIGKILL: no drain, no lease release
-        while load.join_next().await.is_some() {}
-        let answered = answered.lock().unwrap().clone();
+        let sales: Vec<(String, &str)> = PERSISTED
+            .iter()
+            .map(|strategy| (format!("{prefix}-{strategy}"), *strategy))
+            .collect();
+        // SIGKILL: no drain, no lease release.
+        let answered = buy_until_killed(&mut server, &sales, Duration::from_millis(800)).await;
         assert!(
             answered.len() > 20,
             "the load made orders before the kill: {}",
@@ -289,23 +288,8 @@ async fn every_201_reaches_sql_across_a_kill_9() {
         );
 
         let _server = Server::start_on(server.port(), &env, None).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut in_sql = HashSet::new();
-            for strategy in PERSISTED {
-                in_sql.extend(ids_in_sql(&database_url, &format!("{prefix}-{strategy}")).await);
-            }
-            let missing = answered.difference(&in_sql).count();
-            if missing == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{missing} of {} acknowledged orders never reached SQL ({database_url})",
-                answered.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let items: Vec<String> = sales.into_iter().map(|(item, _)| item).collect();
+        wait_in_sql(&database_url, &items, &answered, Duration::from_secs(30)).await;
     }
 }
 

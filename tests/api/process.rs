@@ -3,9 +3,14 @@
 //! own. One harness: start it with a clean environment, wait for `/readyz`,
 //! and kill it on drop.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::task::JoinSet;
 
 /// A running `seckill serve`. Killed (SIGKILL) on drop.
 pub struct Server {
@@ -78,6 +83,53 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Buys on `server` with 16 clients for `run_for`, each purchase on the next
+/// of `sales` (item, strategy) in turn and from a new user, then kills the
+/// server with SIGKILL in the middle of that load. Returns the order ids
+/// that got a 201 before the kill.
+pub async fn buy_until_killed(
+    server: &mut Server,
+    sales: &[(String, &'static str)],
+    run_for: Duration,
+) -> HashSet<String> {
+    let client = reqwest::Client::new();
+    let answered = Arc::new(Mutex::new(HashSet::new()));
+    let sales: Arc<[(String, &'static str)]> = sales.into();
+    let mut load = JoinSet::new();
+    for worker in 0..16 {
+        let (client, base, sales, answered) = (
+            client.clone(),
+            server.base.clone(),
+            Arc::clone(&sales),
+            Arc::clone(&answered),
+        );
+        load.spawn(async move {
+            for n in 0.. {
+                let (item, strategy) = &sales[n % sales.len()];
+                let url = format!(
+                    "{base}/api/items/{item}/purchase?user_id=k{worker}x{n}&strategy={strategy}"
+                );
+                let Ok(response) = client.post(url).send().await else {
+                    break;
+                };
+                if response.status() == 201 {
+                    let Ok(body) = response.json::<Value>().await else {
+                        break;
+                    };
+                    answered
+                        .lock()
+                        .unwrap()
+                        .insert(body["order_id"].as_str().unwrap().to_owned());
+                }
+            }
+        });
+    }
+    tokio::time::sleep(run_for).await;
+    server.kill();
+    while load.join_next().await.is_some() {}
+    answered.lock().unwrap().clone()
 }
 
 impl Drop for Server {
