@@ -47,9 +47,7 @@ async fn metrics_count_purchases_by_strategy_and_show_item_gauges() {
     // The sale is naive's: another strategy is refused, and counted.
     assert_eq!(app.purchase(&item, "m3", "lua").await.status(), 409);
 
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
+    let text = app.metrics_text().await;
     for expected in [
         r#"seckill_purchases_total{strategy="naive",outcome="purchased"} 2"#.to_owned(),
         r#"seckill_purchases_total{strategy="lua",outcome="strategy_mismatch"} 1"#.to_owned(),

@@ -135,12 +135,25 @@ impl TestApp {
 
     /// `PUT /api/items/{item}` with the given stock and per-user limit.
     pub async fn restock(&self, item: &str, stock: u64, limit: u64) -> Response {
+        self.put_item(item, json!({"stock": stock, "per_user_limit": limit}))
+            .await
+    }
+
+    /// `PUT /api/items/{item}` with any JSON body.
+    pub async fn put_item(&self, item: &str, body: Value) -> Response {
         self.client
             .put(self.url(&format!("/api/items/{item}")))
-            .json(&json!({"stock": stock, "per_user_limit": limit}))
+            .json(&body)
             .send()
             .await
             .unwrap()
+    }
+
+    /// `GET /metrics` as text, asserting 200.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
     }
 
     /// Creates an item, asserting success.

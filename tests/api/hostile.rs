@@ -9,15 +9,7 @@ use tokio::task::JoinSet;
 use crate::helpers::{all_strategies, assert_error, spawn_app, unique};
 
 async fn metric(app: &crate::helpers::TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|line| line.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))

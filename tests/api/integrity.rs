@@ -182,14 +182,8 @@ async fn concurrent_first_purchases_bind_the_sale_to_exactly_one_strategy_across
 async fn a_restock_names_the_strategy_or_clears_the_binding() {
     let app = spawn_app().await;
     let item = unique("named");
-    let put = |body: Value| {
-        app.client
-            .put(app.url(&format!("/api/items/{item}")))
-            .json(&body)
-            .send()
-    };
-    let (status, view) =
-        status_and_json(put(json!({"stock": 3, "strategy": "lock"})).await.unwrap()).await;
+    let put = |body: Value| app.put_item(&item, body);
+    let (status, view) = status_and_json(put(json!({"stock": 3, "strategy": "lock"})).await).await;
     assert_eq!((status.as_u16(), &view["strategy"]), (201, &json!("lock")));
     assert_error(
         app.purchase(&item, "u1", "lua").await,
@@ -201,7 +195,7 @@ async fn a_restock_names_the_strategy_or_clears_the_binding() {
 
     let before = app.redis_snapshot(&item).await;
     let body = assert_error(
-        put(json!({"stock": 3, "strategy": "fast"})).await.unwrap(),
+        put(json!({"stock": 3, "strategy": "fast"})).await,
         400,
         "invalid_request",
     )
@@ -213,7 +207,7 @@ async fn a_restock_names_the_strategy_or_clears_the_binding() {
         "a bad restock changes nothing"
     );
 
-    let (status, view) = status_and_json(put(json!({"stock": 3})).await.unwrap()).await;
+    let (status, view) = status_and_json(put(json!({"stock": 3})).await).await;
     assert_eq!((status.as_u16(), &view["strategy"]), (200, &Value::Null));
     assert_eq!(app.purchase(&item, "u1", "lua").await.status(), 201);
     assert_eq!(app.item(&item).await["strategy"], "lua");
@@ -233,19 +227,15 @@ async fn a_restock_during_a_held_purchase_leaves_the_new_sale_untouched() {
         "optimistic-gated",
     ] {
         let item = unique("restocked");
-        let restock = |stock: u64| {
-            app.client
-                .put(app.url(&format!("/api/items/{item}")))
-                .json(&json!({"stock": stock, "strategy": strategy}))
-                .send()
-        };
-        assert!(restock(1_000).await.unwrap().status().is_success());
+        let restock =
+            |stock: u64| app.put_item(&item, json!({"stock": stock, "strategy": strategy}));
+        assert!(restock(1_000).await.status().is_success());
         let held = {
             let (app, item) = (Arc::clone(&app), item.clone());
             tokio::spawn(async move { app.purchase(&item, "held", strategy).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(restock(5).await.unwrap().status(), 200, "{strategy}");
+        assert_eq!(restock(5).await.status(), 200, "{strategy}");
         let (status, body) = status_and_json(held.await.unwrap()).await;
 
         let view = app.item(&item).await;
@@ -293,18 +283,15 @@ async fn a_restock_during_an_sql_purchase_never_sells_into_the_new_sale() {
     for (restock_after_ms, new_strategy, expected) in [(100, "lua", 409), (450, "sql", 201)] {
         let item = unique("sql-restocked");
         let restock = |stock: u64, strategy: &'static str| {
-            app.client
-                .put(app.url(&format!("/api/items/{item}")))
-                .json(&json!({"stock": stock, "strategy": strategy}))
-                .send()
+            app.put_item(&item, json!({"stock": stock, "strategy": strategy}))
         };
-        assert!(restock(1_000, "sql").await.unwrap().status().is_success());
+        assert!(restock(1_000, "sql").await.status().is_success());
         let held = {
             let (app, item) = (Arc::clone(&app), item.clone());
             tokio::spawn(async move { app.purchase(&item, "held", "sql").await })
         };
         tokio::time::sleep(Duration::from_millis(restock_after_ms)).await;
-        assert_eq!(restock(5, new_strategy).await.unwrap().status(), 200);
+        assert_eq!(restock(5, new_strategy).await.status(), 200);
         let (status, body) = status_and_json(held.await.unwrap()).await;
         assert_eq!(
             status.as_u16(),
@@ -571,15 +558,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
         let orders: Value = app.get_json(&format!("/api/orders?item={item}")).await;
         assert_eq!(orders["orders"].as_array().unwrap().len(), 1, "{orders}");
         assert_eq!(orders["orders"][0]["user_id"], "first", "{orders}");
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics_text().await;
         assert!(
             metrics.contains("seckill_persister_conflicts 1"),
             "{metrics}"
