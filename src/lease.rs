@@ -193,6 +193,9 @@ impl WorkerLease {
             redis,
             token: uuid::Uuid::new_v4().simple().to_string(),
             config,
+            take: Script::new(TAKE_LUA),
+            renew: Script::new(RENEW_LUA),
+            release: Script::new(RELEASE_LUA),
         };
         let held = leaser.take_any(None, 0).await?;
         let minter = Arc::new(IdMinter {
@@ -255,6 +258,10 @@ struct Leaser {
     redis: ConnectionManager,
     token: String,
     config: LeaseConfig,
+    /// Built once: each hashes its script, and a take may try every number.
+    take: Script,
+    renew: Script,
+    release: Script,
 }
 
 impl Leaser {
@@ -302,7 +309,8 @@ impl Leaser {
     /// Takes `n` if free, then waits past its horizon. `None` when someone
     /// holds it, or when the wait would be a clock problem (given back).
     async fn take(&mut self, n: u16, not_before_ms: u64) -> anyhow::Result<Option<Held>> {
-        let horizon: Option<u64> = Script::new(TAKE_LUA)
+        let horizon: Option<u64> = self
+            .take
             .key(keys::worker_lease(n))
             .key(keys::worker_horizon(n))
             .arg(&self.token)
@@ -378,7 +386,8 @@ impl Leaser {
 
     /// Extends the lease on `n` and raises its horizon to `horizon_ms`.
     async fn renew_once(&mut self, n: u16, horizon_ms: u64) -> anyhow::Result<bool> {
-        let renewed: i64 = Script::new(RENEW_LUA)
+        let renewed: i64 = self
+            .renew
             .key(keys::worker_lease(n))
             .key(keys::worker_horizon(n))
             .arg(&self.token)
@@ -392,7 +401,8 @@ impl Leaser {
 
     /// Releases `n`, leaving `last_ms` as its horizon.
     async fn give_back(&mut self, n: u16, last_ms: u64) {
-        let released: redis::RedisResult<i64> = Script::new(RELEASE_LUA)
+        let released: redis::RedisResult<i64> = self
+            .release
             .key(keys::worker_lease(n))
             .key(keys::worker_horizon(n))
             .arg(&self.token)

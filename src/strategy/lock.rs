@@ -44,10 +44,10 @@ use super::{
     Written,
 };
 
-/// The release script, shared with the worker lease and redlock.
+/// The release script (compare-and-delete), shared with redlock.
 pub const UNLOCK_LUA: &str = include_str!("unlock.lua");
-/// Compare-and-extend, for the watchdog and the worker lease.
-pub const RENEW_LUA: &str = include_str!("renew.lua");
+/// Compare-and-extend, for the watchdog.
+const RENEW_LUA: &str = include_str!("renew.lua");
 const ACQUIRE_LUA: &str = include_str!("acquire.lua");
 const RELEASE_UNUSED_LUA: &str = include_str!("release_unused.lua");
 

@@ -1,6 +1,6 @@
--- renew.lua: extend a token lock (or lease) only if we still own it.
+-- renew.lua: extend the `lock` strategy's lock (the watchdog) only if we still own it.
 --
--- KEYS[1] the lock or lease key
+-- KEYS[1] the lock key
 -- ARGV[1] the owner's token
 -- ARGV[2] the new TTL in milliseconds
 --
