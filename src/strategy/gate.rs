@@ -107,6 +107,16 @@ mod tests {
     use crate::domain::UserId;
     use crate::snowflake::OrderId;
 
+    /// A gated purchase of the junk item number `n`.
+    fn junk(n: usize) -> Purchase {
+        Purchase::new(
+            ItemId::parse(&format!("junk{n}")).unwrap(),
+            UserId::parse("u").unwrap(),
+            OrderId(1),
+            StrategyKind::LockGated,
+        )
+    }
+
     /// Answers at once, like a strategy on an item that does not exist.
     struct Nothing;
 
@@ -133,12 +143,7 @@ mod tests {
         for i in 0..2_000 {
             let gated = Arc::clone(&gated);
             tasks.spawn(async move {
-                let purchase = Purchase::new(
-                    ItemId::parse(&format!("junk{}", i % 300)).unwrap(),
-                    UserId::parse("u").unwrap(),
-                    OrderId(1),
-                    StrategyKind::LockGated,
-                );
+                let purchase = junk(i % 300);
                 gated.purchase(&purchase).await.unwrap();
             });
         }
@@ -171,12 +176,7 @@ mod tests {
         for i in 0..200 {
             let gated = Arc::clone(&gated);
             tasks.spawn(async move {
-                let purchase = Purchase::new(
-                    ItemId::parse(&format!("junk{}", i % 50)).unwrap(),
-                    UserId::parse("u").unwrap(),
-                    OrderId(1),
-                    StrategyKind::LockGated,
-                );
+                let purchase = junk(i % 50);
                 let _ = gated.purchase(&purchase).await;
             });
         }
