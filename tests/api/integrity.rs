@@ -213,6 +213,23 @@ async fn a_restock_names_the_strategy_or_clears_the_binding() {
     assert_eq!(app.item(&item).await["strategy"], "lua");
 }
 
+/// Asserts that the sale a restock to 5 units started (the second) is as the
+/// restock left it, whatever the held purchase did; returns the item view.
+async fn new_sale_untouched(app: &TestApp, item: &str, strategy: &str) -> Value {
+    let view = app.item(item).await;
+    assert_eq!(
+        (
+            &view["stock"],
+            &view["sold"],
+            &view["lag"],
+            &view["generation"]
+        ),
+        (&json!(5), &json!(0), &json!(0), &json!(2)),
+        "{strategy}: the new sale is untouched: {view}"
+    );
+    view
+}
+
 /// A purchase from the old sale, held open by the race window, finishes after
 /// a restock: it must not write into the new sale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,17 +255,7 @@ async fn a_restock_during_a_held_purchase_leaves_the_new_sale_untouched() {
         assert_eq!(restock(5).await.status(), 200, "{strategy}");
         let (status, body) = status_and_json(held.await.unwrap()).await;
 
-        let view = app.item(&item).await;
-        assert_eq!(
-            (
-                &view["stock"],
-                &view["sold"],
-                &view["lag"],
-                &view["generation"]
-            ),
-            (&json!(5), &json!(0), &json!(0), &json!(2)),
-            "{strategy}: the new sale is untouched: {view}"
-        );
+        let view = new_sale_untouched(&app, &item, strategy).await;
         {
             assert_eq!(
                 (status.as_u16(), body["error"]["code"].as_str()),
@@ -299,17 +306,7 @@ async fn a_restock_during_an_sql_purchase_never_sells_into_the_new_sale() {
             "restock at {restock_after_ms} ms: {body}"
         );
 
-        let view = app.item(&item).await;
-        assert_eq!(
-            (
-                &view["stock"],
-                &view["sold"],
-                &view["lag"],
-                &view["generation"]
-            ),
-            (&json!(5), &json!(0), &json!(0), &json!(2)),
-            "the new sale is untouched: {view}"
-        );
+        new_sale_untouched(&app, &item, "sql").await;
         let orders: Value = app.get_json(&format!("/api/orders?item={item}")).await;
         let orders = orders["orders"].as_array().unwrap();
         if expected == 201 {
