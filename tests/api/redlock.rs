@@ -101,7 +101,12 @@ async fn with_one_node_killed_mid_run_purchases_go_on_and_never_oversell() {
     let app = redlock_app(&nodes, 20_000).await;
     let item = unique("redlock-kill1");
     app.create_item(&item, 100, 1).await;
-    let tasks = buyers(&app, &item, (0..400).map(|i| format!("k{i}")));
+    // Twice the stock in buyers. With 400, on two cores shared with the rest
+    // of the suite, Redlock's split votes (each contender wins one node of
+    // three, none a quorum, all release and retry) could keep the sale from
+    // starting for 10 s; what is tested is completion with a node killed and
+    // no oversell, not behaviour under that much contention.
+    let tasks = buyers(&app, &item, (0..200).map(|i| format!("k{i}")));
 
     // Kill a node once the sale is under way.
     let deadline = Instant::now() + Duration::from_secs(10);
