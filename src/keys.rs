@@ -46,6 +46,8 @@ pub struct ItemKeys {
     pub lock: String,
     /// Fencing-token counter: INCR at each `lock` acquisition.
     pub fence: String,
+    /// The `redlock` strategy's lock, on each of its nodes.
+    pub redlock: String,
     /// Set of this item's order logs set aside by restocks (see
     /// [`ItemKeys::new_archive`]), until the persister has them all.
     pub archives: String,
@@ -67,6 +69,7 @@ impl ItemKeys {
             orders: format!("{base}:orders"),
             lock: format!("{base}:lock"),
             fence: format!("{base}:fence"),
+            redlock: format!("{base}:lock:redlock"),
             archives: format!("{base}:archives"),
             dead_letters: format!("{base}:dead-letters"),
             base,
@@ -78,6 +81,17 @@ impl ItemKeys {
         format!("{}:idem:{encoded_key}", self.base)
     }
 
+    /// A `SCAN`/`KEYS` pattern matching every key of this item.
+    pub fn pattern(&self) -> String {
+        format!("{}:*", self.base)
+    }
+
+    /// A pattern matching the order logs restocks set aside
+    /// ([`ItemKeys::new_archive`]).
+    pub fn archive_pattern(&self) -> String {
+        format!("{}:archived:*", self.orders)
+    }
+
     /// A fresh name for the order log a restock sets aside. It keeps the
     /// item's hash tag, so it stays in the item's slot.
     pub fn new_archive(&self) -> String {
@@ -85,9 +99,34 @@ impl ItemKeys {
     }
 }
 
+/// The item a key of [`ItemKeys`] belongs to (`seckill:{ITEM}:...` →
+/// `ITEM`): the other direction, for code that finds keys by listing them
+/// (the persister's order logs and archives).
+pub fn item_of(key: &str) -> Option<ItemId> {
+    let rest = key.strip_prefix(PREFIX)?.strip_prefix(":{")?;
+    let (item, _) = rest.split_once('}')?;
+    ItemId::parse(item).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_item_key_reads_back_to_its_item() {
+        let item = ItemId::parse("ip17").unwrap();
+        let keys = ItemKeys::new(&item);
+        for key in [
+            &keys.orders,
+            &keys.new_archive(),
+            &keys.dead_letters,
+            &keys.redlock,
+        ] {
+            assert_eq!(item_of(key), Some(item.clone()), "{key}");
+        }
+        assert_eq!(item_of("other:{ip17}:orders"), None);
+        assert_eq!(item_of(&worker_lease(3)), None);
+    }
 
     #[test]
     fn all_keys_of_an_item_share_one_hash_tag() {
@@ -99,6 +138,7 @@ mod tests {
             &keys.orders,
             &keys.lock,
             &keys.fence,
+            &keys.redlock,
             &keys.archives,
             &keys.dead_letters,
             &keys.new_archive(),

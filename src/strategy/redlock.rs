@@ -188,12 +188,12 @@ impl Strategy for Redlock {
     }
 
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
-        let resource = format!("{}:redlock", purchase.keys.lock);
+        let resource = &purchase.keys.redlock;
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut backoff = Backoff::new(self.wait);
         let (validity, acquired_at) = loop {
             let round = Instant::now();
-            if let Some(validity) = self.try_acquire(&resource, &token).await {
+            if let Some(validity) = self.try_acquire(resource, &token).await {
                 break (validity, round);
             }
             if let Some(rejection) = self.peek(purchase).await?.rejection(purchase.strategy) {
@@ -241,7 +241,7 @@ impl Strategy for Redlock {
         };
         let outcome = section.await;
         let lock_expired = acquired_at.elapsed() >= validity;
-        self.release(&resource, &token).await;
+        self.release(resource, &token).await;
         if lock_expired {
             tracing::warn!(
                 item = %purchase.item,

@@ -59,7 +59,7 @@ async fn race(
 
     let mut redis = app.redis().await;
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("seckill:{{{item}}}:orders"))
+        .arg(crate::helpers::keys(&item).orders)
         .arg("-")
         .arg("+")
         .query_async(&mut redis)
@@ -70,7 +70,7 @@ async fn race(
         .filter_map(|(_, fields)| seckill::order_log::order_id_of(fields).map(str::to_owned))
         .collect();
     let held: HashMap<String, u64> = redis::cmd("HGETALL")
-        .arg(format!("seckill:{{{item}}}:buyers"))
+        .arg(crate::helpers::keys(&item).buyers)
         .query_async(&mut redis)
         .await
         .unwrap();

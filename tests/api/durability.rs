@@ -97,7 +97,7 @@ async fn a_leftover_redis_server_on_the_same_files_is_stopped_first() {
         .await
         .unwrap();
     let _: () = redis::cmd("SET")
-        .arg("seckill:kept")
+        .arg(format!("{}:kept", seckill::keys::PREFIX))
         .arg("yes")
         .query_async(&mut conn)
         .await
@@ -128,7 +128,7 @@ async fn a_leftover_redis_server_on_the_same_files_is_stopped_first() {
         .await
         .unwrap();
     let kept: Option<String> = redis::cmd("GET")
-        .arg("seckill:kept")
+        .arg(format!("{}:kept", seckill::keys::PREFIX))
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -172,7 +172,7 @@ async fn a_restock_starts_the_sale_over_and_keeps_the_old_order_log() {
 
     let mut redis = app.redis().await;
     let archived: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("seckill:{{{item}}}:orders:archived:*"))
+        .arg(crate::helpers::keys(&item).archive_pattern())
         .query_async(&mut redis)
         .await
         .unwrap();

@@ -212,7 +212,7 @@ impl TestApp {
     /// nothing.
     pub async fn redis_snapshot(&self, item: &str) -> BTreeMap<String, String> {
         let mut redis = self.redis().await;
-        let pattern = format!("seckill:{{{item}}}:*");
+        let pattern = keys(item).pattern();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(&pattern)
             .query_async(&mut redis)
@@ -279,11 +279,16 @@ pub async fn hold_all_worker_numbers_but(redis: &RedisServer, free: &[u16]) {
     let mut pipe = redis::pipe();
     for n in (0..=seckill::snowflake::MAX_WORKER).filter(|n| !free.contains(n)) {
         pipe.cmd("SET")
-            .arg(format!("seckill:worker:{n}"))
+            .arg(seckill::keys::worker_lease(n))
             .arg("someone-else")
             .ignore();
     }
     pipe.exec_async(&mut conn).await.unwrap();
+}
+
+/// The Redis keys of `item`, from the service's own key schema.
+pub fn keys(item: &str) -> seckill::keys::ItemKeys {
+    seckill::keys::ItemKeys::new(&seckill::domain::ItemId::parse(item).expect("a valid item id"))
 }
 
 /// Every strategy a client may name, in the catalogue's order: the tests'

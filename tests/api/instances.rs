@@ -143,7 +143,7 @@ async fn a_lease_that_is_not_renewed_expires_and_can_be_taken_over() {
         .unwrap()
         .parts()
         .worker;
-    let key = format!("seckill:worker:{worker}");
+    let key = seckill::keys::worker_lease(worker);
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()

@@ -265,7 +265,7 @@ async fn a_restock_during_a_held_purchase_leaves_the_new_sale_untouched() {
             // Nothing was written in either sale: no order log was set aside.
             let mut redis = app.redis().await;
             let archived: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("seckill:{{{item}}}:orders*"))
+                .arg(crate::helpers::keys(&item).orders + "*")
                 .query_async(&mut redis)
                 .await
                 .unwrap();
@@ -396,7 +396,7 @@ async fn a_worker_number_taken_over_mints_no_repeated_id() {
     let mut probe = conn.clone();
     let deadline = Instant::now() + Duration::from_secs(10);
     while redis::cmd("EXISTS")
-        .arg("seckill:worker:5")
+        .arg(seckill::keys::worker_lease(5))
         .query_async::<bool>(&mut probe)
         .await
         .unwrap()
@@ -443,7 +443,7 @@ async fn a_lost_lease_stops_purchases_until_another_number_is_leased() {
 
     let mut conn = app.redis().await;
     let _: () = redis::cmd("SET")
-        .arg("seckill:worker:3")
+        .arg(seckill::keys::worker_lease(3))
         .arg("thief")
         .query_async(&mut conn)
         .await
@@ -464,7 +464,7 @@ async fn a_lost_lease_stops_purchases_until_another_number_is_leased() {
     assert_error(app.purchase(&item, "u1", "lua").await, 503, "unavailable").await;
 
     let _: () = redis::cmd("DEL")
-        .arg("seckill:worker:9")
+        .arg(seckill::keys::worker_lease(9))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -498,7 +498,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
         let id = "123456789012345";
         for user in ["first", "first", "second"] {
             let _: String = redis::cmd("XADD")
-                .arg(format!("seckill:{{{item}}}:orders"))
+                .arg(crate::helpers::keys(&item).orders)
                 .arg("*")
                 .arg(&[
                     ("order_id", id),
@@ -513,7 +513,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
         }
         // And an entry that is no order at all.
         let _: String = redis::cmd("XADD")
-            .arg(format!("seckill:{{{item}}}:orders"))
+            .arg(crate::helpers::keys(&item).orders)
             .arg("*")
             .arg(&[("order_id", "not-a-number")])
             .query_async(&mut redis)
@@ -531,7 +531,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
         assert_eq!(report["conflicts"], 1, "{report}");
 
         let dead: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
-            .arg(format!("seckill:{{{item}}}:dead-letters"))
+            .arg(crate::helpers::keys(&item).dead_letters)
             .arg("-")
             .arg("+")
             .query_async(&mut redis)
@@ -572,7 +572,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
         assert_eq!(unreadable["raw_order_id"], "not-a-number", "{unreadable:?}");
         // Nothing left pending: every entry is accounted for.
         let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-            .arg(format!("seckill:{{{item}}}:orders"))
+            .arg(crate::helpers::keys(&item).orders)
             .arg("persister")
             .query_async(&mut redis)
             .await

@@ -162,7 +162,7 @@ async fn a_restocked_sales_old_log_is_persisted_then_removed() {
     let mut redis = persisting.redis().await;
     loop {
         let archives: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("seckill:{{{item}}}:archives"))
+            .arg(crate::helpers::keys(&item).archives)
             .query_async(&mut redis)
             .await
             .unwrap();
@@ -176,7 +176,7 @@ async fn a_restocked_sales_old_log_is_persisted_then_removed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let leftover: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("seckill:{{{item}}}:orders:archived:*"))
+        .arg(crate::helpers::keys(&item).archive_pattern())
         .query_async(&mut redis)
         .await
         .unwrap();
