@@ -1,5 +1,6 @@
 //! The SQL side: connection, migrations and every query outside the `sql`
-//! strategy. One code path for SQLite (the embedded default) and Postgres, via
+//! strategy's guard, the orders `INSERT` included (for the persister and
+//! for the `sql` strategy's transaction). One code path for SQLite (the embedded default) and Postgres, via
 //! sqlx's `Any` driver; the queries stick to syntax both accept (`$N`
 //! placeholders, `ON CONFLICT`, `RETURNING`), so both run the same migrations
 //! from `migrations/`.
@@ -59,6 +60,13 @@ pub struct OrderQuery {
     pub after: Option<OrderId>,
     pub direction: Direction,
     pub limit: u32,
+}
+
+/// What an orders `INSERT` does with an id already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDuplicate {
+    Skip,
+    Fail,
 }
 
 /// Rows per multi-row INSERT: well under SQLite's 32766 bound parameters
@@ -178,8 +186,47 @@ impl Db {
     /// inserted had its id in SQL already, or earlier in `orders`.
     pub async fn insert_orders(&self, orders: &[OrderRecord]) -> sqlx::Result<Vec<bool>> {
         let mut tx = self.pool.begin().await?;
-        let mut new_ids = std::collections::HashSet::new();
-        let persisted_at = now_ms();
+        let mut new_ids: std::collections::HashSet<i64> = self
+            .write_orders(&mut tx, orders, now_ms(), OnDuplicate::Skip)
+            .await?
+            .into_iter()
+            .collect();
+        tx.commit().await?;
+        // The first occurrence of a returned id is the row inserted.
+        Ok(orders
+            .iter()
+            .map(|order| new_ids.remove(&(order.order_id.0 as i64)))
+            .collect())
+    }
+
+    /// Inserts one order inside `tx` (the `sql` strategy's transaction),
+    /// persisted as it is created. A duplicate id is an error: the
+    /// transaction must not commit a sale without its own order row.
+    pub async fn insert_order_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        order: &OrderRecord,
+    ) -> sqlx::Result<()> {
+        self.write_orders(
+            tx,
+            std::slice::from_ref(order),
+            order.created_at,
+            OnDuplicate::Fail,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The orders `INSERT`, the only one: rows in chunks, returning the ids
+    /// written.
+    async fn write_orders(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        orders: &[OrderRecord],
+        persisted_at: i64,
+        on_duplicate: OnDuplicate,
+    ) -> sqlx::Result<Vec<i64>> {
+        let mut written = Vec::with_capacity(orders.len());
         for chunk in orders.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at) VALUES ",
@@ -204,7 +251,10 @@ impl Db {
                 }
                 sql.push(')');
             }
-            sql.push_str(" ON CONFLICT (order_id) DO NOTHING RETURNING order_id");
+            if on_duplicate == OnDuplicate::Skip {
+                sql.push_str(" ON CONFLICT (order_id) DO NOTHING");
+            }
+            sql.push_str(" RETURNING order_id");
             let mut query = sqlx::query_scalar::<_, i64>(&sql);
             for order in chunk {
                 query = query
@@ -216,14 +266,9 @@ impl Db {
                     .bind(order.created_at)
                     .bind(persisted_at);
             }
-            new_ids.extend(query.fetch_all(&mut *tx).await?);
+            written.extend(query.fetch_all(&mut **tx).await?);
         }
-        tx.commit().await?;
-        // The first occurrence of a returned id is the row inserted.
-        Ok(orders
-            .iter()
-            .map(|order| new_ids.remove(&(order.order_id.0 as i64)))
-            .collect())
+        Ok(written)
     }
 
     /// The rows stored under these ids.

@@ -7,7 +7,7 @@
 //! 2. the per-user limit: an upsert on `sql_buyers`, whose primary key
 //!    (item, sale, user) serialises one user's concurrent requests and whose
 //!    `WHERE units < limit` refuses the unit past the limit;
-//! 3. the order insert.
+//! 3. the order insert ([`Db::insert_order_in`], the one orders `INSERT`).
 //!
 //! Before the transaction the purchase reads the sale's strategy binding in
 //! Redis (`snapshot.lua`, binding an unbound sale to `sql`): the `sql` stock
@@ -50,7 +50,7 @@ use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
 };
-use crate::db::{Backend, Db};
+use crate::db::{Backend, Db, OrderRecord};
 
 pub struct Sql {
     db: Db,
@@ -141,18 +141,15 @@ impl Sql {
             }));
         }
 
-        sqlx::query(
-            "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(purchase.order_id.0 as i64)
-        .bind(item)
-        .bind(purchase.user.as_str())
-        .bind(purchase.strategy.as_str())
-        .bind(generation)
-        .bind(purchase.order_id.parts().unix_ms as i64)
-        .execute(&mut *tx)
-        .await?;
+        let order = OrderRecord {
+            order_id: purchase.order_id,
+            item_id: item.to_owned(),
+            user_id: purchase.user.to_string(),
+            strategy: purchase.strategy.to_string(),
+            generation,
+            created_at: purchase.order_id.parts().unix_ms as i64,
+        };
+        self.db.insert_order_in(&mut tx, &order).await?;
         tx.commit().await?;
         Ok(Ok((remaining, generation.max(0) as u64)))
     }
