@@ -3,7 +3,7 @@
 //! that an earlier holder of it may have minted.
 //!
 //! # The lease
-//! Take: `SET seckill:worker:<n> <token> NX PX <ttl>` (`lease_take.lua`), for
+//! Take: `SET seckill:worker:<n> <token> NX PX <ttl>` (`take_with_horizon.lua`, see [`crate::token_lock`]), for
 //! the first free `n` from a random start, or for exactly `WORKER_ID` when one
 //! is set: a fixed number is registered like a leased one, and a second
 //! instance asking for a held number refuses to start, naming it. Renew: a
@@ -38,13 +38,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rand::Rng;
-use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::keys;
 use crate::snowflake::{Clock, IdError, MAX_WORKER, OrderId, Snowflake, SystemClock};
+use crate::token_lock;
 
 /// Renewals per TTL: two may fail before the lease lapses.
 const RENEWALS_PER_TTL: u32 = 3;
@@ -54,10 +54,6 @@ const RENEWALS_PER_TTL: u32 = 3;
 pub const SKEW_MARGIN: Duration = Duration::from_secs(1);
 /// How often a lost lease is sought again.
 const RELEASE_RETRY: Duration = Duration::from_millis(200);
-
-const TAKE_LUA: &str = include_str!("lease_take.lua");
-const RENEW_LUA: &str = include_str!("lease_renew.lua");
-const RELEASE_LUA: &str = include_str!("lease_release.lua");
 
 /// How to lease.
 #[derive(Clone)]
@@ -191,11 +187,8 @@ impl WorkerLease {
     pub async fn acquire(redis: ConnectionManager, config: LeaseConfig) -> anyhow::Result<Self> {
         let mut leaser = Leaser {
             redis,
-            token: uuid::Uuid::new_v4().simple().to_string(),
+            token: token_lock::new_token(),
             config,
-            take: Script::new(TAKE_LUA),
-            renew: Script::new(RENEW_LUA),
-            release: Script::new(RELEASE_LUA),
         };
         let held = leaser.take_any(None, 0).await?;
         let minter = Arc::new(IdMinter {
@@ -258,10 +251,6 @@ struct Leaser {
     redis: ConnectionManager,
     token: String,
     config: LeaseConfig,
-    /// Built once: each hashes its script, and a take may try every number.
-    take: Script,
-    renew: Script,
-    release: Script,
 }
 
 impl Leaser {
@@ -309,17 +298,18 @@ impl Leaser {
     /// Takes `n` if free, then waits past its horizon. `None` when someone
     /// holds it, or when the wait would be a clock problem (given back).
     async fn take(&mut self, n: u16, not_before_ms: u64) -> anyhow::Result<Option<Held>> {
-        let horizon: Option<u64> = self
-            .take
-            .key(keys::worker_lease(n))
-            .key(keys::worker_horizon(n))
-            .arg(&self.token)
-            // Long enough to cover the wait below; the renewal after it sets
-            // the usual TTL.
-            .arg((self.config.ttl + self.max_wait()).as_millis() as u64)
-            .invoke_async(&mut self.redis)
-            .await
-            .context("cannot lease a snowflake worker number")?;
+        // Long enough to cover the wait below; the renewal after it sets
+        // the usual TTL.
+        let ttl = self.config.ttl + self.max_wait();
+        let horizon = token_lock::take_with_horizon(
+            &mut self.redis,
+            &keys::worker_lease(n),
+            &keys::worker_horizon(n),
+            &self.token,
+            ttl,
+        )
+        .await
+        .context("cannot lease a snowflake worker number")?;
         let Some(horizon) = horizon else {
             return Ok(None);
         };
@@ -386,29 +376,28 @@ impl Leaser {
 
     /// Extends the lease on `n` and raises its horizon to `horizon_ms`.
     async fn renew_once(&mut self, n: u16, horizon_ms: u64) -> anyhow::Result<bool> {
-        let renewed: i64 = self
-            .renew
-            .key(keys::worker_lease(n))
-            .key(keys::worker_horizon(n))
-            .arg(&self.token)
-            .arg(self.ttl_ms())
-            .arg(horizon_ms)
-            .invoke_async(&mut self.redis)
-            .await
-            .context("cannot renew the snowflake worker lease")?;
-        Ok(renewed == 1)
+        token_lock::renew_with_horizon(
+            &mut self.redis,
+            &keys::worker_lease(n),
+            &keys::worker_horizon(n),
+            &self.token,
+            self.config.ttl,
+            horizon_ms,
+        )
+        .await
+        .context("cannot renew the snowflake worker lease")
     }
 
     /// Releases `n`, leaving `last_ms` as its horizon.
     async fn give_back(&mut self, n: u16, last_ms: u64) {
-        let released: redis::RedisResult<i64> = self
-            .release
-            .key(keys::worker_lease(n))
-            .key(keys::worker_horizon(n))
-            .arg(&self.token)
-            .arg(last_ms)
-            .invoke_async(&mut self.redis)
-            .await;
+        let released = token_lock::release_with_horizon(
+            &mut self.redis,
+            &keys::worker_lease(n),
+            &keys::worker_horizon(n),
+            &self.token,
+            last_ms,
+        )
+        .await;
         if let Err(err) = released {
             tracing::warn!(worker = n, %err, "cannot release worker lease; it expires by itself");
         }

@@ -12,6 +12,8 @@
 //! - [`telemetry`]: logging set-up.
 //! - [`domain`]: validated ids from the edge; [`keys`]: the Redis key schema.
 //! - [`snowflake`]: order ids; [`lease`]: the worker number they carry.
+//! - [`token_lock`]: token locks and their scripts, for `lock`, `redlock` and
+//!   the worker lease; with the backoff of a waiting taker.
 //! - [`strategy`]: the concurrency-control strategies, one file each.
 //! - [`sale`]: items, restocks and the truths of a sale; [`stats`]: counters.
 //! - [`redis_server`]: the private `redis-server` child.
@@ -58,3 +60,4 @@ pub mod state;
 pub mod stats;
 pub mod strategy;
 pub mod telemetry;
+pub mod token_lock;

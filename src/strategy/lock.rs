@@ -20,7 +20,7 @@
 //! A lock can expire under a slow or paused holder (longer than `LOCK_TTL_MS`),
 //! and the next buyer then reads the same stock. Two defences:
 //! - a fencing token: each acquisition also takes `INCR fence` (in
-//!   `acquire.lua`), and the write (`write.lua`) is refused unless the
+//!   `acquire_fenced.lua`, see [`crate::token_lock`]), and the write (`write.lua`) is refused unless the
 //!   fence still holds our number, so a stale holder cannot write. Its buyer
 //!   gets 503 `contention` (nothing bought), counted as `fenced`;
 //! - an optional watchdog (`LOCK_WATCHDOG=true`) that extends the lock every
@@ -38,18 +38,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use super::backoff::Backoff;
 use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
 };
-
-/// The release script (compare-and-delete), shared with redlock.
-pub const UNLOCK_LUA: &str = include_str!("unlock.lua");
-/// Compare-and-extend, for the watchdog.
-const RENEW_LUA: &str = include_str!("renew.lua");
-const ACQUIRE_LUA: &str = include_str!("acquire.lua");
-const RELEASE_UNUSED_LUA: &str = include_str!("release_unused.lua");
+use crate::token_lock::{self, Backoff};
 
 pub struct Lock {
     redis: ConnectionManager,
@@ -81,16 +74,10 @@ impl Lock {
     fn spawn_watchdog(&self, key: String, token: String) -> tokio::task::JoinHandle<()> {
         let (mut redis, ttl) = (self.redis.clone(), self.ttl);
         tokio::spawn(async move {
-            let renew = redis::Script::new(RENEW_LUA);
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                let extended: redis::RedisResult<i64> = renew
-                    .key(&key)
-                    .arg(&token)
-                    .arg(ttl.as_millis() as u64)
-                    .invoke_async(&mut redis)
-                    .await;
-                if !matches!(extended, Ok(1)) {
+                let extended = token_lock::renew(&mut redis, &key, &token, ttl).await;
+                if !matches!(extended, Ok(true)) {
                     break;
                 }
             }
@@ -107,21 +94,12 @@ impl Strategy for Lock {
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
         let keys = &purchase.keys;
         let mut redis = self.redis.clone();
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let ttl_ms = self.ttl.as_millis() as u64;
+        let token = token_lock::new_token();
         let mut backoff = Backoff::new(self.wait);
 
         let (snapshot, fence, acquired_at) = loop {
             let mut pipe = redis::pipe();
-            // EVAL, not EVALSHA: inside a pipeline a NOSCRIPT reply could not
-            // be retried, and Redis caches the compiled script by its hash.
-            pipe.cmd("EVAL")
-                .arg(ACQUIRE_LUA)
-                .arg(2)
-                .arg(&keys.lock)
-                .arg(&keys.fence)
-                .arg(&token)
-                .arg(ttl_ms);
+            token_lock::add_acquire_fenced(&mut pipe, &keys.lock, &keys.fence, &token, self.ttl);
             Snapshot::read(&mut pipe, purchase);
             let (fence, meta, held, stock): (Option<i64>, _, _, _) =
                 pipe.query_async(&mut redis).await?;
@@ -168,20 +146,10 @@ impl Strategy for Lock {
         drop(watchdog);
         let wrote = matches!(outcome, Outcome::Purchased { .. });
         let (written, released): (Option<i64>, i64) = if wrote {
-            pipe.cmd("EVAL")
-                .arg(UNLOCK_LUA)
-                .arg(1)
-                .arg(&keys.lock)
-                .arg(&token);
+            token_lock::add_unlock(&mut pipe, &keys.lock, &token);
             pipe.query_async(&mut redis).await?
         } else {
-            pipe.cmd("EVAL")
-                .arg(RELEASE_UNUSED_LUA)
-                .arg(2)
-                .arg(&keys.lock)
-                .arg(&keys.fence)
-                .arg(&token)
-                .arg(fence);
+            token_lock::add_release_unused(&mut pipe, &keys.lock, &keys.fence, &token, fence);
             let (released,): (i64,) = pipe.query_async(&mut redis).await?;
             (None, released)
         };
@@ -194,7 +162,7 @@ impl Strategy for Lock {
             tracing::warn!(
                 item = %purchase.item,
                 held_ms = acquired_at.elapsed().as_millis() as u64,
-                ttl_ms,
+                ttl_ms = self.ttl.as_millis() as u64,
                 "lock expired before release: the critical section ran partly unprotected"
             );
         }

@@ -37,7 +37,6 @@
 //! hash, so a restock aborts its transaction, and its retry notices the new
 //! generation; `lua` decides and writes in one step.
 
-mod backoff;
 pub mod gate;
 pub mod lock;
 pub mod lua;

@@ -36,12 +36,11 @@ use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::backoff::Backoff;
-use super::lock::UNLOCK_LUA;
 use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
 };
+use crate::token_lock::{self, Backoff};
 
 /// Clock drift allowance: 1% of the TTL plus 2 ms, as the algorithm states.
 fn drift(ttl: Duration) -> Duration {
@@ -109,19 +108,16 @@ impl Redlock {
     /// the release still goes to every node.
     async fn try_acquire(&self, key: &str, token: &str) -> Option<Duration> {
         let started = Instant::now();
-        let ttl_ms = self.ttl.as_millis() as u64;
         let mut answers: FuturesUnordered<_> = self
             .nodes
             .iter()
             .map(|node| {
                 let mut node = node.clone();
                 async move {
-                    let mut set = redis::cmd("SET");
-                    set.arg(key).arg(token).arg("NX").arg("PX").arg(ttl_ms);
-                    let set = set.query_async::<Option<String>>(&mut node);
+                    let take = token_lock::try_take(&mut node, key, token, self.ttl);
                     matches!(
-                        tokio::time::timeout(self.node_timeout, set).await,
-                        Ok(Ok(Some(_)))
+                        tokio::time::timeout(self.node_timeout, take).await,
+                        Ok(Ok(true))
                     )
                 }
             })
@@ -157,9 +153,7 @@ impl Redlock {
         join_all(self.nodes.iter().map(|node| {
             let mut node = node.clone();
             async move {
-                let mut unlock = redis::cmd("EVAL");
-                unlock.arg(UNLOCK_LUA).arg(1).arg(key).arg(token);
-                let unlock = unlock.query_async::<i64>(&mut node);
+                let unlock = token_lock::unlock(&mut node, key, token);
                 let _ = tokio::time::timeout(self.node_timeout, unlock).await;
             }
         }))
@@ -189,7 +183,7 @@ impl Strategy for Redlock {
 
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
         let resource = &purchase.keys.redlock;
-        let token = uuid::Uuid::new_v4().simple().to_string();
+        let token = token_lock::new_token();
         let mut backoff = Backoff::new(self.wait);
         let (validity, acquired_at) = loop {
             let round = Instant::now();

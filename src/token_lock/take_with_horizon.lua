@@ -1,4 +1,4 @@
--- lease_take.lua: take a snowflake worker number if it is free, and read how
+-- take_with_horizon.lua: take a snowflake worker number if it is free, and read how
 -- far its previous holders may have minted.
 --
 -- KEYS[1] the lease key    KEYS[2] the number's horizon key

@@ -1,4 +1,4 @@
--- lease_renew.lua: extend a worker lease we still hold, and raise its horizon.
+-- renew_with_horizon.lua: extend a worker lease we still hold, and raise its horizon.
 --
 -- KEYS[1] the lease key    KEYS[2] the number's horizon key
 -- ARGV[1] our token    ARGV[2] lease TTL in milliseconds

@@ -1,4 +1,4 @@
--- lease_release.lua: give a worker number back on a clean stop.
+-- release_with_horizon.lua: give a worker number back on a clean stop.
 --
 -- KEYS[1] the lease key    KEYS[2] the number's horizon key
 -- ARGV[1] our token    ARGV[2] the last millisecond we minted in (Unix ms)

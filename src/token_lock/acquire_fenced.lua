@@ -1,4 +1,4 @@
--- acquire.lua: take the `lock` strategy's lock and a fencing token.
+-- acquire_fenced.lua: take the `lock` strategy's lock and a fencing token.
 --
 -- KEYS[1] the lock key
 -- KEYS[2] the item's fence counter

@@ -15,7 +15,7 @@ const MAX_BACKOFF: Duration = Duration::from_millis(16);
 
 /// One buyer's waits for a lock.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     deadline: Instant,
     next: Duration,
     waits: u32,
