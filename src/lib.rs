@@ -19,6 +19,8 @@
 //! - [`redis_server`]: the private `redis-server` child.
 //! - [`metrics`]: Prometheus metrics for `/metrics`; [`live`]: the status
 //!   page's feed; [`race`]: the page's race control.
+//! - [`purchase`]: the purchase use-case: strategy, order id, attempt, one
+//!   recorder for stats and metrics, idempotency.
 //! - [`idempotency`]: `Idempotency-Key` records for purchases.
 //! - [`order_log`]: the order-log entry, written by the strategies and read
 //!   by the persister and the bench.
@@ -27,12 +29,14 @@
 //!
 //! # A purchase, start to end
 //! `POST /api/items/{item}/purchase` reaches [`http`], which validates the item,
-//! user and strategy name into [`domain`] types and picks the strategy from the
-//! [`strategy::Registry`] held in [`state::AppState`]. It mints a [`snowflake`]
-//! id, hands both to [`strategy::Strategy::purchase`], which checks and writes
-//! the item's keys ([`keys`]) in Redis under its own guard and reports an
-//! [`strategy::Outcome`]. [`stats`] counts the outcome, and [`error`] turns
-//! every rejection into its status and JSON shape. Later, the [`persister`]
+//! user and strategy name into [`domain`] types and hands them to
+//! [`purchase::Purchases`]. That picks the strategy from the
+//! [`strategy::Registry`], mints a [`snowflake`] id, and calls
+//! [`strategy::Strategy::purchase`], which checks and writes the item's keys
+//! ([`keys`]) in Redis under its own guard and reports an
+//! [`strategy::Outcome`]. One recorder counts the outcome in [`stats`] and
+//! [`metrics`]; the handler turns a [`purchase::PurchaseError`] into an
+//! [`error::ApiError`], its status and JSON shape. Later, the [`persister`]
 //! reads the order from the item's order log and inserts it into SQL.
 
 pub mod bench;
@@ -50,6 +54,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod order_log;
 pub mod persister;
+pub mod purchase;
 pub mod race;
 pub mod redis_server;
 pub mod report;

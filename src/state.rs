@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::lease::{IdMinter, LeaseConfig, WorkerLease};
 use crate::persister::{Persister, PersisterConfig, PersisterHandle};
+use crate::purchase::{Purchases, Recorder};
 use crate::sale::Sales;
 use crate::stats::Stats;
 use crate::strategy::{self, Registry, StrategyKind};
@@ -49,9 +50,10 @@ pub struct Shared {
     pub redis: ConnectionManager,
     pub db: Db,
     pub sales: Sales,
-    pub idempotency: crate::idempotency::Idempotency,
+    /// The purchase use-case.
+    pub purchases: Arc<Purchases>,
     pub stats: Arc<Stats>,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub strategies: Arc<Registry>,
     pub default_strategy: StrategyKind,
     pub ids: Arc<IdMinter>,
@@ -243,18 +245,28 @@ impl App {
         };
 
         let (live_tx, live_rx) = watch::channel(Arc::<str>::from("{}"));
-        let state = AppState(Arc::new(Shared {
-            sales: Sales::new(redis.clone(), db.clone()),
-            idempotency: crate::idempotency::Idempotency::new(
+        let stats = Arc::new(Stats::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let strategies = Arc::new(strategies);
+        let purchases = Arc::new(Purchases::new(
+            Arc::clone(&strategies),
+            default_strategy,
+            lease.minter(),
+            crate::idempotency::Idempotency::new(
                 redis.clone(),
                 config.request_timeout(),
                 Duration::from_secs(config.idempotency_ttl_s),
             ),
+            Recorder::new(Arc::clone(&stats), Arc::clone(&metrics)),
+        ));
+        let state = AppState(Arc::new(Shared {
+            sales: Sales::new(redis.clone(), db.clone()),
+            purchases,
             db,
             redis,
-            stats: Arc::new(Stats::default()),
-            metrics: crate::metrics::Metrics::new(),
-            strategies: Arc::new(strategies),
+            stats,
+            metrics,
+            strategies,
             default_strategy,
             ids: lease.minter(),
             admin,

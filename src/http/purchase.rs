@@ -5,7 +5,8 @@
 //! places with different values is a 400; so is anything unknown in the body.
 //! An `Idempotency-Key` header makes the purchase take effect at most once
 //! per key ([`crate::idempotency`]); its record is checked after the input is
-//! validated, so a bad request stores nothing.
+//! validated, so a bad request stores nothing. The purchase itself is
+//! [`crate::purchase`]'s; this module only translates.
 
 use std::sync::Arc;
 
@@ -15,16 +16,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{item_id, json_body};
 use crate::domain::{ItemId, UserId};
 use crate::error::ApiError;
-use crate::idempotency::{Claim, IdempotencyKey};
-use crate::keys::ItemKeys;
-use crate::snowflake::OrderId;
+use crate::idempotency::IdempotencyKey;
+use crate::purchase::{PurchaseError, Receipt};
 use crate::state::AppState;
-use crate::strategy::{Outcome, Purchase, Strategy, StrategyError, StrategyKind};
+use crate::strategy::{Strategy, StrategyError};
 
 /// The request header, as the IETF draft names it.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -36,15 +36,6 @@ const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotency-re
 pub struct PurchaseInput {
     user_id: Option<String>,
     strategy: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Purchased {
-    pub order_id: OrderId,
-    pub item_id: ItemId,
-    pub user_id: UserId,
-    pub strategy: StrategyKind,
-    pub remaining: i64,
 }
 
 /// The value given in the query or the body; both is fine only if they agree.
@@ -92,23 +83,17 @@ async fn idempotent_purchase(
         })
         .transpose()?;
     let (item, user, strategy) = purchase_input(&state, path, query, body)?;
+    let purchases = &state.purchases;
     let Some(key) = key else {
-        return Ok(buy(&state, item, user, strategy, started)
-            .await
-            .into_response());
+        let purchased = purchases.buy(item, user, strategy, started).await?;
+        return Ok((StatusCode::CREATED, Json(purchased)).into_response());
     };
-    let keys = ItemKeys::new(&item);
-    let fingerprint = format!("{user}\u{1f}{}", strategy.kind());
-    match state
-        .idempotency
-        .begin(&keys, &key, &fingerprint)
-        .await
-        .map_err(ApiError::redis)?
+    match purchases
+        .buy_once(key, item, user, strategy, started)
+        .await?
     {
-        Claim::Missing => Err(ApiError::ItemNotFound(item.to_string())),
-        Claim::Reused => Err(ApiError::IdempotencyKeyReused),
-        Claim::InFlight => Err(ApiError::IdempotencyInFlight),
-        Claim::Done { status, body } => {
+        Receipt::New(purchased) => Ok((StatusCode::CREATED, Json(purchased)).into_response()),
+        Receipt::Replayed { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             Ok((
                 status,
@@ -119,32 +104,6 @@ async fn idempotent_purchase(
                 body,
             )
                 .into_response())
-        }
-        Claim::New => {
-            // A task of its own: a client that leaves or the request timeout
-            // must not cut the sequence between the purchase and its record.
-            let sequence = tokio::spawn(async move {
-                let result = buy(&state, item, user, strategy, started).await;
-                // Only a purchase is kept; a refusal changed nothing, and a
-                // repeat may simply ask again.
-                let record = match &result {
-                    Ok((status, Json(purchased))) => serde_json::to_string(purchased)
-                        .ok()
-                        .map(|body| (status.as_u16(), body)),
-                    Err(_) => None,
-                };
-                let record = record
-                    .as_ref()
-                    .map(|(status, body)| (*status, body.as_str()));
-                if let Err(err) = state.idempotency.finish(&keys, &key, record).await {
-                    tracing::warn!(%err, "cannot record the outcome for an Idempotency-Key; its claim expires by itself");
-                }
-                result
-            });
-            let result = sequence.await.map_err(|err| {
-                ApiError::Internal(anyhow::anyhow!("purchase task failed: {err}"))
-            })?;
-            Ok(result.into_response())
         }
     }
 }
@@ -164,15 +123,8 @@ fn purchase_input(
         ApiError::invalid("user_id is required, in the JSON body or the query string")
     })?;
     let user = UserId::parse(&user).map_err(ApiError::invalid)?;
-    let strategy = match one_of("strategy", query.strategy, body.strategy)? {
-        Some(name) => state.strategies.get(&name).map_err(ApiError::invalid)?,
-        None => state
-            .strategies
-            .get(state.default_strategy.as_str())
-            .map_err(|msg| {
-                ApiError::Internal(anyhow::anyhow!("default strategy missing: {msg}"))
-            })?,
-    };
+    let strategy = one_of("strategy", query.strategy, body.strategy)?;
+    let strategy = state.purchases.strategy(strategy.as_deref())?;
     let span = tracing::Span::current();
     span.record("item", item.as_str());
     span.record("user", user.as_str());
@@ -180,70 +132,45 @@ fn purchase_input(
     Ok((item, user, strategy))
 }
 
-/// The purchase itself, counted and mapped to its response.
-async fn buy(
-    state: &AppState,
-    item: ItemId,
-    user: UserId,
-    strategy: Arc<dyn Strategy>,
-    started: std::time::Instant,
-) -> Result<(StatusCode, Json<Purchased>), ApiError> {
-    let kind = strategy.kind();
-
-    let order_id = state.ids.next().map_err(|err| ApiError::Unavailable {
-        what: "the order id generator",
-        source: err.into(),
-    })?;
-    let purchase = Purchase::new(item, user, order_id, kind);
-    let attempt = match strategy.purchase(&purchase).await {
-        Ok(attempt) => attempt,
-        Err(err) => {
-            state.stats.record_error(&purchase.item, kind);
-            state
-                .metrics
-                .record_purchase(kind, "error", started.elapsed());
-            return Err(match err {
+/// The domain's refusals and failures, as the API shows them.
+impl From<PurchaseError> for ApiError {
+    fn from(err: PurchaseError) -> Self {
+        match err {
+            PurchaseError::UnknownStrategy(msg) => ApiError::invalid(msg),
+            PurchaseError::ItemNotFound(item) => ApiError::ItemNotFound(item.to_string()),
+            PurchaseError::SoldOut(item) => ApiError::SoldOut(item.to_string()),
+            PurchaseError::LimitReached { item, user, limit } => ApiError::LimitReached {
+                item: item.to_string(),
+                user: user.to_string(),
+                limit,
+            },
+            PurchaseError::StrategyMismatch {
+                item,
+                requested,
+                bound,
+            } => ApiError::StrategyMismatch {
+                item: item.to_string(),
+                requested: requested.to_string(),
+                bound,
+            },
+            PurchaseError::SaleRestarted(item) => ApiError::SaleRestarted(item.to_string()),
+            PurchaseError::Contended { item, detail } => ApiError::Contention {
+                item: item.to_string(),
+                detail,
+            },
+            PurchaseError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            PurchaseError::IdempotencyInFlight => ApiError::IdempotencyInFlight,
+            PurchaseError::Ids(err) => ApiError::Unavailable {
+                what: "the order id generator",
+                source: err.into(),
+            },
+            PurchaseError::Strategy(err) => match err {
                 StrategyError::Redis(_) | StrategyError::Pool(_) => ApiError::redis(err),
                 StrategyError::Database(_) => ApiError::database(err),
                 StrategyError::Protocol(_) => ApiError::Internal(err.into()),
-            });
+            },
+            PurchaseError::Internal(err) => ApiError::Internal(err),
         }
-    };
-    state
-        .stats
-        .record(&purchase.item, kind, &attempt, started.elapsed());
-    state
-        .metrics
-        .record_purchase(kind, attempt.outcome.label(), started.elapsed());
-    let Purchase { item, user, .. } = purchase;
-    match attempt.outcome {
-        Outcome::Purchased { remaining } => Ok((
-            StatusCode::CREATED,
-            Json(Purchased {
-                order_id,
-                item_id: item,
-                user_id: user,
-                strategy: kind,
-                remaining,
-            }),
-        )),
-        Outcome::SoldOut => Err(ApiError::SoldOut(item.to_string())),
-        Outcome::LimitReached { limit } => Err(ApiError::LimitReached {
-            item: item.to_string(),
-            user: user.to_string(),
-            limit,
-        }),
-        Outcome::ItemNotFound => Err(ApiError::ItemNotFound(item.to_string())),
-        Outcome::StrategyMismatch { bound } => Err(ApiError::StrategyMismatch {
-            item: item.to_string(),
-            requested: kind.to_string(),
-            bound,
-        }),
-        Outcome::SaleRestarted => Err(ApiError::SaleRestarted(item.to_string())),
-        Outcome::Contended { detail } => Err(ApiError::Contention {
-            item: item.to_string(),
-            detail,
-        }),
     }
 }
 

@@ -1,0 +1,255 @@
+//! The purchase use-case, apart from HTTP: pick the strategy, mint the order
+//! id, attempt the purchase under the strategy's guard, count the outcome
+//! once (stats and metrics, through one [`Recorder`]), and, with an
+//! `Idempotency-Key`, take effect at most once per key.
+//!
+//! The handler in `http::purchase` only reads the request into an item, a
+//! user and a strategy name, calls [`Purchases`], and turns the result or the
+//! [`PurchaseError`] into a response.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::domain::{ItemId, UserId};
+use crate::idempotency::{Claim, Idempotency, IdempotencyKey};
+use crate::keys::ItemKeys;
+use crate::lease::{IdMinter, MintError};
+use crate::metrics::Metrics;
+use crate::snowflake::OrderId;
+use crate::stats::Stats;
+use crate::strategy::{
+    Attempt, Outcome, Purchase, Registry, Strategy, StrategyError, StrategyKind,
+};
+
+/// A purchase that went through: the body of the 201.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Purchased {
+    pub order_id: OrderId,
+    pub item_id: ItemId,
+    pub user_id: UserId,
+    pub strategy: StrategyKind,
+    pub remaining: i64,
+}
+
+/// Why a purchase bought nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PurchaseError {
+    /// The request names a strategy that does not exist or is not served.
+    #[error("{0}")]
+    UnknownStrategy(String),
+    #[error("item `{0}` does not exist")]
+    ItemNotFound(ItemId),
+    #[error("item `{0}` is sold out")]
+    SoldOut(ItemId),
+    #[error("user `{user}` holds the limit of {limit} of `{item}`")]
+    LimitReached {
+        item: ItemId,
+        user: UserId,
+        limit: u64,
+    },
+    #[error("the sale of `{item}` is bound to `{bound}`, not `{requested}`")]
+    StrategyMismatch {
+        item: ItemId,
+        requested: StrategyKind,
+        bound: String,
+    },
+    #[error("`{0}` was restocked while the purchase was in flight")]
+    SaleRestarted(ItemId),
+    /// The strategy gave up while stock may remain; trying again may succeed.
+    #[error("too much contention on `{item}`: {detail}")]
+    Contended { item: ItemId, detail: String },
+    /// The Idempotency-Key was used before for another purchase.
+    #[error("the Idempotency-Key was used for another purchase")]
+    IdempotencyKeyReused,
+    /// A purchase with this Idempotency-Key is still running.
+    #[error("a purchase with this Idempotency-Key is in progress")]
+    IdempotencyInFlight,
+    /// No worker lease, so no order id can be minted.
+    #[error("no order id can be minted")]
+    Ids(#[source] MintError),
+    /// Redis or the database could not answer.
+    #[error("the purchase could not be attempted")]
+    Strategy(#[from] StrategyError),
+    /// A bug: a default strategy missing, a task that panicked.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// What a purchase with an `Idempotency-Key` answers.
+#[derive(Debug)]
+pub enum Receipt {
+    /// This request bought.
+    New(Purchased),
+    /// An earlier request with the same key bought: its recorded status and
+    /// JSON body, replayed as they were.
+    Replayed { status: u16, body: String },
+}
+
+/// Counts every purchase attempt once, in both places that show it: the
+/// per-item [`Stats`] (status page, item view) and the Prometheus
+/// [`Metrics`].
+pub struct Recorder {
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+}
+
+impl Recorder {
+    pub fn new(stats: Arc<Stats>, metrics: Arc<Metrics>) -> Self {
+        Self { stats, metrics }
+    }
+
+    /// An attempt that came to an outcome.
+    fn attempt(&self, item: &ItemId, kind: StrategyKind, attempt: &Attempt, took: Duration) {
+        self.stats.record(item, kind, attempt, took);
+        self.metrics
+            .record_purchase(kind, attempt.outcome.label(), took);
+    }
+
+    /// An attempt that could not be made (Redis or the database down).
+    fn error(&self, item: &ItemId, kind: StrategyKind, took: Duration) {
+        self.stats.record_error(item, kind);
+        self.metrics.record_purchase(kind, "error", took);
+    }
+}
+
+/// The purchase use-case and what it needs.
+pub struct Purchases {
+    strategies: Arc<Registry>,
+    default_strategy: StrategyKind,
+    ids: Arc<IdMinter>,
+    idempotency: Idempotency,
+    recorder: Recorder,
+}
+
+impl Purchases {
+    pub fn new(
+        strategies: Arc<Registry>,
+        default_strategy: StrategyKind,
+        ids: Arc<IdMinter>,
+        idempotency: Idempotency,
+        recorder: Recorder,
+    ) -> Self {
+        Self {
+            strategies,
+            default_strategy,
+            ids,
+            idempotency,
+            recorder,
+        }
+    }
+
+    /// The strategy named `name`, or the default one.
+    pub fn strategy(&self, name: Option<&str>) -> Result<Arc<dyn Strategy>, PurchaseError> {
+        match name {
+            Some(name) => self
+                .strategies
+                .get(name)
+                .map_err(PurchaseError::UnknownStrategy),
+            None => self
+                .strategies
+                .get(self.default_strategy.as_str())
+                .map_err(|msg| {
+                    PurchaseError::Internal(anyhow::anyhow!("default strategy missing: {msg}"))
+                }),
+        }
+    }
+
+    /// One purchase of `item` by `user` under `strategy`, counted. `started`
+    /// is when the request arrived, for the latency it is counted with.
+    pub async fn buy(
+        &self,
+        item: ItemId,
+        user: UserId,
+        strategy: Arc<dyn Strategy>,
+        started: Instant,
+    ) -> Result<Purchased, PurchaseError> {
+        let kind = strategy.kind();
+        let order_id = self.ids.next().map_err(PurchaseError::Ids)?;
+        let purchase = Purchase::new(item, user, order_id, kind);
+        let attempt = match strategy.purchase(&purchase).await {
+            Ok(attempt) => attempt,
+            Err(err) => {
+                self.recorder.error(&purchase.item, kind, started.elapsed());
+                return Err(err.into());
+            }
+        };
+        self.recorder
+            .attempt(&purchase.item, kind, &attempt, started.elapsed());
+        let Purchase { item, user, .. } = purchase;
+        match attempt.outcome {
+            Outcome::Purchased { remaining } => Ok(Purchased {
+                order_id,
+                item_id: item,
+                user_id: user,
+                strategy: kind,
+                remaining,
+            }),
+            Outcome::SoldOut => Err(PurchaseError::SoldOut(item)),
+            Outcome::LimitReached { limit } => {
+                Err(PurchaseError::LimitReached { item, user, limit })
+            }
+            Outcome::ItemNotFound => Err(PurchaseError::ItemNotFound(item)),
+            Outcome::StrategyMismatch { bound } => Err(PurchaseError::StrategyMismatch {
+                item,
+                requested: kind,
+                bound,
+            }),
+            Outcome::SaleRestarted => Err(PurchaseError::SaleRestarted(item)),
+            Outcome::Contended { detail } => Err(PurchaseError::Contended { item, detail }),
+        }
+    }
+
+    /// [`Purchases::buy`] at most once per `key` ([`crate::idempotency`]):
+    /// a repeat with the same user and strategy gets the first purchase's
+    /// answer replayed; only a purchase is recorded, a refusal changed
+    /// nothing and may simply be asked again.
+    pub async fn buy_once(
+        self: &Arc<Self>,
+        key: IdempotencyKey,
+        item: ItemId,
+        user: UserId,
+        strategy: Arc<dyn Strategy>,
+        started: Instant,
+    ) -> Result<Receipt, PurchaseError> {
+        let keys = ItemKeys::new(&item);
+        let fingerprint = format!("{user}\u{1f}{}", strategy.kind());
+        let claim = self
+            .idempotency
+            .begin(&keys, &key, &fingerprint)
+            .await
+            .map_err(|err| PurchaseError::Strategy(err.into()))?;
+        match claim {
+            Claim::Missing => Err(PurchaseError::ItemNotFound(item)),
+            Claim::Reused => Err(PurchaseError::IdempotencyKeyReused),
+            Claim::InFlight => Err(PurchaseError::IdempotencyInFlight),
+            Claim::Done { status, body } => Ok(Receipt::Replayed { status, body }),
+            Claim::New => {
+                // A task of its own: a client that leaves or the request
+                // timeout must not cut the sequence between the purchase
+                // and its record.
+                let this = Arc::clone(self);
+                let sequence = tokio::spawn(async move {
+                    let result = this.buy(item, user, strategy, started).await;
+                    let body = match &result {
+                        Ok(purchased) => serde_json::to_string(purchased).ok(),
+                        Err(_) => None,
+                    };
+                    let record = body.as_deref().map(|body| (CREATED, body));
+                    if let Err(err) = this.idempotency.finish(&keys, &key, record).await {
+                        tracing::warn!(%err, "cannot record the outcome for an Idempotency-Key; its claim expires by itself");
+                    }
+                    result
+                });
+                let purchased = sequence.await.map_err(|err| {
+                    PurchaseError::Internal(anyhow::anyhow!("purchase task failed: {err}"))
+                })??;
+                Ok(Receipt::New(purchased))
+            }
+        }
+    }
+}
+
+/// The status a recorded purchase is replayed with.
+const CREATED: u16 = 201;
