@@ -7,6 +7,7 @@
 //! - [`config`]: every setting, as a flag and an environment variable.
 //! - [`server`]: `run(listener, state, shutdown)` and `serve(config)`.
 //! - [`http`]: the router, handlers and middleware.
+//! - [`startup`]: builds the state from the config, and stops it in order.
 //! - [`state`]: what handlers share.
 //! - [`error`]: the one API error type and its JSON shape.
 //! - [`telemetry`]: logging set-up.
@@ -61,6 +62,7 @@ pub mod report;
 pub mod sale;
 pub mod server;
 pub mod snowflake;
+pub mod startup;
 pub mod state;
 pub mod stats;
 pub mod strategy;

@@ -29,7 +29,8 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::redis_server::{RedisServer, RedisServerOptions};
-use crate::state::{App, AppState};
+use crate::startup::App;
+use crate::state::AppState;
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish, closing what is still open after the request timeout.

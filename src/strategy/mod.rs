@@ -1,21 +1,17 @@
 //! The concurrency-control strategies: the subject of this lab.
 //!
-//! Each strategy is one file behind the [`Strategy`] trait and is picked per
-//! request by name from the [`Registry`]. All of them do the same thing to the
+//! Each strategy is one file behind the [`Strategy`] trait and one line of
+//! the catalogue (`catalogue.rs`: name, guard, construction), and is picked
+//! per request by name from the [`Registry`]. All of them do the same thing to the
 //! same keys (see [`crate::keys`]): check the item exists, check the user's
 //! limit, check the stock, then decrement the stock, count the unit against the
 //! user, and append the order to the item's order log. They differ only in what
 //! keeps two buyers from interleaving:
 //!
-//! | name | guard |
-//! |---|---|
-//! | [`naive`] | nothing: read, check, write (the control group; oversells) |
-//! | [`optimistic`] | WATCH/MULTI/EXEC on a dedicated connection, bounded retries |
-//! | [`lock`] | a `SET NX PX` token lock around read-check-write |
-//! | [`lua`] | one atomic script |
-//! | [`redlock`] | a quorum lock over several Redis nodes around read-check-write |
-//! | [`sql`] | a database transaction with a conditional `UPDATE` |
-//! | `lock-gated`, `optimistic-gated` | the same behind an in-process [`gate`] |
+//! The catalogue names each with its guard; the files:
+//! [`naive`] (the control group: it oversells), [`optimistic`], [`lock`],
+//! [`lua`], [`redlock`], [`sql`], and the in-process [`gate`] in front of
+//! `lock` and `optimistic`.
 //!
 //! Check order is the same everywhere: item exists, then the sale's strategy
 //! binding, then the user's limit, then the stock; so the same request gets the
@@ -37,6 +33,7 @@
 //! hash, so a restock aborts its transaction, and its retry notices the new
 //! generation; `lua` decides and writes in one step.
 
+mod catalogue;
 pub mod gate;
 pub mod lock;
 pub mod lua;
@@ -59,10 +56,8 @@ static SNAPSHOT_SCRIPT: std::sync::LazyLock<redis::Script> =
 static WRITE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(WRITE_LUA));
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -70,66 +65,9 @@ use crate::domain::{ItemId, UserId};
 use crate::keys::ItemKeys;
 use crate::snowflake::OrderId;
 
-/// A strategy's name, as requests spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(into = "&'static str")]
-pub enum StrategyKind {
-    Naive,
-    Optimistic,
-    OptimisticGated,
-    Lock,
-    LockGated,
-    Lua,
-    Redlock,
-    Sql,
-}
-
-impl From<StrategyKind> for &'static str {
-    fn from(kind: StrategyKind) -> Self {
-        kind.as_str()
-    }
-}
+pub use catalogue::{Registry, StrategyKind, Wiring};
 
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 8] = [
-        Self::Naive,
-        Self::Optimistic,
-        Self::OptimisticGated,
-        Self::Lock,
-        Self::LockGated,
-        Self::Lua,
-        Self::Redlock,
-        Self::Sql,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Naive => "naive",
-            Self::Optimistic => "optimistic",
-            Self::OptimisticGated => "optimistic-gated",
-            Self::Lock => "lock",
-            Self::LockGated => "lock-gated",
-            Self::Lua => "lua",
-            Self::Redlock => "redlock",
-            Self::Sql => "sql",
-        }
-    }
-
-    /// What keeps two buyers apart, in a line: the catalogue's description
-    /// (`GET /api/strategies`, the status page).
-    pub fn guard(self) -> &'static str {
-        match self {
-            Self::Naive => "nothing: read, check, write (the control group; oversells)",
-            Self::Optimistic => "WATCH/MULTI/EXEC on a dedicated connection, bounded retries",
-            Self::OptimisticGated => "optimistic behind an in-process FIFO gate per item",
-            Self::Lock => "a SET NX PX token lock with a fencing token around read-check-write",
-            Self::LockGated => "lock behind an in-process FIFO gate per item",
-            Self::Lua => "one atomic Lua script",
-            Self::Redlock => "a quorum lock over several Redis nodes around read-check-write",
-            Self::Sql => "a database transaction with a conditional UPDATE",
-        }
-    }
-
     /// Dense index, for per-strategy counter arrays.
     pub fn index(self) -> usize {
         self as usize
@@ -406,33 +344,6 @@ pub trait Strategy: Send + Sync {
     /// Attempts one purchase. A rejected attempt (any outcome but `Purchased`)
     /// must leave every key as it found it.
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError>;
-}
-
-/// The strategies this instance serves, by name.
-#[derive(Clone, Default)]
-pub struct Registry {
-    strategies: BTreeMap<StrategyKind, Arc<dyn Strategy>>,
-}
-
-impl Registry {
-    pub fn register(&mut self, strategy: Arc<dyn Strategy>) {
-        self.strategies.insert(strategy.kind(), strategy);
-    }
-
-    /// The strategy named `raw`, or a message listing the valid names.
-    pub fn get(&self, raw: &str) -> Result<Arc<dyn Strategy>, String> {
-        let kind: StrategyKind = raw.parse()?;
-        self.strategies.get(&kind).cloned().ok_or_else(|| {
-            format!(
-                "strategy `{raw}` is not enabled here; enabled strategies are: {}",
-                self.names().join(", ")
-            )
-        })
-    }
-
-    pub fn names(&self) -> Vec<&'static str> {
-        self.strategies.keys().map(|k| k.as_str()).collect()
-    }
 }
 
 /// The state a read-check-write strategy decides on.

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use reqwest::{Response, StatusCode};
 use seckill::config::Config;
 use seckill::redis_server::{RedisServer, RedisServerOptions};
-use seckill::state::App;
+use seckill::startup::App;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

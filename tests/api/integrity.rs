@@ -354,7 +354,7 @@ async fn a_second_instance_with_the_same_worker_id_refuses_to_start() {
     config.database_url = sqlite_url();
     config.persister = false;
     config.worker_id = Some(7);
-    let refused = seckill::state::App::build(&config, &redis.url()).await;
+    let refused = seckill::startup::App::build(&config, &redis.url()).await;
     let err = format!(
         "{:#}",
         refused.err().expect("the second instance must not start")
@@ -363,7 +363,7 @@ async fn a_second_instance_with_the_same_worker_id_refuses_to_start() {
 
     // Once the first stops cleanly the number is free again.
     first.stop().await;
-    let again = seckill::state::App::build(&config, &redis.url()).await;
+    let again = seckill::startup::App::build(&config, &redis.url()).await;
     assert!(again.is_ok(), "{:?}", again.err());
 }
 

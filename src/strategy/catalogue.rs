@@ -1,0 +1,184 @@
+//! The strategy catalogue: one line per strategy, and everything else derives
+//! from it: [`StrategyKind`] (its variants, [`StrategyKind::ALL`], names and
+//! parsing), each strategy's one-line guard description, and how it is built
+//! ([`Registry::build`]). The HTTP catalogue (`GET /api/strategies`), the
+//! status page's checkboxes, the bench's default list and the tests' matrix
+//! all read [`StrategyKind::ALL`].
+//!
+//! Adding a strategy: write its file in `src/strategy/`, then add its line
+//! to the [`catalogue!`] call below.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use super::{Strategy, gate, lock, lua, naive, optimistic, redlock, sql};
+use crate::config::Config;
+use crate::db::Db;
+
+/// What strategies are built from.
+pub struct Wiring<'a> {
+    /// The main Redis, multiplexed.
+    pub redis: ConnectionManager,
+    /// Dedicated connections, for `WATCH` (`optimistic`).
+    pub pool: deadpool_redis::Pool,
+    /// The main Redis's URL: the one Redlock node when none is configured.
+    pub redis_url: &'a str,
+    pub db: Db,
+    pub config: &'a Config,
+}
+
+impl Wiring<'_> {
+    fn race_window(&self) -> Duration {
+        Duration::from_millis(self.config.race_window_ms)
+    }
+
+    fn optimistic(&self) -> Arc<dyn Strategy> {
+        Arc::new(optimistic::Optimistic::new(
+            self.pool.clone(),
+            self.config.optimistic_max_retries,
+            self.race_window(),
+        ))
+    }
+
+    fn lock(&self) -> Arc<dyn Strategy> {
+        Arc::new(lock::Lock::new(
+            self.redis.clone(),
+            self.config.lock_ttl(),
+            self.config.lock_wait(),
+            self.race_window(),
+            self.config.lock_watchdog,
+        ))
+    }
+
+    fn gated(&self, kind: StrategyKind, inner: Arc<dyn Strategy>) -> Arc<dyn Strategy> {
+        Arc::new(gate::Gated::new(kind, inner, self.config.lock_wait()))
+    }
+
+    fn redlock(&self) -> anyhow::Result<Arc<dyn Strategy>> {
+        let urls = if self.config.redlock_urls.is_empty() {
+            vec![self.redis_url.to_owned()]
+        } else {
+            self.config.redlock_urls.clone()
+        };
+        Ok(Arc::new(redlock::Redlock::new(
+            self.redis.clone(),
+            &urls,
+            self.config.lock_ttl(),
+            self.config.lock_wait(),
+            self.race_window(),
+        )?))
+    }
+}
+
+/// How a strategy is built.
+type Build = fn(&Wiring) -> anyhow::Result<Arc<dyn Strategy>>;
+
+/// Declares [`StrategyKind`] and its catalogue from one table: variant,
+/// name, guard, and how to build it from a [`Wiring`].
+macro_rules! catalogue {
+    ($($variant:ident = $name:literal, $guard:literal, $build:expr;)+) => {
+        /// A strategy's name, as requests spell it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(into = "&'static str")]
+        pub enum StrategyKind {
+            $($variant,)+
+        }
+
+        impl StrategyKind {
+            /// Every strategy, in the catalogue's order.
+            pub const ALL: [StrategyKind; [$($name),+].len()] = [$(Self::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+
+            /// What keeps two buyers apart, in a line: the catalogue's
+            /// description (`GET /api/strategies`, the status page).
+            pub fn guard(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $guard,)+
+                }
+            }
+
+            fn build(self, wiring: &Wiring) -> anyhow::Result<Arc<dyn Strategy>> {
+                let build: Build = match self {
+                    $(Self::$variant => $build,)+
+                };
+                build(wiring)
+            }
+        }
+    };
+}
+
+catalogue! {
+    Naive = "naive", "nothing: read, check, write (the control group; oversells)",
+        |w| Ok(Arc::new(naive::Naive::new(w.redis.clone(), w.race_window())));
+    Optimistic = "optimistic", "WATCH/MULTI/EXEC on a dedicated connection, bounded retries",
+        |w| Ok(w.optimistic());
+    OptimisticGated = "optimistic-gated", "optimistic behind an in-process FIFO gate per item",
+        |w| Ok(w.gated(StrategyKind::OptimisticGated, w.optimistic()));
+    Lock = "lock", "a SET NX PX token lock with a fencing token around read-check-write",
+        |w| Ok(w.lock());
+    LockGated = "lock-gated", "lock behind an in-process FIFO gate per item",
+        |w| Ok(w.gated(StrategyKind::LockGated, w.lock()));
+    Lua = "lua", "one atomic Lua script",
+        |w| Ok(Arc::new(lua::Lua::new(w.redis.clone())));
+    Redlock = "redlock", "a quorum lock over several Redis nodes around read-check-write",
+        |w| w.redlock();
+    Sql = "sql", "a database transaction with a conditional UPDATE",
+        |w| Ok(Arc::new(sql::Sql::new(
+            w.db.clone(),
+            w.redis.clone(),
+            w.config.sql_for_update,
+            w.race_window(),
+        )));
+}
+
+impl From<StrategyKind> for &'static str {
+    fn from(kind: StrategyKind) -> Self {
+        kind.as_str()
+    }
+}
+
+/// The strategies this instance serves, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    strategies: BTreeMap<StrategyKind, Arc<dyn Strategy>>,
+}
+
+impl Registry {
+    /// Every strategy of the catalogue, built from `wiring`.
+    pub fn build(wiring: &Wiring) -> anyhow::Result<Self> {
+        let mut registry = Self::default();
+        for kind in StrategyKind::ALL {
+            let strategy = kind.build(wiring)?;
+            anyhow::ensure!(
+                strategy.kind() == kind,
+                "the catalogue builds `{}` for `{kind}`",
+                strategy.kind()
+            );
+            registry.strategies.insert(kind, strategy);
+        }
+        Ok(registry)
+    }
+
+    /// The strategy named `raw`, or a message listing the valid names.
+    pub fn get(&self, raw: &str) -> Result<Arc<dyn Strategy>, String> {
+        let kind: StrategyKind = raw.parse()?;
+        self.strategies.get(&kind).cloned().ok_or_else(|| {
+            format!(
+                "strategy `{raw}` is not enabled here; enabled strategies are: {}",
+                self.names().join(", ")
+            )
+        })
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.strategies.keys().map(|k| k.as_str()).collect()
+    }
+}
