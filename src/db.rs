@@ -14,7 +14,6 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::domain::{ItemId, UserId};
-use crate::sale::ItemSettings;
 use crate::snowflake::OrderId;
 
 /// Which database is behind the URL.
@@ -146,7 +145,8 @@ impl Db {
     pub async fn restock_item(
         tx: &mut Transaction<'static, Any>,
         item: &ItemId,
-        settings: ItemSettings,
+        stock: u64,
+        per_user_limit: u64,
     ) -> sqlx::Result<u64> {
         let generation: i64 = sqlx::query_scalar(
             "INSERT INTO items (item_id, initial_stock, stock, per_user_limit, generation, updated_at)
@@ -158,8 +158,8 @@ impl Db {
              RETURNING generation",
         )
         .bind(item.as_str())
-        .bind(settings.stock as i64)
-        .bind(settings.per_user_limit as i64)
+        .bind(stock as i64)
+        .bind(per_user_limit as i64)
         .bind(now_ms())
         .fetch_one(&mut **tx)
         .await?;

@@ -9,7 +9,6 @@ use redis::streams::StreamId;
 use crate::db::OrderRecord;
 use crate::domain::UserId;
 use crate::snowflake::OrderId;
-use crate::strategy::StrategyKind;
 
 /// The snowflake order id, decimal.
 pub const ORDER_ID: &str = "order_id";
@@ -22,11 +21,11 @@ pub const CREATED_MS: &str = "created_ms";
 pub const GENERATION: &str = "generation";
 
 /// The fields of one entry (`XADD ... * <fields>`), in the order
-/// `purchase.lua` writes them.
+/// `purchase.lua` writes them. `strategy` is the name the purchase gave.
 pub fn fields(
     order_id: OrderId,
     user: &UserId,
-    strategy: StrategyKind,
+    strategy: &str,
     generation: u64,
 ) -> [(&'static str, String); 5] {
     [
@@ -94,7 +93,7 @@ mod tests {
             id: "1-0".into(),
             ..StreamId::default()
         };
-        for (k, v) in fields(OrderId(42), &user, StrategyKind::Lua, 3) {
+        for (k, v) in fields(OrderId(42), &user, "lua", 3) {
             entry
                 .map
                 .insert(k.into(), redis::Value::BulkString(v.into_bytes()));

@@ -137,7 +137,8 @@ impl Sales {
             .query_async(&mut redis)
             .await?;
         let mut tx = self.db.begin_write().await?;
-        let floor = Db::restock_item(&mut tx, item, settings).await?;
+        let floor =
+            Db::restock_item(&mut tx, item, settings.stock, settings.per_user_limit).await?;
         let (generation, created, _archived): (u64, u8, u8) = self
             .restock
             .key(&keys.stock)

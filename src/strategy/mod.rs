@@ -204,7 +204,12 @@ impl Purchase {
     /// The fields of the order-log entry for a sale of `generation`
     /// ([`crate::order_log`]).
     pub fn order_fields(&self, generation: u64) -> [(&'static str, String); 5] {
-        crate::order_log::fields(self.order_id, &self.user, self.strategy, generation)
+        crate::order_log::fields(
+            self.order_id,
+            &self.user,
+            self.strategy.as_str(),
+            generation,
+        )
     }
 }
 
