@@ -25,7 +25,7 @@ pub enum Backend {
 }
 
 /// One persisted order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct OrderRecord {
     pub order_id: OrderId,
     pub item_id: String,

@@ -30,8 +30,10 @@ fn parse_id(kind: &str, raw: &str) -> Result<String, String> {
 }
 
 /// An item on sale, e.g. `iphone-17`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
 pub struct ItemId(String);
 
 impl ItemId {
@@ -51,8 +53,8 @@ impl fmt::Display for ItemId {
 }
 
 /// A buyer, e.g. `u42`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct UserId(String);
 
 impl UserId {
@@ -70,6 +72,28 @@ impl fmt::Display for UserId {
         f.write_str(&self.0)
     }
 }
+
+/// Read back from JSON (the load generator reads the server's answers) and
+/// checked like any other input.
+macro_rules! text_serde {
+    ($($id:ident),+) => {$(
+        impl TryFrom<String> for $id {
+            type Error = String;
+
+            fn try_from(raw: String) -> Result<Self, String> {
+                Self::parse(&raw)
+            }
+        }
+
+        impl From<$id> for String {
+            fn from(id: $id) -> String {
+                id.0
+            }
+        }
+    )+};
+}
+
+text_serde!(ItemId, UserId);
 
 #[cfg(test)]
 mod tests {

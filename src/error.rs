@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -165,10 +165,30 @@ impl From<crate::sale::SaleError> for ApiError {
     }
 }
 
+/// The JSON body every error response carries:
+/// `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `sold_out`, `strategy_mismatch`, ...
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+}
+
 impl ApiError {
     /// The JSON body every error response carries.
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code(), "message": self.to_string()}})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+            },
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{ItemId, UserId};
 use crate::idempotency::{Claim, Idempotency, IdempotencyKey};
@@ -24,7 +24,7 @@ use crate::strategy::{
 };
 
 /// A purchase that went through: the body of the 201.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purchased {
     pub order_id: OrderId,
     pub item_id: ItemId,

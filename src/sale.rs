@@ -59,7 +59,7 @@ pub struct Restocked {
 }
 
 /// The item view of `GET /api/items/{item}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ItemView {
     pub item_id: ItemId,
     pub initial_stock: u64,

@@ -136,6 +136,13 @@ impl serde::Serialize for OrderId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for OrderId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The fields of an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdParts {

@@ -7,7 +7,7 @@ mod health;
 mod ids;
 mod items;
 mod live;
-mod orders;
+pub mod orders;
 mod purchase;
 
 use std::time::Duration;

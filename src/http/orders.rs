@@ -28,7 +28,7 @@ pub struct OrdersParams {
     order: Option<Direction>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct OrdersPage {
     pub orders: Vec<OrderRecord>,
     /// Pass as `after` for the next page; `null` on the last page.

@@ -81,8 +81,11 @@ type Build = fn(&Wiring) -> anyhow::Result<Arc<dyn Strategy>>;
 macro_rules! catalogue {
     ($($variant:ident = $name:literal, $guard:literal, $build:expr;)+) => {
         /// A strategy's name, as requests spell it.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-        #[serde(into = "&'static str")]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+            serde::Serialize, serde::Deserialize,
+        )]
+        #[serde(into = "&'static str", try_from = "String")]
         pub enum StrategyKind {
             $($variant,)+
         }
@@ -142,6 +145,14 @@ catalogue! {
 impl From<StrategyKind> for &'static str {
     fn from(kind: StrategyKind) -> Self {
         kind.as_str()
+    }
+}
+
+impl TryFrom<String> for StrategyKind {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        raw.parse()
     }
 }
 

@@ -1,0 +1,72 @@
+//! The load generator: races strategies against a running seckill and reads
+//! back the server's truths. Used by `seckill bench` and by the status page's
+//! race control.
+//!
+//! Like wrk, each of `concurrency` workers holds one keep-alive HTTP/1.1
+//! connection and sends its next request as soon as the last answered (a
+//! closed loop), so the request rate is what the server sustains at that
+//! concurrency. Latencies go into per-worker HDR histograms, merged at the end,
+//! so recording costs no shared lock.
+//!
+//! Buyers: `users` distinct user ids, each buying until refused by the limit.
+//! A buyer turned away with 503 `contention` is queued to try again, as a real
+//! buyer would: demand stays at least the stock, so units left unsold while
+//! buyers were refused show as `undersold`, not as an artefact of the load.
+//!
+//! Every figure is measured on the same machine as the server (and Redis):
+//! the generator's own CPU use is part of the picture, so compare strategies by
+//! their ratio to the HTTP ceiling (`/healthz`) measured in the same run.
+//!
+//! Four parts: [`model`] (the plan and the results), [`client`] (one
+//! keep-alive HTTP connection, reading the server's answers into the
+//! server's own serde types), [`workload`] (the buyers and the ceiling
+//! run) and [`verify`] (reading back the truths of each sale).
+
+mod client;
+mod model;
+mod verify;
+mod workload;
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+pub use client::{create_item, probe};
+pub use model::*;
+pub use workload::{measure_ceiling, race};
+
+/// How often progress is reported.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Spawned tasks that end with the future owning them: a race cancelled
+/// mid-run (its task aborted) must not leave its buyers sending.
+struct Owned<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Owned<T> {
+    async fn join_all(mut self) -> Result<Vec<T>, tokio::task::JoinError> {
+        let mut outcomes = Vec::with_capacity(self.0.len());
+        for handle in &mut self.0 {
+            outcomes.push(handle.await?);
+        }
+        Ok(outcomes)
+    }
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+/// 1 µs to 60 s at 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    // The bounds are constants that satisfy the constructor's rules
+    // (low ≥ 1, high ≥ 2·low, sigfig ≤ 5), so this cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn record(histogram: &mut Histogram<u64>, sent: Instant) {
+    histogram.saturating_record(sent.elapsed().as_micros() as u64);
+}

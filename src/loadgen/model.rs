@@ -1,0 +1,208 @@
+//! What a race is asked to do and what it reports: the plan, the per-strategy
+//! results and the progress events.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::stats::CounterSnapshot;
+use crate::strategy::StrategyKind;
+
+/// Where the server is.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    pub host: String,
+    pub admin_token: Option<String>,
+    /// The server's Redis, if reachable from here: enables the order-log check.
+    pub redis_url: Option<String>,
+}
+
+impl Target {
+    /// From `http://host:port` (plain HTTP only).
+    pub async fn from_url(
+        url: &str,
+        admin_token: Option<String>,
+        redis_url: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let Some(rest) = url.strip_prefix("http://") else {
+            bail!("--url must be http://host:port (no TLS): `{url}`");
+        };
+        let host = rest.trim_end_matches('/').to_owned();
+        let addr = tokio::net::lookup_host(&host)
+            .await
+            .with_context(|| format!("cannot resolve `{host}`"))?
+            .next()
+            .with_context(|| format!("`{host}` resolves to no address"))?;
+        Ok(Self {
+            addr,
+            host,
+            admin_token,
+            redis_url,
+        })
+    }
+}
+
+/// What to race.
+#[derive(Debug, Clone, Serialize)]
+pub struct RacePlan {
+    pub strategies: Vec<StrategyKind>,
+    pub stock: u64,
+    pub per_user_limit: u64,
+    /// Distinct buyers per strategy.
+    pub users: u64,
+    pub concurrency: usize,
+    /// Upper bound per strategy; with `until_sold_out` the run usually ends
+    /// earlier.
+    #[serde(with = "millis")]
+    pub duration: Duration,
+    pub until_sold_out: bool,
+    /// Buyers come back for more (picked at random) instead of each buying once.
+    pub repeat_buyers: bool,
+    /// How long to measure `/healthz`.
+    #[serde(with = "millis")]
+    pub ceiling_duration: Duration,
+    /// Prefix of the fresh items, one per strategy.
+    pub item_prefix: String,
+}
+
+mod millis {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub(super) fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50_ms: ms(histogram.value_at_quantile(0.50)),
+            p90_ms: ms(histogram.value_at_quantile(0.90)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            max_ms: ms(histogram.max()),
+        }
+    }
+}
+
+/// Responses by meaning.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StatusCounts {
+    pub created_201: u64,
+    pub sold_out_409: u64,
+    pub limit_reached_409: u64,
+    pub contention_503: u64,
+    pub unavailable_503: u64,
+    pub other: u64,
+    /// Connection-level failures (no HTTP response).
+    pub transport_errors: u64,
+}
+
+impl StatusCounts {
+    pub(super) fn add(&mut self, other: &StatusCounts) {
+        self.created_201 += other.created_201;
+        self.sold_out_409 += other.sold_out_409;
+        self.limit_reached_409 += other.limit_reached_409;
+        self.contention_503 += other.contention_503;
+        self.unavailable_503 += other.unavailable_503;
+        self.other += other.other;
+        self.transport_errors += other.transport_errors;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.created_201
+            + self.sold_out_409
+            + self.limit_reached_409
+            + self.contention_503
+            + self.unavailable_503
+            + self.other
+            + self.transport_errors
+    }
+}
+
+/// `/healthz` at the race's concurrency: the HTTP ceiling.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    pub requests: u64,
+    pub elapsed_s: f64,
+    pub requests_per_s: f64,
+    pub latency: Latency,
+}
+
+/// One strategy's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyResult {
+    pub strategy: StrategyKind,
+    pub item: String,
+    pub elapsed_s: f64,
+    pub requests: u64,
+    pub requests_per_s: f64,
+    pub successes_per_s: f64,
+    /// requests/s as a fraction of the `/healthz` requests/s of the same run.
+    pub ceiling_ratio: f64,
+    pub latency: Latency,
+    pub statuses: StatusCounts,
+    /// Server-side retries (optimistic aborts, lock waits) per success.
+    pub retries_per_success: f64,
+    /// From the start to the first `sold_out`; `None` if never sold out.
+    pub time_to_sell_out_s: Option<f64>,
+    pub sold: u64,
+    pub oversold: u64,
+    pub drift: i64,
+    pub undersold: u64,
+    pub persisted: u64,
+    /// 201 order ids missing from the item's order log (`None`: Redis not reachable from here).
+    pub lost_in_log: Option<u64>,
+    /// 201 order ids missing from SQL once the persister caught up (`None`: it did not in time).
+    pub lost_in_sql: Option<u64>,
+    /// The server's own counters for this strategy on this item.
+    pub server_counters: Option<CounterSnapshot>,
+}
+
+/// A whole race.
+#[derive(Debug, Clone, Serialize)]
+pub struct RaceReport {
+    pub plan: RacePlan,
+    pub ceiling: Ceiling,
+    pub results: Vec<StrategyResult>,
+}
+
+/// What a race says while it runs.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Ceiling {
+        requests: u64,
+        elapsed_s: f64,
+    },
+    Started {
+        strategy: StrategyKind,
+        item: String,
+    },
+    Running {
+        strategy: StrategyKind,
+        requests: u64,
+        purchased: u64,
+        elapsed_s: f64,
+    },
+    Verifying {
+        strategy: StrategyKind,
+    },
+    Finished(Box<StrategyResult>),
+}
+
+/// Receives progress; must be cheap (called from the ticker, 5 times a second).
+pub type Observer = Arc<dyn Fn(Progress) + Send + Sync>;

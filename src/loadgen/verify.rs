@@ -1,0 +1,148 @@
+//! Reading back the truths of a sale once its race ends: the server's item
+//! view (sold, oversold, drift, undersold, lag), and whether every 201's
+//! order id is in the item's order log and, once the persister caught up,
+//! in SQL.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::Target;
+use super::client::{Conn, probe};
+use crate::http::orders::OrdersPage;
+use crate::sale::ItemView;
+use crate::snowflake::OrderId;
+use crate::stats::CounterSnapshot;
+use crate::strategy::StrategyKind;
+
+pub(super) struct Truths {
+    pub view: ItemView,
+    /// The server's counters for the raced strategy (`None`: it counted
+    /// nothing on this item).
+    pub counters: Option<CounterSnapshot>,
+    pub lost_in_log: Option<u64>,
+    pub lost_in_sql: Option<u64>,
+}
+
+/// How long to wait for the persister to catch up before calling SQL short.
+const PERSIST_WAIT: Duration = Duration::from_secs(15);
+
+pub(super) async fn read_truths(
+    target: &Target,
+    item: &str,
+    strategy: StrategyKind,
+    order_ids: &[OrderId],
+) -> anyhow::Result<Truths> {
+    let answered: HashSet<OrderId> = order_ids.iter().copied().collect();
+    let mut conn = Conn::default();
+    // Without a persister (`PERSISTER=false`: 404 here) SQL never catches up
+    // for the Redis strategies, so there is nothing to wait for.
+    let persisting = probe(target, "/api/persister").await;
+    let deadline = Instant::now()
+        + if persisting {
+            PERSIST_WAIT
+        } else {
+            Duration::ZERO
+        };
+    let view = loop {
+        let view: ItemView = conn.get(target, &format!("/api/items/{item}")).await?;
+        if view.lag == 0 || Instant::now() >= deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let counters = view.strategies.get(&strategy).copied();
+
+    let lost_in_sql = if view.lag == 0 {
+        let mut in_sql = HashSet::new();
+        let mut after: Option<OrderId> = None;
+        loop {
+            let mut path = format!("/api/orders?item={item}&limit=1000");
+            if let Some(cursor) = &after {
+                path.push_str(&format!("&after={cursor}"));
+            }
+            let page: OrdersPage = conn.get(target, &path).await?;
+            in_sql.extend(page.orders.iter().map(|order| order.order_id));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        Some(answered.difference(&in_sql).count() as u64)
+    } else {
+        None
+    };
+
+    let lost_in_log = match &target.redis_url {
+        Some(url) => Some(lost_in_order_log(url, item, &answered).await?),
+        None => None,
+    };
+    Ok(Truths {
+        view,
+        counters,
+        lost_in_log,
+        lost_in_sql,
+    })
+}
+
+/// 201 ids absent from the item's order log, read straight from Redis.
+async fn lost_in_order_log(
+    redis_url: &str,
+    item: &str,
+    answered: &HashSet<OrderId>,
+) -> anyhow::Result<u64> {
+    let mut redis = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await
+        .context("cannot reach the server's Redis for the order-log check")?;
+    let key = crate::keys::ItemKeys::new(
+        &crate::domain::ItemId::parse(item).map_err(anyhow::Error::msg)?,
+    )
+    .orders;
+    let mut logged = HashSet::new();
+    let mut start = "-".to_owned();
+    loop {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut redis)
+            .await?;
+        let Some((last, _)) = entries.last() else {
+            break;
+        };
+        start = format!("({last}");
+        for (_, fields) in &entries {
+            if let Some(Ok(id)) = crate::order_log::order_id_of(fields).map(OrderId::parse) {
+                logged.insert(id);
+            }
+        }
+    }
+    Ok(answered.difference(&logged).count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bench reads the server's own type: a field the server stops
+    /// sending is an error, not a silent zero.
+    #[test]
+    fn an_item_view_missing_a_truth_does_not_read() {
+        let view = serde_json::json!({
+            "item_id": "a", "initial_stock": 1, "stock": 0, "per_user_limit": 1,
+            "generation": 1, "strategy": "lua", "sold": 1, "oversold": 0, "drift": 0,
+            "undersold": 0, "persisted": 1, "lag": 0, "strategies": {"lua": CounterSnapshot::default()},
+        });
+        let read: ItemView = serde_json::from_value(view.clone()).unwrap();
+        assert_eq!(read.sold, 1);
+        assert!(read.strategies.contains_key(&StrategyKind::Lua));
+        let mut renamed = view;
+        let sold = renamed.as_object_mut().unwrap().remove("sold").unwrap();
+        renamed["units_sold"] = sold;
+        assert!(serde_json::from_value::<ItemView>(renamed).is_err());
+    }
+}

@@ -1,0 +1,322 @@
+//! The workload: the `/healthz` ceiling run, and per strategy a fresh item
+//! raced by `concurrency` closed-loop buyers.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use hyper::{Method, StatusCode};
+
+use super::client::{Conn, PurchaseReply, create_item};
+use super::verify::read_truths;
+use super::{
+    Ceiling, Latency, Observer, Owned, Progress, RacePlan, RaceReport, StatusCounts,
+    StrategyResult, TICK, Target, new_histogram, record,
+};
+use crate::snowflake::OrderId;
+use crate::strategy::StrategyKind;
+
+/// Measures the ceiling, then races each strategy on its own fresh item.
+pub async fn race(
+    target: &Target,
+    plan: &RacePlan,
+    observe: Observer,
+) -> anyhow::Result<RaceReport> {
+    let ceiling =
+        measure_ceiling(target, plan.concurrency, plan.ceiling_duration, &observe).await?;
+    let mut results = Vec::new();
+    for &strategy in &plan.strategies {
+        let result = race_one(target, plan, strategy, ceiling.requests_per_s, &observe).await?;
+        observe(Progress::Finished(Box::new(result.clone())));
+        results.push(result);
+    }
+    Ok(RaceReport {
+        plan: plan.clone(),
+        ceiling,
+        results,
+    })
+}
+
+/// `/healthz` for `duration` at `concurrency`.
+pub async fn measure_ceiling(
+    target: &Target,
+    concurrency: usize,
+    duration: Duration,
+    observe: &Observer,
+) -> anyhow::Result<Ceiling> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Owned(Vec::new());
+    for _ in 0..concurrency {
+        let (target, stop, count) = (target.clone(), Arc::clone(&stop), Arc::clone(&count));
+        workers.0.push(tokio::spawn(async move {
+            let mut conn = Conn::default();
+            let mut histogram = new_histogram();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                if conn
+                    .send(&target, Method::GET, "/healthz", Bytes::new())
+                    .await
+                    .is_ok()
+                {
+                    record(&mut histogram, sent);
+                    count.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // The server is gone or refusing: do not spin on reconnects.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            histogram
+        }));
+    }
+    while start.elapsed() < duration {
+        tokio::time::sleep(TICK.min(duration.saturating_sub(start.elapsed()))).await;
+        observe(Progress::Ceiling {
+            requests: count.load(Ordering::Relaxed),
+            elapsed_s: start.elapsed().as_secs_f64(),
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut histogram = new_histogram();
+    for worker in workers.join_all().await? {
+        histogram.add(worker).context("merging histograms")?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let requests = histogram.len();
+    if requests == 0 {
+        bail!(
+            "no /healthz request succeeded: is the server at {} up?",
+            target.host
+        );
+    }
+    Ok(Ceiling {
+        requests,
+        elapsed_s: elapsed,
+        requests_per_s: requests as f64 / elapsed,
+        latency: Latency::of(&histogram),
+    })
+}
+
+/// Shared between the workers of one strategy's run.
+struct RunShared {
+    target: Target,
+    item: String,
+    strategy: StrategyKind,
+    plan: RacePlan,
+    stop: AtomicBool,
+    next_user: AtomicU64,
+    /// Buyers refused with `contention`, to try again.
+    retry: Mutex<VecDeque<u64>>,
+    requests: AtomicU64,
+    purchased: AtomicU64,
+    start: Instant,
+    /// Microseconds from start to the first `sold_out`, 0 while none.
+    sold_out_at_us: AtomicU64,
+}
+
+impl RunShared {
+    /// The next buyer, or `None` when every buyer has bought its fill.
+    fn next_buyer(&self) -> Option<u64> {
+        if let Some(user) = self
+            .retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+        {
+            return Some(user);
+        }
+        if self.plan.repeat_buyers {
+            return Some(rand::random_range(0..self.plan.users.max(1)));
+        }
+        let n = self.next_user.fetch_add(1, Ordering::Relaxed);
+        (n < self.plan.users).then_some(n)
+    }
+}
+
+struct WorkerOutcome {
+    histogram: Histogram<u64>,
+    statuses: StatusCounts,
+    order_ids: Vec<OrderId>,
+}
+
+async fn race_one(
+    target: &Target,
+    plan: &RacePlan,
+    strategy: StrategyKind,
+    ceiling_rps: f64,
+    observe: &Observer,
+) -> anyhow::Result<StrategyResult> {
+    let item = format!(
+        "{}-{strategy}-{}",
+        plan.item_prefix,
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    create_item(target, &item, plan.stock, plan.per_user_limit, strategy).await?;
+    observe(Progress::Started {
+        strategy,
+        item: item.clone(),
+    });
+
+    let shared = Arc::new(RunShared {
+        target: target.clone(),
+        item: item.clone(),
+        strategy,
+        plan: plan.clone(),
+        stop: AtomicBool::new(false),
+        next_user: AtomicU64::new(0),
+        retry: Mutex::new(VecDeque::new()),
+        requests: AtomicU64::new(0),
+        purchased: AtomicU64::new(0),
+        start: Instant::now(),
+        sold_out_at_us: AtomicU64::new(0),
+    });
+    let workers = Owned(
+        (0..plan.concurrency)
+            .map(|_| tokio::spawn(buy_loop(Arc::clone(&shared))))
+            .collect(),
+    );
+    let ticker = {
+        let (shared, observe) = (Arc::clone(&shared), Arc::clone(observe));
+        Owned(vec![tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TICK).await;
+                observe(Progress::Running {
+                    strategy,
+                    requests: shared.requests.load(Ordering::Relaxed),
+                    purchased: shared.purchased.load(Ordering::Relaxed),
+                    elapsed_s: shared.start.elapsed().as_secs_f64(),
+                });
+                if shared.start.elapsed() >= shared.plan.duration {
+                    shared.stop.store(true, Ordering::Relaxed);
+                }
+            }
+        })])
+    };
+
+    let mut histogram = new_histogram();
+    let mut statuses = StatusCounts::default();
+    let mut order_ids = Vec::new();
+    for outcome in workers.join_all().await? {
+        histogram
+            .add(outcome.histogram)
+            .context("merging histograms")?;
+        statuses.add(&outcome.statuses);
+        order_ids.extend(outcome.order_ids);
+    }
+    drop(ticker);
+    let elapsed = shared.start.elapsed().as_secs_f64();
+    observe(Progress::Verifying { strategy });
+
+    let truths = read_truths(target, &item, strategy, &order_ids).await?;
+    let requests = statuses.total();
+    let rps = requests as f64 / elapsed;
+    let sold_out_at = shared.sold_out_at_us.load(Ordering::Relaxed);
+    let retries = truths.counters.map_or(0, |c| c.retries);
+    Ok(StrategyResult {
+        strategy,
+        item,
+        elapsed_s: elapsed,
+        requests,
+        requests_per_s: rps,
+        successes_per_s: statuses.created_201 as f64 / elapsed,
+        ceiling_ratio: if ceiling_rps > 0.0 {
+            rps / ceiling_rps
+        } else {
+            0.0
+        },
+        latency: Latency::of(&histogram),
+        statuses,
+        retries_per_success: retries as f64 / statuses.created_201.max(1) as f64,
+        time_to_sell_out_s: (sold_out_at > 0).then(|| sold_out_at as f64 / 1e6),
+        sold: truths.view.sold,
+        oversold: truths.view.oversold,
+        drift: truths.view.drift,
+        undersold: truths.view.undersold,
+        persisted: truths.view.persisted,
+        lost_in_log: truths.lost_in_log,
+        lost_in_sql: truths.lost_in_sql,
+        server_counters: truths.counters,
+    })
+}
+
+async fn buy_loop(shared: Arc<RunShared>) -> WorkerOutcome {
+    let mut conn = Conn::default();
+    let mut outcome = WorkerOutcome {
+        histogram: new_histogram(),
+        statuses: StatusCounts::default(),
+        order_ids: Vec::new(),
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some(user) = shared.next_buyer() else {
+            break;
+        };
+        let sent = Instant::now();
+        let reply = conn
+            .purchase(
+                &shared.target,
+                &shared.item,
+                &format!("b{user}"),
+                shared.strategy,
+            )
+            .await;
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(_) => {
+                outcome.statuses.transport_errors += 1;
+                // The server is gone or refusing: do not spin on reconnects.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        record(&mut outcome.histogram, sent);
+        let (status, code) = match reply {
+            PurchaseReply::Created(receipt) => {
+                outcome.statuses.created_201 += 1;
+                shared.purchased.fetch_add(1, Ordering::Relaxed);
+                outcome.order_ids.push(receipt.order_id);
+                if shared.plan.per_user_limit > 1 {
+                    shared
+                        .retry
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(user);
+                }
+                continue;
+            }
+            PurchaseReply::Refused { status, code } => (status, code),
+        };
+        match (status, code.as_str()) {
+            (StatusCode::CONFLICT, "sold_out") => {
+                outcome.statuses.sold_out_409 += 1;
+                let at = shared.start.elapsed().as_micros() as u64;
+                let _ = shared.sold_out_at_us.compare_exchange(
+                    0,
+                    at.max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                if shared.plan.until_sold_out {
+                    shared.stop.store(true, Ordering::Relaxed);
+                }
+            }
+            (StatusCode::CONFLICT, "limit_reached") => outcome.statuses.limit_reached_409 += 1,
+            (StatusCode::SERVICE_UNAVAILABLE, "contention") => {
+                outcome.statuses.contention_503 += 1;
+                shared
+                    .retry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(user);
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, _) => outcome.statuses.unavailable_503 += 1,
+            _ => outcome.statuses.other += 1,
+        }
+    }
+    outcome
+}
