@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use seckill::snowflake::{CEILING_PER_SEC, Snowflake};
+use seckill::orders::snowflake::{CEILING_PER_SEC, Snowflake};
 
 fn next_id(c: &mut Criterion) {
     let generator = Snowflake::new(1);

@@ -3,8 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::bench::BenchArgs;
 use crate::config::Config;
+use crate::lab::bench::BenchArgs;
 
 /// seckill: a flash-sale service and concurrency lab.
 #[derive(Debug, Parser)]
@@ -31,8 +31,8 @@ pub enum Command {
 /// Runs the chosen subcommand to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Serve(config)) => crate::server::serve(config).await,
-        Some(Command::Bench(args)) => crate::bench::run(args).await,
-        None => crate::server::serve(cli.serve).await,
+        Some(Command::Serve(config)) => crate::startup::serve(config).await,
+        Some(Command::Bench(args)) => crate::lab::bench::run(args).await,
+        None => crate::startup::serve(cli.serve).await,
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::telemetry::LogFormat;
+use crate::infra::telemetry::LogFormat;
 
 /// Settings for `seckill serve`.
 #[derive(Debug, Clone, Args)]
@@ -35,7 +35,7 @@ pub struct Config {
         value_enum,
         default_value = "always"
     )]
-    pub embedded_redis_fsync: crate::redis_server::Fsync,
+    pub embedded_redis_fsync: crate::infra::redis_server::Fsync,
 
     /// The private `redis-server`'s memory limit (`maxmemory`: `2gb`,
     /// `512mb`; `0` for none). Full, it refuses writes (503) and evicts

@@ -26,7 +26,7 @@ pub fn worker_lease(n: u16) -> String {
 }
 
 /// How far ids were minted with worker number `n` (Unix ms). No TTL: it
-/// outlives the lease, for the number's next holder (see [`crate::lease`]).
+/// outlives the lease, for the number's next holder (see [`crate::orders::lease`]).
 pub fn worker_horizon(n: u16) -> String {
     format!("{}:horizon", worker_lease(n))
 }

@@ -1,70 +1,61 @@
 //! seckill: a flash-sale (秒杀) service and concurrency lab.
 //!
 //! # Layout
-//! - [`cli`]: the command line (`serve`, `bench`), parsed by `main.rs` and run here.
-//! - [`loadgen`]: the load generator that races strategies; [`bench`] drives it
-//!   from the command line and [`report`] renders its results.
-//! - [`config`]: every setting, as a flag and an environment variable.
-//! - [`server`]: `run(listener, state, shutdown)` and `serve(config)`.
-//! - [`http`]: the router, handlers and middleware.
-//! - [`startup`]: builds the state from the config, and stops it in order.
-//! - [`state`]: what handlers share.
-//! - [`error`]: the one API error type and its JSON shape.
-//! - [`telemetry`]: logging set-up.
-//! - [`domain`]: validated ids from the edge; [`keys`]: the Redis key schema.
-//! - [`snowflake`]: order ids; [`lease`]: the worker number they carry.
-//! - [`token_lock`]: token locks and their scripts, for `lock`, `redlock` and
-//!   the worker lease; with the backoff of a waiting taker.
-//! - [`strategy`]: the concurrency-control strategies, one file each.
-//! - [`sale`]: items, restocks and the truths of a sale; [`stats`]: counters.
-//! - [`redis_server`]: the private `redis-server` child.
-//! - [`metrics`]: Prometheus metrics for `/metrics`; [`live`]: the status
-//!   page's feed; [`race`]: the page's race control.
-//! - [`purchase`]: the purchase use-case: strategy, order id, attempt, one
-//!   recorder for stats and metrics, idempotency.
-//! - [`idempotency`]: `Idempotency-Key` records for purchases.
-//! - [`order_log`]: the order-log entry, written by the strategies and read
-//!   by the persister and the bench.
-//! - [`db`]: SQL (SQLite or Postgres) and its queries; [`persister`]: the
-//!   background task moving orders from the Redis order logs into SQL.
+//! The folders are the architecture; the files at the root are the shell
+//! and the shared vocabulary.
+//!
+//! - [`http`]: the router, thin handlers (HTTP in, domain call, HTTP out),
+//!   [`http::error`] (the one API error and its JSON shape), the accept loop
+//!   ([`http::server`]), the status page's live feed ([`http::live_feed`])
+//!   and the OpenAPI document (`openapi`, to come).
+//! - [`sale`]: items, restocks and the truths of a sale; the purchase
+//!   use-case ([`sale::purchase`]), its `Idempotency-Key` records
+//!   ([`sale::idempotency`]), counters ([`sale::stats`]) and Prometheus
+//!   metrics ([`sale::metrics`]).
+//! - [`strategy`]: the concurrency-control strategies, one file each, and
+//!   the catalogue that lists them.
+//! - [`orders`]: where an order goes after its 201: its id
+//!   ([`orders::snowflake`], [`orders::lease`]), the order log
+//!   ([`orders::order_log`]), the [`orders::persister`] and SQL
+//!   ([`orders::db`]).
+//! - [`lab`]: the load generator, `seckill bench` and its report, the status
+//!   page's race control.
+//! - [`infra`]: the private `redis-server`, token locks, logging.
+//! - At the root: [`cli`] and [`config`] (every setting, as a flag and an
+//!   environment variable), [`startup`] (builds the state, stops it in
+//!   order), [`state`] (what handlers share), [`domain`] (validated ids) and
+//!   [`keys`] (the Redis key schema).
+//!
+//! Dependencies point one way: `http` and `lab` call `sale` and `orders`;
+//! `sale` calls `strategy`; `strategy` writes the order log of `orders`;
+//! everything may use `infra`, `domain` and `keys`. The load generator reads
+//! the server's answers with the server's own types (`http::error`'s error
+//! body among them). No module imports another that imports it back, around
+//! any circle: `tests/api/layout.rs` checks.
 //!
 //! # A purchase, start to end
-//! `POST /api/items/{item}/purchase` reaches [`http`], which validates the item,
-//! user and strategy name into [`domain`] types and hands them to
-//! [`purchase::Purchases`]. That picks the strategy from the
-//! [`strategy::Registry`], mints a [`snowflake`] id, and calls
+//! `POST /api/items/{item}/purchase` reaches [`http`], which validates the
+//! item, user and strategy name into [`domain`] types and hands them to
+//! [`sale::purchase::Purchases`]. That picks the strategy from the
+//! [`strategy::Registry`], mints an [`orders::snowflake`] id, and calls
 //! [`strategy::Strategy::purchase`], which checks and writes the item's keys
-//! ([`keys`]) in Redis under its own guard and reports an
-//! [`strategy::Outcome`]. One recorder counts the outcome in [`stats`] and
-//! [`metrics`]; the handler turns a [`purchase::PurchaseError`] into an
-//! [`error::ApiError`], its status and JSON shape. Later, the [`persister`]
-//! reads the order from the item's order log and inserts it into SQL.
+//! ([`keys`]) in Redis under its own guard, appends the order to the item's
+//! order log ([`orders::order_log`]) and reports a [`strategy::Outcome`]. One
+//! recorder counts the outcome in [`sale::stats`] and [`sale::metrics`]; the
+//! handler turns a [`sale::purchase::PurchaseError`] into an
+//! [`http::error::ApiError`], its status and JSON shape. Later, the
+//! [`orders::persister`] reads the order from the log and inserts it into
+//! SQL.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod db;
 pub mod domain;
-pub mod error;
 pub mod http;
-pub mod idempotency;
+pub mod infra;
 pub mod keys;
-pub mod lease;
-pub mod live;
-pub mod loadgen;
-pub mod metrics;
-pub mod order_log;
-pub mod persister;
-pub mod purchase;
-pub mod race;
-pub mod redis_server;
-pub mod report;
+pub mod lab;
+pub mod orders;
 pub mod sale;
-pub mod server;
-pub mod snowflake;
 pub mod startup;
 pub mod state;
-pub mod stats;
 pub mod strategy;
-pub mod telemetry;
-pub mod token_lock;

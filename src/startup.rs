@@ -1,7 +1,9 @@
 //! Start-up and shutdown: turns a [`Config`] and a Redis URL into the
 //! [`AppState`] handlers share (connections, the database, the strategies,
 //! the id generator and its worker lease, the persister, the live feed),
-//! and stops the background work in order.
+//! and stops the background work in order. [`serve`] is the whole life of
+//! the binary: Redis (a private child unless `REDIS_URL`), the state, HTTP,
+//! and the shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,16 +11,19 @@ use std::time::Duration;
 use anyhow::Context;
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::db::Db;
-use crate::lease::{LeaseConfig, WorkerLease};
-use crate::persister::{Persister, PersisterConfig};
-use crate::purchase::{Purchases, Recorder};
+use crate::http::server::run;
+use crate::infra::redis_server::{RedisServer, RedisServerOptions};
+use crate::orders::db::Db;
+use crate::orders::lease::{LeaseConfig, WorkerLease};
+use crate::orders::persister::{Persister, PersisterConfig};
 use crate::sale::Sales;
+use crate::sale::purchase::{Purchases, Recorder};
+use crate::sale::stats::Stats;
 use crate::state::{AdminPolicy, AppState, Shared};
-use crate::stats::Stats;
 use crate::strategy::{Registry, Wiring};
 
 /// Refuses a Redis that may evict keys: an evicted buyers hash, fence, binding
@@ -92,7 +97,7 @@ impl App {
             .context("cannot build the Redis connection pool")?;
 
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
-        if config.sql_for_update && db.backend() != crate::db::Backend::Postgres {
+        if config.sql_for_update && db.backend() != crate::orders::db::Backend::Postgres {
             tracing::warn!("SQL_FOR_UPDATE only applies to Postgres; ignored on SQLite");
         }
         let strategies = Registry::build(&Wiring {
@@ -148,13 +153,13 @@ impl App {
 
         let (live_tx, live_rx) = watch::channel(Arc::<str>::from("{}"));
         let stats = Arc::new(Stats::default());
-        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let metrics = Arc::new(crate::sale::metrics::Metrics::new());
         let strategies = Arc::new(strategies);
         let purchases = Arc::new(Purchases::new(
             Arc::clone(&strategies),
             default_strategy,
             lease.minter(),
-            crate::idempotency::Idempotency::new(
+            crate::sale::idempotency::Idempotency::new(
                 redis.clone(),
                 config.request_timeout(),
                 Duration::from_secs(config.idempotency_ttl_s),
@@ -179,10 +184,10 @@ impl App {
             live_streams: Arc::new(tokio::sync::Semaphore::new(config.max_live_streams)),
             closing: watch::channel(false).0,
             live: live_rx,
-            race: crate::race::RaceControl::default(),
+            race: crate::lab::race::RaceControl::default(),
             static_dir: config.static_dir.clone(),
         }));
-        let live = crate::live::spawn(state.clone(), live_tx);
+        let live = crate::http::live_feed::spawn(state.clone(), live_tx);
         Ok(Self {
             state,
             lease,
@@ -212,4 +217,76 @@ impl App {
         }
         self.lease.release().await;
     }
+}
+
+/// `seckill serve`: builds everything from `config` and serves until ctrl-c or
+/// SIGTERM, then stops background work and the private Redis, if any.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    crate::infra::telemetry::init(config.log_format);
+
+    // Declared first so it is dropped (killed) last, after everything using it.
+    let mut embedded = None;
+    let redis_url = match &config.redis_url {
+        Some(url) => url.clone(),
+        None => {
+            let server = RedisServer::start(RedisServerOptions {
+                bin: config.redis_server_bin.clone(),
+                dir: Some(config.embedded_redis_dir.clone()),
+                append_only: Some(config.embedded_redis_fsync),
+                maxmemory: config.embedded_redis_maxmemory.clone(),
+                ..RedisServerOptions::default()
+            })?;
+            tracing::info!(
+                url = %server.url(),
+                dir = %config.embedded_redis_dir.display(),
+                fsync = ?config.embedded_redis_fsync,
+                "no REDIS_URL: started a private redis-server (append-only file; stopped on exit)"
+            );
+            let url = server.url();
+            embedded = Some(server);
+            url
+        }
+    };
+
+    let app = App::build(&config, &redis_url).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        worker = app.state.ids.worker(),
+        default_strategy = %app.state.default_strategy,
+        "seckill serving"
+    );
+    let served = run(listener, app.state.clone(), shutdown_signal()).await;
+    app.shutdown().await;
+    drop(embedded);
+    tracing::info!("stopped");
+    served
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining");
 }

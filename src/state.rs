@@ -6,12 +6,12 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
-use crate::db::Db;
-use crate::lease::IdMinter;
-use crate::persister::PersisterHandle;
-use crate::purchase::Purchases;
+use crate::orders::db::Db;
+use crate::orders::lease::IdMinter;
+use crate::orders::persister::PersisterHandle;
 use crate::sale::Sales;
-use crate::stats::Stats;
+use crate::sale::purchase::Purchases;
+use crate::sale::stats::Stats;
 use crate::strategy::{Registry, StrategyKind};
 
 /// Who may call the admin endpoints.
@@ -48,7 +48,7 @@ pub struct Shared {
     /// The purchase use-case.
     pub purchases: Arc<Purchases>,
     pub stats: Arc<Stats>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::sale::metrics::Metrics>,
     pub strategies: Arc<Registry>,
     pub default_strategy: StrategyKind,
     pub ids: Arc<IdMinter>,
@@ -66,9 +66,9 @@ pub struct Shared {
     /// Set when shutdown starts, so endless responses (the SSE feed) end and
     /// graceful shutdown is not held open by a status page.
     pub closing: watch::Sender<bool>,
-    /// The latest live snapshot (JSON), see [`crate::live`].
+    /// The latest live snapshot (JSON), see [`crate::http::live_feed`].
     pub live: watch::Receiver<Arc<str>>,
-    pub race: crate::race::RaceControl,
+    pub race: crate::lab::race::RaceControl,
     /// The status page's files.
     pub static_dir: std::path::PathBuf,
 }

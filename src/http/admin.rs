@@ -19,7 +19,7 @@ use axum::http::header::{AUTHORIZATION, HOST};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::{AdminPolicy, AppState};
 
 /// Proof that the request may use admin endpoints.

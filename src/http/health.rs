@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /healthz`: 200 while the process serves requests. Also the HTTP ceiling

@@ -7,8 +7,8 @@ use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
 use serde::Serialize;
 
-use crate::error::ApiError;
-use crate::snowflake::OrderId;
+use crate::http::error::ApiError;
+use crate::orders::snowflake::OrderId;
 
 #[derive(Debug, Serialize)]
 pub struct DecodedId {

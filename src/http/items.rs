@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::admin::Admin;
 use super::{item_id, json_body, require_json_type};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::sale::{ItemSettings, ItemView, MAX_PER_USER_LIMIT, MAX_STOCK};
 use crate::state::AppState;
 use crate::strategy::StrategyKind;

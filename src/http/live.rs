@@ -19,9 +19,9 @@ use serde::Deserialize;
 
 use super::admin::Admin;
 use super::{json_body, require_json_type};
-use crate::error::ApiError;
-use crate::loadgen::RacePlan;
-use crate::race::{RaceError, RaceStatus};
+use crate::http::error::ApiError;
+use crate::lab::loadgen::RacePlan;
+use crate::lab::race::{RaceError, RaceStatus};
 use crate::state::{AdminPolicy, AppState};
 use crate::strategy::StrategyKind;
 
@@ -86,7 +86,7 @@ struct RaceInput {
 /// `POST /api/race`: fresh identical items, one per strategy, driven by the
 /// load generator against this server. 202 and the status; 409 while one runs.
 /// Each strategy at most once; the whole race is bounded in time (see
-/// [`crate::race`]).
+/// [`crate::lab::race`]).
 pub async fn start_race(
     _admin: Admin,
     State(state): State<AppState>,

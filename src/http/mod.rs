@@ -3,12 +3,15 @@
 //! responses.
 
 mod admin;
+pub mod error;
 mod health;
 mod ids;
 mod items;
 mod live;
-pub mod orders;
+pub mod live_feed;
+mod orders;
 mod purchase;
+pub mod server;
 
 use std::time::Duration;
 
@@ -27,7 +30,7 @@ use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
 use crate::domain::ItemId;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// Bodies are a few dozen bytes; 16 KiB leaves room and stops abuse early.

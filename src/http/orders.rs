@@ -4,13 +4,13 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::db::{Direction, OrderQuery, OrderRecord};
 use crate::domain::{ItemId, UserId};
-use crate::error::ApiError;
-use crate::persister::PersisterReport;
-use crate::snowflake::OrderId;
+use crate::http::error::ApiError;
+use crate::orders::db::{Direction, OrderQuery, OrdersPage};
+use crate::orders::persister::PersisterReport;
+use crate::orders::snowflake::OrderId;
 use crate::state::AppState;
 
 /// Page size when none is asked for.
@@ -26,13 +26,6 @@ pub struct OrdersParams {
     limit: Option<u32>,
     after: Option<String>,
     order: Option<Direction>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct OrdersPage {
-    pub orders: Vec<OrderRecord>,
-    /// Pass as `after` for the next page; `null` on the last page.
-    pub next: Option<OrderId>,
 }
 
 pub async fn list_orders(

@@ -4,9 +4,9 @@
 //! wrk and oha one-liners can vary the user per request). Naming one in both
 //! places with different values is a 400; so is anything unknown in the body.
 //! An `Idempotency-Key` header makes the purchase take effect at most once
-//! per key ([`crate::idempotency`]); its record is checked after the input is
+//! per key ([`crate::sale::idempotency`]); its record is checked after the input is
 //! validated, so a bad request stores nothing. The purchase itself is
-//! [`crate::purchase`]'s; this module only translates.
+//! [`crate::sale::purchase`]'s; this module only translates.
 
 use std::sync::Arc;
 
@@ -20,9 +20,9 @@ use serde::Deserialize;
 
 use super::{item_id, json_body};
 use crate::domain::{ItemId, UserId};
-use crate::error::ApiError;
-use crate::idempotency::IdempotencyKey;
-use crate::purchase::{PurchaseError, Receipt};
+use crate::http::error::ApiError;
+use crate::sale::idempotency::IdempotencyKey;
+use crate::sale::purchase::{PurchaseError, Receipt};
 use crate::state::AppState;
 use crate::strategy::{Strategy, StrategyError};
 

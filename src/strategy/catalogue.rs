@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 
 use super::{Strategy, gate, lock, lua, naive, optimistic, redlock, sql};
 use crate::config::Config;
-use crate::db::Db;
+use crate::orders::db::Db;
 
 /// What strategies are built from.
 pub struct Wiring<'a> {

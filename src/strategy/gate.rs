@@ -105,7 +105,7 @@ impl Drop for Held<'_> {
 mod tests {
     use super::*;
     use crate::domain::UserId;
-    use crate::snowflake::OrderId;
+    use crate::orders::snowflake::OrderId;
 
     /// A gated purchase of the junk item number `n`.
     fn junk(n: usize) -> Purchase {

@@ -20,7 +20,7 @@
 //! A lock can expire under a slow or paused holder (longer than `LOCK_TTL_MS`),
 //! and the next buyer then reads the same stock. Two defences:
 //! - a fencing token: each acquisition also takes `INCR fence` (in
-//!   `acquire_fenced.lua`, see [`crate::token_lock`]), and the write (`write.lua`) is refused unless the
+//!   `acquire_fenced.lua`, see [`crate::infra::token_lock`]), and the write (`write.lua`) is refused unless the
 //!   fence still holds our number, so a stale holder cannot write. Its buyer
 //!   gets 503 `contention` (nothing bought), counted as `fenced`;
 //! - an optional watchdog (`LOCK_WATCHDOG=true`) that extends the lock every
@@ -42,7 +42,7 @@ use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
 };
-use crate::token_lock::{self, Backoff};
+use crate::infra::token_lock::{self, Backoff};
 
 pub struct Lock {
     redis: ConnectionManager,

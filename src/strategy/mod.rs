@@ -63,7 +63,7 @@ use async_trait::async_trait;
 
 use crate::domain::{ItemId, UserId};
 use crate::keys::ItemKeys;
-use crate::snowflake::OrderId;
+use crate::orders::snowflake::OrderId;
 
 pub use catalogue::{Registry, StrategyKind, Wiring};
 
@@ -202,9 +202,9 @@ impl Purchase {
     }
 
     /// The fields of the order-log entry for a sale of `generation`
-    /// ([`crate::order_log`]).
+    /// ([`crate::orders::order_log`]).
     pub fn order_fields(&self, generation: u64) -> [(&'static str, String); 5] {
-        crate::order_log::fields(
+        crate::orders::order_log::fields(
             self.order_id,
             &self.user,
             self.strategy.as_str(),

@@ -40,7 +40,7 @@ use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
 };
-use crate::token_lock::{self, Backoff};
+use crate::infra::token_lock::{self, Backoff};
 
 /// Clock drift allowance: 1% of the TTL plus 2 ms, as the algorithm states.
 fn drift(ttl: Duration) -> Duration {

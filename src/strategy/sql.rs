@@ -50,7 +50,7 @@ use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
 };
-use crate::db::{Backend, Db, OrderRecord};
+use crate::orders::db::{Backend, Db, OrderRecord};
 
 pub struct Sql {
     db: Db,

@@ -67,7 +67,9 @@ async fn race(
         .unwrap();
     let logged_ids = entries
         .iter()
-        .filter_map(|(_, fields)| seckill::order_log::order_id_of(fields).map(str::to_owned))
+        .filter_map(|(_, fields)| {
+            seckill::orders::order_log::order_id_of(fields).map(str::to_owned)
+        })
         .collect();
     let held: HashMap<String, u64> = redis::cmd("HGETALL")
         .arg(crate::helpers::keys(&item).buyers)

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use seckill::redis_server::{Fsync, RedisServer, RedisServerOptions};
+use seckill::infra::redis_server::{Fsync, RedisServer, RedisServerOptions};
 use serde_json::Value;
 
 use crate::helpers::{sqlite_url, unique};

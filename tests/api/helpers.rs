@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use reqwest::{Response, StatusCode};
 use seckill::config::Config;
-use seckill::redis_server::{RedisServer, RedisServerOptions};
+use seckill::infra::redis_server::{RedisServer, RedisServerOptions};
 use seckill::startup::App;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -92,7 +92,7 @@ pub async fn spawn_persisting_app(
 
 /// Spawns an app on the Redis at `redis_url`.
 pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    seckill::telemetry::init(seckill::telemetry::LogFormat::Pretty);
+    seckill::infra::telemetry::init(seckill::infra::telemetry::LogFormat::Pretty);
     let mut config = Config::defaults();
     config.database_url = sqlite_url();
     config.persister = false;
@@ -105,7 +105,7 @@ pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> T
     let (stop, stopped) = oneshot::channel::<()>();
     let state = app.state.clone();
     let server = tokio::spawn(async move {
-        seckill::server::run(listener, state, async {
+        seckill::http::server::run(listener, state, async {
             let _ = stopped.await;
         })
         .await
@@ -277,7 +277,7 @@ pub async fn hold_all_worker_numbers_but(redis: &RedisServer, free: &[u16]) {
         .await
         .unwrap();
     let mut pipe = redis::pipe();
-    for n in (0..=seckill::snowflake::MAX_WORKER).filter(|n| !free.contains(n)) {
+    for n in (0..=seckill::orders::snowflake::MAX_WORKER).filter(|n| !free.contains(n)) {
         pipe.cmd("SET")
             .arg(seckill::keys::worker_lease(n))
             .arg("someone-else")

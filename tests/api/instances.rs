@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seckill::redis_server::RedisServer;
-use seckill::snowflake::OrderId;
+use seckill::infra::redis_server::RedisServer;
+use seckill::orders::snowflake::OrderId;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 

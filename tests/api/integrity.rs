@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seckill::lease::{LeaseConfig, SKEW_MARGIN, WorkerLease};
-use seckill::redis_server::RedisServer;
-use seckill::snowflake::{ManualClock, OrderId, SystemClock};
+use seckill::infra::redis_server::RedisServer;
+use seckill::orders::lease::{LeaseConfig, SKEW_MARGIN, WorkerLease};
+use seckill::orders::snowflake::{ManualClock, OrderId, SystemClock};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -377,7 +377,7 @@ async fn a_worker_number_taken_over_mints_no_repeated_id() {
     let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
         .await
         .unwrap();
-    let t0 = seckill::snowflake::Clock::now_ms(&SystemClock);
+    let t0 = seckill::orders::snowflake::Clock::now_ms(&SystemClock);
     let clock = Arc::new(ManualClock::new(t0));
     let config = LeaseConfig {
         ttl: Duration::from_millis(300),
@@ -612,7 +612,7 @@ async fn a_lease_retaken_after_redis_forgot_it_repeats_no_id() {
     let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
         .await
         .unwrap();
-    let t0 = seckill::snowflake::Clock::now_ms(&SystemClock);
+    let t0 = seckill::orders::snowflake::Clock::now_ms(&SystemClock);
     let clock = Arc::new(ManualClock::new(t0));
     let lease = WorkerLease::acquire(
         conn.clone(),

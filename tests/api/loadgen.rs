@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use seckill::loadgen::{self, RacePlan, Target};
+use seckill::lab::loadgen::{self, RacePlan, Target};
 use seckill::strategy::StrategyKind;
 
 use crate::helpers::{database_urls, spawn_persisting_app};
@@ -58,7 +58,8 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
 
     let dir = std::env::temp_dir().join(crate::helpers::unique("seckill-report"));
     let rss = Default::default();
-    seckill::report::write_files(&dir, &report, &rss, &seckill::report::Machine::here()).unwrap();
+    seckill::lab::report::write_files(&dir, &report, &rss, &seckill::lab::report::Machine::here())
+        .unwrap();
     let markdown = std::fs::read_to_string(dir.join("results.md")).unwrap();
     assert!(
         markdown.contains("| naive |") && markdown.contains("| lua |"),

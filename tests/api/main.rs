@@ -12,6 +12,7 @@ mod hostile;
 mod idempotency;
 mod instances;
 mod integrity;
+mod layout;
 mod live;
 mod loadgen;
 mod persistence;

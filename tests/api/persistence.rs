@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seckill::db::Db;
 use seckill::domain::ItemId;
+use seckill::orders::db::Db;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
@@ -44,7 +44,7 @@ async fn buy_concurrently(
 /// Every order id of `item` in SQL, read straight from the database.
 pub async fn ids_in_sql(database_url: &str, item: &str) -> HashSet<String> {
     let db = Db::connect(database_url, 2).await.unwrap();
-    let query = seckill::db::OrderQuery {
+    let query = seckill::orders::db::OrderQuery {
         item: Some(ItemId::parse(item).unwrap()),
         limit: 100_000,
         ..Default::default()
@@ -254,7 +254,7 @@ async fn the_orders_api_pages_with_a_stable_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_201_reaches_sql_across_a_kill_9() {
     for database_url in database_urls() {
-        let redis = seckill::redis_server::RedisServer::start(Default::default()).unwrap();
+        let redis = seckill::infra::redis_server::RedisServer::start(Default::default()).unwrap();
         let redis_url = redis.url();
         let env = [
             ("REDIS_URL", redis_url.as_str()),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use seckill::redis_server::{RedisServer, RedisServerOptions};
+use seckill::infra::redis_server::{RedisServer, RedisServerOptions};
 
 use crate::helpers::{assert_error, spawn_app_on, unique};
 
@@ -14,7 +14,7 @@ async fn purchases_fail_with_503_while_redis_is_down_and_recover_after() {
     let dir = std::env::temp_dir().join(unique("seckill-aof"));
     let options = RedisServerOptions {
         dir: Some(dir.clone()),
-        append_only: Some(seckill::redis_server::Fsync::Always),
+        append_only: Some(seckill::infra::redis_server::Fsync::Always),
         ..RedisServerOptions::default()
     };
     let mut redis = RedisServer::start(options.clone()).unwrap();

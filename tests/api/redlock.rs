@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seckill::redis_server::RedisServer;
+use seckill::infra::redis_server::RedisServer;
 use tokio::task::JoinSet;
 
 use crate::helpers::{TestApp, assert_error, spawn_app_with, unique};

@@ -9,7 +9,7 @@ use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::loadgen::{RaceReport, StrategyResult};
+use crate::lab::loadgen::{RaceReport, StrategyResult};
 use crate::strategy::StrategyKind;
 
 /// Where the numbers were measured.

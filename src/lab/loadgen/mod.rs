@@ -17,10 +17,10 @@
 //! the generator's own CPU use is part of the picture, so compare strategies by
 //! their ratio to the HTTP ceiling (`/healthz`) measured in the same run.
 //!
-//! Four parts: [`model`] (the plan and the results), [`client`] (one
+//! Four parts: `model` (the plan and the results), `client` (one
 //! keep-alive HTTP connection, reading the server's answers into the
-//! server's own serde types), [`workload`] (the buyers and the ceiling
-//! run) and [`verify`] (reading back the truths of each sale).
+//! server's own serde types), `workload` (the buyers and the ceiling
+//! run) and `verify` (reading back the truths of each sale).
 
 mod client;
 mod model;

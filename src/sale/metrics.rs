@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::persister::PersisterReport;
+use crate::orders::persister::PersisterReport;
 use crate::sale::ItemView;
 use crate::strategy::StrategyKind;
 
@@ -162,7 +162,7 @@ impl Metrics {
         &self,
         items: &[ItemView],
         persister: Option<&PersisterReport>,
-        stats: &crate::stats::Stats,
+        stats: &crate::sale::stats::Stats,
     ) -> String {
         self.tracked_items.set(stats.tracked_items() as i64);
         self.untracked.set(stats.untracked() as i64);

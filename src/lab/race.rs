@@ -1,4 +1,4 @@
-//! The status page's race control: runs the load generator ([`crate::loadgen`])
+//! The status page's race control: runs the load generator ([`crate::lab::loadgen`])
 //! against this very server, one race at a time, and keeps its progress for
 //! the live feed.
 //!
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::loadgen::{self, Progress, RacePlan, Target};
+use crate::lab::loadgen::{self, Progress, RacePlan, Target};
 
 /// What the page shows about the current or last race.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -3,7 +3,7 @@
 //! that an earlier holder of it may have minted.
 //!
 //! # The lease
-//! Take: `SET seckill:worker:<n> <token> NX PX <ttl>` (`take_with_horizon.lua`, see [`crate::token_lock`]), for
+//! Take: `SET seckill:worker:<n> <token> NX PX <ttl>` (`take_with_horizon.lua`, see [`crate::infra::token_lock`]), for
 //! the first free `n` from a random start, or for exactly `WORKER_ID` when one
 //! is set: a fixed number is registered like a leased one, and a second
 //! instance asking for a held number refuses to start, naming it. Renew: a
@@ -42,9 +42,9 @@ use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::infra::token_lock;
 use crate::keys;
-use crate::snowflake::{Clock, IdError, MAX_WORKER, OrderId, Snowflake, SystemClock};
-use crate::token_lock;
+use crate::orders::snowflake::{Clock, IdError, MAX_WORKER, OrderId, Snowflake, SystemClock};
 
 /// Renewals per TTL: two may fail before the lease lapses.
 const RENEWALS_PER_TTL: u32 = 3;

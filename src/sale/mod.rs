@@ -15,7 +15,7 @@
 //!   that never went through the log): shown, never clamped to zero;
 //! - `strategy`: the strategy the sale is bound to (`None` until its first
 //!   purchase, unless the restock named one);
-//! - per-strategy counters from [`crate::stats`].
+//! - per-strategy counters from [`crate::sale::stats`].
 //!
 //! A restock runs in one SQL write transaction: it updates the item's row
 //! (the `sql` strategy's stock; the row lock keeps `sql` purchases out), runs
@@ -23,16 +23,21 @@
 //! transaction rolls back; if the commit fails after Redis restocked, the
 //! request is a 503 and the admin repeats it; repeating is harmless.
 
+pub mod idempotency;
+pub mod metrics;
+pub mod purchase;
+pub mod stats;
+
 use std::collections::BTreeMap;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-use crate::db::Db;
 use crate::domain::ItemId;
 use crate::keys::{self, ItemKeys};
-use crate::stats::{CounterSnapshot, Stats};
+use crate::orders::db::Db;
+use crate::sale::stats::{CounterSnapshot, Stats};
 use crate::strategy::StrategyKind;
 
 /// Largest stock one item may hold: far above any real flash sale, far below

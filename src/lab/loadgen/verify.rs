@@ -10,10 +10,10 @@ use anyhow::Context;
 
 use super::Target;
 use super::client::{Conn, probe};
-use crate::http::orders::OrdersPage;
+use crate::orders::db::OrdersPage;
+use crate::orders::snowflake::OrderId;
 use crate::sale::ItemView;
-use crate::snowflake::OrderId;
-use crate::stats::CounterSnapshot;
+use crate::sale::stats::CounterSnapshot;
 use crate::strategy::StrategyKind;
 
 pub(super) struct Truths {
@@ -116,7 +116,8 @@ async fn lost_in_order_log(
         };
         start = format!("({last}");
         for (_, fields) in &entries {
-            if let Some(Ok(id)) = crate::order_log::order_id_of(fields).map(OrderId::parse) {
+            if let Some(Ok(id)) = crate::orders::order_log::order_id_of(fields).map(OrderId::parse)
+            {
                 logged.insert(id);
             }
         }

@@ -17,7 +17,7 @@ use super::{
     Ceiling, Latency, Observer, Owned, Progress, RacePlan, RaceReport, StatusCounts,
     StrategyResult, TICK, Target, new_histogram, record,
 };
-use crate::snowflake::OrderId;
+use crate::orders::snowflake::OrderId;
 use crate::strategy::StrategyKind;
 
 /// Measures the ceiling, then races each strategy on its own fresh item.

@@ -6,9 +6,9 @@
 
 use redis::streams::StreamId;
 
-use crate::db::OrderRecord;
 use crate::domain::UserId;
-use crate::snowflake::OrderId;
+use crate::orders::db::OrderRecord;
+use crate::orders::snowflake::OrderId;
 
 /// The snowflake order id, decimal.
 pub const ORDER_ID: &str = "order_id";
@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn purchase_lua_writes_the_same_fields_in_the_same_order() {
-        let script = include_str!("strategy/purchase.lua");
+        let script = include_str!("../strategy/purchase.lua");
         let xadd = &script[script
             .find("'XADD'")
             .expect("purchase.lua appends an entry")..];

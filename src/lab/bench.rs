@@ -4,7 +4,7 @@
 //! loopback port, with a private Redis and a fresh SQLite file) so one command
 //! gives a complete, comparable run; `--url` points it at a running server
 //! instead. Settings for the spawned server come from the environment as usual
-//! (`LOCK_TTL_MS=500 seckill bench`). The load itself is [`crate::loadgen`].
+//! (`LOCK_TTL_MS=500 seckill bench`). The load itself is [`crate::lab::loadgen`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,9 +16,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::loadgen::{self, Progress, RacePlan, Target};
-use crate::redis_server::{RedisServer, RedisServerOptions};
-use crate::report;
+use crate::infra::redis_server::{RedisServer, RedisServerOptions};
+use crate::lab::loadgen::{self, Progress, RacePlan, Target};
+use crate::lab::report;
 use crate::strategy::StrategyKind;
 
 /// `seckill bench` options.

@@ -94,7 +94,7 @@ async fn build(state: &AppState, windows: &mut HashMap<(ItemId, StrategyKind), W
     // counters start over) or gone leave nothing behind.
     windows.retain(|_, window| window.seen == Some(now));
     json!({
-        "at_ms": crate::db::now_ms(),
+        "at_ms": crate::orders::db::now_ms(),
         "items": items,
         "error": error,
         "persister": state.persister.as_ref().map(|p| p.report()),

@@ -11,8 +11,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
 use super::Target;
-use crate::error::ErrorBody;
-use crate::purchase::Purchased;
+use crate::http::error::ErrorBody;
+use crate::sale::purchase::Purchased;
 use crate::strategy::StrategyKind;
 
 /// True when `path` answers 200.

@@ -14,7 +14,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::domain::{ItemId, UserId};
-use crate::snowflake::OrderId;
+use crate::orders::snowflake::OrderId;
 
 /// Which database is behind the URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,6 +66,14 @@ pub struct OrderQuery {
 enum OnDuplicate {
     Skip,
     Fail,
+}
+
+/// A page of `GET /api/orders`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct OrdersPage {
+    pub orders: Vec<OrderRecord>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next: Option<OrderId>,
 }
 
 /// Rows per multi-row INSERT: well under SQLite's 32766 bound parameters

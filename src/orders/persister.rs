@@ -35,10 +35,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::db::{Db, OrderRecord};
 use crate::domain::ItemId;
 use crate::keys::{self, ItemKeys};
-use crate::snowflake::OrderId;
+use crate::orders::db::{Db, OrderRecord};
+use crate::orders::snowflake::OrderId;
 
 /// The consumer group every instance's persister joins.
 pub const GROUP: &str = "persister";
@@ -477,7 +477,7 @@ impl Worker {
         let mut parsed = Vec::with_capacity(entries.len());
         let mut letters = Vec::new();
         for entry in entries {
-            match crate::order_log::parse(&item, entry) {
+            match crate::orders::order_log::parse(&item, entry) {
                 Ok(order) => {
                     orders.push(order);
                     parsed.push(entry);

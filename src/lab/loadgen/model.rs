@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::stats::CounterSnapshot;
+use crate::sale::stats::CounterSnapshot;
 use crate::strategy::StrategyKind;
 
 /// Where the server is.

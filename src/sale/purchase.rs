@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ItemId, UserId};
-use crate::idempotency::{Claim, Idempotency, IdempotencyKey};
 use crate::keys::ItemKeys;
-use crate::lease::{IdMinter, MintError};
-use crate::metrics::Metrics;
-use crate::snowflake::OrderId;
-use crate::stats::Stats;
+use crate::orders::lease::{IdMinter, MintError};
+use crate::orders::snowflake::OrderId;
+use crate::sale::idempotency::{Claim, Idempotency, IdempotencyKey};
+use crate::sale::metrics::Metrics;
+use crate::sale::stats::Stats;
 use crate::strategy::{
     Attempt, Outcome, Purchase, Registry, Strategy, StrategyError, StrategyKind,
 };
@@ -201,7 +201,7 @@ impl Purchases {
         }
     }
 
-    /// [`Purchases::buy`] at most once per `key` ([`crate::idempotency`]):
+    /// [`Purchases::buy`] at most once per `key` ([`crate::sale::idempotency`]):
     /// a repeat with the same user and strategy gets the first purchase's
     /// answer replayed; only a purchase is recorded, a refusal changed
     /// nothing and may simply be asked again.

@@ -1,6 +1,6 @@
-//! Starting and stopping the service: `serve` wires configuration into state and
-//! `run` serves a router on a listener until a shutdown future resolves. Tests
-//! call `run` with their own port-0 listener and stop signal.
+//! Serving HTTP: `run` serves the router on a listener until a shutdown
+//! future resolves. [`crate::startup::serve`] calls it for the binary; tests
+//! call it with their own port-0 listener and stop signal.
 //!
 //! `run` is its own accept loop over hyper's HTTP/1 connection builder rather
 //! than `axum::serve`, for the limits a hostile client calls for:
@@ -27,9 +27,6 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::config::Config;
-use crate::redis_server::{RedisServer, RedisServerOptions};
-use crate::startup::App;
 use crate::state::AppState;
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets in-flight
@@ -153,76 +150,4 @@ fn within_open_file_limit(wanted: usize) -> usize {
         );
     }
     wanted.min(room).max(1)
-}
-
-/// `seckill serve`: builds everything from `config` and serves until ctrl-c or
-/// SIGTERM, then stops background work and the private Redis, if any.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    crate::telemetry::init(config.log_format);
-
-    // Declared first so it is dropped (killed) last, after everything using it.
-    let mut embedded = None;
-    let redis_url = match &config.redis_url {
-        Some(url) => url.clone(),
-        None => {
-            let server = RedisServer::start(RedisServerOptions {
-                bin: config.redis_server_bin.clone(),
-                dir: Some(config.embedded_redis_dir.clone()),
-                append_only: Some(config.embedded_redis_fsync),
-                maxmemory: config.embedded_redis_maxmemory.clone(),
-                ..RedisServerOptions::default()
-            })?;
-            tracing::info!(
-                url = %server.url(),
-                dir = %config.embedded_redis_dir.display(),
-                fsync = ?config.embedded_redis_fsync,
-                "no REDIS_URL: started a private redis-server (append-only file; stopped on exit)"
-            );
-            let url = server.url();
-            embedded = Some(server);
-            url
-        }
-    };
-
-    let app = App::build(&config, &redis_url).await?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(
-        address = %listener.local_addr()?,
-        worker = app.state.ids.worker(),
-        default_strategy = %app.state.default_strategy,
-        "seckill serving"
-    );
-    let served = run(listener, app.state.clone(), shutdown_signal()).await;
-    app.shutdown().await;
-    drop(embedded);
-    tracing::info!("stopped");
-    served
-}
-
-/// Resolves on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received; draining");
 }

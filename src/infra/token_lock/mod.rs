@@ -8,7 +8,7 @@
 //!   token), [`renew`] (its watchdog), [`add_unlock`] and
 //!   [`add_release_unused`];
 //! - the `redlock` strategy, on each node: [`try_take`] and [`unlock`];
-//! - the snowflake worker lease ([`crate::lease`]), whose lock carries a
+//! - the snowflake worker lease ([`crate::orders::lease`]), whose lock carries a
 //!   horizon key beside it: [`take_with_horizon`], [`renew_with_horizon`],
 //!   [`release_with_horizon`].
 //!

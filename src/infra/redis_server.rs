@@ -311,7 +311,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     /// A clean stop: SIGTERM lets Redis flush and fsync its append-only file
-    /// and exit; SIGKILL only if it has not within [`STOP_TIMEOUT`].
+    /// and exit; SIGKILL only if it has not within `STOP_TIMEOUT`.
     fn drop(&mut self) {
         if self.guardian.is_some() {
             self.signal(libc::SIGTERM);

@@ -1,0 +1,9 @@
+//! The concurrency lab around the service: the [`loadgen`] that races
+//! strategies and reads back the truths of each sale, `seckill bench`
+//! ([`bench`](mod@bench)) and its [`report`], and the status page's race control
+//! ([`race`]).
+
+pub mod bench;
+pub mod loadgen;
+pub mod race;
+pub mod report;
