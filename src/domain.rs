@@ -95,6 +95,37 @@ macro_rules! text_serde {
 
 text_serde!(ItemId, UserId);
 
+/// The OpenAPI schema of an id: a string under the rules [`parse_id`] checks.
+fn id_schema(
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_ID_LEN))
+        .pattern(Some("^[A-Za-z0-9._@-]+$"))
+        .description(Some(description))
+        .examples([example])
+        .into()
+}
+
+impl utoipa::PartialSchema for ItemId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        id_schema("An item on sale.", "iphone-17")
+    }
+}
+
+impl utoipa::ToSchema for ItemId {}
+
+impl utoipa::PartialSchema for UserId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        id_schema("A buyer.", "u42")
+    }
+}
+
+impl utoipa::ToSchema for UserId {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,10 @@ use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
 use serde::Serialize;
 
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::orders::snowflake::OrderId;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DecodedId {
     pub id: OrderId,
     /// Milliseconds since the Unix epoch.
@@ -21,6 +21,17 @@ pub struct DecodedId {
     pub sequence: u16,
 }
 
+/// Decode an order id: time, worker, sequence.
+#[utoipa::path(
+    get,
+    path = "/api/ids/{id}",
+    tag = "orders",
+    params(("id" = OrderId, Path, description = "A snowflake order id.")),
+    responses(
+        (status = 200, description = "The id's fields.", body = DecodedId),
+        (status = 400, description = "`invalid_request`: not a snowflake id.", body = ErrorBody),
+    ),
+)]
 pub async fn decode(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DecodedId>, ApiError> {

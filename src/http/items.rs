@@ -9,18 +9,23 @@ use serde::Deserialize;
 
 use super::admin::Admin;
 use super::{item_id, json_body, require_json_type};
-use crate::http::error::ApiError;
+use crate::domain::ItemId;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::sale::{ItemSettings, ItemView, MAX_PER_USER_LIMIT, MAX_STOCK};
 use crate::state::AppState;
 use crate::strategy::StrategyKind;
 
-#[derive(Debug, Deserialize)]
+/// A restock: the new sale's stock, per-user limit and strategy.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ItemInput {
+pub struct ItemInput {
+    /// Units on sale.
     stock: u64,
+    /// Units one user may hold; 1 when absent.
     #[serde(default = "one")]
     per_user_limit: u64,
     /// Binds the new sale to this strategy; absent, its first purchase does.
+    #[schema(value_type = Option<StrategyKind>)]
     strategy: Option<String>,
 }
 
@@ -56,6 +61,24 @@ impl ItemInput {
 /// Create or restock an item; its sale starts over, bound to the body's
 /// `strategy` or, without one, to its first purchase's. 201 when created, 200
 /// when restocked; the body is the fresh item view.
+#[utoipa::path(
+    put,
+    path = "/api/items/{item}",
+    tag = "items",
+    security(("admin_token" = [])),
+    params(("item" = ItemId, Path, description = "The item.")),
+    request_body(content = ItemInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; the fresh item view.", body = ItemView),
+        (status = 200, description = "Restocked: a new sale; the fresh item view.", body = ItemView),
+        (status = 400, description = "`invalid_request`: a malformed id or body, stock or limit out of range, an unknown strategy.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: `ADMIN_TOKEN` is set and the bearer token is missing or wrong.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: no `ADMIN_TOKEN`, and the request is not from this machine (or came through a proxy).", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: admin bodies must be `application/json`.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or the database cannot answer.", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn put_item(
     _admin: Admin,
@@ -88,6 +111,18 @@ pub async fn put_item(
 }
 
 /// One item with the truths of its sale.
+#[utoipa::path(
+    get,
+    path = "/api/items/{item}",
+    tag = "items",
+    params(("item" = ItemId, Path, description = "The item.")),
+    responses(
+        (status = 200, description = "The item view.", body = ItemView),
+        (status = 400, description = "`invalid_request`: a malformed id.", body = ErrorBody),
+        (status = 404, description = "`item_not_found`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or the database cannot answer.", body = ErrorBody),
+    ),
+)]
 pub async fn get_item(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -102,6 +137,15 @@ pub async fn get_item(
 }
 
 /// Every item.
+#[utoipa::path(
+    get,
+    path = "/api/items",
+    tag = "items",
+    responses(
+        (status = 200, description = "Every item's view.", body = Vec<ItemView>),
+        (status = 503, description = "`unavailable`: Redis or the database cannot answer.", body = ErrorBody),
+    ),
+)]
 pub async fn list_items(State(state): State<AppState>) -> Result<Json<Vec<ItemView>>, ApiError> {
     Ok(Json(state.sales.list(&state.stats).await?))
 }

@@ -19,13 +19,19 @@ use serde::Deserialize;
 
 use super::admin::Admin;
 use super::{json_body, require_json_type};
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::lab::loadgen::RacePlan;
 use crate::lab::race::{RaceError, RaceStatus};
 use crate::state::{AdminPolicy, AppState};
 use crate::strategy::StrategyKind;
 
 /// `GET /api/stats`: the latest live snapshot.
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "status page",
+    responses((status = 200, description = "The latest live snapshot: items, their truths, per-strategy rates and latencies, the persister, the race.", body = Object)),
+)]
 pub async fn stats(State(state): State<AppState>) -> impl IntoResponse {
     let snapshot = state.live.borrow().clone();
     (
@@ -38,6 +44,15 @@ pub async fn stats(State(state): State<AppState>) -> impl IntoResponse {
 /// Ends when the server starts shutting down. At most `MAX_LIVE_STREAMS` at
 /// once (503 past that): a stream holds a connection for as long as its
 /// client wants, so unbounded, a few thousand would take every connection.
+#[utoipa::path(
+    get,
+    path = "/api/stats/stream",
+    tag = "status page",
+    responses(
+        (status = 200, description = "Server-Sent Events named `stats`, each one snapshot as `GET /api/stats` returns it.", body = String, content_type = "text/event-stream"),
+        (status = 503, description = "`unavailable`: `MAX_LIVE_STREAMS` streams are open.", body = ErrorBody),
+    ),
+)]
 pub async fn stream(
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -74,12 +89,18 @@ const MAX_RACE_STOCK: u64 = 1_000_000;
 const MAX_RACE_CONCURRENCY: usize = 256;
 const MAX_RACE_SECONDS: u64 = 120;
 
-#[derive(Debug, Default, Deserialize)]
+/// What to race; every field may be left out.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RaceInput {
+pub struct RaceInput {
+    /// Each at most once; every strategy when absent.
+    #[schema(value_type = Option<Vec<StrategyKind>>)]
     strategies: Option<Vec<String>>,
+    /// Units per strategy's item; 2000 when absent.
     stock: Option<u64>,
+    /// Buyers at once; 32 when absent.
     concurrency: Option<usize>,
+    /// Upper bound per strategy, in seconds; 30 when absent.
     duration_s: Option<u64>,
 }
 
@@ -87,6 +108,21 @@ struct RaceInput {
 /// load generator against this server. 202 and the status; 409 while one runs.
 /// Each strategy at most once; the whole race is bounded in time (see
 /// [`crate::lab::race`]).
+#[utoipa::path(
+    post,
+    path = "/api/race",
+    tag = "status page",
+    security(("admin_token" = [])),
+    request_body(content = Option<RaceInput>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Started; watch the live feed.", body = RaceStatus),
+        (status = 400, description = "`invalid_request`: an unknown or repeated strategy, a limit out of range.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`.", body = ErrorBody),
+        (status = 409, description = "`race_running`: one race at a time.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
+    ),
+)]
 pub async fn start_race(
     _admin: Admin,
     State(state): State<AppState>,
@@ -147,6 +183,17 @@ pub async fn start_race(
 }
 
 /// `DELETE /api/race`: cancels the running race, if any. 200 and the status.
+#[utoipa::path(
+    delete,
+    path = "/api/race",
+    tag = "status page",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Cancelled (or nothing was running); the status.", body = RaceStatus),
+        (status = 401, description = "`unauthorized`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`.", body = ErrorBody),
+    ),
+)]
 pub async fn cancel_race(_admin: Admin, State(state): State<AppState>) -> Json<RaceStatus> {
     state.race.cancel("cancelled");
     Json(state.race.status())

@@ -9,6 +9,7 @@ mod ids;
 mod items;
 mod live;
 pub mod live_feed;
+pub mod openapi;
 mod orders;
 mod purchase;
 pub mod server;
@@ -18,11 +19,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -32,36 +35,80 @@ use tower_http::trace::TraceLayer;
 use crate::domain::ItemId;
 use crate::http::error::ApiError;
 use crate::state::AppState;
+use crate::strategy::StrategyKind;
 
 /// Bodies are a few dozen bytes; 16 KiB leaves room and stops abuse early.
 pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// The status page.
+const PAGE: &str = "/";
+/// The status page's files, served from `STATIC_DIR`.
+const STATIC_FILES: &str = "/static/{file}";
+
+/// One route of the API.
+struct Route {
+    /// Read by the test that holds the router to the OpenAPI document.
+    #[cfg_attr(not(test), allow(dead_code))]
+    method: Method,
+    path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+/// A route serving `handler` for `method` on `path`.
+fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    // The table names only GET, POST, PUT and DELETE, each a method filter.
+    let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+    Route {
+        method,
+        path,
+        handler: on(filter, handler),
+    }
+}
+
+/// Every handler's route: the router serves these (and the status page's
+/// files), and a test checks each is in the OpenAPI document.
+fn routes() -> Vec<Route> {
+    vec![
+        route(Method::GET, "/api/stats", live::stats),
+        route(Method::GET, "/api/stats/stream", live::stream),
+        route(Method::POST, "/api/race", live::start_race),
+        route(Method::DELETE, "/api/race", live::cancel_race),
+        route(Method::GET, "/healthz", health::healthz),
+        route(Method::GET, "/readyz", health::readyz),
+        route(Method::GET, "/metrics", health::metrics),
+        route(Method::GET, "/api/openapi.json", openapi::openapi_json),
+        route(Method::GET, "/api/strategies", strategies),
+        route(Method::GET, "/api/items", items::list_items),
+        route(Method::GET, "/api/items/{item}", items::get_item),
+        route(Method::PUT, "/api/items/{item}", items::put_item),
+        route(
+            Method::POST,
+            "/api/items/{item}/purchase",
+            purchase::purchase,
+        ),
+        route(Method::GET, "/api/ids/{id}", ids::decode),
+        route(Method::GET, "/api/orders", orders::list_orders),
+        route(Method::GET, "/api/persister", orders::persister),
+    ]
+}
 
 /// Builds the whole router with its middleware.
 pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
     let page = state.static_dir.clone();
-    Router::new()
-        .route_service("/", ServeFile::new(page.join("index.html")))
-        .nest_service("/static", ServeDir::new(&page))
-        .route("/api/stats", get(live::stats))
-        .route("/api/stats/stream", get(live::stream))
-        .route(
-            "/api/race",
-            post(live::start_race).delete(live::cancel_race),
-        )
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/api/strategies", get(strategies))
-        .route("/api/items", get(items::list_items))
-        .route(
-            "/api/items/{item}",
-            get(items::get_item).put(items::put_item),
-        )
-        .route("/api/items/{item}/purchase", post(purchase::purchase))
-        .route("/api/ids/{id}", get(ids::decode))
-        .route("/api/orders", get(orders::list_orders))
-        .route("/api/persister", get(orders::persister))
+    let static_prefix = STATIC_FILES.trim_end_matches("/{file}");
+    let mut router = Router::new()
+        .route_service(PAGE, ServeFile::new(page.join("index.html")))
+        .nest_service(static_prefix, ServeDir::new(&page));
+    // Routes of one path merge: their methods must differ.
+    for Route { path, handler, .. } in routes() {
+        router = router.route(path, handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -73,25 +120,46 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The strategy catalogue as `GET /api/strategies` shows it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Catalogue {
+    /// Every strategy, in the catalogue's order.
+    pub strategies: Vec<CatalogueEntry>,
+    /// What a purchase naming none gets.
+    pub default: StrategyKind,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CatalogueEntry {
+    pub name: StrategyKind,
+    /// What keeps two buyers apart.
+    pub guard: &'static str,
+    /// Whether this instance serves it.
+    pub enabled: bool,
+}
+
 /// `GET /api/strategies`: the catalogue, in order: each strategy's name, what
 /// guards it, and whether this instance serves it; and the default. The
 /// status page builds its race controls from it.
-async fn strategies(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+#[utoipa::path(
+    get,
+    path = "/api/strategies",
+    tag = "purchase",
+    responses((status = 200, description = "The strategy catalogue.", body = Catalogue)),
+)]
+async fn strategies(State(state): State<AppState>) -> axum::Json<Catalogue> {
     let enabled = state.strategies.names();
-    let list: Vec<serde_json::Value> = crate::strategy::StrategyKind::ALL
-        .iter()
-        .map(|kind| {
-            serde_json::json!({
-                "name": kind.as_str(),
-                "guard": kind.guard(),
-                "enabled": enabled.contains(&kind.as_str()),
+    axum::Json(Catalogue {
+        strategies: StrategyKind::ALL
+            .iter()
+            .map(|&kind| CatalogueEntry {
+                name: kind,
+                guard: kind.guard(),
+                enabled: enabled.contains(&kind.as_str()),
             })
-        })
-        .collect();
-    axum::Json(serde_json::json!({
-        "strategies": list,
-        "default": state.default_strategy.as_str(),
-    }))
+            .collect(),
+        default: state.default_strategy,
+    })
 }
 
 async fn not_found(uri: Uri) -> ApiError {

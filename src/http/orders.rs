@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use serde::Deserialize;
 
 use crate::domain::{ItemId, UserId};
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::orders::db::{Direction, OrderQuery, OrdersPage};
 use crate::orders::persister::PersisterReport;
 use crate::orders::snowflake::OrderId;
@@ -18,16 +18,34 @@ const DEFAULT_LIMIT: u32 = 50;
 /// Largest page: keeps one request's work and response bounded.
 const MAX_LIMIT: u32 = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct OrdersParams {
+    /// Only this item's orders.
     item: Option<String>,
+    /// Only this user's orders.
     user: Option<String>,
+    /// Page size, 1 to 1000; 50 when absent.
     limit: Option<u32>,
+    /// The cursor: the `next` of the previous page.
     after: Option<String>,
+    /// `desc` (newest first, the default) or `asc`.
     order: Option<Direction>,
 }
 
+/// Persisted orders, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/orders",
+    tag = "orders",
+    params(OrdersParams),
+    responses(
+        (status = 200, description = "A page of orders; pass `next` as `after` for the next one.", body = OrdersPage),
+        (status = 400, description = "`invalid_request`: a malformed filter, cursor or limit.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot answer.", body = ErrorBody),
+    ),
+)]
 pub async fn list_orders(
     State(state): State<AppState>,
     params: Result<Query<OrdersParams>, QueryRejection>,
@@ -76,6 +94,15 @@ pub async fn list_orders(
 }
 
 /// The persister's counters; 404 when this instance runs none.
+#[utoipa::path(
+    get,
+    path = "/api/persister",
+    tag = "orders",
+    responses(
+        (status = 200, description = "What this instance's persister has done.", body = PersisterReport),
+        (status = 404, description = "`not_found`: this instance runs no persister (`PERSISTER=false`).", body = ErrorBody),
+    ),
+)]
 pub async fn persister(State(state): State<AppState>) -> Result<Json<PersisterReport>, ApiError> {
     state
         .persister

@@ -21,20 +21,29 @@ use serde::Deserialize;
 use super::{item_id, json_body};
 use crate::domain::{ItemId, UserId};
 use crate::http::error::ApiError;
+use crate::http::error::ErrorBody;
 use crate::sale::idempotency::IdempotencyKey;
-use crate::sale::purchase::{PurchaseError, Receipt};
+use crate::sale::purchase::{PurchaseError, Purchased, Receipt};
 use crate::state::AppState;
-use crate::strategy::{Strategy, StrategyError};
+use crate::strategy::{Strategy, StrategyError, StrategyKind};
 
 /// The request header, as the IETF draft names it.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on a response replayed from an earlier request with the same key.
 const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotency-replayed");
 
-#[derive(Debug, Default, Deserialize)]
+/// Who buys and under which strategy, in the JSON body or the query string.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PurchaseInput {
+    /// The buyer (required, here or in the other place).
+    #[schema(value_type = Option<UserId>)]
+    #[param(value_type = Option<UserId>)]
     user_id: Option<String>,
+    /// The strategy; the server's default when absent.
+    #[schema(value_type = Option<StrategyKind>)]
+    #[param(value_type = Option<StrategyKind>)]
     strategy: Option<String>,
 }
 
@@ -52,6 +61,34 @@ fn one_of(
     }
 }
 
+/// Buy one unit.
+///
+/// Strategy and user come from the JSON body or the query string; both is
+/// fine only if they agree. With an `Idempotency-Key`, the purchase takes
+/// effect at most once per key: a repeat replays the first 201.
+#[utoipa::path(
+    post,
+    path = "/api/items/{item}/purchase",
+    tag = "purchase",
+    params(
+        ("item" = ItemId, Path, description = "The item to buy."),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1 to 64 printable ASCII characters: the purchase takes effect at most once per key (IETF draft)."),
+        PurchaseInput,
+    ),
+    request_body(content = Option<PurchaseInput>, content_type = "application/json",
+        description = "Optional: the same fields as the query string."),
+    responses(
+        (status = 201, description = "Bought. With an Idempotency-Key, a replay carries `Idempotency-Replayed: true`.", body = Purchased),
+        (status = 400, description = "`invalid_request`: a malformed id, an unknown strategy, a field in both places with different values, an unknown field.", body = ErrorBody),
+        (status = 404, description = "`item_not_found`.", body = ErrorBody),
+        (status = 409, description = "`sold_out`; `limit_reached` (the user holds the per-user limit); `strategy_mismatch` (the sale is bound to another strategy, which the message names); `sale_restarted` (restocked mid-purchase, nothing bought); `idempotency_in_flight`.", body = ErrorBody,
+            example = json!({"error": {"code": "strategy_mismatch", "message": "the sale of `iphone` is bound to strategy `lua`; this purchase named `naive`. Buy with `lua`, or restock the item to start a sale under another strategy"}})),
+        (status = 413, description = "`payload_too_large`.", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`: the key was used with another user or strategy.", body = ErrorBody),
+        (status = 503, description = "`contention` (the strategy gave up; `Retry-After`), or `unavailable` (Redis, the database or the order-id lease).", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(item, user, strategy))]
 pub async fn purchase(
     State(state): State<AppState>,

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::lab::loadgen::{self, Progress, RacePlan, Target};
 
 /// What the page shows about the current or last race.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RaceStatus {
     pub running: bool,
     pub phase: String,
@@ -28,7 +28,7 @@ pub struct RaceStatus {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RaceLine {
     pub strategy: String,
     pub item: String,

@@ -25,7 +25,7 @@ pub enum Backend {
 }
 
 /// One persisted order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct OrderRecord {
     pub order_id: OrderId,
     pub item_id: String,
@@ -38,7 +38,7 @@ pub struct OrderRecord {
 }
 
 /// Listing order of `GET /api/orders`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Newest first (descending id).
@@ -69,7 +69,7 @@ enum OnDuplicate {
 }
 
 /// A page of `GET /api/orders`.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct OrdersPage {
     pub orders: Vec<OrderRecord>,
     /// Pass as `after` for the next page; `null` on the last page.

@@ -78,7 +78,7 @@ pub struct PersisterStatus {
 }
 
 /// A copy of [`PersisterStatus`] for JSON.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PersisterReport {
     pub consumer: String,
     pub running: bool,

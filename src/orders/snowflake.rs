@@ -136,6 +136,21 @@ impl serde::Serialize for OrderId {
     }
 }
 
+impl utoipa::PartialSchema for OrderId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9]{1,19}$"))
+            .description(Some(
+                "A snowflake order id, as a decimal string (64 bits do not fit a JavaScript number).",
+            ))
+            .examples(["383707502160703488"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OrderId {}
+
 impl<'de> serde::Deserialize<'de> for OrderId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;

@@ -64,7 +64,7 @@ pub struct Restocked {
 }
 
 /// The item view of `GET /api/items/{item}`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ItemView {
     pub item_id: ItemId,
     pub initial_stock: u64,
@@ -85,6 +85,8 @@ pub struct ItemView {
     /// sold − persisted: orders in the order log not yet in SQL when
     /// positive; orders in SQL that the log lacks when negative.
     pub lag: i64,
+    /// Per-strategy counters, by strategy name.
+    #[schema(value_type = BTreeMap<String, CounterSnapshot>)]
     pub strategies: BTreeMap<StrategyKind, CounterSnapshot>,
 }
 

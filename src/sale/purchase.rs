@@ -24,12 +24,13 @@ use crate::strategy::{
 };
 
 /// A purchase that went through: the body of the 201.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Purchased {
     pub order_id: OrderId,
     pub item_id: ItemId,
     pub user_id: UserId,
     pub strategy: StrategyKind,
+    /// Units left after this purchase, as the strategy saw them.
     pub remaining: i64,
 }
 

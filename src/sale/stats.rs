@@ -40,7 +40,9 @@ struct Counters {
 }
 
 /// A point-in-time copy of one strategy's counters on one item.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct CounterSnapshot {
     pub attempts: u64,
     pub purchased: u64,

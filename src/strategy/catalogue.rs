@@ -156,6 +156,21 @@ impl TryFrom<String> for StrategyKind {
     }
 }
 
+/// In the OpenAPI document: a string, one of the catalogue's names.
+impl utoipa::PartialSchema for StrategyKind {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(StrategyKind::ALL.map(StrategyKind::as_str)))
+            .description(Some(
+                "A concurrency-control strategy (see GET /api/strategies).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for StrategyKind {}
+
 /// The strategies this instance serves, by name.
 #[derive(Clone, Default)]
 pub struct Registry {

@@ -210,3 +210,47 @@ async fn the_item_list_shows_created_items_with_their_truths() {
     }
     assert_eq!(found["initial_stock"], 7);
 }
+
+/// The served document is the generated one, and describes the purchase the
+/// server really answers: a 201's fields are the schema's.
+#[tokio::test]
+async fn the_openapi_document_is_served_and_matches_a_real_purchase() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let doc: Value = response.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let schema = &doc["components"]["schemas"]["Purchased"];
+    let mut documented: Vec<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    documented.sort_unstable();
+
+    let item = unique("oa");
+    let created = app
+        .put_item(&item, json!({"stock": 5, "per_user_limit": 1}))
+        .await;
+    assert_eq!(created.status(), 201);
+    let bought = app.purchase(&item, "u1", "lua").await;
+    assert_eq!(bought.status(), 201);
+    let body: Value = bought.json().await.unwrap();
+    let mut served: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    served.sort_unstable();
+    assert_eq!(documented, served);
+    let required = schema["required"].as_array().unwrap();
+    assert_eq!(required.len(), served.len(), "{schema}");
+}
