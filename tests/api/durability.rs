@@ -42,14 +42,7 @@ async fn the_default_setup_resumes_every_sale_after_a_kill_9() {
     );
 
     let restarted = Server::start_on(server.port(), &NEWCOMER, Some(&dir)).await;
-    let view: Value = client
-        .get(format!("{base}/api/items/{item}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view: Value = crate::helpers::get_json(&client, &format!("{base}/api/items/{item}")).await;
     assert_eq!(view["item_id"], item.as_str(), "the sale survived: {view}");
     assert!(
         view["sold"].as_u64().unwrap() >= answered.len() as u64,

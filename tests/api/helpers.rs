@@ -178,14 +178,7 @@ impl TestApp {
 
     /// `GET path`, parsed as JSON whatever the status.
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&self.client, &self.url(path)).await
     }
 
     /// `GET /api/items/{item}` as JSON, asserting 200.
@@ -284,6 +277,11 @@ pub async fn hold_all_worker_numbers_but(redis: &RedisServer, free: &[u16]) {
             .ignore();
     }
     pipe.exec_async(&mut conn).await.unwrap();
+}
+
+/// `GET url`, parsed as JSON whatever the status.
+pub async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str) -> T {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// The Redis keys of `item`, from the service's own key schema.

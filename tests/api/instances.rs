@@ -94,14 +94,8 @@ async fn three_instances_lease_distinct_workers_and_never_oversell_together() {
             }
         }
         assert_eq!(sold, 30, "{strategy}: exactly the stock sold");
-        let view: Value = client
-            .get(format!("{}/api/items/{item}", bases[2]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view: Value =
+            crate::helpers::get_json(&client, &format!("{}/api/items/{item}", bases[2])).await;
         assert_eq!(
             (
                 view["sold"].as_u64(),

@@ -201,15 +201,7 @@ async fn the_orders_api_pages_with_a_stable_cursor() {
         if let Some(cursor) = &after {
             url.push_str(&format!("&after={cursor}"));
         }
-        let page: Value = app
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = crate::helpers::get_json(&app.client, &url).await;
         pages += 1;
         for order in page["orders"].as_array().unwrap() {
             assert_eq!(order["item_id"], item.as_str());
