@@ -17,8 +17,10 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::infra::redis_server::{RedisServer, RedisServerOptions};
+use crate::lab::cpu::{self, Pids};
 use crate::lab::loadgen::{self, Progress, RacePlan, Target};
 use crate::lab::report;
+use crate::sale::MAX_STOCK;
 use crate::strategy::StrategyKind;
 
 /// `seckill bench` options.
@@ -46,7 +48,15 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub strategies: Vec<String>,
 
+    /// `sell-out`: each strategy sells a fresh item's stock and the run ends
+    /// at the first `sold_out`. `throughput`: the stock never runs out and
+    /// every strategy runs for `--duration` (default 10 s), each request a
+    /// new buyer: what a purchase costs, not how fast a sale ends.
+    #[arg(long, value_enum, default_value_t = Mode::SellOut)]
+    pub mode: Mode,
+
     /// Units per item (each strategy gets a fresh item with this stock).
+    /// Ignored in throughput mode.
     #[arg(long, default_value_t = 20_000)]
     pub stock: u64,
 
@@ -62,13 +72,20 @@ pub struct BenchArgs {
     #[arg(long, short = 'c', default_value_t = 64)]
     pub concurrency: usize,
 
-    /// Longest run per strategy (e.g. `30s`, `2m`).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    /// Longest run per strategy (e.g. `30s`, `2m`); sell-out mode: 30 s,
+    /// throughput mode: 10 s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
 
-    /// Stop a strategy's run at its first `sold_out` (else run for `--duration`).
+    /// Stop a strategy's run at its first `sold_out` (else run for
+    /// `--duration`). Sell-out mode only.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub until_sold_out: bool,
+
+    /// With `--url`: the server's pid, if it runs on this machine, for its
+    /// CPU per request. (Redis's is asked of Redis itself.)
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 
     /// Buyers come back at random instead of each buying once.
     #[arg(long)]
@@ -81,6 +98,15 @@ pub struct BenchArgs {
     /// Write results.json, results.md and chart.svg here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// How each strategy sells a stock out: oversell, undersell, time.
+    SellOut,
+    /// What a purchase costs when the stock never runs out.
+    Throughput,
 }
 
 /// Runs the bench and prints the table.
@@ -100,20 +126,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.stock == 0 {
         bail!("--concurrency and --stock must be at least 1");
     }
-    let plan = RacePlan {
-        strategies,
-        stock: args.stock,
-        per_user_limit: args.per_user_limit.max(1),
-        users: args.users.unwrap_or(args.stock.saturating_mul(4)),
-        concurrency: args.concurrency,
-        duration: args.duration,
-        until_sold_out: args.until_sold_out,
-        repeat_buyers: args.repeat_buyers,
-        ceiling_duration: args.ceiling_duration,
-        item_prefix: "bench".into(),
+    let plan = match args.mode {
+        Mode::SellOut => RacePlan {
+            strategies,
+            stock: args.stock,
+            per_user_limit: args.per_user_limit.max(1),
+            users: args.users.unwrap_or(args.stock.saturating_mul(4)),
+            concurrency: args.concurrency,
+            duration: args.duration.unwrap_or(Duration::from_secs(30)),
+            until_sold_out: args.until_sold_out,
+            repeat_buyers: args.repeat_buyers,
+            ceiling_duration: args.ceiling_duration,
+            item_prefix: "bench".into(),
+        },
+        Mode::Throughput => RacePlan {
+            strategies,
+            // More than any run sells: the stock never runs out.
+            stock: MAX_STOCK,
+            per_user_limit: 1,
+            users: u64::MAX,
+            concurrency: args.concurrency,
+            duration: args.duration.unwrap_or(Duration::from_secs(10)),
+            until_sold_out: false,
+            repeat_buyers: false,
+            ceiling_duration: args.ceiling_duration,
+            item_prefix: "bench".into(),
+        },
     };
 
-    let (target, server) = match &args.url {
+    let (mut target, server) = match &args.url {
         Some(url) => (
             Target::from_url(url, args.admin_token.clone(), args.redis_url.clone()).await?,
             None,
@@ -123,7 +164,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (server.target.clone(), Some(server))
         }
     };
-    let pid = server.as_ref().map(|s| s.child.id());
+    target.pids = Pids {
+        server: server.as_ref().map(|s| s.child.id()).or(args.server_pid),
+        redis: match &target.redis_url {
+            Some(url) => cpu::redis_pid(url).await,
+            None => None,
+        },
+    };
+    let pid = target.pids.server;
     eprintln!(
         "seckill bench: {} at concurrency {}, stock {}, {} ({} cores; load generator, server and Redis share them)",
         target.host,
@@ -177,6 +225,7 @@ fn progress_observer(
     let ceiling = bars.add(ProgressBar::new_spinner().with_prefix("/healthz"));
     let current: Arc<Mutex<Option<ProgressBar>>> = Arc::default();
     let stock = plan.stock;
+    let sells_out = plan.until_sold_out;
     Arc::new(move |event| match event {
         Progress::Ceiling {
             requests,
@@ -193,11 +242,14 @@ fn progress_observer(
             if let Some(pid) = server_pid {
                 reset_peak_rss(pid);
             }
-            let bar = bars.add(
-                ProgressBar::new(stock)
-                    .with_style(style.clone())
-                    .with_prefix(strategy.to_string()),
-            );
+            // A bar when the run ends at the sell-out; else a spinner (the
+            // stock is out of reach by design).
+            let bar = if sells_out {
+                ProgressBar::new(stock).with_style(style.clone())
+            } else {
+                ProgressBar::new_spinner()
+            };
+            let bar = bars.add(bar.with_prefix(strategy.to_string()));
             *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar);
         }
         Progress::Running {

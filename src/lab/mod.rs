@@ -4,6 +4,7 @@
 //! ([`race`]).
 
 pub mod bench;
+pub mod cpu;
 pub mod loadgen;
 pub mod race;
 pub mod report;

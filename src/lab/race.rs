@@ -120,6 +120,7 @@ impl RaceControl {
                 host: address.to_string(),
                 admin_token,
                 redis_url: None,
+                pids: Default::default(),
             };
             let observer_status = Arc::clone(&status);
             let observer: loadgen::Observer = Arc::new(move |event| {

@@ -57,7 +57,13 @@ const HEADERS: [&str; 16] = [
     "drift",
     "undersold",
 ];
-const MORE_HEADERS: [&str; 2] = ["lost log/sql", "peak RSS MiB"];
+const MORE_HEADERS: [&str; 5] = [
+    "lost log/sql",
+    "peak RSS MiB",
+    "server us/req",
+    "redis us/req",
+    "settle s",
+];
 
 fn row(r: &StrategyResult, rss: &BTreeMap<StrategyKind, f64>) -> Vec<String> {
     let lost = |v: Option<u64>| v.map_or("n/a".to_owned(), |n| n.to_string());
@@ -82,6 +88,11 @@ fn row(r: &StrategyResult, rss: &BTreeMap<StrategyKind, f64>) -> Vec<String> {
         format!("{}/{}", lost(r.lost_in_log), lost(r.lost_in_sql)),
         rss.get(&r.strategy)
             .map_or("n/a".to_owned(), |m| format!("{m:.1}")),
+        r.server_cpu_us_per_request
+            .map_or("n/a".to_owned(), |us| format!("{us:.1}")),
+        r.redis_cpu_us_per_request
+            .map_or("n/a".to_owned(), |us| format!("{us:.1}")),
+        r.settle_s.map_or("n/a".to_owned(), |s| format!("{s:.2}")),
     ]
 }
 

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::lab::cpu::Pids;
 use crate::sale::stats::CounterSnapshot;
 use crate::strategy::StrategyKind;
 
@@ -21,6 +22,9 @@ pub struct Target {
     pub admin_token: Option<String>,
     /// The server's Redis, if reachable from here: enables the order-log check.
     pub redis_url: Option<String>,
+    /// The server's and Redis's processes, when they run on this machine:
+    /// enables the CPU-per-request figures.
+    pub pids: Pids,
 }
 
 impl Target {
@@ -44,6 +48,7 @@ impl Target {
             host,
             admin_token,
             redis_url,
+            pids: Pids::default(),
         })
     }
 }
@@ -171,6 +176,16 @@ pub struct StrategyResult {
     pub lost_in_sql: Option<u64>,
     /// The server's own counters for this strategy on this item.
     pub server_counters: Option<CounterSnapshot>,
+    /// Server CPU per request, from the start of the load until the
+    /// persister had every order in SQL, or until the load ended without a
+    /// persister (`None`: the server is not a process on this machine, or
+    /// SQL never caught up).
+    pub server_cpu_us_per_request: Option<f64>,
+    /// Redis CPU per request, over the same span.
+    pub redis_cpu_us_per_request: Option<f64>,
+    /// From the end of the load until the persister had every order in SQL
+    /// (`None`: not within the wait, or no persister).
+    pub settle_s: Option<f64>,
 }
 
 /// A whole race.

@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use super::Target;
 use super::client::{Conn, probe};
+use crate::lab::cpu::CpuSample;
 use crate::orders::db::OrdersPage;
 use crate::orders::snowflake::OrderId;
 use crate::sale::ItemView;
@@ -23,6 +24,12 @@ pub(super) struct Truths {
     pub counters: Option<CounterSnapshot>,
     pub lost_in_log: Option<u64>,
     pub lost_in_sql: Option<u64>,
+    /// CPU used by the server and Redis once SQL had caught up (at once
+    /// without a persister), before this check's own reads; `None` when SQL
+    /// did not catch up in time.
+    pub cpu_when_settled: Option<CpuSample>,
+    /// How long SQL took to catch up after the load; `None`: it did not.
+    pub settle_s: Option<f64>,
 }
 
 /// How long to wait for the persister to catch up before calling SQL short.
@@ -45,13 +52,16 @@ pub(super) async fn read_truths(
         } else {
             Duration::ZERO
         };
+    let load_ended = Instant::now();
     let view = loop {
         let view: ItemView = conn.get(target, &format!("/api/items/{item}")).await?;
         if view.lag == 0 || Instant::now() >= deadline {
             break view;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let cpu_when_settled = (view.lag == 0 || !persisting).then(|| target.pids.sample());
+    let settle_s = (persisting && view.lag == 0).then(|| load_ended.elapsed().as_secs_f64());
     let counters = view.strategies.get(&strategy).copied();
 
     let lost_in_sql = if view.lag == 0 {
@@ -83,6 +93,8 @@ pub(super) async fn read_truths(
         counters,
         lost_in_log,
         lost_in_sql,
+        cpu_when_settled,
+        settle_s,
     })
 }
 

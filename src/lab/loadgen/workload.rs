@@ -157,6 +157,7 @@ async fn race_one(
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     create_item(target, &item, plan.stock, plan.per_user_limit, strategy).await?;
+    let cpu_at_start = target.pids.sample();
     observe(Progress::Started {
         strategy,
         item: item.clone(),
@@ -217,6 +218,9 @@ async fn race_one(
     let rps = requests as f64 / elapsed;
     let sold_out_at = shared.sold_out_at_us.load(Ordering::Relaxed);
     let retries = truths.counters.map_or(0, |c| c.retries);
+    let (server_cpu, redis_cpu) = truths.cpu_when_settled.map_or((None, None), |settled| {
+        cpu_at_start.per_request_us(&settled, requests)
+    });
     Ok(StrategyResult {
         strategy,
         item,
@@ -241,6 +245,9 @@ async fn race_one(
         lost_in_log: truths.lost_in_log,
         lost_in_sql: truths.lost_in_sql,
         server_counters: truths.counters,
+        server_cpu_us_per_request: server_cpu,
+        redis_cpu_us_per_request: redis_cpu,
+        settle_s: truths.settle_s,
     })
 }
 
