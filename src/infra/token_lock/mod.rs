@@ -32,7 +32,6 @@ const RELEASE_UNUSED_LUA: &str = include_str!("release_unused.lua");
 /// Scripts called on their own, by `EVALSHA` (loaded on `NOSCRIPT`). Inside
 /// a pipeline a `NOSCRIPT` could not be retried, so pipelines send `EVAL`
 /// with the source, and Redis caches the compiled script by its hash.
-static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(UNLOCK_LUA));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
 static TAKE_WITH_HORIZON: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("take_with_horizon.lua")));
@@ -88,8 +87,19 @@ pub fn add_acquire_fenced(
 }
 
 /// Compare-and-delete, on its own: whether the lock was still ours.
+///
+/// `EVAL` with the source, not `EVALSHA`: one round trip always. After a
+/// node restarts, `EVALSHA` costs three (NOSCRIPT, load, retry), and a
+/// Redlock release runs under a per-node timeout of a few milliseconds: a
+/// release that times out leaves the lock held for its whole TTL.
 pub async fn unlock(redis: &mut impl ConnectionLike, key: &str, token: &str) -> RedisResult<bool> {
-    let deleted: i64 = UNLOCK.key(key).arg(token).invoke_async(redis).await?;
+    let deleted: i64 = redis::cmd("EVAL")
+        .arg(UNLOCK_LUA)
+        .arg(1)
+        .arg(key)
+        .arg(token)
+        .query_async(redis)
+        .await?;
     Ok(deleted == 1)
 }
 
