@@ -6,7 +6,7 @@
 
 use redis::streams::StreamId;
 
-use crate::domain::UserId;
+use crate::domain::{ItemId, UserId};
 use crate::orders::db::OrderRecord;
 use crate::orders::snowflake::OrderId;
 
@@ -38,7 +38,7 @@ pub fn fields(
 }
 
 /// Reads an entry of `item`'s order log back into an order.
-pub fn parse(item: &str, entry: &StreamId) -> Result<OrderRecord, String> {
+pub fn parse(item: &ItemId, entry: &StreamId) -> Result<OrderRecord, String> {
     let text = |field: &str| {
         entry
             .get::<String>(field)
@@ -51,7 +51,7 @@ pub fn parse(item: &str, entry: &StreamId) -> Result<OrderRecord, String> {
     };
     Ok(OrderRecord {
         order_id: OrderId::parse(&text(ORDER_ID)?)?,
-        item_id: item.to_owned(),
+        item_id: item.to_string(),
         user_id: text(USER_ID)?,
         strategy: text(STRATEGY)?,
         generation: number(GENERATION)?,
@@ -98,13 +98,17 @@ mod tests {
                 .map
                 .insert(k.into(), redis::Value::BulkString(v.into_bytes()));
         }
-        let order = parse("ip", &entry).unwrap();
+        let order = parse(&ItemId::parse("ip").unwrap(), &entry).unwrap();
         assert_eq!((order.order_id, order.generation), (OrderId(42), 3));
         assert_eq!(
             (order.user_id.as_str(), order.strategy.as_str()),
             ("u1", "lua")
         );
         entry.map.remove(GENERATION);
-        assert!(parse("ip", &entry).unwrap_err().contains(GENERATION));
+        assert!(
+            parse(&ItemId::parse("ip").unwrap(), &entry)
+                .unwrap_err()
+                .contains(GENERATION)
+        );
     }
 }

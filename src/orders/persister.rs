@@ -468,16 +468,19 @@ impl Worker {
         if entries.is_empty() {
             return Ok(());
         }
-        // Only our own logs are listed; an empty item makes every entry
-        // unreadable, kept as a dead letter rather than stored wrongly.
-        let item = keys::item_of(key)
-            .map(|item| item.to_string())
-            .unwrap_or_default();
+        // Only our own logs are listed, so a key that names no item is a
+        // bug: its entries are kept as dead letters, never stored under a
+        // made-up item.
+        let item = keys::item_of(key);
         let mut orders = Vec::with_capacity(entries.len());
         let mut parsed = Vec::with_capacity(entries.len());
         let mut letters = Vec::new();
         for entry in entries {
-            match crate::orders::order_log::parse(&item, entry) {
+            let order = item
+                .as_ref()
+                .ok_or_else(|| format!("the order log's key `{key}` names no item"))
+                .and_then(|item| crate::orders::order_log::parse(item, entry));
+            match order {
                 Ok(order) => {
                     orders.push(order);
                     parsed.push(entry);
@@ -519,9 +522,14 @@ impl Worker {
 
         let mut handled = HashSet::new();
         if !letters.is_empty() {
-            let dead_letters = ItemId::parse(&item)
-                .map(|item| ItemKeys::new(&item).dead_letters)
-                .map_err(|err| anyhow::anyhow!("no dead-letter stream for {key}: {err}"))?;
+            // No item, no dead-letter stream: the entries stay pending in
+            // their log (kept, retried, logged) until someone looks.
+            let dead_letters = item
+                .as_ref()
+                .map(|item| ItemKeys::new(item).dead_letters)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no dead-letter stream for {key}: it names no item")
+                })?;
             let script = Script::new(DEAD_LETTER_LUA);
             for (id, fields, conflict) in letters {
                 let kept: i64 = script
