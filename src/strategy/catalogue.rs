@@ -73,13 +73,28 @@ impl Wiring<'_> {
     }
 }
 
+/// Where a strategy decides whether a purchase goes through: what a test
+/// that attacks it must aim at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decides {
+    /// In this process, between a read of Redis and a write to it: a
+    /// restock or another buyer can land in between.
+    BetweenReadAndWrite,
+    /// In one atomic Redis script.
+    InOneScript,
+    /// In an SQL transaction.
+    InSql,
+}
+
 /// How a strategy is built.
 type Build = fn(&Wiring) -> anyhow::Result<Arc<dyn Strategy>>;
 
 /// Declares [`StrategyKind`] and its catalogue from one table: variant,
-/// name, guard, and how to build it from a [`Wiring`].
+/// name, guard, whether the guard keeps buyers apart, where it decides
+/// ([`Decides`]), and how to build it from a [`Wiring`].
 macro_rules! catalogue {
-    ($($variant:ident = $name:literal, $guard:literal, $build:expr;)+) => {
+    ($($variant:ident = $name:literal, $guard:literal, $guarded:literal, $decides:ident,
+        $build:expr;)+) => {
         /// A strategy's name, as requests spell it.
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
@@ -108,6 +123,20 @@ macro_rules! catalogue {
                 }
             }
 
+            /// Whether the strategy keeps concurrent buyers apart (only the
+            /// control group does not).
+            pub fn guarded(self) -> bool {
+                match self {
+                    $(Self::$variant => $guarded,)+
+                }
+            }
+
+            pub fn decides(self) -> Decides {
+                match self {
+                    $(Self::$variant => Decides::$decides,)+
+                }
+            }
+
             fn build(self, wiring: &Wiring) -> anyhow::Result<Arc<dyn Strategy>> {
                 let build: Build = match self {
                     $(Self::$variant => $build,)+
@@ -120,21 +149,21 @@ macro_rules! catalogue {
 
 catalogue! {
     Naive = "naive", "nothing: read, check, write (the control group; oversells)",
-        |w| Ok(Arc::new(naive::Naive::new(w.redis.clone(), w.race_window())));
+        false, BetweenReadAndWrite, |w| Ok(Arc::new(naive::Naive::new(w.redis.clone(), w.race_window())));
     Optimistic = "optimistic", "WATCH/MULTI/EXEC on a dedicated connection, bounded retries",
-        |w| Ok(w.optimistic());
+        true, BetweenReadAndWrite, |w| Ok(w.optimistic());
     OptimisticGated = "optimistic-gated", "optimistic behind an in-process FIFO gate per item",
-        |w| Ok(w.gated(StrategyKind::OptimisticGated, w.optimistic()));
+        true, BetweenReadAndWrite, |w| Ok(w.gated(StrategyKind::OptimisticGated, w.optimistic()));
     Lock = "lock", "a SET NX PX token lock with a fencing token around read-check-write",
-        |w| Ok(w.lock());
+        true, BetweenReadAndWrite, |w| Ok(w.lock());
     LockGated = "lock-gated", "lock behind an in-process FIFO gate per item",
-        |w| Ok(w.gated(StrategyKind::LockGated, w.lock()));
+        true, BetweenReadAndWrite, |w| Ok(w.gated(StrategyKind::LockGated, w.lock()));
     Lua = "lua", "one atomic Lua script",
-        |w| Ok(Arc::new(lua::Lua::new(w.redis.clone())));
+        true, InOneScript, |w| Ok(Arc::new(lua::Lua::new(w.redis.clone())));
     Redlock = "redlock", "a quorum lock over several Redis nodes around read-check-write",
-        |w| w.redlock();
+        true, BetweenReadAndWrite, |w| w.redlock();
     Sql = "sql", "a database transaction with a conditional UPDATE",
-        |w| Ok(Arc::new(sql::Sql::new(
+        true, InSql, |w| Ok(Arc::new(sql::Sql::new(
             w.db.clone(),
             w.redis.clone(),
             w.config.sql_for_update,

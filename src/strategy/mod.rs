@@ -65,7 +65,7 @@ use crate::domain::{ItemId, UserId};
 use crate::keys::ItemKeys;
 use crate::orders::snowflake::OrderId;
 
-pub use catalogue::{Registry, StrategyKind, Wiring};
+pub use catalogue::{Decides, Registry, StrategyKind, Wiring};
 
 impl StrategyKind {
     /// Dense index, for per-strategy counter arrays.

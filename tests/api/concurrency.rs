@@ -228,14 +228,7 @@ async fn the_same_harness_catches_naive_overselling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_hammering_gets_no_more_than_the_limit() {
     let app = Arc::new(spawn_app().await);
-    for strategy in [
-        "optimistic",
-        "optimistic-gated",
-        "lock",
-        "lock-gated",
-        "lua",
-        "sql",
-    ] {
+    for strategy in crate::helpers::strategies_where(|k| k.guarded()) {
         let report = race(&app, strategy, 10, 2, vec!["greedy".to_owned(); 60]).await;
         assert_eq!(
             report.statuses.get(&201),

@@ -294,3 +294,16 @@ pub fn keys(item: &str) -> seckill::keys::ItemKeys {
 pub fn all_strategies() -> [&'static str; seckill::strategy::StrategyKind::ALL.len()] {
     seckill::strategy::StrategyKind::ALL.map(seckill::strategy::StrategyKind::as_str)
 }
+
+/// The strategies of the catalogue that have `trait_`, by name: a test
+/// aimed at a property (a guard, a read-then-write window) takes every
+/// strategy that has it, a new one included.
+pub fn strategies_where(
+    trait_: impl Fn(seckill::strategy::StrategyKind) -> bool,
+) -> Vec<&'static str> {
+    seckill::strategy::StrategyKind::ALL
+        .into_iter()
+        .filter(|kind| trait_(*kind))
+        .map(seckill::strategy::StrategyKind::as_str)
+        .collect()
+}

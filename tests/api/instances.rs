@@ -57,7 +57,7 @@ async fn three_instances_lease_distinct_workers_and_never_oversell_together() {
 
     // One item per strategy (a guard only excludes buyers who use it, so an
     // item is sold under one strategy), its buyers spread over all instances.
-    for strategy in ["lua", "optimistic", "lock", "lock-gated", "redlock"] {
+    for strategy in crate::helpers::strategies_where(|k| k.guarded()) {
         let item = unique(strategy);
         let created = client
             .put(format!("{}/api/items/{item}", bases[0]))
