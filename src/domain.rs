@@ -1,6 +1,8 @@
-//! Validated newtypes for what arrives at the edge. Once a value is an `ItemId`
-//! or a `UserId` it is known to be safe inside a Redis key, a stream field and
-//! a URL, so nothing further in needs to check it again.
+//! What crosses the edge: validated newtypes for what arrives (once a value
+//! is an `ItemId` or a `UserId` it is known to be safe inside a Redis key, a
+//! stream field and a URL, so nothing further in needs to check it again),
+//! and [`ErrorBody`], the shape of every refusal, which the server writes
+//! (`http::error`) and the load generator reads.
 
 use std::fmt;
 
@@ -33,7 +35,7 @@ fn parse_id(kind: &str, raw: &str) -> Result<String, String> {
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
-#[serde(into = "String", try_from = "String")]
+#[serde(try_from = "String")]
 pub struct ItemId(String);
 
 impl ItemId {
@@ -54,7 +56,7 @@ impl fmt::Display for ItemId {
 
 /// A buyer, e.g. `u42`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(into = "String", try_from = "String")]
+#[serde(try_from = "String")]
 pub struct UserId(String);
 
 impl UserId {
@@ -73,6 +75,21 @@ impl fmt::Display for UserId {
     }
 }
 
+/// The JSON body every error response carries:
+/// `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `sold_out`, `strategy_mismatch`, ...
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+}
+
 /// Read back from JSON (the load generator reads the server's answers) and
 /// checked like any other input.
 macro_rules! text_serde {
@@ -82,12 +99,6 @@ macro_rules! text_serde {
 
             fn try_from(raw: String) -> Result<Self, String> {
                 Self::parse(&raw)
-            }
-        }
-
-        impl From<$id> for String {
-            fn from(id: $id) -> String {
-                id.0
             }
         }
     )+};
@@ -129,6 +140,14 @@ impl utoipa::ToSchema for UserId {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_plain_json_strings_and_are_checked_when_read() {
+        let item = ItemId::parse("ip17").unwrap();
+        assert_eq!(serde_json::to_string(&item).unwrap(), "\"ip17\"");
+        assert_eq!(serde_json::from_str::<ItemId>("\"ip17\"").unwrap(), item);
+        assert!(serde_json::from_str::<UserId>("\"a:b\"").is_err());
+    }
 
     #[test]
     fn ordinary_ids_are_accepted() {

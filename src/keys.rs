@@ -20,6 +20,12 @@ pub fn legacy_order_archives() -> String {
     format!("{PREFIX}:order-archives")
 }
 
+/// A `SCAN`/`KEYS` pattern matching every key of every item whose id starts
+/// with `id_prefix`.
+pub fn items_pattern(id_prefix: &str) -> String {
+    format!("{PREFIX}:{{{id_prefix}*")
+}
+
 /// Snowflake worker lease for worker number `n`.
 pub fn worker_lease(n: u16) -> String {
     format!("{PREFIX}:worker:{n}")
@@ -84,6 +90,11 @@ impl ItemKeys {
     /// A `SCAN`/`KEYS` pattern matching every key of this item.
     pub fn pattern(&self) -> String {
         format!("{}:*", self.base)
+    }
+
+    /// A pattern matching the item's order log and every archived one.
+    pub fn order_logs_pattern(&self) -> String {
+        format!("{}*", self.orders)
     }
 
     /// A pattern matching the order logs restocks set aside

@@ -7,7 +7,7 @@
 //! - [`http`]: the router, thin handlers (HTTP in, domain call, HTTP out),
 //!   [`http::error`] (the one API error and its JSON shape), the accept loop
 //!   ([`http::server`]), the status page's live feed ([`http::live_feed`])
-//!   and the OpenAPI document (`openapi`, to come).
+//!   and the OpenAPI document ([`http::openapi`]).
 //! - [`sale`]: items, restocks and the truths of a sale; the purchase
 //!   use-case ([`sale::purchase`]), its `Idempotency-Key` records
 //!   ([`sale::idempotency`]), counters ([`sale::stats`]) and Prometheus
@@ -29,9 +29,9 @@
 //! Dependencies point one way: `http` and `lab` call `sale` and `orders`;
 //! `sale` calls `strategy`; `strategy` writes the order log of `orders`;
 //! everything may use `infra`, `domain` and `keys`. The load generator reads
-//! the server's answers with the server's own types (`http::error`'s error
-//! body among them). No module imports another that imports it back, around
-//! any circle: `tests/api/layout.rs` checks.
+//! the server's answers with the server's own types. No module, and no
+//! folder, imports another that imports it back, around any circle:
+//! `tests/api/layout.rs` checks.
 //!
 //! # A purchase, start to end
 //! `POST /api/items/{item}/purchase` reaches [`http`], which validates the

@@ -2,10 +2,10 @@
 //! leaves as `{"error":{"code":"...","message":"..."}}` with the status each
 //! variant's doc names. Internal causes are logged whole and never shown.
 
+use crate::domain::{ErrorBody, ErrorDetail};
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -163,21 +163,6 @@ impl From<crate::sale::SaleError> for ApiError {
             crate::sale::SaleError::Database(_) => Self::database(err),
         }
     }
-}
-
-/// The JSON body every error response carries:
-/// `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable, for programs: `sold_out`, `strategy_mismatch`, ...
-    pub code: String,
-    /// For people; may change.
-    pub message: String,
 }
 
 impl ApiError {

@@ -7,7 +7,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
-use crate::http::error::{ApiError, ErrorBody};
+use crate::domain::ErrorBody;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /healthz`: 200 while the process serves requests. Also the HTTP ceiling

@@ -7,7 +7,8 @@ use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
 use serde::Serialize;
 
-use crate::http::error::{ApiError, ErrorBody};
+use crate::domain::ErrorBody;
+use crate::http::error::ApiError;
 use crate::orders::snowflake::OrderId;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -9,8 +9,9 @@ use serde::Deserialize;
 
 use super::admin::Admin;
 use super::{item_id, json_body, require_json_type};
+use crate::domain::ErrorBody;
 use crate::domain::ItemId;
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::ApiError;
 use crate::sale::{ItemSettings, ItemView, MAX_PER_USER_LIMIT, MAX_STOCK};
 use crate::state::AppState;
 use crate::strategy::StrategyKind;

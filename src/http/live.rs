@@ -19,7 +19,8 @@ use serde::Deserialize;
 
 use super::admin::Admin;
 use super::{json_body, require_json_type};
-use crate::http::error::{ApiError, ErrorBody};
+use crate::domain::ErrorBody;
+use crate::http::error::ApiError;
 use crate::lab::loadgen::RacePlan;
 use crate::lab::race::{RaceError, RaceStatus};
 use crate::state::{AdminPolicy, AppState};

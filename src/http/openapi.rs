@@ -8,11 +8,16 @@ use std::sync::LazyLock;
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, ResponseBuilder};
+use utoipa::openapi::{Ref, RefOr, Required};
 
 use super::{PAGE, STATIC_FILES, health, ids, items, live, orders, purchase};
+use crate::http::error::ApiError;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,7 +44,7 @@ use super::{PAGE, STATIC_FILES, health, ids, items, live, orders, purchase};
         health::metrics,
         openapi_json,
     ),
-    modifiers(&AdminToken, &PageRoutes),
+    modifiers(&AdminToken, &PageRoutes, &AnyRoute),
     tags(
         (name = "purchase", description = "Buying, and the strategies a purchase may name."),
         (name = "items", description = "Items and the truths of their sales; restocks are admin."),
@@ -78,18 +83,35 @@ struct PageRoutes;
 
 impl utoipa::Modify for PageRoutes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for (path, summary, content_type) in [
-            (PAGE, "The status page.", "text/html"),
-            (STATIC_FILES, "The status page's scripts and styles.", "*/*"),
+        let file = ParameterBuilder::new()
+            .name("file")
+            .parameter_in(ParameterIn::Path)
+            .required(Required::True)
+            .description(Some(
+                "A file of STATIC_DIR (the server also serves its subfolders' files).",
+            ))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .build();
+        for (path, summary, content_type, parameters) in [
+            (PAGE, "The status page.", "text/html", vec![]),
+            (
+                STATIC_FILES,
+                "The status page's scripts and styles.",
+                "*/*",
+                vec![file],
+            ),
         ] {
             let ok = ResponseBuilder::new()
                 .description(summary)
                 .content(content_type, ContentBuilder::new().build())
                 .build();
+            let missing = ResponseBuilder::new().description("No such file.").build();
             let operation = OperationBuilder::new()
                 .summary(Some(summary))
                 .tag("status page")
+                .parameters(Some(parameters))
                 .response("200", ok)
+                .response("404", missing)
                 .build();
             openapi
                 .paths
@@ -99,11 +121,46 @@ impl utoipa::Modify for PageRoutes {
     }
 }
 
+/// What any route may also answer: the documented statuses of each
+/// operation are its own; these come from the router's layers.
+struct AnyRoute;
+
+impl utoipa::Modify for AnyRoute {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let error = ContentBuilder::new()
+            .schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))))
+            .build();
+        let other = ResponseBuilder::new()
+            .description(
+                "Any other status carries the error body: `method_not_allowed` (405), `internal` (500: a bug, logged), `unavailable` (503: the request ran out of time, with Retry-After).",
+            )
+            .content("application/json", error)
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .entry("default".to_owned())
+                    .or_insert_with(|| other.clone().into());
+            }
+        }
+    }
+}
+
 /// Built once: the document does not change while the process runs.
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|err| {
-        format!("{{\"error\": \"cannot render the OpenAPI document: {err}\"}}")
-    })
+static DOCUMENT: LazyLock<Result<String, String>> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .map_err(|err| err.to_string())
 });
 
 /// This document.
@@ -113,11 +170,14 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object)),
 )]
-pub async fn openapi_json() -> impl IntoResponse {
-    (
+pub async fn openapi_json() -> Result<impl IntoResponse, ApiError> {
+    let document = DOCUMENT.as_ref().map_err(|err| {
+        ApiError::Internal(anyhow::anyhow!("cannot render the OpenAPI document: {err}"))
+    })?;
+    Ok((
         [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
-    )
+        document.as_str(),
+    ))
 }
 
 #[cfg(test)]

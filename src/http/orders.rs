@@ -6,8 +6,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use serde::Deserialize;
 
+use crate::domain::ErrorBody;
 use crate::domain::{ItemId, UserId};
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::ApiError;
 use crate::orders::db::{Direction, OrderQuery, OrdersPage};
 use crate::orders::persister::PersisterReport;
 use crate::orders::snowflake::OrderId;
@@ -23,12 +24,15 @@ const MAX_LIMIT: u32 = 1000;
 #[into_params(parameter_in = Query)]
 pub struct OrdersParams {
     /// Only this item's orders.
+    #[param(value_type = Option<ItemId>)]
     item: Option<String>,
     /// Only this user's orders.
+    #[param(value_type = Option<UserId>)]
     user: Option<String>,
     /// Page size, 1 to 1000; 50 when absent.
     limit: Option<u32>,
     /// The cursor: the `next` of the previous page.
+    #[param(value_type = Option<OrderId>)]
     after: Option<String>,
     /// `desc` (newest first, the default) or `asc`.
     order: Option<Direction>,

@@ -19,9 +19,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{item_id, json_body};
+use crate::domain::ErrorBody;
 use crate::domain::{ItemId, UserId};
 use crate::http::error::ApiError;
-use crate::http::error::ErrorBody;
 use crate::sale::idempotency::IdempotencyKey;
 use crate::sale::purchase::{PurchaseError, Purchased, Receipt};
 use crate::state::AppState;
@@ -206,6 +206,7 @@ impl From<PurchaseError> for ApiError {
                 StrategyError::Database(_) => ApiError::database(err),
                 StrategyError::Protocol(_) => ApiError::Internal(err.into()),
             },
+            PurchaseError::Idempotency(err) => ApiError::redis(err),
             PurchaseError::Internal(err) => ApiError::Internal(err),
         }
     }

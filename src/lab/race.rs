@@ -19,6 +19,7 @@ use crate::lab::loadgen::{self, Progress, RacePlan, Target};
 pub struct RaceStatus {
     pub running: bool,
     pub phase: String,
+    #[schema(value_type = Option<crate::strategy::StrategyKind>)]
     pub strategy: Option<String>,
     pub requests: u64,
     pub purchased: u64,
@@ -30,6 +31,7 @@ pub struct RaceStatus {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RaceLine {
+    #[schema(value_type = crate::strategy::StrategyKind)]
     pub strategy: String,
     pub item: String,
     pub requests_per_s: f64,

@@ -30,6 +30,7 @@ pub struct OrderRecord {
     pub order_id: OrderId,
     pub item_id: String,
     pub user_id: String,
+    /// The strategy the purchase named (see `GET /api/strategies`).
     pub strategy: String,
     /// The sale (restock generation) the order belongs to.
     pub generation: i64,

@@ -75,6 +75,7 @@ pub struct ItemView {
     pub generation: u64,
     /// The strategy this sale is bound to; purchases naming another get 409
     /// `strategy_mismatch`. `None` until the first purchase binds it.
+    #[schema(value_type = Option<StrategyKind>)]
     pub strategy: Option<String>,
     pub sold: u64,
     pub oversold: u64,
@@ -86,7 +87,7 @@ pub struct ItemView {
     /// positive; orders in SQL that the log lacks when negative.
     pub lag: i64,
     /// Per-strategy counters, by strategy name.
-    #[schema(value_type = BTreeMap<String, CounterSnapshot>)]
+    #[schema(value_type = BTreeMap<StrategyKind, CounterSnapshot>)]
     pub strategies: BTreeMap<StrategyKind, CounterSnapshot>,
 }
 

@@ -70,9 +70,12 @@ pub enum PurchaseError {
     /// No worker lease, so no order id can be minted.
     #[error("no order id can be minted")]
     Ids(#[source] MintError),
-    /// Redis or the database could not answer.
+    /// Redis or the database could not answer the strategy.
     #[error("the purchase could not be attempted")]
     Strategy(#[from] StrategyError),
+    /// Redis could not answer for the Idempotency-Key record.
+    #[error("the Idempotency-Key record could not be read")]
+    Idempotency(#[source] redis::RedisError),
     /// A bug: a default strategy missing, a task that panicked.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -220,7 +223,7 @@ impl Purchases {
             .idempotency
             .begin(&keys, &key, &fingerprint)
             .await
-            .map_err(|err| PurchaseError::Strategy(err.into()))?;
+            .map_err(PurchaseError::Idempotency)?;
         match claim {
             Claim::Missing => Err(PurchaseError::ItemNotFound(item)),
             Claim::Reused => Err(PurchaseError::IdempotencyKeyReused),

@@ -45,7 +45,7 @@ async fn a_flood_of_junk_item_ids_allocates_nothing() {
     assert_eq!(metric(&app, "seckill_tracked_items").await, 1.0);
     let mut redis = app.redis().await;
     let left: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:{{{prefix}*", seckill::keys::PREFIX))
+        .arg(seckill::keys::items_pattern(&prefix))
         .query_async(&mut redis)
         .await
         .unwrap();

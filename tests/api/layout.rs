@@ -37,24 +37,93 @@ fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, String>) {
     }
 }
 
-/// The modules `code` names with `crate::`, each the deepest known one.
-fn imports(code: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    for (at, _) in code.match_indices("crate::") {
-        let path: String = code[at + "crate::".len()..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+/// The paths a `use` tree or a path expression names after `crate::` or
+/// `super::` at byte `at`: `a::b::C` gives `a::b::C`, `{a::b, c::{D, E}}`
+/// gives `a::b` and `c`.
+fn paths_at(code: &str, at: usize) -> Vec<String> {
+    let rest = &code[at..];
+    if let Some(group) = rest.strip_prefix('{') {
+        let mut depth = 0;
+        let mut items = Vec::new();
+        let mut start = 0;
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    items.push(&group[start..i]);
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(&group[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        return items
+            .into_iter()
+            .map(|item| {
+                item.trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                    .collect()
+            })
             .collect();
+    }
+    vec![
+        rest.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect(),
+    ]
+}
+
+/// The modules `code` (of `module`) names through `crate::` or `super::`
+/// paths, each the deepest known one.
+fn imports(module: &str, code: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut named = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        named.extend(paths_at(code, at + "crate::".len()));
+    }
+    for (at, _) in code.match_indices("super::") {
+        // `super::super::x` is found twice; the outer one resolves right.
+        if code[..at].ends_with("super::") {
+            continue;
+        }
+        let mut base: Vec<&str> = module.split("::").collect();
+        let mut tail = at;
+        while code[tail..].starts_with("super::") {
+            base.pop();
+            tail += "super::".len();
+        }
+        for path in paths_at(code, tail) {
+            let mut full = base.join("::");
+            if !full.is_empty() {
+                full.push_str("::");
+            }
+            full.push_str(&path);
+            named.push(full);
+        }
+    }
+    let mut found = BTreeSet::new();
+    for path in named {
         let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
-        if let Some(module) = (1..=segments.len())
+        if let Some(target) = (1..=segments.len())
             .rev()
             .map(|n| segments[..n].join("::"))
             .find(|m| known.contains(m))
         {
-            found.insert(module);
+            found.insert(target);
         }
     }
     found
+}
+
+/// Whether one module contains the other: a parent declares its children,
+/// and they may use what it holds; that pair is not a circle.
+fn nested(a: &str, b: &str) -> bool {
+    let inside = |inner: &str, outer: &str| inner.starts_with(&format!("{outer}::"));
+    a.is_empty() || b.is_empty() || inside(a, b) || inside(b, a)
 }
 
 /// A circle through `from`, if any: the modules along it.
@@ -84,8 +153,8 @@ fn circle(
     None
 }
 
-#[test]
-fn no_module_imports_itself_around_a_circle() {
+/// The module graph of `src/`, parent-child pairs left out.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut sources = BTreeMap::new();
     modules(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
@@ -94,19 +163,59 @@ fn no_module_imports_itself_around_a_circle() {
     );
     let known: BTreeSet<String> = sources.keys().cloned().collect();
     assert!(known.contains("sale::purchase"), "{known:?}");
-    let graph: BTreeMap<String, BTreeSet<String>> = sources
+    sources
         .iter()
         .map(|(module, code)| {
-            let mut deps = imports(code, &known);
-            deps.remove(module);
+            let deps = imports(module, code, &known)
+                .into_iter()
+                .filter(|dep| dep != module && !nested(module, dep))
+                .collect();
             (module.clone(), deps)
         })
-        .collect();
+        .collect()
+}
+
+fn assert_no_circle(graph: &BTreeMap<String, BTreeSet<String>>, what: &str) {
     let mut clear = BTreeSet::new();
     for module in graph.keys() {
         let mut path = vec![module.clone()];
-        if let Some(found) = circle(&graph, module, &mut path, &mut clear) {
-            panic!("import circle: {}", found.join(" → "));
+        if let Some(found) = circle(graph, module, &mut path, &mut clear) {
+            panic!("{what} import circle: {}", found.join(" → "));
         }
     }
+}
+
+#[test]
+fn no_module_imports_itself_around_a_circle() {
+    assert_no_circle(&graph(), "module");
+}
+
+/// The same one level up: the folders (and the files at the root) as units.
+#[test]
+fn no_folder_imports_itself_around_a_circle() {
+    let mut folders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let top = |module: &str| module.split("::").next().unwrap_or("").to_owned();
+    for (module, deps) in graph() {
+        let from = top(&module);
+        let entry = folders.entry(from.clone()).or_default();
+        entry.extend(deps.iter().map(|d| top(d)).filter(|d| *d != from));
+    }
+    folders.remove("");
+    for deps in folders.values_mut() {
+        deps.remove("");
+    }
+    assert_no_circle(&folders, "folder");
+}
+
+#[test]
+fn use_trees_and_super_paths_are_read() {
+    let known: BTreeSet<String> = ["a", "a::b", "c", "c::d", "c::x", "c::x::y"]
+        .map(String::from)
+        .into();
+    // In `c::x::y`, `super::super` is `c`.
+    let code = "use crate::{a::b::X, c::{Y, Z}};\nuse super::super::d::W;";
+    assert_eq!(
+        imports("c::x::y", code, &known),
+        ["a::b", "c", "c::d"].map(String::from).into()
+    );
 }

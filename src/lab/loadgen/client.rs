@@ -11,7 +11,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
 use super::Target;
-use crate::http::error::ErrorBody;
+use crate::domain::ErrorBody;
+use crate::orders::snowflake::OrderId;
 use crate::sale::purchase::Purchased;
 use crate::strategy::StrategyKind;
 
@@ -56,8 +57,8 @@ pub async fn create_item(
 
 /// What a purchase answered.
 pub(super) enum PurchaseReply {
-    /// 201, with the server's receipt.
-    Created(Purchased),
+    /// 201, with the order id of the server's receipt.
+    Created(OrderId),
     /// Any other answer, with its error code (empty if the body is not the
     /// server's error shape).
     Refused { status: StatusCode, code: String },
@@ -83,9 +84,11 @@ impl Conn {
         serde_json::from_slice(&body).with_context(|| format!("GET {path}: not the expected JSON"))
     }
 
-    /// One purchase by `user` of `item` under `strategy`. A 201 whose body
-    /// is not a receipt breaks the server's contract: it reads as a refusal
-    /// with no code, counted under `other`, never as a sale.
+    /// One purchase by `user` of `item` under `strategy`. A 201 is read as
+    /// the server's receipt; failing that (a server of another version), as
+    /// any body with an `order_id`, so the sale is still counted and its id
+    /// still checked in the order log and SQL. A 201 with no order id breaks
+    /// the server's contract: it counts under `other`.
     pub async fn purchase(
         &mut self,
         target: &Target,
@@ -95,10 +98,17 @@ impl Conn {
     ) -> anyhow::Result<PurchaseReply> {
         let path = format!("/api/items/{item}/purchase?user_id={user}&strategy={strategy}");
         let (status, body) = self.send(target, Method::POST, &path, Bytes::new()).await?;
-        if status == StatusCode::CREATED
-            && let Ok(receipt) = serde_json::from_slice(&body)
-        {
-            return Ok(PurchaseReply::Created(receipt));
+        if status == StatusCode::CREATED {
+            #[derive(serde::Deserialize)]
+            struct AnyReceipt {
+                order_id: OrderId,
+            }
+            let order_id = serde_json::from_slice::<Purchased>(&body)
+                .map(|receipt| receipt.order_id)
+                .or_else(|_| serde_json::from_slice::<AnyReceipt>(&body).map(|r| r.order_id));
+            if let Ok(order_id) = order_id {
+                return Ok(PurchaseReply::Created(order_id));
+            }
         }
         let code = serde_json::from_slice::<ErrorBody>(&body)
             .map(|body| body.error.code)

@@ -283,10 +283,10 @@ async fn buy_loop(shared: Arc<RunShared>) -> WorkerOutcome {
         };
         record(&mut outcome.histogram, sent);
         let (status, code) = match reply {
-            PurchaseReply::Created(receipt) => {
+            PurchaseReply::Created(order_id) => {
                 outcome.statuses.created_201 += 1;
                 shared.purchased.fetch_add(1, Ordering::Relaxed);
-                outcome.order_ids.push(receipt.order_id);
+                outcome.order_ids.push(order_id);
                 if shared.plan.per_user_limit > 1 {
                     shared
                         .retry
