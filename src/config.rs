@@ -96,6 +96,10 @@ pub struct Config {
     #[arg(long, env = "OPTIMISTIC_MAX_RETRIES", default_value_t = 100)]
     pub optimistic_max_retries: u32,
 
+    /// `lua-batch`: the most purchases of one item sent in one script call.
+    #[arg(long, env = "LUA_BATCH_MAX", default_value_t = 64)]
+    pub lua_batch_max: usize,
+
     /// Dedicated Redis connections in the pool (used by `optimistic`, whose WATCH
     /// needs a connection of its own).
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 64)]

@@ -1,8 +1,8 @@
 //! The order-log entry: the one wire shape between the strategies, which
 //! append it to the item's order log (`XADD`), and its readers, the
-//! persister and the bench. Its field names live here; `purchase.lua`, which
-//! cannot import them, writes the same names in the same order, and a test
-//! below holds the two together.
+//! persister and the bench. Its field names live here; `purchase.lua` and
+//! `purchase_batch.lua`, which cannot import them, write the same names in
+//! the same order, and a test below holds them together.
 
 use redis::streams::StreamId;
 
@@ -72,17 +72,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn purchase_lua_writes_the_same_fields_in_the_same_order() {
-        let script = include_str!("../strategy/purchase.lua");
-        let xadd = &script[script
-            .find("'XADD'")
-            .expect("purchase.lua appends an entry")..];
-        let mut from = 0;
-        for name in [ORDER_ID, USER_ID, STRATEGY, CREATED_MS, GENERATION] {
-            let at = xadd[from..]
-                .find(&format!("'{name}'"))
-                .unwrap_or_else(|| panic!("purchase.lua lacks `{name}` after position {from}"));
-            from += at + name.len();
+    fn the_purchase_scripts_write_the_same_fields_in_the_same_order() {
+        for (file, script) in [
+            ("purchase.lua", include_str!("../strategy/purchase.lua")),
+            (
+                "purchase_batch.lua",
+                include_str!("../strategy/purchase_batch.lua"),
+            ),
+        ] {
+            let xadd = &script[script
+                .find("'XADD'")
+                .unwrap_or_else(|| panic!("{file} appends no entry"))..];
+            let mut from = 0;
+            for name in [ORDER_ID, USER_ID, STRATEGY, CREATED_MS, GENERATION] {
+                let at = xadd[from..]
+                    .find(&format!("'{name}'"))
+                    .unwrap_or_else(|| panic!("{file} lacks `{name}` after position {from}"));
+                from += at + name.len();
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::{Strategy, gate, lock, lua, naive, optimistic, redlock, sql};
+use super::{Strategy, gate, lock, lua, lua_batch, naive, optimistic, redlock, sql};
 use crate::config::Config;
 use crate::orders::db::Db;
 
@@ -160,6 +160,8 @@ catalogue! {
         true, BetweenReadAndWrite, |w| Ok(w.gated(StrategyKind::LockGated, w.lock()));
     Lua = "lua", "one atomic Lua script",
         true, InOneScript, |w| Ok(Arc::new(lua::Lua::new(w.redis.clone())));
+    LuaBatch = "lua-batch", "one atomic Lua script per batch of an item's queued purchases",
+        true, InOneScript, |w| Ok(Arc::new(lua_batch::LuaBatch::new(w.redis.clone(), w.config.lua_batch_max)));
     Redlock = "redlock", "a quorum lock over several Redis nodes around read-check-write",
         true, BetweenReadAndWrite, |w| w.redlock();
     Sql = "sql", "a database transaction with a conditional UPDATE",

@@ -45,30 +45,37 @@ impl Strategy for Lua {
             .arg(purchase.order_id.parts().unix_ms)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        let parse_error = |err: redis::ParsingError| {
-            StrategyError::Protocol(format!("purchase.lua returned an unreadable value: {err}"))
-        };
-        let number = || -> Result<i64, StrategyError> {
-            redis::from_redis_value_ref(&value).map_err(parse_error)
-        };
-        let outcome = match code {
-            0 => Outcome::Purchased {
-                remaining: number()?,
-            },
-            1 => Outcome::SoldOut,
-            2 => Outcome::LimitReached {
-                limit: number()?.max(0) as u64,
-            },
-            3 => Outcome::ItemNotFound,
-            4 => Outcome::StrategyMismatch {
-                bound: redis::from_redis_value_ref(&value).map_err(parse_error)?,
-            },
-            other => {
-                return Err(StrategyError::Protocol(format!(
-                    "purchase.lua returned code {other}"
-                )));
-            }
-        };
-        Ok(Attempt::new(outcome))
+        Ok(Attempt::new(outcome(code, &value)?))
     }
+}
+
+/// One `{code, value}` reply of `purchase.lua` (or of one purchase in
+/// `purchase_batch.lua`, which shares its codes).
+pub(super) fn outcome(code: i64, value: &redis::Value) -> Result<Outcome, StrategyError> {
+    let parse_error = |err: redis::ParsingError| {
+        StrategyError::Protocol(format!(
+            "purchase script returned an unreadable value: {err}"
+        ))
+    };
+    let number = || -> Result<i64, StrategyError> {
+        redis::from_redis_value_ref(value).map_err(parse_error)
+    };
+    Ok(match code {
+        0 => Outcome::Purchased {
+            remaining: number()?,
+        },
+        1 => Outcome::SoldOut,
+        2 => Outcome::LimitReached {
+            limit: number()?.max(0) as u64,
+        },
+        3 => Outcome::ItemNotFound,
+        4 => Outcome::StrategyMismatch {
+            bound: redis::from_redis_value_ref(value).map_err(parse_error)?,
+        },
+        other => {
+            return Err(StrategyError::Protocol(format!(
+                "purchase script returned code {other}"
+            )));
+        }
+    })
 }

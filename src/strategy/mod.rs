@@ -10,8 +10,8 @@
 //!
 //! The catalogue names each with its guard; the files:
 //! [`naive`] (the control group: it oversells), [`optimistic`], [`lock`],
-//! [`lua`], [`redlock`], [`sql`], and the in-process [`gate`] in front of
-//! `lock` and `optimistic`.
+//! [`lua`], [`lua_batch`] (`lua` coalesced per item), [`redlock`], [`sql`],
+//! and the in-process [`gate`] in front of `lock` and `optimistic`.
 //!
 //! Check order is the same everywhere: item exists, then the sale's strategy
 //! binding, then the user's limit, then the stock; so the same request gets the
@@ -37,6 +37,7 @@ mod catalogue;
 pub mod gate;
 pub mod lock;
 pub mod lua;
+pub mod lua_batch;
 pub mod naive;
 pub mod optimistic;
 pub mod redlock;
@@ -478,7 +479,7 @@ mod tests {
         let err = "fast".parse::<StrategyKind>().unwrap_err();
         assert!(
             err.contains(
-                "naive, optimistic, optimistic-gated, lock, lock-gated, lua, redlock, sql"
+                "naive, optimistic, optimistic-gated, lock, lock-gated, lua, lua-batch, redlock, sql"
             ),
             "{err}"
         );

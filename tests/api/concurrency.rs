@@ -174,30 +174,13 @@ async fn two_hundred_buyers_for_fifty_units_sell_exactly_fifty(strategy: &str) {
     );
 }
 
+/// Every strategy that guards, each on its own item: a new strategy in the
+/// catalogue is raced here without a line of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn optimistic_sells_exactly_the_stock_to_concurrent_buyers() {
-    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("optimistic").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_sells_exactly_the_stock_to_concurrent_buyers() {
-    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("lock").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lua_sells_exactly_the_stock_to_concurrent_buyers() {
-    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("lua").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gated_strategies_sell_exactly_the_stock_to_concurrent_buyers() {
-    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("lock-gated").await;
-    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("optimistic-gated").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_sells_exactly_the_stock_to_concurrent_buyers() {
-    two_hundred_buyers_for_fifty_units_sell_exactly_fifty("sql").await;
+async fn every_guarded_strategy_sells_exactly_the_stock_to_concurrent_buyers() {
+    for strategy in crate::helpers::strategies_where(|k| k.guarded()) {
+        two_hundred_buyers_for_fifty_units_sell_exactly_fifty(strategy).await;
+    }
 }
 
 /// The control group. The race window (a sleep between naive's read and write)

@@ -2,6 +2,7 @@
 //! Each test spawns its own app on port 0 and uses its own item names.
 
 mod bad_input;
+mod batch;
 mod browser;
 mod concurrency;
 mod durability;

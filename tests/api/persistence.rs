@@ -14,8 +14,6 @@ use tokio::task::JoinSet;
 use crate::helpers::{TestApp, database_urls, spawn_persisting_app, status_and_json, unique};
 use crate::process::{Server, buy_until_killed};
 
-const PERSISTED: [&str; 4] = ["lua", "optimistic", "lock", "sql"];
-
 /// Fires `buyers` purchases at once; returns the order ids of the 201s.
 async fn buy_concurrently(
     app: &Arc<TestApp>,
@@ -105,7 +103,7 @@ async fn the_orders_in_sql_are_exactly_the_201s_for_every_strategy() {
     for database_url in database_urls() {
         let (app, _redis) = spawn_persisting_app(&database_url, |_| {}).await;
         let app = Arc::new(app);
-        for strategy in PERSISTED {
+        for strategy in crate::helpers::strategies_where(|k| k.guarded()) {
             let item = unique(strategy);
             app.create_item(&item, 30, 1).await;
             let answered = buy_concurrently(&app, &item, strategy, 80).await;
@@ -257,7 +255,7 @@ async fn every_201_reaches_sql_across_a_kill_9() {
         let (client, base) = (reqwest::Client::new(), server.base.clone());
         // One item per strategy: a sale is bound to one.
         let prefix = unique("kill9");
-        for strategy in PERSISTED {
+        for strategy in crate::helpers::strategies_where(|k| k.guarded()) {
             let created = client
                 .put(format!("{base}/api/items/{prefix}-{strategy}"))
                 .json(&serde_json::json!({"stock": 1_000_000, "strategy": strategy}))
@@ -267,9 +265,9 @@ async fn every_201_reaches_sql_across_a_kill_9() {
             assert_eq!(created.status(), 201);
         }
 
-        let sales: Vec<(String, &str)> = PERSISTED
-            .iter()
-            .map(|strategy| (format!("{prefix}-{strategy}"), *strategy))
+        let sales: Vec<(String, &str)> = crate::helpers::strategies_where(|k| k.guarded())
+            .into_iter()
+            .map(|strategy| (format!("{prefix}-{strategy}"), strategy))
             .collect();
         // SIGKILL: no drain, no lease release.
         let answered = buy_until_killed(&mut server, &sales, Duration::from_millis(800)).await;

@@ -24,7 +24,7 @@ async fn purchases_fail_with_503_while_redis_is_down_and_recover_after() {
     })
     .await;
     // One item per strategy: a sale is bound to one.
-    let strategies = ["naive", "optimistic", "lock", "lua"];
+    let strategies = crate::helpers::all_strategies();
     let prefix = unique("outage");
     let item = |strategy: &str| format!("{prefix}-{strategy}");
     for strategy in strategies {

@@ -1,0 +1,109 @@
+//! `lua-batch` beyond what every strategy is tested for (exact stock, the
+//! per-user limit, every 201 in the log and in SQL): that it does coalesce,
+//! and that a failed batch fails whole, writing nothing.
+
+use std::sync::Arc;
+
+use seckill::infra::redis_server::RedisServer;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::helpers::{TestApp, assert_error, keys, spawn_app, spawn_app_on, unique};
+
+/// `n` buyers of `item` at once; their statuses.
+async fn buy_at_once(app: &Arc<TestApp>, item: &str, n: usize) -> Vec<reqwest::Response> {
+    let mut tasks = JoinSet::new();
+    for i in 0..n {
+        let (app, item) = (Arc::clone(app), item.to_owned());
+        tasks.spawn(async move { app.purchase(&item, &format!("b{i}"), "lua-batch").await });
+    }
+    let mut responses = Vec::new();
+    while let Some(response) = tasks.join_next().await {
+        responses.push(response.unwrap());
+    }
+    responses
+}
+
+/// Script calls Redis ran, from its own `INFO commandstats`.
+async fn script_calls(app: &TestApp) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut app.redis().await)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// 120 buyers at once, on a Redis of its own (no other test's scripts
+/// counted): fewer script calls than purchases, and every purchase counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_buyers_share_script_calls() {
+    let redis = RedisServer::start(Default::default()).unwrap();
+    let app = Arc::new(spawn_app_on(&redis.url(), |_| {}).await);
+    let item = unique("coalesce");
+    let created = app
+        .put_item(&item, json!({"stock": 1000, "strategy": "lua-batch"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    let before = script_calls(&app).await;
+    let responses = buy_at_once(&app, &item, 120).await;
+    let calls = script_calls(&app).await - before;
+    assert!(responses.iter().all(|r| r.status() == 201));
+    assert!(
+        calls < 120,
+        "{calls} script calls for 120 purchases: nothing coalesced"
+    );
+    let view = app.item(&item).await;
+    assert_eq!(
+        (view["sold"].as_u64(), view["stock"].as_i64()),
+        (Some(120), Some(880))
+    );
+}
+
+/// A batch whose script fails (the order log's key holds a string, so the
+/// append would fail): every buyer in it gets a 503, and the stock and the
+/// buyers are as they were, not decremented by the purchases before the
+/// failing append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_fails_every_buyer_and_writes_nothing() {
+    let app = Arc::new(spawn_app().await);
+    let item = unique("badlog");
+    let created = app
+        .put_item(&item, json!({"stock": 50, "strategy": "lua-batch"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    let keys = keys(&item);
+    let mut redis = app.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(&keys.orders)
+        .arg("not a stream")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    for response in buy_at_once(&app, &item, 40).await {
+        assert_error(response, 503, "unavailable").await;
+    }
+    let stock: i64 = redis::cmd("GET")
+        .arg(&keys.stock)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(stock, 50, "a failed batch wrote into the stock");
+    let buyers: u64 = redis::cmd("HLEN")
+        .arg(&keys.buyers)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(buyers, 0, "a failed batch counted buyers");
+}
