@@ -149,11 +149,15 @@ pub fn markdown(
     );
     let _ = writeln!(
         md,
-        "Plan: concurrency {}, stock {} per strategy, per-user limit {}, {} distinct buyers, {}, at most {:.0} s per strategy.\n",
+        "Plan: concurrency {}, stock {} per strategy, per-user limit {}, {}, {}, at most {:.0} s per strategy.\n",
         plan.concurrency,
         plan.stock,
         plan.per_user_limit,
-        plan.users,
+        if plan.users == u64::MAX {
+            "a new buyer per request".to_owned()
+        } else {
+            format!("{} distinct buyers", plan.users)
+        },
         if plan.until_sold_out {
             "until sold out"
         } else {
