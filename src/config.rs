@@ -96,7 +96,8 @@ pub struct Config {
     #[arg(long, env = "OPTIMISTIC_MAX_RETRIES", default_value_t = 100)]
     pub optimistic_max_retries: u32,
 
-    /// `lua-batch`: the most purchases of one item sent in one script call.
+    /// `lua-batch`: the most purchases of one item sent in one script call
+    /// (1 to 1000). A purchase waits in the queue at most `LOCK_WAIT_MS`.
     #[arg(long, env = "LUA_BATCH_MAX", default_value_t = 64)]
     pub lua_batch_max: usize,
 

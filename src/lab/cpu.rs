@@ -56,19 +56,29 @@ pub async fn redis_pid(url: &str) -> Option<u32> {
         .query_async(&mut redis)
         .await
         .ok()?;
-    info.lines()
+    let pid: u32 = info
+        .lines()
         .find_map(|line| line.strip_prefix("process_id:"))
-        .and_then(|pid| pid.trim().parse().ok())
+        .and_then(|pid| pid.trim().parse().ok())?;
+    // A Redis in a container or behind a tunnel reports a pid of another
+    // namespace or machine: only a local redis-server process is read.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    comm.starts_with("redis-server").then_some(pid)
 }
 
 /// Whether a `redis://[user:pass@]host[:port][/db]` URL names this machine.
 fn names_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split('/').next().unwrap_or(rest);
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let host = host.trim_start_matches('[');
-    ["127.", "localhost", "::1"]
-        .iter()
-        .any(|loopback| host.starts_with(loopback))
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// User plus system time of `pid`, all its threads.

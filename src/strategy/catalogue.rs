@@ -161,7 +161,7 @@ catalogue! {
     Lua = "lua", "one atomic Lua script",
         true, InOneScript, |w| Ok(Arc::new(lua::Lua::new(w.redis.clone())));
     LuaBatch = "lua-batch", "one atomic Lua script per batch of an item's queued purchases",
-        true, InOneScript, |w| Ok(Arc::new(lua_batch::LuaBatch::new(w.redis.clone(), w.config.lua_batch_max)));
+        true, InOneScript, |w| Ok(Arc::new(lua_batch::LuaBatch::new(w.redis.clone(), w.config.lua_batch_max, w.config.lock_wait())));
     Redlock = "redlock", "a quorum lock over several Redis nodes around read-check-write",
         true, BetweenReadAndWrite, |w| w.redlock();
     Sql = "sql", "a database transaction with a conditional UPDATE",

@@ -11,11 +11,19 @@
 //!
 //! The batch runs in a task of its own: a buyer who leaves does not cut it
 //! short for the others. A Redis error fails the whole batch, a 503 for each
-//! buyer in it; the script checks its keys' types before its first write, so
-//! an error never leaves a batch half-written.
+//! buyer in it; the script checks its keys' types and values before its
+//! first write, so an error never leaves a batch half-written.
+//!
+//! Queueing is bounded in time (`LOCK_WAIT_MS`, as the gates' queues are): a
+//! buyer still queued when it runs out leaves with 503 `contention`, and the
+//! flusher skips it, so it bought nothing; one already taken into a batch
+//! waits for that batch's answer (bounded by the Redis timeout), so a buyer
+//! is never told "nothing bought" about a purchase that happened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
@@ -26,9 +34,17 @@ use super::{Attempt, Outcome, Purchase, Strategy, StrategyError, StrategyKind};
 use crate::domain::ItemId;
 use crate::keys::ItemKeys;
 
+/// Where a queued purchase stands; the flusher and the buyer race for it.
+const QUEUED: u8 = 0;
+/// Taken into a batch: its outcome comes from that batch.
+const TAKEN: u8 = 1;
+/// Its buyer stopped waiting before any batch took it: it is never sent.
+const ABANDONED: u8 = 2;
+
 /// One queued purchase and where its outcome goes.
 struct Waiter {
     purchase: Purchase,
+    state: Arc<AtomicU8>,
     reply: oneshot::Sender<Result<Outcome, BatchError>>,
 }
 
@@ -51,22 +67,29 @@ impl From<BatchError> for StrategyError {
 /// Items with a batch running, and the purchases queued behind it. An item
 /// is here only while its flusher runs, so the map holds the items being
 /// bought right now.
-type Queues = Arc<Mutex<HashMap<ItemId, Vec<Waiter>>>>;
+type Queues = Arc<Mutex<HashMap<ItemId, VecDeque<Waiter>>>>;
+
+/// Most purchases per script call: each is three arguments, and the script
+/// unpacks the users into one `HMGET`, within Lua's stack limit.
+pub const MAX_BATCH: usize = 1000;
 
 pub struct LuaBatch {
     redis: ConnectionManager,
     script: Arc<Script>,
     max: usize,
+    /// How long a purchase may stay queued before it gives up.
+    wait: Duration,
     queues: Queues,
 }
 
 impl LuaBatch {
-    /// `max`: purchases per script call, at least 1.
-    pub fn new(redis: ConnectionManager, max: usize) -> Self {
+    /// `max`: purchases per script call, 1 to [`MAX_BATCH`].
+    pub fn new(redis: ConnectionManager, max: usize, wait: Duration) -> Self {
         Self {
             redis,
             script: Arc::new(Script::new(include_str!("purchase_batch.lua"))),
-            max: max.max(1),
+            max: max.clamp(1, MAX_BATCH),
+            wait,
             queues: Arc::default(),
         }
     }
@@ -79,20 +102,22 @@ impl Strategy for LuaBatch {
     }
 
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
-        let (reply, outcome) = oneshot::channel();
+        let (reply, mut outcome) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         let waiter = Waiter {
             purchase: purchase.clone(),
+            state: Arc::clone(&state),
             reply,
         };
         let first = {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
             match queues.get_mut(&purchase.item) {
                 Some(queued) => {
-                    queued.push(waiter);
+                    queued.push_back(waiter);
                     false
                 }
                 None => {
-                    queues.insert(purchase.item.clone(), vec![waiter]);
+                    queues.insert(purchase.item.clone(), VecDeque::from([waiter]));
                     true
                 }
             }
@@ -107,7 +132,22 @@ impl Strategy for LuaBatch {
                 self.max,
             ));
         }
-        match outcome.await {
+        let answer = match tokio::time::timeout(self.wait, &mut outcome).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let abandoned = state
+                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if abandoned {
+                    return Ok(Attempt::new(Outcome::Contended {
+                        detail: format!("queued for a batch longer than {:?}", self.wait),
+                    }));
+                }
+                // A batch has it: its answer decides.
+                outcome.await
+            }
+        };
+        match answer {
             Ok(Ok(outcome)) => Ok(Attempt::new(outcome)),
             Ok(Err(err)) => Err(err.into()),
             Err(_) => Err(StrategyError::Protocol(
@@ -127,18 +167,41 @@ async fn flush(
     keys: ItemKeys,
     max: usize,
 ) {
+    // However this task ends (a panic included), the item leaves the map:
+    // its queued buyers get an error instead of waiting on a task that is
+    // gone, and the next buyer starts a new flusher.
+    let mut leave = Leave {
+        queues: Arc::clone(&queues),
+        item: item.clone(),
+        armed: true,
+    };
     loop {
         let batch: Vec<Waiter> = {
             let mut queues = queues.lock().unwrap_or_else(|e| e.into_inner());
             let Some(queued) = queues.get_mut(&item) else {
+                leave.armed = false;
                 return;
             };
-            if queued.is_empty() {
+            let mut batch = Vec::new();
+            while batch.len() < max
+                && let Some(waiter) = queued.pop_front()
+            {
+                let taken = waiter
+                    .state
+                    .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if taken {
+                    batch.push(waiter);
+                }
+            }
+            if batch.is_empty() {
+                // Under the lock: a buyer arriving after this starts a new
+                // flusher, whose entry `leave` must not remove.
                 queues.remove(&item);
+                leave.armed = false;
                 return;
             }
-            let take = queued.len().min(max);
-            queued.drain(..take).collect()
+            batch
         };
         match run(&mut redis, &script, &keys, &batch).await {
             Ok(outcomes) => {
@@ -153,6 +216,26 @@ async fn flush(
                     let _ = waiter.reply.send(Err(err.clone()));
                 }
             }
+        }
+    }
+}
+
+/// Removes an item's queue when its flusher ends abnormally (a panic, or
+/// the runtime dropping the task); a normal end removes it under the lock
+/// itself and disarms this.
+struct Leave {
+    queues: Queues,
+    item: ItemId,
+    armed: bool,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.item);
         }
     }
 }

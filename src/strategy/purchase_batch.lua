@@ -11,10 +11,10 @@
 --   {0, remaining} purchased, {1, 0} sold out, {2, limit} limit reached,
 --   {3, 0} item not found, {4, strategy} bound to another strategy.
 --
--- Nothing is written unless every write can succeed: the keys' types are
--- checked first, so a wrong-typed key fails the whole batch with an error
--- before the first write, instead of half-way through it (Redis does not
--- roll a script back).
+-- Nothing is written unless every write can succeed: the keys' types, the
+-- stock and every buyer's count are checked first, so a bad key or value
+-- fails the whole batch with an error before the first write, instead of
+-- half-way through it (Redis does not roll a script back).
 
 local function must_be(key, wanted)
   local kind = redis.call('TYPE', key)['ok']
@@ -42,22 +42,50 @@ local limit = tonumber(meta[1])
 if not limit then
   return all({3, 0})
 end
-if not meta[3] then
-  redis.call('HSET', KEYS[2], 'strategy', ARGV[1])
-elseif meta[3] ~= ARGV[1] then
+if meta[3] and meta[3] ~= ARGV[1] then
   return all({4, meta[3]})
 end
-local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
+-- Every value the loop relies on, read and checked before the first write:
+-- a stock or a buyer count that is not an integer fails the batch here.
+local function integer(value, what)
+  local number = tonumber(value or '0')
+  if not number or number ~= math.floor(number) then
+    return nil, redis.error_reply('ERR ' .. what .. ' is not an integer: ' .. tostring(value))
+  end
+  return number
+end
+local stock, bad = integer(redis.call('GET', KEYS[1]), 'the stock')
+if bad then
+  return bad
+end
+local users = {}
 for i = 1, n do
-  local user = ARGV[3 * i - 1]
-  local held = tonumber(redis.call('HGET', KEYS[3], user) or '0')
-  if held >= limit then
+  users[i] = ARGV[3 * i - 1]
+end
+local counts = redis.call('HMGET', KEYS[3], unpack(users))
+local held = {}
+for i = 1, n do
+  local count, wrong_count = integer(counts[i], 'the units held by ' .. users[i])
+  if wrong_count then
+    return wrong_count
+  end
+  held[users[i]] = count
+end
+-- The first purchase binds an unbound sale (as purchase.lua does), once
+-- nothing can fail any more.
+if not meta[3] then
+  redis.call('HSET', KEYS[2], 'strategy', ARGV[1])
+end
+
+for i = 1, n do
+  local user = users[i]
+  if held[user] >= limit then
     out[i] = {2, limit}
   elseif stock <= 0 then
     out[i] = {1, 0}
   else
     stock = redis.call('DECR', KEYS[1])
-    redis.call('HINCRBY', KEYS[3], user, 1)
+    held[user] = redis.call('HINCRBY', KEYS[3], user, 1)
     redis.call('XADD', KEYS[4], '*',
       'order_id', ARGV[3 * i], 'user_id', user, 'strategy', ARGV[1],
       'created_ms', ARGV[3 * i + 1], 'generation', meta[2])

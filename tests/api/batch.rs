@@ -45,7 +45,8 @@ async fn script_calls(app: &TestApp) -> u64 {
 }
 
 /// 120 buyers at once, on a Redis of its own (no other test's scripts
-/// counted): fewer script calls than purchases, and every purchase counted.
+/// counted): at most half as many script calls as purchases, and every
+/// purchase counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_buyers_share_script_calls() {
     let redis = RedisServer::start(Default::default()).unwrap();
@@ -76,7 +77,10 @@ async fn concurrent_buyers_share_script_calls() {
 /// failing append.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_fails_every_buyer_and_writes_nothing() {
-    let app = Arc::new(spawn_app().await);
+    // A Redis of its own: the poisoned order log would break every other
+    // test's item list on the shared one.
+    let redis_server = RedisServer::start(Default::default()).unwrap();
+    let app = Arc::new(spawn_app_on(&redis_server.url(), |_| {}).await);
     let item = unique("badlog");
     let created = app
         .put_item(&item, json!({"stock": 50, "strategy": "lua-batch"}))
@@ -106,4 +110,74 @@ async fn a_failed_batch_fails_every_buyer_and_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(buyers, 0, "a failed batch counted buyers");
+}
+
+/// A buyer's count that is not an integer, seen by the script before its
+/// first write: the whole batch fails, and nothing of it is written, not
+/// even the purchases queued ahead of the bad one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_value_fails_the_batch_before_any_write() {
+    let app = Arc::new(spawn_app().await);
+    let item = unique("badcount");
+    let created = app
+        .put_item(
+            &item,
+            json!({"stock": 50, "per_user_limit": 5, "strategy": "lua-batch"}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let keys = keys(&item);
+    let mut redis = app.redis().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.buyers)
+        .arg("b39")
+        .arg("1.5")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let responses = buy_at_once(&app, &item, 40).await;
+    let refused = responses.iter().filter(|r| r.status() == 503).count();
+    assert!(refused >= 1, "the bad count's batch failed");
+    let view = app.item(&item).await;
+    let sold = view["sold"].as_u64().unwrap();
+    assert_eq!(sold as usize, 40 - refused, "{view}: a failed batch wrote");
+    assert_eq!(view["stock"].as_i64(), Some(50 - sold as i64), "{view}");
+}
+
+/// Redis stalls (writes paused) with a batch in flight: the buyers queued
+/// behind it give up after `LOCK_WAIT_MS` with 503 `contention` and are never
+/// sent, and the batch in flight answers once Redis resumes. Every unit sold
+/// is a 201: no buyer was told "nothing bought" about a purchase that happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_who_give_up_in_the_queue_buy_nothing() {
+    let redis_server = RedisServer::start(Default::default()).unwrap();
+    let app = Arc::new(
+        spawn_app_on(&redis_server.url(), |c| {
+            c.lock_wait_ms = 200;
+            c.redis_timeout_ms = 5_000;
+        })
+        .await,
+    );
+    let item = unique("stall");
+    let created = app
+        .put_item(&item, json!({"stock": 1000, "strategy": "lua-batch"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_000)
+        .arg("WRITE")
+        .query_async(&mut app.redis().await)
+        .await
+        .unwrap();
+    let responses = buy_at_once(&app, &item, 60).await;
+    let created = responses.iter().filter(|r| r.status() == 201).count();
+    let mut gave_up = 0;
+    for response in responses.into_iter().filter(|r| r.status() != 201) {
+        assert_error(response, 503, "contention").await;
+        gave_up += 1;
+    }
+    assert!(gave_up >= 1, "nobody waited past LOCK_WAIT_MS: no stall");
+    let view = app.item(&item).await;
+    assert_eq!(view["sold"].as_u64(), Some(created as u64), "{view}");
 }

@@ -25,8 +25,9 @@ pub(super) struct Truths {
     pub lost_in_log: Option<u64>,
     pub lost_in_sql: Option<u64>,
     /// CPU used by the server and Redis once SQL had caught up (at once
-    /// without a persister), before this check's own reads; `None` when SQL
-    /// did not catch up in time.
+    /// without a persister), before the order listing and the order-log
+    /// check; it includes the polls that waited for SQL (one item view per
+    /// 20 ms while it caught up). `None` when SQL did not catch up in time.
     pub cpu_when_settled: Option<CpuSample>,
     /// How long SQL took to catch up after the load; `None`: it did not.
     pub settle_s: Option<f64>,
