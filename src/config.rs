@@ -82,7 +82,8 @@ pub struct Config {
     #[arg(long, env = "LOCK_WATCHDOG", default_value_t = false, action = clap::ArgAction::Set)]
     pub lock_watchdog: bool,
 
-    /// `lock`: how long a buyer may wait for the lock before a 503 `contention` (ms).
+    /// How long a buyer may wait before a 503 `contention` (ms): for the `lock`
+    /// and `redlock` locks, the gates' queues and the `lua-batch` queue.
     #[arg(long, env = "LOCK_WAIT_MS", default_value_t = 2000)]
     pub lock_wait_ms: u64,
 
