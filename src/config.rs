@@ -166,6 +166,12 @@ pub struct Config {
     #[arg(long, env = "PERSISTER_BATCH", default_value_t = 500)]
     pub persister_batch: usize,
 
+    /// Persister: after a read that found less than a batch, wait this long
+    /// (ms) before the next, so more orders share a read, a transaction and
+    /// an acknowledgement. 0: read again at once.
+    #[arg(long, env = "PERSISTER_GATHER_MS", default_value_t = 20)]
+    pub persister_gather_ms: u64,
+
     /// Persister: entries left pending this long by a consumer are taken over
     /// (ms); the consumer is presumed dead.
     #[arg(long, env = "PERSISTER_CLAIM_IDLE_MS", default_value_t = 30_000)]

@@ -139,6 +139,7 @@ impl App {
                     block: Duration::from_millis(500),
                     claim_idle: Duration::from_millis(config.persister_claim_idle_ms),
                     drain_timeout: Duration::from_millis(config.persister_drain_ms),
+                    gather: Duration::from_millis(config.persister_gather_ms),
                     consumer: format!(
                         "w{worker}-{}",
                         &uuid::Uuid::new_v4().simple().to_string()[..8]

@@ -58,6 +58,11 @@ pub struct PersisterConfig {
     pub claim_idle: Duration,
     /// Unique per process: the consumer name in the group.
     pub consumer: String,
+    /// After a step that found some entries but less than a batch, wait
+    /// this long before the next read, so more orders share one read, one
+    /// SQL transaction and one acknowledgement (`PERSISTER_GATHER_MS`).
+    /// Zero: read again at once.
+    pub gather: Duration,
     /// How long the drain at shutdown may take (`PERSISTER_DRAIN_MS`). What
     /// it cannot move in time stays in Redis, pending, and reaches SQL after
     /// the next start.
@@ -243,6 +248,13 @@ async fn run(
             Ok(handled) => {
                 if draining && handled == 0 {
                     break;
+                }
+                let partial = handled > 0 && handled < worker.config.batch;
+                if !draining && partial && !worker.config.gather.is_zero() {
+                    tokio::select! {
+                        _ = stopped.changed() => {}
+                        () = tokio::time::sleep(worker.config.gather) => {}
+                    }
                 }
             }
             Err(err) => {
