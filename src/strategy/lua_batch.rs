@@ -31,8 +31,9 @@ use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
 
 use super::{Attempt, Outcome, Purchase, Strategy, StrategyError, StrategyKind};
-use crate::domain::ItemId;
+use crate::domain::{ItemId, UserId};
 use crate::keys::ItemKeys;
+use crate::orders::snowflake::OrderId;
 
 /// Where a queued purchase stands; the flusher and the buyer race for it.
 const QUEUED: u8 = 0;
@@ -41,9 +42,11 @@ const TAKEN: u8 = 1;
 /// Its buyer stopped waiting before any batch took it: it is never sent.
 const ABANDONED: u8 = 2;
 
-/// One queued purchase and where its outcome goes.
+/// One queued purchase (what the script needs of it) and where its outcome
+/// goes.
 struct Waiter {
-    purchase: Purchase,
+    user: UserId,
+    order_id: OrderId,
     state: Arc<AtomicU8>,
     reply: oneshot::Sender<Result<Outcome, BatchError>>,
 }
@@ -105,7 +108,8 @@ impl Strategy for LuaBatch {
         let (reply, mut outcome) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let waiter = Waiter {
-            purchase: purchase.clone(),
+            user: purchase.user.clone(),
+            order_id: purchase.order_id,
             state: Arc::clone(&state),
             reply,
         };
@@ -254,10 +258,9 @@ async fn run(
         .key(&keys.orders)
         .arg(StrategyKind::LuaBatch.as_str());
     for waiter in batch {
-        let purchase = &waiter.purchase;
-        call.arg(purchase.user.as_str())
-            .arg(purchase.order_id.0)
-            .arg(purchase.order_id.parts().unix_ms);
+        call.arg(waiter.user.as_str())
+            .arg(waiter.order_id.0)
+            .arg(waiter.order_id.parts().unix_ms);
     }
     let replies: Vec<(i64, redis::Value)> =
         call.invoke_async(redis).await.map_err(BatchError::Redis)?;
