@@ -151,11 +151,16 @@ impl Purchases {
                 .strategies
                 .get(name)
                 .map_err(PurchaseError::UnknownStrategy),
+            // By kind: no name to format and parse again on every request
+            // that names none.
             None => self
                 .strategies
-                .get(self.default_strategy.as_str())
-                .map_err(|msg| {
-                    PurchaseError::Internal(anyhow::anyhow!("default strategy missing: {msg}"))
+                .by_kind(self.default_strategy)
+                .ok_or_else(|| {
+                    PurchaseError::Internal(anyhow::anyhow!(
+                        "default strategy `{}` missing from the registry",
+                        self.default_strategy
+                    ))
                 }),
         }
     }

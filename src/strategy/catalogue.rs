@@ -227,12 +227,17 @@ impl Registry {
     /// The strategy named `raw`, or a message listing the valid names.
     pub fn get(&self, raw: &str) -> Result<Arc<dyn Strategy>, String> {
         let kind: StrategyKind = raw.parse()?;
-        self.strategies.get(&kind).cloned().ok_or_else(|| {
+        self.by_kind(kind).ok_or_else(|| {
             format!(
                 "strategy `{raw}` is not enabled here; enabled strategies are: {}",
                 self.names().join(", ")
             )
         })
+    }
+
+    /// The strategy of `kind`, if this instance serves it.
+    pub fn by_kind(&self, kind: StrategyKind) -> Option<Arc<dyn Strategy>> {
+        self.strategies.get(&kind).cloned()
     }
 
     pub fn names(&self) -> Vec<&'static str> {
