@@ -7,8 +7,10 @@
 //! - `drift` = (initial_stock − stock) − sold: zero when every sale moved the
 //!   counter by exactly one; negative when updates were lost (`naive`), which
 //!   hides oversell from the counter alone;
-//! - `undersold` = min(stock, contention refusals): units left on the shelf
-//!   while buyers were turned away;
+//! - `undersold` = buyers turned away (`contention`, errors) before this
+//!   instance saw the sale empty, at most the initial stock: units asked for
+//!   while they sat on the shelf. Counted at each refusal, so a sale that
+//!   later sold out still shows them;
 //! - `persisted`: orders of this sale in SQL; `lag` = sold − persisted, what
 //!   the persister has yet to move. Negative when SQL holds more orders of the
 //!   sale than its order log (an `sql` order whose mirror failed, or orders
@@ -80,6 +82,8 @@ pub struct ItemView {
     pub sold: u64,
     pub oversold: u64,
     pub drift: i64,
+    /// Buyers turned away (`contention`, errors) before the sale was seen
+    /// empty, at most the initial stock.
     pub undersold: u64,
     /// Orders of this sale in SQL.
     pub persisted: u64,
@@ -193,7 +197,7 @@ impl Sales {
         let generation = generation.unwrap_or(0);
         let persisted = self.db.count_orders(item, generation).await?;
         let strategies = stats.snapshot(item);
-        let contention: u64 = strategies.values().map(|c| c.contention).sum();
+        let refused: u64 = strategies.values().map(|c| c.refused_with_stock).sum();
         Ok(Some(ItemView {
             item_id: item.clone(),
             initial_stock,
@@ -204,7 +208,7 @@ impl Sales {
             sold,
             oversold: sold.saturating_sub(initial_stock),
             drift: (initial_stock as i64 - stock) - sold as i64,
-            undersold: (stock.max(0) as u64).min(contention),
+            undersold: refused.min(initial_stock),
             persisted,
             lag: sold as i64 - persisted as i64,
             strategies,

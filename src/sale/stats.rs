@@ -14,7 +14,7 @@
 //! that are still served, just not counted per item (`untracked`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ struct Counters {
     errors: AtomicU64,
     lock_expired: AtomicU64,
     fenced: AtomicU64,
+    refused_with_stock: AtomicU64,
 }
 
 /// A point-in-time copy of one strategy's counters on one item.
@@ -58,6 +59,10 @@ pub struct CounterSnapshot {
     pub lock_expired: u64,
     /// Stale writes refused by the fencing token.
     pub fenced: u64,
+    /// Refusals that were no answer about the stock (`contention`, errors)
+    /// before this instance saw the sale empty (a `sold_out`, or a purchase
+    /// that took the last unit): buyers turned away while units remained.
+    pub refused_with_stock: u64,
 }
 
 impl Counters {
@@ -75,6 +80,7 @@ impl Counters {
             errors: get(&self.errors),
             lock_expired: get(&self.lock_expired),
             fenced: get(&self.fenced),
+            refused_with_stock: get(&self.refused_with_stock),
         }
     }
 }
@@ -86,6 +92,17 @@ type Latencies = Mutex<Option<Histogram<u32>>>;
 struct ItemCounters {
     counters: [Counters; StrategyKind::ALL.len()],
     latencies: [Latencies; StrategyKind::ALL.len()],
+    /// Set once any strategy saw the sale empty; refusals before that were
+    /// refusals while units remained.
+    seen_empty: AtomicBool,
+}
+
+impl ItemCounters {
+    fn refused(&self, c: &Counters) {
+        if !self.seen_empty.load(Ordering::Relaxed) {
+            c.refused_with_stock.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// 1 µs to 60 s at 2 significant digits: enough for p50/p99 on a page.
@@ -166,6 +183,14 @@ impl Stats {
         if attempt.fenced {
             c.fenced.fetch_add(1, Ordering::Relaxed);
         }
+        match attempt.outcome {
+            Outcome::SoldOut => counters.seen_empty.store(true, Ordering::Relaxed),
+            Outcome::Purchased { remaining } if remaining <= 0 => {
+                counters.seen_empty.store(true, Ordering::Relaxed)
+            }
+            Outcome::Contended { .. } => counters.refused(c),
+            _ => {}
+        }
         let field = match attempt.outcome {
             Outcome::Purchased { .. } => &c.purchased,
             Outcome::SoldOut => &c.sold_out,
@@ -188,6 +213,7 @@ impl Stats {
         let c = &counters.counters[kind.index()];
         c.attempts.fetch_add(1, Ordering::Relaxed);
         c.errors.fetch_add(1, Ordering::Relaxed);
+        counters.refused(c);
     }
 
     /// Forgets an item's counters: its sale starts over.
@@ -243,6 +269,32 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_count_as_with_stock_only_until_the_sale_is_seen_empty() {
+        let stats = Stats::default();
+        let item = ItemId::parse("a").unwrap();
+        let contended = Attempt::new(Outcome::Contended {
+            detail: "busy".into(),
+        });
+        let ms = Duration::from_millis(1);
+        stats.record(&item, StrategyKind::Lock, &contended, ms);
+        stats.record_error(&item, StrategyKind::Lock);
+        let last = Attempt::new(Outcome::Purchased { remaining: 0 });
+        stats.record(&item, StrategyKind::Lock, &last, ms);
+        stats.record(&item, StrategyKind::Lock, &contended, ms);
+        stats.record_error(&item, StrategyKind::Lock);
+        let lock = stats.snapshot(&item)[&StrategyKind::Lock];
+        assert_eq!((lock.contention, lock.errors), (2, 2));
+        assert_eq!(lock.refused_with_stock, 2);
+        stats.reset(&item);
+        stats.record(&item, StrategyKind::Lock, &contended, ms);
+        assert_eq!(
+            stats.snapshot(&item)[&StrategyKind::Lock].refused_with_stock,
+            1,
+            "a restock starts counting again"
+        );
+    }
 
     #[test]
     fn outcomes_land_in_their_own_counter_and_reset_clears_them() {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, unique};
@@ -325,4 +325,49 @@ async fn the_watchdog_keeps_a_slow_holders_lock() {
         (&serde_json::json!(0), &serde_json::json!(0)),
         "{counters}"
     );
+}
+
+/// Buyers turned away while units remained stay counted as `undersold` after
+/// the sale sells out: the figure is counted at each refusal, not derived from
+/// the stock left at the end (which is 0 at every sell-out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undersold_counts_buyers_refused_while_units_remained_even_after_sell_out() {
+    let app = spawn_app_with(|c| c.lock_wait_ms = 50).await;
+    let item = unique("undersold");
+    let created = app
+        .put_item(&item, json!({"stock": 3, "strategy": "lock"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    // Another holder keeps the item's lock: the buyers give up.
+    let lock = crate::helpers::keys(&item).lock;
+    let mut redis = app.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("someone-else")
+        .arg("PX")
+        .arg(10_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for user in ["early1", "early2"] {
+        let refused = app.purchase(&item, user, "lock").await;
+        crate::helpers::assert_error(refused, 503, "contention").await;
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(&lock)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for user in ["a", "b", "c"] {
+        assert_eq!(app.purchase(&item, user, "lock").await.status(), 201);
+    }
+    crate::helpers::assert_error(app.purchase(&item, "late", "lock").await, 409, "sold_out").await;
+    let view = app.item(&item).await;
+    assert_eq!(view["stock"], 0, "{view}");
+    assert_eq!(view["undersold"], 2, "{view}");
+    assert_eq!(
+        view["strategies"]["lock"]["refused_with_stock"], 2,
+        "{view}"
+    );
+    assert_eq!(view["strategies"]["lock"]["contention"], 2, "{view}");
 }
