@@ -136,10 +136,12 @@ function renderRace(race) {
     : `<p class="hint">${esc(race.phase)}${race.error ? `: ${esc(race.error)}` : ""}</p>`;
   const rows = race.results
     .map((r) => `<tr><td>${esc(r.strategy)}</td><td>${num(r.requests_per_s)}</td><td>${num(r.ceiling_ratio, 3)}</td>
-      <td>${num(r.p99_ms, 1)}</td><td>${r.oversold > 0 ? `${num(r.oversold)} OVERSOLD` : "0"}</td><td>${num(r.undersold)}</td></tr>`)
+      <td>${num(r.p99_ms, 1)}</td><td>${r.oversold > 0 ? `${num(r.oversold)} OVERSOLD` : "0"}</td><td>${num(r.undersold)}</td>
+      <td class="${r.linearizable ? "" : "warn"}" title="${esc(r.violation || "")}">${r.linearizable ? "yes" : `NO: ${esc(r.violation || "")}`}</td>
+      <td>${num(r.refused_with_stock)}</td><td>${num(r.phantom_sold_out)}</td></tr>`)
     .join("");
   box.innerHTML = progress + (rows
-    ? `<table><thead><tr><th>strategy</th><th>req/s</th><th>× /healthz</th><th>p99 ms</th><th>oversold</th><th>undersold</th></tr></thead><tbody>${rows}</tbody></table>`
+    ? `<table><thead><tr><th>strategy</th><th>req/s</th><th>× /healthz</th><th>p99 ms</th><th>oversold</th><th>undersold</th><th>linearizable</th><th>refused with stock</th><th>phantom sold-outs</th></tr></thead><tbody>${rows}</tbody></table>`
     : "");
 }
 

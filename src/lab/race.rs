@@ -39,6 +39,11 @@ pub struct RaceLine {
     pub p99_ms: f64,
     pub oversold: u64,
     pub undersold: u64,
+    /// The history check's verdict and its first counterexample's kind.
+    pub linearizable: bool,
+    pub violation: Option<String>,
+    pub refused_with_stock: u64,
+    pub phantom_sold_out: u64,
 }
 
 /// Why a race could not start.
@@ -152,6 +157,14 @@ impl RaceControl {
                         p99_ms: result.latency.p99_ms,
                         oversold: result.oversold,
                         undersold: result.undersold,
+                        linearizable: result.history.linearizable,
+                        violation: result
+                            .history
+                            .counterexample
+                            .as_ref()
+                            .map(|c| format!("{}: {}", c.kind, c.detail)),
+                        refused_with_stock: result.history.refused_with_stock,
+                        phantom_sold_out: result.history.phantom_sold_out,
                     }),
                 }
             });

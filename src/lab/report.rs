@@ -57,7 +57,11 @@ const HEADERS: [&str; 16] = [
     "drift",
     "undersold",
 ];
-const MORE_HEADERS: [&str; 5] = [
+const MORE_HEADERS: [&str; 9] = [
+    "linearizable",
+    "refused w/ stock",
+    "phantom sold-out",
+    "ghosts",
     "lost log/sql",
     "peak RSS MiB",
     "server us/req",
@@ -85,6 +89,10 @@ fn row(r: &StrategyResult, rss: &BTreeMap<StrategyKind, f64>) -> Vec<String> {
         r.oversold.to_string(),
         r.drift.to_string(),
         r.undersold.to_string(),
+        if r.history.linearizable { "yes" } else { "NO" }.to_owned(),
+        r.history.refused_with_stock.to_string(),
+        r.history.phantom_sold_out.to_string(),
+        r.history.ghost_orders.to_string(),
         format!("{}/{}", lost(r.lost_in_log), lost(r.lost_in_sql)),
         rss.get(&r.strategy)
             .map_or("n/a".to_owned(), |m| format!("{m:.1}")),
@@ -177,8 +185,43 @@ pub fn markdown(
     }
     let _ = writeln!(
         md,
-        "\n`x ceiling` is req/s divided by the `/healthz` req/s of this run. 409 counts sold-out and limit answers; 503 counts contention and unavailable. `lost log/sql`: 201 order ids missing from the order log / from SQL after the persister caught up."
+        "\n`x ceiling` is req/s divided by the `/healthz` req/s of this run. 409 counts sold-out and limit answers; 503 counts contention and unavailable. `undersold`: the server's count of buyers refused (contention) before the sale was first seen empty. `linearizable` and the columns after it come from checking every request of the run against the sale (one counter of the stock, the per-user limit): `refused w/ stock` counts refusals (503, errors, no answer) that completed while units certainly remained; `phantom sold-out` counts `sold_out` answers given before the stock could have run out; `ghosts` counts stored orders never answered 201. `lost log/sql`: 201 order ids missing from the order log / from SQL after the persister caught up."
     );
+    let counterexamples: Vec<String> = report
+        .results
+        .iter()
+        .filter_map(|r| {
+            let example = r.history.counterexample.as_ref()?;
+            let calls: Vec<String> = example
+                .calls
+                .iter()
+                .take(4)
+                .map(|c| {
+                    format!(
+                        "request {} (buyer b{}, sent {:.3} ms, answered {:.3} ms, {:?})",
+                        c.id, c.user, c.sent_ms, c.done_ms, c.outcome
+                    )
+                })
+                .collect();
+            Some(format!(
+                "- `{}` is not linearizable: {} ({}){}{}",
+                r.strategy,
+                example.kind,
+                example.detail,
+                if calls.is_empty() { "" } else { "; first: " },
+                calls.join(", ")
+            ))
+        })
+        .collect();
+    if !counterexamples.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nFirst counterexamples (times from the start of each strategy's run):\n"
+        );
+        for line in counterexamples {
+            let _ = writeln!(md, "{line}");
+        }
+    }
     md
 }
 

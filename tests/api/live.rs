@@ -112,8 +112,14 @@ async fn a_race_from_the_page_sells_each_strategys_item_and_catches_naive() {
         let item = line["item"].as_str().unwrap();
         let view = app.item(item).await;
         match line["strategy"].as_str().unwrap() {
-            "naive" => assert!(view["oversold"].as_u64().unwrap() > 0, "{view}"),
+            "naive" => {
+                assert!(view["oversold"].as_u64().unwrap() > 0, "{view}");
+                assert_eq!(line["linearizable"], false, "{line}");
+                assert!(line["violation"].is_string(), "{line}");
+            }
             _ => {
+                assert_eq!(line["linearizable"], true, "{line}");
+                assert_eq!(line["phantom_sold_out"], 0, "{line}");
                 assert_eq!(
                     (view["sold"].as_u64(), view["oversold"].as_u64()),
                     (Some(60), Some(0)),

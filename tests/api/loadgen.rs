@@ -44,6 +44,16 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
         naive.statuses.created_201, naive.sold,
         "every 201 is in the order log"
     );
+    // The history check judges it on its own, from the requests alone.
+    let verdict = &naive.history;
+    assert!(!verdict.linearizable, "{verdict:?}");
+    assert!(verdict.oversold > 0, "{verdict:?}");
+    let example = verdict.counterexample.as_ref().expect("a counterexample");
+    assert!(
+        matches!(example.kind, "oversold" | "phantom_sold_out"),
+        "{example:?}"
+    );
+    assert!(!example.calls.is_empty(), "{example:?}");
 
     let lua = &report.results[1];
     assert_eq!(lua.statuses.created_201, 200, "{lua:?}");
@@ -53,6 +63,17 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
     );
     assert_eq!(lua.lost_in_log, Some(0));
     assert_eq!(lua.lost_in_sql, Some(0));
+    let verdict = &lua.history;
+    assert!(verdict.linearizable, "{verdict:?}");
+    assert_eq!(verdict.requests, lua.requests);
+    assert_eq!(
+        (
+            verdict.oversold,
+            verdict.phantom_sold_out,
+            verdict.ghost_orders
+        ),
+        (0, 0, 0)
+    );
     assert!(lua.time_to_sell_out_s.is_some());
     assert!(lua.requests >= 200 && lua.latency.p99_ms >= lua.latency.p50_ms);
 
@@ -68,6 +89,12 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["results"][1]["strategy"], "lua");
+    assert_eq!(json["results"][1]["history"]["linearizable"], true);
+    assert_eq!(json["results"][0]["history"]["linearizable"], false);
+    assert!(
+        markdown.contains("`naive` is not linearizable"),
+        "{markdown}"
+    );
     let svg = std::fs::read_to_string(dir.join("chart.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("lua"));
     std::fs::remove_dir_all(dir).unwrap();

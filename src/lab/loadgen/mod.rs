@@ -17,12 +17,14 @@
 //! the generator's own CPU use is part of the picture, so compare strategies by
 //! their ratio to the HTTP ceiling (`/healthz`) measured in the same run.
 //!
-//! Four parts: `model` (the plan and the results), `client` (one
+//! Five parts: `model` (the plan and the results), `client` (one
 //! keep-alive HTTP connection, reading the server's answers into the
 //! server's own serde types), `workload` (the buyers and the ceiling
-//! run) and `verify` (reading back the truths of each sale).
+//! run), `verify` (reading back the truths of each sale) and `history`
+//! (checking every request of a run against the sale's specification).
 
 mod client;
+pub mod history;
 mod model;
 mod verify;
 mod workload;

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::history::HistoryCheck;
 use crate::lab::cpu::Pids;
 use crate::sale::stats::CounterSnapshot;
 use crate::strategy::StrategyKind;
@@ -74,6 +75,16 @@ pub struct RacePlan {
     pub ceiling_duration: Duration,
     /// Prefix of the fresh items, one per strategy.
     pub item_prefix: String,
+}
+
+/// A buyer's user id on the wire: `b` and the buyer's number.
+pub(super) fn buyer_name(user: u64) -> String {
+    format!("b{user}")
+}
+
+/// The buyer's number back from a stored order's user id.
+pub(super) fn buyer_number(name: &str) -> Option<u64> {
+    name.strip_prefix('b')?.parse().ok()
 }
 
 mod millis {
@@ -171,6 +182,7 @@ pub struct StrategyResult {
     pub undersold: u64,
     pub persisted: u64,
     /// 201 order ids missing from the item's order log (`None`: Redis not reachable from here).
+    /// From the history check, as is `lost_in_sql`.
     pub lost_in_log: Option<u64>,
     /// 201 order ids missing from SQL once the persister caught up (`None`: it did not in time).
     pub lost_in_sql: Option<u64>,
@@ -186,6 +198,8 @@ pub struct StrategyResult {
     /// From the end of the load until the persister had every order in SQL
     /// (`None`: not within the wait, or no persister).
     pub settle_s: Option<f64>,
+    /// Every request checked against the sale's specification.
+    pub history: HistoryCheck,
 }
 
 /// A whole race.

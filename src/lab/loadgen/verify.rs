@@ -1,15 +1,16 @@
 //! Reading back the truths of a sale once its race ends: the server's item
-//! view (sold, oversold, drift, undersold, lag), and whether every 201's
-//! order id is in the item's order log and, once the persister caught up,
-//! in SQL.
+//! view (sold, oversold, drift, undersold, lag), and what it stored: the
+//! order ids in the item's order log and, once the persister caught up, the
+//! orders in SQL, for the history check ([`super::history`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::Target;
 use super::client::{Conn, probe};
+use super::history::Stored;
+use super::{Target, buyer_number};
 use crate::lab::cpu::CpuSample;
 use crate::orders::db::OrdersPage;
 use crate::orders::snowflake::OrderId;
@@ -22,8 +23,7 @@ pub(super) struct Truths {
     /// The server's counters for the raced strategy (`None`: it counted
     /// nothing on this item).
     pub counters: Option<CounterSnapshot>,
-    pub lost_in_log: Option<u64>,
-    pub lost_in_sql: Option<u64>,
+    pub stored: Stored,
     /// CPU used by the server and Redis once SQL had caught up (at once
     /// without a persister), before the order listing and the order-log
     /// check; it includes the polls that waited for SQL (one item view per
@@ -40,9 +40,7 @@ pub(super) async fn read_truths(
     target: &Target,
     item: &str,
     strategy: StrategyKind,
-    order_ids: &[OrderId],
 ) -> anyhow::Result<Truths> {
-    let answered: HashSet<OrderId> = order_ids.iter().copied().collect();
     let mut conn = Conn::default();
     // Without a persister (`PERSISTER=false`: 404 here) SQL never catches up
     // for the Redis strategies, so there is nothing to wait for.
@@ -65,8 +63,8 @@ pub(super) async fn read_truths(
     let settle_s = (persisting && view.lag == 0).then(|| load_ended.elapsed().as_secs_f64());
     let counters = view.strategies.get(&strategy).copied();
 
-    let lost_in_sql = if view.lag == 0 {
-        let mut in_sql = HashSet::new();
+    let sql = if view.lag == 0 {
+        let mut in_sql = HashMap::new();
         let mut after: Option<OrderId> = None;
         loop {
             let mut path = format!("/api/orders?item={item}&limit=1000");
@@ -74,37 +72,37 @@ pub(super) async fn read_truths(
                 path.push_str(&format!("&after={cursor}"));
             }
             let page: OrdersPage = conn.get(target, &path).await?;
-            in_sql.extend(page.orders.iter().map(|order| order.order_id));
+            in_sql.extend(page.orders.iter().map(|order| {
+                // A buyer that is none of ours cannot own an order of this
+                // fresh item: it stays unexplained.
+                let buyer = buyer_number(&order.user_id).unwrap_or(u64::MAX);
+                (order.order_id, buyer)
+            }));
             match page.next {
                 Some(next) => after = Some(next),
                 None => break,
             }
         }
-        Some(answered.difference(&in_sql).count() as u64)
+        Some(in_sql)
     } else {
         None
     };
 
-    let lost_in_log = match &target.redis_url {
-        Some(url) => Some(lost_in_order_log(url, item, &answered).await?),
+    let log = match &target.redis_url {
+        Some(url) => Some(order_log_ids(url, item).await?),
         None => None,
     };
     Ok(Truths {
         view,
         counters,
-        lost_in_log,
-        lost_in_sql,
+        stored: Stored { log, sql },
         cpu_when_settled,
         settle_s,
     })
 }
 
-/// 201 ids absent from the item's order log, read straight from Redis.
-async fn lost_in_order_log(
-    redis_url: &str,
-    item: &str,
-    answered: &HashSet<OrderId>,
-) -> anyhow::Result<u64> {
+/// The order ids in the item's order log, read straight from Redis.
+async fn order_log_ids(redis_url: &str, item: &str) -> anyhow::Result<HashSet<OrderId>> {
     let mut redis = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await
@@ -135,7 +133,7 @@ async fn lost_in_order_log(
             }
         }
     }
-    Ok(answered.difference(&logged).count() as u64)
+    Ok(logged)
 }
 
 #[cfg(test)]

@@ -12,12 +12,12 @@ use hdrhistogram::Histogram;
 use hyper::{Method, StatusCode};
 
 use super::client::{Conn, PurchaseReply, create_item};
+use super::history::{self, Call, CallOutcome, Spec};
 use super::verify::read_truths;
 use super::{
     Ceiling, Latency, Observer, Owned, Progress, RacePlan, RaceReport, StatusCounts,
-    StrategyResult, TICK, Target, new_histogram, record,
+    StrategyResult, TICK, Target, buyer_name, new_histogram, record,
 };
-use crate::orders::snowflake::OrderId;
 use crate::strategy::StrategyKind;
 
 /// Measures the ceiling, then races each strategy on its own fresh item.
@@ -117,6 +117,8 @@ struct RunShared {
     start: Instant,
     /// Microseconds from start to the first `sold_out`, 0 while none.
     sold_out_at_us: AtomicU64,
+    /// Numbers the requests of the history.
+    next_call: AtomicU64,
 }
 
 impl RunShared {
@@ -141,7 +143,8 @@ impl RunShared {
 struct WorkerOutcome {
     histogram: Histogram<u64>,
     statuses: StatusCounts,
-    order_ids: Vec<OrderId>,
+    /// Every request this worker made, for the history check.
+    calls: Vec<Call>,
 }
 
 async fn race_one(
@@ -175,6 +178,7 @@ async fn race_one(
         purchased: AtomicU64::new(0),
         start: Instant::now(),
         sold_out_at_us: AtomicU64::new(0),
+        next_call: AtomicU64::new(0),
     });
     let workers = Owned(
         (0..plan.concurrency)
@@ -201,19 +205,27 @@ async fn race_one(
 
     let mut histogram = new_histogram();
     let mut statuses = StatusCounts::default();
-    let mut order_ids = Vec::new();
+    let mut calls = Vec::new();
     for outcome in workers.join_all().await? {
         histogram
             .add(outcome.histogram)
             .context("merging histograms")?;
         statuses.add(&outcome.statuses);
-        order_ids.extend(outcome.order_ids);
+        calls.extend(outcome.calls);
     }
     drop(ticker);
     let elapsed = shared.start.elapsed().as_secs_f64();
     observe(Progress::Verifying { strategy });
 
-    let truths = read_truths(target, &item, strategy, &order_ids).await?;
+    let truths = read_truths(target, &item, strategy).await?;
+    let history = history::check(
+        &calls,
+        Spec {
+            stock: plan.stock,
+            per_user_limit: plan.per_user_limit,
+        },
+        &truths.stored,
+    );
     let requests = statuses.total();
     let rps = requests as f64 / elapsed;
     let sold_out_at = shared.sold_out_at_us.load(Ordering::Relaxed);
@@ -242,8 +254,9 @@ async fn race_one(
         drift: truths.view.drift,
         undersold: truths.view.undersold,
         persisted: truths.view.persisted,
-        lost_in_log: truths.lost_in_log,
-        lost_in_sql: truths.lost_in_sql,
+        lost_in_log: history.lost_in_log,
+        lost_in_sql: history.lost_in_sql,
+        history,
         server_counters: truths.counters,
         server_cpu_us_per_request: server_cpu,
         redis_cpu_us_per_request: redis_cpu,
@@ -256,7 +269,7 @@ async fn buy_loop(shared: Arc<RunShared>) -> WorkerOutcome {
     let mut outcome = WorkerOutcome {
         histogram: new_histogram(),
         statuses: StatusCounts::default(),
-        order_ids: Vec::new(),
+        calls: Vec::new(),
     };
     while !shared.stop.load(Ordering::Relaxed) {
         let Some(user) = shared.next_buyer() else {
@@ -267,14 +280,24 @@ async fn buy_loop(shared: Arc<RunShared>) -> WorkerOutcome {
             .purchase(
                 &shared.target,
                 &shared.item,
-                &format!("b{user}"),
+                &buyer_name(user),
                 shared.strategy,
             )
             .await;
         shared.requests.fetch_add(1, Ordering::Relaxed);
+        let since_start = |at: Instant| at.duration_since(shared.start).as_micros() as u64;
+        let mut call = Call {
+            id: shared.next_call.fetch_add(1, Ordering::Relaxed),
+            user,
+            intended_us: since_start(sent),
+            sent_us: since_start(sent),
+            done_us: since_start(Instant::now()),
+            outcome: CallOutcome::Transport,
+        };
         let reply = match reply {
             Ok(reply) => reply,
             Err(_) => {
+                outcome.calls.push(call);
                 outcome.statuses.transport_errors += 1;
                 // The server is gone or refusing: do not spin on reconnects.
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -284,9 +307,10 @@ async fn buy_loop(shared: Arc<RunShared>) -> WorkerOutcome {
         record(&mut outcome.histogram, sent);
         let (status, code) = match reply {
             PurchaseReply::Created(order_id) => {
+                call.outcome = CallOutcome::Created(order_id);
+                outcome.calls.push(call);
                 outcome.statuses.created_201 += 1;
                 shared.purchased.fetch_add(1, Ordering::Relaxed);
-                outcome.order_ids.push(order_id);
                 if shared.plan.per_user_limit > 1 {
                     shared
                         .retry
@@ -298,6 +322,14 @@ async fn buy_loop(shared: Arc<RunShared>) -> WorkerOutcome {
             }
             PurchaseReply::Refused { status, code } => (status, code),
         };
+        call.outcome = match (status, code.as_str()) {
+            (StatusCode::CONFLICT, "sold_out") => CallOutcome::SoldOut,
+            (StatusCode::CONFLICT, "limit_reached") => CallOutcome::LimitReached,
+            (StatusCode::SERVICE_UNAVAILABLE, "contention") => CallOutcome::Contention,
+            (StatusCode::SERVICE_UNAVAILABLE, _) => CallOutcome::Unavailable,
+            (status, _) => CallOutcome::Other(status.as_u16()),
+        };
+        outcome.calls.push(call);
         match (status, code.as_str()) {
             (StatusCode::CONFLICT, "sold_out") => {
                 outcome.statuses.sold_out_409 += 1;
