@@ -171,6 +171,7 @@ pub async fn start_race(
         repeat_buyers: false,
         ceiling_duration: Duration::from_secs(1),
         item_prefix: "race".into(),
+        rate: None,
     };
     let token = match &state.admin {
         AdminPolicy::Token(token) => Some(token.to_string()),

@@ -18,7 +18,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::infra::redis_server::{RedisServer, RedisServerOptions};
 use crate::lab::cpu::{self, Pids};
-use crate::lab::loadgen::{self, Progress, RacePlan, Target};
+use crate::lab::loadgen::{self, Progress, RacePlan, Rate, Target};
 use crate::lab::report;
 use crate::sale::MAX_STOCK;
 use crate::strategy::StrategyKind;
@@ -68,9 +68,23 @@ pub struct BenchArgs {
     #[arg(long)]
     pub users: Option<u64>,
 
-    /// Requests in flight (one connection each).
+    /// Connections (one request in flight each). In the closed loop (no
+    /// `--rate`) each sends its next request when the last is answered; with
+    /// `--rate` they take the scheduled requests as they come free.
     #[arg(long, short = 'c', default_value_t = 64)]
     pub concurrency: usize,
+
+    /// Open loop: start this many requests a second on a fixed schedule,
+    /// whatever the answers, and report latency from each request's
+    /// scheduled start (corrected for coordinated omission) beside the
+    /// latency from its actual send, with late and dropped sends counted.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// With `--rate`: ramp linearly from this rate to `--rate` over each
+    /// strategy's run.
+    #[arg(long, requires = "rate")]
+    pub ramp_from: Option<f64>,
 
     /// Longest run per strategy (e.g. `30s`, `2m`); sell-out mode: 30 s,
     /// throughput mode: 10 s.
@@ -126,6 +140,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.stock == 0 {
         bail!("--concurrency and --stock must be at least 1");
     }
+    let rate = args
+        .rate
+        .map(|per_s| Rate::new(per_s, args.ramp_from))
+        .transpose()?;
     let plan = match args.mode {
         Mode::SellOut => RacePlan {
             strategies,
@@ -138,6 +156,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             repeat_buyers: args.repeat_buyers,
             ceiling_duration: args.ceiling_duration,
             item_prefix: "bench".into(),
+            rate,
         },
         Mode::Throughput => RacePlan {
             strategies,
@@ -151,6 +170,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             repeat_buyers: false,
             ceiling_duration: args.ceiling_duration,
             item_prefix: "bench".into(),
+            rate,
         },
     };
 

@@ -57,7 +57,10 @@ const HEADERS: [&str; 16] = [
     "drift",
     "undersold",
 ];
-const MORE_HEADERS: [&str; 9] = [
+const MORE_HEADERS: [&str; 12] = [
+    "p99 corr ms",
+    "late",
+    "dropped",
     "linearizable",
     "refused w/ stock",
     "phantom sold-out",
@@ -89,6 +92,10 @@ fn row(r: &StrategyResult, rss: &BTreeMap<StrategyKind, f64>) -> Vec<String> {
         r.oversold.to_string(),
         r.drift.to_string(),
         r.undersold.to_string(),
+        r.latency_corrected
+            .map_or("n/a".to_owned(), |l| format!("{:.2}", l.p99_ms)),
+        r.late.to_string(),
+        r.dropped.to_string(),
         if r.history.linearizable { "yes" } else { "NO" }.to_owned(),
         r.history.refused_with_stock.to_string(),
         r.history.phantom_sold_out.to_string(),
@@ -157,8 +164,17 @@ pub fn markdown(
     );
     let _ = writeln!(
         md,
-        "Plan: concurrency {}, stock {} per strategy, per-user limit {}, {}, {}, at most {:.0} s per strategy.\n",
-        plan.concurrency,
+        "Plan: {}, stock {} per strategy, per-user limit {}, {}, {}, at most {:.0} s per strategy.\n",
+        match plan.rate {
+            None => format!("closed loop, concurrency {}", plan.concurrency),
+            Some(rate) => format!(
+                "open loop at {}{:.0} req/s on {} connections",
+                rate.ramp_from_per_s
+                    .map_or(String::new(), |from| format!("{from:.0} ramping to ")),
+                rate.per_s,
+                plan.concurrency
+            ),
+        },
         plan.stock,
         plan.per_user_limit,
         if plan.users == u64::MAX {
@@ -185,7 +201,7 @@ pub fn markdown(
     }
     let _ = writeln!(
         md,
-        "\n`x ceiling` is req/s divided by the `/healthz` req/s of this run. 409 counts sold-out and limit answers; 503 counts contention and unavailable. `undersold`: the server's count of buyers refused (contention) before the sale was first seen empty. `linearizable` and the columns after it come from checking every request of the run against the sale (one counter of the stock, the per-user limit): `refused w/ stock` counts refusals (503, errors, no answer) that completed while units certainly remained; `phantom sold-out` counts `sold_out` answers given before the stock could have run out; `ghosts` counts stored orders never answered 201. `lost log/sql`: 201 order ids missing from the order log / from SQL after the persister caught up."
+        "\n`x ceiling` is req/s divided by the `/healthz` req/s of this run. Latencies run from each request's send to its answer; `p99 corr ms` (open loop only) runs from its scheduled start, so waiting for a free connection counts; `late` requests were sent more than 2 ms after their scheduled start, `dropped` ones never (a second of the schedule was already waiting). 409 counts sold-out and limit answers; 503 counts contention and unavailable. `undersold`: the server's count of buyers refused (contention) before the sale was first seen empty. `linearizable` and the columns after it come from checking every request of the run against the sale (one counter of the stock, the per-user limit): `refused w/ stock` counts refusals (503, errors, no answer) that completed while units certainly remained; `phantom sold-out` counts `sold_out` answers given before the stock could have run out; `ghosts` counts stored orders never answered 201. `lost log/sql`: 201 order ids missing from the order log / from SQL after the persister caught up."
     );
     let counterexamples: Vec<String> = report
         .results

@@ -27,6 +27,7 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
         repeat_buyers: false,
         ceiling_duration: Duration::from_millis(300),
         item_prefix: "lg".into(),
+        rate: None,
     };
     let report = loadgen::race(&target, &plan, std::sync::Arc::new(|_| {}))
         .await
@@ -98,4 +99,45 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
     let svg = std::fs::read_to_string(dir.join("chart.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("lua"));
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The open loop keeps its schedule whatever the server does: with one
+/// connection and a strategy that takes at least 20 ms per purchase, requests
+/// scheduled every 5 ms queue, and only the latency from the scheduled start
+/// shows that wait. A closed loop (or a latency from the send) would hide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_counts_the_wait_a_closed_loop_hides() {
+    let (app, redis) =
+        spawn_persisting_app(&database_urls().remove(0), |c| c.race_window_ms = 20).await;
+    let target = Target::from_url(&app.address, None, Some(redis.url()))
+        .await
+        .unwrap();
+    let plan = RacePlan {
+        strategies: vec![StrategyKind::Naive],
+        stock: 10_000,
+        per_user_limit: 1,
+        users: 10_000,
+        concurrency: 1,
+        duration: Duration::from_millis(1_000),
+        until_sold_out: false,
+        repeat_buyers: false,
+        ceiling_duration: Duration::from_millis(100),
+        item_prefix: "open".into(),
+        rate: Some(loadgen::Rate::new(200.0, None).unwrap()),
+    };
+    let report = loadgen::race(&target, &plan, std::sync::Arc::new(|_| {}))
+        .await
+        .unwrap();
+    let run = &report.results[0];
+    let corrected = run.latency_corrected.expect("the open loop corrects");
+    // At most one purchase per 20 ms on one connection: about 50 of the 200
+    // scheduled were sent, each later than the last.
+    assert!(run.requests <= 60, "{run:?}");
+    assert!(run.late >= run.requests / 2, "{run:?}");
+    assert!(
+        corrected.p99_ms > 5.0 * run.latency.p99_ms,
+        "corrected {corrected:?} against uncorrected {:?}",
+        run.latency
+    );
+    assert!(run.history.linearizable, "{:?}", run.history);
 }

@@ -2,11 +2,16 @@
 //! back the server's truths. Used by `seckill bench` and by the status page's
 //! race control.
 //!
-//! Like wrk, each of `concurrency` workers holds one keep-alive HTTP/1.1
-//! connection and sends its next request as soon as the last answered (a
-//! closed loop), so the request rate is what the server sustains at that
-//! concurrency. Latencies go into per-worker HDR histograms, merged at the end,
-//! so recording costs no shared lock.
+//! Each of `concurrency` workers holds one keep-alive HTTP/1.1 connection.
+//! In the closed loop (like wrk) a worker sends its next request as soon as
+//! the last answered, so the request rate is what the server sustains at that
+//! concurrency, and a slow answer delays the next send: the latencies then
+//! hide the queueing (coordinated omission). In the open loop (`rate`, like
+//! wrk2 or oha `-q`) requests start on a schedule and wait for a free
+//! connection; latency is recorded both from the scheduled start (corrected)
+//! and from the actual send, and late and dropped sends are counted.
+//! Latencies go into per-worker HDR histograms, merged at the end, so
+//! recording costs no shared lock.
 //!
 //! Buyers: `users` distinct user ids, each buying until refused by the limit.
 //! A buyer turned away with 503 `contention` is queued to try again, as a real
@@ -69,6 +74,6 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-fn record(histogram: &mut Histogram<u64>, sent: Instant) {
-    histogram.saturating_record(sent.elapsed().as_micros() as u64);
+fn record(histogram: &mut Histogram<u64>, from: Instant, to: Instant) {
+    histogram.saturating_record(to.saturating_duration_since(from).as_micros() as u64);
 }

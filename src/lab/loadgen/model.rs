@@ -75,6 +75,57 @@ pub struct RacePlan {
     pub ceiling_duration: Duration,
     /// Prefix of the fresh items, one per strategy.
     pub item_prefix: String,
+    /// Open loop: requests start on this schedule, whatever the answers
+    /// (`None`: the closed loop, each connection sending its next request
+    /// when the last is answered).
+    pub rate: Option<Rate>,
+}
+
+/// An open-loop schedule: `per_s` requests a second, or a linear ramp from
+/// `ramp_from_per_s` to `per_s` over the run's duration.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rate {
+    pub per_s: f64,
+    pub ramp_from_per_s: Option<f64>,
+}
+
+impl Rate {
+    /// A schedule that can run: positive, finite rates.
+    pub fn new(per_s: f64, ramp_from_per_s: Option<f64>) -> anyhow::Result<Self> {
+        if !(per_s.is_finite() && per_s > 0.0) {
+            bail!("--rate must be a positive number of requests a second, not {per_s}");
+        }
+        if let Some(from) = ramp_from_per_s
+            && !(from.is_finite() && from >= 0.0)
+        {
+            bail!("--ramp-from must be zero or a positive rate, not {from}");
+        }
+        Ok(Self {
+            per_s,
+            ramp_from_per_s,
+        })
+    }
+
+    /// When request `n` (from 0) is due, from the start of a run of
+    /// `duration`; `None` once that is past the end. With a ramp the rate
+    /// at `t` is `from + (to - from) t / D`, so `n` requests are due by the
+    /// `t` where `from t + (to - from) t² / 2D = n`.
+    pub fn due(&self, n: u64, duration: Duration) -> Option<Duration> {
+        let n = n as f64;
+        let d = duration.as_secs_f64();
+        let from = self.ramp_from_per_s.unwrap_or(self.per_s);
+        let a = (self.per_s - from) / (2.0 * d.max(f64::MIN_POSITIVE));
+        let t = if a.abs() < 1e-12 {
+            n / from
+        } else {
+            let discriminant = from * from + 4.0 * a * n;
+            if discriminant < 0.0 {
+                return None;
+            }
+            (discriminant.sqrt() - from) / (2.0 * a)
+        };
+        (t.is_finite() && t < d).then(|| Duration::from_secs_f64(t))
+    }
 }
 
 /// A buyer's user id on the wire: `b` and the buyer's number.
@@ -95,7 +146,7 @@ mod millis {
 }
 
 /// Latency summary in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -150,6 +201,10 @@ impl StatusCounts {
     }
 }
 
+/// An open-loop request sent later than this after its scheduled start is
+/// counted late (the timer itself is good to about 1 ms).
+pub const LATE_AFTER: Duration = Duration::from_millis(2);
+
 /// `/healthz` at the race's concurrency: the HTTP ceiling.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ceiling {
@@ -170,7 +225,18 @@ pub struct StrategyResult {
     pub successes_per_s: f64,
     /// requests/s as a fraction of the `/healthz` requests/s of the same run.
     pub ceiling_ratio: f64,
+    /// From each request's actual send to its answer.
     pub latency: Latency,
+    /// Open loop: from each request's scheduled start to its answer, so the
+    /// time a request waited for a free connection counts (no coordinated
+    /// omission). `None` in the closed loop, where the two are the same.
+    pub latency_corrected: Option<Latency>,
+    /// Open loop: requests sent more than [`LATE_AFTER`] after their
+    /// scheduled start (no free connection in time).
+    pub late: u64,
+    /// Open loop: requests the schedule wanted that were never sent,
+    /// because a whole second of the schedule was already waiting.
+    pub dropped: u64,
     pub statuses: StatusCounts,
     /// Server-side retries (optimistic aborts, lock waits) per success.
     pub retries_per_success: f64,
@@ -235,3 +301,39 @@ pub enum Progress {
 
 /// Receives progress; must be cheap (called from the ticker, 5 times a second).
 pub type Observer = Arc<dyn Fn(Progress) + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_constant_rate_is_evenly_spaced_and_ends_with_the_run() {
+        let rate = Rate::new(1000.0, None).unwrap();
+        let d = Duration::from_secs(1);
+        assert_eq!(rate.due(0, d), Some(Duration::ZERO));
+        assert_eq!(rate.due(500, d), Some(Duration::from_millis(500)));
+        assert_eq!(rate.due(1000, d), None);
+    }
+
+    #[test]
+    fn a_ramp_sends_what_its_average_rate_says() {
+        // 0 to 2000/s over 1 s: 1000 requests, half of them in the last 0.29 s.
+        let rate = Rate::new(2000.0, Some(0.0)).unwrap();
+        let d = Duration::from_secs(1);
+        let sent = (0..5000).take_while(|&n| rate.due(n, d).is_some()).count();
+        assert!((999..=1000).contains(&sent), "{sent}");
+        let half = rate.due(500, d).unwrap().as_secs_f64();
+        assert!((half - std::f64::consts::FRAC_1_SQRT_2).abs() < 0.001, "{half}");
+        // Down from 2000/s to 0: the same count, front-loaded.
+        let down = Rate::new(1.0, Some(2000.0)).unwrap();
+        let sent = (0..5000).take_while(|&n| down.due(n, d).is_some()).count();
+        assert!((999..=1001).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn rates_that_cannot_run_are_refused() {
+        assert!(Rate::new(0.0, None).is_err());
+        assert!(Rate::new(f64::NAN, None).is_err());
+        assert!(Rate::new(10.0, Some(-1.0)).is_err());
+    }
+}

@@ -15,8 +15,8 @@ use super::client::{Conn, PurchaseReply, create_item};
 use super::history::{self, Call, CallOutcome, Spec};
 use super::verify::read_truths;
 use super::{
-    Ceiling, Latency, Observer, Owned, Progress, RacePlan, RaceReport, StatusCounts,
-    StrategyResult, TICK, Target, buyer_name, new_histogram, record,
+    Ceiling, LATE_AFTER, Latency, Observer, Owned, Progress, RacePlan, RaceReport, Rate,
+    StatusCounts, StrategyResult, TICK, Target, buyer_name, new_histogram, record,
 };
 use crate::strategy::StrategyKind;
 
@@ -64,7 +64,7 @@ pub async fn measure_ceiling(
                     .await
                     .is_ok()
                 {
-                    record(&mut histogram, sent);
+                    record(&mut histogram, sent, Instant::now());
                     count.fetch_add(1, Ordering::Relaxed);
                 } else {
                     // The server is gone or refusing: do not spin on reconnects.
@@ -141,10 +141,97 @@ impl RunShared {
 }
 
 struct WorkerOutcome {
+    /// From the send to the answer.
     histogram: Histogram<u64>,
+    /// From the scheduled start to the answer.
+    corrected: Histogram<u64>,
+    late: u64,
     statuses: StatusCounts,
     /// Every request this worker made, for the history check.
     calls: Vec<Call>,
+}
+
+impl WorkerOutcome {
+    fn new() -> Self {
+        Self {
+            histogram: new_histogram(),
+            corrected: new_histogram(),
+            late: 0,
+            statuses: StatusCounts::default(),
+            calls: Vec::new(),
+        }
+    }
+}
+
+/// Whether a worker goes on after a request.
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// Each connection sends its next request when the last is answered.
+async fn closed_loop(shared: Arc<RunShared>) -> WorkerOutcome {
+    let mut conn = Conn::default();
+    let mut outcome = WorkerOutcome::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        if let Next::Stop = buy(&shared, &mut conn, &mut outcome, Instant::now()).await {
+            break;
+        }
+    }
+    outcome
+}
+
+/// Takes scheduled starts from the dispatcher, whatever became of the last
+/// request: a slow answer delays the next send on this connection, and the
+/// corrected latency counts that wait.
+async fn open_loop(
+    shared: Arc<RunShared>,
+    queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Instant>>>,
+) -> WorkerOutcome {
+    let mut conn = Conn::default();
+    let mut outcome = WorkerOutcome::new();
+    loop {
+        let Some(intended) = queue.lock().await.recv().await else {
+            break;
+        };
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Next::Stop = buy(&shared, &mut conn, &mut outcome, intended).await {
+            break;
+        }
+    }
+    outcome
+}
+
+/// Queues each request at its scheduled start, until the run's duration or
+/// its stop. Returns how many it dropped because a second of the schedule
+/// was already queued.
+async fn dispatch(
+    shared: Arc<RunShared>,
+    rate: Rate,
+    jobs: tokio::sync::mpsc::Sender<Instant>,
+) -> u64 {
+    use tokio::sync::mpsc::error::TrySendError;
+    let mut dropped = 0;
+    for n in 0.. {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Some(due) = rate.due(n, shared.plan.duration) else {
+            break;
+        };
+        let at = shared.start + due;
+        if at > Instant::now() {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        match jobs.try_send(at) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => dropped += 1,
+            Err(TrySendError::Closed(_)) => break,
+        }
+    }
+    dropped
 }
 
 async fn race_one(
@@ -180,11 +267,36 @@ async fn race_one(
         sold_out_at_us: AtomicU64::new(0),
         next_call: AtomicU64::new(0),
     });
-    let workers = Owned(
-        (0..plan.concurrency)
-            .map(|_| tokio::spawn(buy_loop(Arc::clone(&shared))))
-            .collect(),
-    );
+    // The open loop's schedule, feeding the workers; it counts what it
+    // could not queue.
+    let (workers, dispatcher) = match plan.rate {
+        None => (
+            Owned(
+                (0..plan.concurrency)
+                    .map(|_| tokio::spawn(closed_loop(Arc::clone(&shared))))
+                    .collect(),
+            ),
+            None,
+        ),
+        Some(rate) => {
+            // At most a second of the schedule waits for a connection.
+            let backlog =
+                (rate.per_s.max(rate.ramp_from_per_s.unwrap_or(0.0)) as usize).clamp(1, 1_000_000);
+            let (jobs, queue) = tokio::sync::mpsc::channel(backlog);
+            let queue = Arc::new(tokio::sync::Mutex::new(queue));
+            let workers = Owned(
+                (0..plan.concurrency)
+                    .map(|_| tokio::spawn(open_loop(Arc::clone(&shared), Arc::clone(&queue))))
+                    .collect(),
+            );
+            let dispatcher = Owned(vec![tokio::spawn(dispatch(
+                Arc::clone(&shared),
+                rate,
+                jobs,
+            ))]);
+            (workers, Some(dispatcher))
+        }
+    };
     let ticker = {
         let (shared, observe) = (Arc::clone(&shared), Arc::clone(observe));
         Owned(vec![tokio::spawn(async move {
@@ -203,15 +315,25 @@ async fn race_one(
         })])
     };
 
+    let dropped = match dispatcher {
+        Some(dispatcher) => dispatcher.join_all().await?.into_iter().sum(),
+        None => 0,
+    };
     let mut histogram = new_histogram();
+    let mut corrected = new_histogram();
     let mut statuses = StatusCounts::default();
     let mut calls = Vec::new();
+    let mut late = 0;
     for outcome in workers.join_all().await? {
         histogram
             .add(outcome.histogram)
             .context("merging histograms")?;
+        corrected
+            .add(outcome.corrected)
+            .context("merging histograms")?;
         statuses.add(&outcome.statuses);
         calls.extend(outcome.calls);
+        late += outcome.late;
     }
     drop(ticker);
     let elapsed = shared.start.elapsed().as_secs_f64();
@@ -246,6 +368,9 @@ async fn race_one(
             0.0
         },
         latency: Latency::of(&histogram),
+        latency_corrected: plan.rate.map(|_| Latency::of(&corrected)),
+        late,
+        dropped,
         statuses,
         retries_per_success: retries as f64 / statuses.created_201.max(1) as f64,
         time_to_sell_out_s: (sold_out_at > 0).then(|| sold_out_at as f64 / 1e6),
@@ -264,98 +389,104 @@ async fn race_one(
     })
 }
 
-async fn buy_loop(shared: Arc<RunShared>) -> WorkerOutcome {
-    let mut conn = Conn::default();
-    let mut outcome = WorkerOutcome {
-        histogram: new_histogram(),
-        statuses: StatusCounts::default(),
-        calls: Vec::new(),
+/// One purchase by the next buyer, scheduled for `intended` (the send, in
+/// the closed loop): recorded in the worker's histograms, counts and history.
+async fn buy(
+    shared: &RunShared,
+    conn: &mut Conn,
+    outcome: &mut WorkerOutcome,
+    intended: Instant,
+) -> Next {
+    let Some(user) = shared.next_buyer() else {
+        // Every buyer has bought its fill: the run is over for everyone.
+        shared.stop.store(true, Ordering::Relaxed);
+        return Next::Stop;
     };
-    while !shared.stop.load(Ordering::Relaxed) {
-        let Some(user) = shared.next_buyer() else {
-            break;
-        };
-        let sent = Instant::now();
-        let reply = conn
-            .purchase(
-                &shared.target,
-                &shared.item,
-                &buyer_name(user),
-                shared.strategy,
-            )
-            .await;
-        shared.requests.fetch_add(1, Ordering::Relaxed);
-        let since_start = |at: Instant| at.duration_since(shared.start).as_micros() as u64;
-        let mut call = Call {
-            id: shared.next_call.fetch_add(1, Ordering::Relaxed),
-            user,
-            intended_us: since_start(sent),
-            sent_us: since_start(sent),
-            done_us: since_start(Instant::now()),
-            outcome: CallOutcome::Transport,
-        };
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(_) => {
-                outcome.calls.push(call);
-                outcome.statuses.transport_errors += 1;
-                // The server is gone or refusing: do not spin on reconnects.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        record(&mut outcome.histogram, sent);
-        let (status, code) = match reply {
-            PurchaseReply::Created(order_id) => {
-                call.outcome = CallOutcome::Created(order_id);
-                outcome.calls.push(call);
-                outcome.statuses.created_201 += 1;
-                shared.purchased.fetch_add(1, Ordering::Relaxed);
-                if shared.plan.per_user_limit > 1 {
-                    shared
-                        .retry
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back(user);
-                }
-                continue;
-            }
-            PurchaseReply::Refused { status, code } => (status, code),
-        };
-        call.outcome = match (status, code.as_str()) {
-            (StatusCode::CONFLICT, "sold_out") => CallOutcome::SoldOut,
-            (StatusCode::CONFLICT, "limit_reached") => CallOutcome::LimitReached,
-            (StatusCode::SERVICE_UNAVAILABLE, "contention") => CallOutcome::Contention,
-            (StatusCode::SERVICE_UNAVAILABLE, _) => CallOutcome::Unavailable,
-            (status, _) => CallOutcome::Other(status.as_u16()),
-        };
-        outcome.calls.push(call);
-        match (status, code.as_str()) {
-            (StatusCode::CONFLICT, "sold_out") => {
-                outcome.statuses.sold_out_409 += 1;
-                let at = shared.start.elapsed().as_micros() as u64;
-                let _ = shared.sold_out_at_us.compare_exchange(
-                    0,
-                    at.max(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                if shared.plan.until_sold_out {
-                    shared.stop.store(true, Ordering::Relaxed);
-                }
-            }
-            (StatusCode::CONFLICT, "limit_reached") => outcome.statuses.limit_reached_409 += 1,
-            (StatusCode::SERVICE_UNAVAILABLE, "contention") => {
-                outcome.statuses.contention_503 += 1;
+    let sent = Instant::now();
+    if sent.saturating_duration_since(intended) > LATE_AFTER {
+        outcome.late += 1;
+    }
+    let reply = conn
+        .purchase(
+            &shared.target,
+            &shared.item,
+            &buyer_name(user),
+            shared.strategy,
+        )
+        .await;
+    let done = Instant::now();
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let since_start = |at: Instant| at.saturating_duration_since(shared.start).as_micros() as u64;
+    let mut call = Call {
+        id: shared.next_call.fetch_add(1, Ordering::Relaxed),
+        user,
+        intended_us: since_start(intended),
+        sent_us: since_start(sent),
+        done_us: since_start(done),
+        outcome: CallOutcome::Transport,
+    };
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(_) => {
+            outcome.calls.push(call);
+            outcome.statuses.transport_errors += 1;
+            // The server is gone or refusing: do not spin on reconnects.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            return Next::Continue;
+        }
+    };
+    record(&mut outcome.histogram, sent, done);
+    record(&mut outcome.corrected, intended, done);
+    let (status, code) = match reply {
+        PurchaseReply::Created(order_id) => {
+            call.outcome = CallOutcome::Created(order_id);
+            outcome.calls.push(call);
+            outcome.statuses.created_201 += 1;
+            shared.purchased.fetch_add(1, Ordering::Relaxed);
+            if shared.plan.per_user_limit > 1 {
                 shared
                     .retry
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push_back(user);
             }
-            (StatusCode::SERVICE_UNAVAILABLE, _) => outcome.statuses.unavailable_503 += 1,
-            _ => outcome.statuses.other += 1,
+            return Next::Continue;
         }
+        PurchaseReply::Refused { status, code } => (status, code),
+    };
+    call.outcome = match (status, code.as_str()) {
+        (StatusCode::CONFLICT, "sold_out") => CallOutcome::SoldOut,
+        (StatusCode::CONFLICT, "limit_reached") => CallOutcome::LimitReached,
+        (StatusCode::SERVICE_UNAVAILABLE, "contention") => CallOutcome::Contention,
+        (StatusCode::SERVICE_UNAVAILABLE, _) => CallOutcome::Unavailable,
+        (status, _) => CallOutcome::Other(status.as_u16()),
+    };
+    outcome.calls.push(call);
+    match call.outcome {
+        CallOutcome::SoldOut => {
+            outcome.statuses.sold_out_409 += 1;
+            let at = shared.start.elapsed().as_micros() as u64;
+            let _ = shared.sold_out_at_us.compare_exchange(
+                0,
+                at.max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            if shared.plan.until_sold_out {
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+        }
+        CallOutcome::LimitReached => outcome.statuses.limit_reached_409 += 1,
+        CallOutcome::Contention => {
+            outcome.statuses.contention_503 += 1;
+            shared
+                .retry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(user);
+        }
+        CallOutcome::Unavailable => outcome.statuses.unavailable_503 += 1,
+        _ => outcome.statuses.other += 1,
     }
-    outcome
+    Next::Continue
 }
