@@ -172,6 +172,7 @@ pub async fn start_race(
         ceiling_duration: Duration::from_secs(1),
         item_prefix: "race".into(),
         rate: None,
+        runs: 1,
     };
     let token = match &state.admin {
         AdminPolicy::Token(token) => Some(token.to_string()),

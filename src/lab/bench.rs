@@ -105,9 +105,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub repeat_buyers: bool,
 
-    /// How long to measure the HTTP ceiling (`/healthz`).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How long to measure the HTTP ceiling (`/healthz`), before every run.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub ceiling_duration: Duration,
+
+    /// Runs per strategy, interleaved (every strategy once, then again),
+    /// the ceiling measured before each; the report gives the median and
+    /// the range of every figure.
+    #[arg(long, default_value_t = 1)]
+    pub runs: u32,
 
     /// Write results.json, results.md and chart.svg here.
     #[arg(long)]
@@ -137,8 +143,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    if args.concurrency == 0 || args.stock == 0 {
-        bail!("--concurrency and --stock must be at least 1");
+    if args.concurrency == 0 || args.stock == 0 || args.runs == 0 {
+        bail!("--concurrency, --stock and --runs must be at least 1");
     }
     let rate = args
         .rate
@@ -157,6 +163,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ceiling_duration: args.ceiling_duration,
             item_prefix: "bench".into(),
             rate,
+            runs: args.runs,
         },
         Mode::Throughput => RacePlan {
             strategies,
@@ -171,6 +178,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ceiling_duration: args.ceiling_duration,
             item_prefix: "bench".into(),
             rate,
+            runs: args.runs,
         },
     };
 
@@ -214,13 +222,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     println!();
     println!("{}", report::table(&report, &rss));
-    println!(
-        "HTTP ceiling (/healthz, c={}): {:.0} req/s, p99 {:.2} ms. Total {:.1} s.",
-        plan.concurrency,
-        report.ceiling.requests_per_s,
-        report.ceiling.latency.p99_ms,
-        started.elapsed().as_secs_f64()
-    );
+    if let Some(ceiling) = report.ceiling_spread() {
+        println!(
+            "HTTP ceiling (/healthz, c={}, before each run): median {:.0} req/s ({:.0}-{:.0}). Total {:.1} s.",
+            plan.concurrency,
+            ceiling.median,
+            ceiling.min,
+            ceiling.max,
+            started.elapsed().as_secs_f64()
+        );
+    }
     if let Some(dir) = &args.out {
         report::write_files(dir, &report, &rss, &machine)?;
         println!(
@@ -242,7 +253,8 @@ fn progress_observer(
     let style = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
-    let ceiling = bars.add(ProgressBar::new_spinner().with_prefix("/healthz"));
+    // A spinner per ceiling measurement (one before every run).
+    let ceiling: Arc<Mutex<Option<ProgressBar>>> = Arc::default();
     let current: Arc<Mutex<Option<ProgressBar>>> = Arc::default();
     let stock = plan.stock;
     let sells_out = plan.until_sold_out;
@@ -251,14 +263,20 @@ fn progress_observer(
             requests,
             elapsed_s,
         } => {
-            ceiling.set_message(format!(
+            let mut ceiling = ceiling.lock().unwrap_or_else(|e| e.into_inner());
+            let bar = ceiling.get_or_insert_with(|| {
+                bars.add(ProgressBar::new_spinner().with_prefix("/healthz"))
+            });
+            bar.set_message(format!(
                 "{:.0} req/s",
                 requests as f64 / elapsed_s.max(1e-3)
             ));
-            ceiling.tick();
+            bar.tick();
         }
         Progress::Started { strategy, .. } => {
-            ceiling.finish();
+            if let Some(bar) = ceiling.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                bar.finish();
+            }
             if let Some(pid) = server_pid {
                 reset_peak_rss(pid);
             }
@@ -290,10 +308,10 @@ fn progress_observer(
             if let Some(pid) = server_pid
                 && let Some(peak) = peak_rss_mib(pid)
             {
-                peaks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(strategy, peak);
+                // The highest over the strategy's runs.
+                let mut peaks = peaks.lock().unwrap_or_else(|e| e.into_inner());
+                let highest = peaks.entry(strategy).or_insert(peak);
+                *highest = highest.max(peak);
             }
             if let Some(bar) = &*current.lock().unwrap_or_else(|e| e.into_inner()) {
                 bar.set_message("checking the truths...");

@@ -1,9 +1,10 @@
 //! The concurrency lab around the service: the [`loadgen`] that races
 //! strategies and reads back the truths of each sale, `seckill bench`
-//! ([`bench`](mod@bench)) and its [`report`], and the status page's race control
-//! ([`race`]).
+//! ([`bench`](mod@bench)) with its [`report`] and [`chart`], and the status
+//! page's race control ([`race`]).
 
 pub mod bench;
+pub mod chart;
 pub mod cpu;
 pub mod loadgen;
 pub mod race;

@@ -1,12 +1,11 @@
-//! Rendering a race: a terminal table, `results.md`, `results.json` and an SVG
-//! chart of requests/s and p99 latency per strategy.
+//! Rendering a race: a terminal table, `results.md`, `results.json`, and
+//! (through [`crate::lab::chart`]) an SVG chart.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::lab::loadgen::{RaceReport, StrategyResult};
@@ -39,9 +38,11 @@ impl Machine {
     }
 }
 
-const HEADERS: [&str; 16] = [
+const HEADERS: [&str; 18] = [
     "strategy",
+    "run",
     "req/s",
+    "ceiling req/s",
     "x ceiling",
     "201/s",
     "p50 ms",
@@ -76,7 +77,9 @@ fn row(r: &StrategyResult, rss: &BTreeMap<StrategyKind, f64>) -> Vec<String> {
     let lost = |v: Option<u64>| v.map_or("n/a".to_owned(), |n| n.to_string());
     vec![
         r.strategy.to_string(),
+        r.run.to_string(),
         format!("{:.0}", r.requests_per_s),
+        format!("{:.0}", r.ceiling.requests_per_s),
         format!("{:.3}", r.ceiling_ratio),
         format!("{:.0}", r.successes_per_s),
         format!("{:.2}", r.latency.p50_ms),
@@ -122,9 +125,62 @@ fn rows(
     )
 }
 
-/// A fixed-width table for the terminal.
+/// The summary's columns: a figure's median with its range over the runs.
+const SUMMARY: [(&str, &str, usize); 9] = [
+    ("req/s", "requests_per_s", 0),
+    ("x ceiling", "ceiling_ratio", 3),
+    ("p99 ms", "p99_ms", 2),
+    ("p99 corr ms", "p99_corrected_ms", 2),
+    ("server us/req", "server_cpu_us_per_request", 1),
+    ("redis us/req", "redis_cpu_us_per_request", 1),
+    ("oversold", "oversold", 0),
+    ("undersold", "undersold", 0),
+    ("refused w/ stock", "refused_with_stock", 0),
+];
+
+/// Per strategy: runs, linearizable runs, then each summary figure as
+/// `median (min–max)`.
+fn summary_rows(report: &RaceReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let mut headers = vec!["strategy", "runs", "linearizable"];
+    headers.extend(SUMMARY.iter().map(|(header, _, _)| *header));
+    let rows = report
+        .summary
+        .iter()
+        .map(|s| {
+            let mut row = vec![
+                s.strategy.to_string(),
+                s.runs.to_string(),
+                format!("{} of {}", s.linearizable_runs, s.runs),
+            ];
+            row.extend(SUMMARY.iter().map(|(_, figure, digits)| {
+                s.get(figure).map_or("n/a".to_owned(), |v| {
+                    format!(
+                        "{:.d$} ({:.d$}-{:.d$})",
+                        v.median,
+                        v.min,
+                        v.max,
+                        d = *digits
+                    )
+                })
+            }));
+            row
+        })
+        .collect();
+    (headers, rows)
+}
+
+/// A fixed-width table for the terminal: every run, then (with more than
+/// one run per strategy) the medians and ranges.
 pub fn table(report: &RaceReport, rss: &BTreeMap<StrategyKind, f64>) -> String {
-    let (headers, rows) = rows(report, rss);
+    let mut out = fixed_width(rows(report, rss));
+    if report.plan.runs > 1 {
+        out.push('\n');
+        out.push_str(&fixed_width(summary_rows(report)));
+    }
+    out
+}
+
+fn fixed_width((headers, rows): (Vec<&str>, Vec<Vec<String>>)) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -189,11 +245,27 @@ pub fn markdown(
         },
         plan.duration.as_secs_f64()
     );
-    let _ = writeln!(
-        md,
-        "HTTP ceiling (`/healthz`, same concurrency): {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms.\n",
-        report.ceiling.requests_per_s, report.ceiling.latency.p50_ms, report.ceiling.latency.p99_ms
-    );
+    if let Some(ceiling) = report.ceiling_spread() {
+        let _ = writeln!(
+            md,
+            "HTTP ceiling (`/healthz`, same concurrency), measured before each run: {:.0} req/s (median; {:.0}-{:.0}).\n",
+            ceiling.median, ceiling.min, ceiling.max
+        );
+    }
+    if plan.runs > 1 {
+        let (headers, rows) = summary_rows(report);
+        let _ = writeln!(
+            md,
+            "Over {} runs per strategy, interleaved: median (min-max).\n",
+            plan.runs
+        );
+        let _ = writeln!(md, "| {} |", headers.join(" | "));
+        let _ = writeln!(md, "|{}|", vec!["---:"; headers.len()].join("|"));
+        for row in rows {
+            let _ = writeln!(md, "| {} |", row.join(" | "));
+        }
+        let _ = writeln!(md, "\nEvery run:\n");
+    }
     let _ = writeln!(md, "| {} |", headers.join(" | "));
     let _ = writeln!(md, "|{}|", vec!["---:"; headers.len()].join("|"));
     for row in rows {
@@ -263,106 +335,6 @@ pub fn write_files(
     })?;
     std::fs::write(dir.join("results.json"), json)?;
     std::fs::write(dir.join("results.md"), markdown(report, rss, machine))?;
-    chart(&dir.join("chart.svg"), report)?;
-    Ok(())
-}
-
-/// Two bar charts side by side: requests/s (with the ceiling marked) and p99.
-pub fn chart(path: &Path, report: &RaceReport) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (left, right) = root.split_horizontally(500);
-    let names: Vec<String> = report
-        .results
-        .iter()
-        .map(|r| r.strategy.to_string())
-        .collect();
-    let n = names.len().max(1);
-    let draw = |area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
-                title: &str,
-                values: Vec<f64>,
-                reference: Option<f64>,
-                color: RGBColor|
-     -> anyhow::Result<()> {
-        let top = values
-            .iter()
-            .copied()
-            .chain(reference)
-            .fold(1.0f64, f64::max)
-            * 1.15;
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d((0..n as u32).into_segmented(), 0f64..top)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n)
-            .x_label_formatter(&|x| match x {
-                SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
-            .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart
-            .draw_series(values.iter().enumerate().map(|(i, v)| {
-                let i = i as u32;
-                let mut bar = Rectangle::new(
-                    [
-                        (SegmentValue::Exact(i), 0.0),
-                        (SegmentValue::Exact(i + 1), *v),
-                    ],
-                    color.filled(),
-                );
-                bar.set_margin(0, 0, 8, 8);
-                bar
-            }))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart
-            .draw_series(values.iter().enumerate().map(|(i, v)| {
-                Text::new(
-                    format!("{v:.0}"),
-                    (SegmentValue::CenterOf(i as u32), *v),
-                    ("sans-serif", 12),
-                )
-            }))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(reference) = reference {
-            chart
-                .draw_series(LineSeries::new(
-                    [
-                        (SegmentValue::Exact(0), reference),
-                        (SegmentValue::Last, reference),
-                    ],
-                    RED.stroke_width(2),
-                ))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .label(format!("/healthz {reference:.0} req/s"));
-            chart
-                .configure_series_labels()
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        Ok(())
-    };
-    draw(
-        &left,
-        "requests/s per strategy",
-        report.results.iter().map(|r| r.requests_per_s).collect(),
-        Some(report.ceiling.requests_per_s),
-        RGBColor(70, 110, 180),
-    )?;
-    draw(
-        &right,
-        "p99 latency (ms)",
-        report.results.iter().map(|r| r.latency.p99_ms).collect(),
-        None,
-        RGBColor(200, 120, 40),
-    )?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::write(dir.join("chart.svg"), crate::lab::chart::svg(report))?;
     Ok(())
 }

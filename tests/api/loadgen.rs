@@ -28,11 +28,37 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
         ceiling_duration: Duration::from_millis(300),
         item_prefix: "lg".into(),
         rate: None,
+        runs: 2,
     };
     let report = loadgen::race(&target, &plan, std::sync::Arc::new(|_| {}))
         .await
         .unwrap();
-    assert!(report.ceiling.requests > 0 && report.ceiling.requests_per_s > 0.0);
+    for run in &report.results {
+        assert!(run.ceiling.requests > 0 && run.ceiling.requests_per_s > 0.0);
+    }
+
+    // Interleaved: every strategy once, then again, each after its own ceiling.
+    let order: Vec<(StrategyKind, u32)> =
+        report.results.iter().map(|r| (r.strategy, r.run)).collect();
+    use StrategyKind::{Lua, Naive};
+    assert_eq!(order, [(Naive, 1), (Lua, 1), (Naive, 2), (Lua, 2)]);
+    let summary = &report.summary;
+    assert_eq!(summary.len(), 2);
+    assert_eq!(
+        (summary[0].linearizable_runs, summary[1].linearizable_runs),
+        (0, 2)
+    );
+    let rps = summary[1].get("requests_per_s").unwrap();
+    let runs: Vec<f64> = report.results[1..]
+        .iter()
+        .step_by(2)
+        .map(|r| r.requests_per_s)
+        .collect();
+    assert_eq!(
+        (rps.min, rps.max),
+        (runs[0].min(runs[1]), runs[0].max(runs[1]))
+    );
+    assert_eq!(rps.median, (runs[0] + runs[1]) / 2.0);
 
     let naive = &report.results[0];
     assert_eq!(naive.strategy, StrategyKind::Naive);
@@ -98,6 +124,9 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
     );
     let svg = std::fs::read_to_string(dir.join("chart.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("lua"));
+    assert!(svg.contains("NOT linearizable in 2 of 2 runs"), "{svg}");
+    assert!(svg.contains(">linearizable in 2 of 2 runs<"), "{svg}");
+    assert!(markdown.contains("Over 2 runs per strategy"), "{markdown}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -124,6 +153,7 @@ async fn the_open_loop_counts_the_wait_a_closed_loop_hides() {
         ceiling_duration: Duration::from_millis(100),
         item_prefix: "open".into(),
         rate: Some(loadgen::Rate::new(200.0, None).unwrap()),
+        runs: 1,
     };
     let report = loadgen::race(&target, &plan, std::sync::Arc::new(|_| {}))
         .await

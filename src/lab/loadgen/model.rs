@@ -1,6 +1,7 @@
 //! What a race is asked to do and what it reports: the plan, the per-strategy
 //! results and the progress events.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +80,8 @@ pub struct RacePlan {
     /// (`None`: the closed loop, each connection sending its next request
     /// when the last is answered).
     pub rate: Option<Rate>,
+    /// Runs per strategy, interleaved (every strategy once, then again).
+    pub runs: u32,
 }
 
 /// An open-loop schedule: `per_s` requests a second, or a linear ramp from
@@ -218,6 +221,10 @@ pub struct Ceiling {
 #[derive(Debug, Clone, Serialize)]
 pub struct StrategyResult {
     pub strategy: StrategyKind,
+    /// Which run of the strategy (from 1).
+    pub run: u32,
+    /// `/healthz` measured just before this run.
+    pub ceiling: Ceiling,
     pub item: String,
     pub elapsed_s: f64,
     pub requests: u64,
@@ -272,8 +279,140 @@ pub struct StrategyResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct RaceReport {
     pub plan: RacePlan,
-    pub ceiling: Ceiling,
+    /// Every run of every strategy, in the order they ran.
     pub results: Vec<StrategyResult>,
+    /// Per strategy, the median and the range of every figure over its runs.
+    pub summary: Vec<StrategySummary>,
+}
+
+impl RaceReport {
+    pub fn new(plan: RacePlan, results: Vec<StrategyResult>) -> Self {
+        let summary = plan
+            .strategies
+            .iter()
+            .filter_map(|&strategy| {
+                let runs: Vec<&StrategyResult> =
+                    results.iter().filter(|r| r.strategy == strategy).collect();
+                StrategySummary::of(strategy, &runs)
+            })
+            .collect();
+        Self {
+            plan,
+            results,
+            summary,
+        }
+    }
+
+    /// The ceilings measured before every run, as median and range.
+    pub fn ceiling_spread(&self) -> Option<Spread> {
+        Spread::of(self.results.iter().map(|r| r.ceiling.requests_per_s))
+    }
+}
+
+/// The median of a figure over runs, and its smallest and largest value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// `None` when no run has the figure.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: values[0],
+            max: values[n - 1],
+        })
+    }
+}
+
+/// Reads one figure off a run; `None` when the run does not have it.
+type ReadFigure = fn(&StrategyResult) -> Option<f64>;
+
+/// Every figure of a strategy's runs, as median and range.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategySummary {
+    pub strategy: StrategyKind,
+    pub runs: u32,
+    /// Runs whose history was linearizable.
+    pub linearizable_runs: u32,
+    /// By figure name, as in the per-run results.
+    pub figures: BTreeMap<&'static str, Spread>,
+}
+
+impl StrategySummary {
+    /// The names of the summarised figures, and how to read each off a run.
+    const FIGURES: &'static [(&'static str, ReadFigure)] = &[
+        ("requests_per_s", |r| Some(r.requests_per_s)),
+        ("successes_per_s", |r| Some(r.successes_per_s)),
+        ("ceiling_requests_per_s", |r| Some(r.ceiling.requests_per_s)),
+        ("ceiling_ratio", |r| Some(r.ceiling_ratio)),
+        ("p50_ms", |r| Some(r.latency.p50_ms)),
+        ("p90_ms", |r| Some(r.latency.p90_ms)),
+        ("p99_ms", |r| Some(r.latency.p99_ms)),
+        ("max_ms", |r| Some(r.latency.max_ms)),
+        ("p50_corrected_ms", |r| {
+            r.latency_corrected.map(|l| l.p50_ms)
+        }),
+        ("p99_corrected_ms", |r| {
+            r.latency_corrected.map(|l| l.p99_ms)
+        }),
+        ("late", |r| Some(r.late as f64)),
+        ("dropped", |r| Some(r.dropped as f64)),
+        ("retries_per_success", |r| Some(r.retries_per_success)),
+        ("time_to_sell_out_s", |r| r.time_to_sell_out_s),
+        ("oversold", |r| Some(r.oversold as f64)),
+        ("drift", |r| Some(r.drift as f64)),
+        ("undersold", |r| Some(r.undersold as f64)),
+        ("refused_with_stock", |r| {
+            Some(r.history.refused_with_stock as f64)
+        }),
+        ("phantom_sold_out", |r| {
+            Some(r.history.phantom_sold_out as f64)
+        }),
+        ("ghost_orders", |r| Some(r.history.ghost_orders as f64)),
+        ("lost_in_log", |r| r.lost_in_log.map(|n| n as f64)),
+        ("lost_in_sql", |r| r.lost_in_sql.map(|n| n as f64)),
+        ("server_cpu_us_per_request", |r| r.server_cpu_us_per_request),
+        ("redis_cpu_us_per_request", |r| r.redis_cpu_us_per_request),
+        ("settle_s", |r| r.settle_s),
+    ];
+
+    fn of(strategy: StrategyKind, runs: &[&StrategyResult]) -> Option<Self> {
+        if runs.is_empty() {
+            return None;
+        }
+        let figures = Self::FIGURES
+            .iter()
+            .filter_map(|(name, read)| {
+                Some((*name, Spread::of(runs.iter().filter_map(|r| read(r)))?))
+            })
+            .collect();
+        Some(Self {
+            strategy,
+            runs: runs.len() as u32,
+            linearizable_runs: runs.iter().filter(|r| r.history.linearizable).count() as u32,
+            figures,
+        })
+    }
+
+    /// A figure's spread; `None` when no run had it.
+    pub fn get(&self, figure: &str) -> Option<Spread> {
+        self.figures.get(figure).copied()
+    }
 }
 
 /// What a race says while it runs.
@@ -323,11 +462,23 @@ mod tests {
         let sent = (0..5000).take_while(|&n| rate.due(n, d).is_some()).count();
         assert!((999..=1000).contains(&sent), "{sent}");
         let half = rate.due(500, d).unwrap().as_secs_f64();
-        assert!((half - std::f64::consts::FRAC_1_SQRT_2).abs() < 0.001, "{half}");
+        assert!(
+            (half - std::f64::consts::FRAC_1_SQRT_2).abs() < 0.001,
+            "{half}"
+        );
         // Down from 2000/s to 0: the same count, front-loaded.
         let down = Rate::new(1.0, Some(2000.0)).unwrap();
         let sent = (0..5000).take_while(|&n| down.due(n, d).is_some()).count();
         assert!((999..=1001).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn a_spread_is_the_median_and_the_range() {
+        let spread = Spread::of([3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((spread.median, spread.min, spread.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of([4.0, 1.0]).unwrap().median, 2.5);
+        assert_eq!(Spread::of([f64::NAN]), None);
+        assert_eq!(Spread::of([]), None);
     }
 
     #[test]

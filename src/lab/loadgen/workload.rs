@@ -20,25 +20,26 @@ use super::{
 };
 use crate::strategy::StrategyKind;
 
-/// Measures the ceiling, then races each strategy on its own fresh item.
+/// Races each strategy on its own fresh item, `plan.runs` times over, the
+/// ceiling measured afresh before every run: the machine's speed drifts
+/// between runs, so each run's ratio is to its own ceiling.
 pub async fn race(
     target: &Target,
     plan: &RacePlan,
     observe: Observer,
 ) -> anyhow::Result<RaceReport> {
-    let ceiling =
-        measure_ceiling(target, plan.concurrency, plan.ceiling_duration, &observe).await?;
     let mut results = Vec::new();
-    for &strategy in &plan.strategies {
-        let result = race_one(target, plan, strategy, ceiling.requests_per_s, &observe).await?;
-        observe(Progress::Finished(Box::new(result.clone())));
-        results.push(result);
+    for run in 1..=plan.runs.max(1) {
+        for &strategy in &plan.strategies {
+            let ceiling =
+                measure_ceiling(target, plan.concurrency, plan.ceiling_duration, &observe).await?;
+            let mut result = race_one(target, plan, strategy, &ceiling, &observe).await?;
+            result.run = run;
+            observe(Progress::Finished(Box::new(result.clone())));
+            results.push(result);
+        }
     }
-    Ok(RaceReport {
-        plan: plan.clone(),
-        ceiling,
-        results,
-    })
+    Ok(RaceReport::new(plan.clone(), results))
 }
 
 /// `/healthz` for `duration` at `concurrency`.
@@ -238,9 +239,10 @@ async fn race_one(
     target: &Target,
     plan: &RacePlan,
     strategy: StrategyKind,
-    ceiling_rps: f64,
+    ceiling: &Ceiling,
     observe: &Observer,
 ) -> anyhow::Result<StrategyResult> {
+    let ceiling_rps = ceiling.requests_per_s;
     let item = format!(
         "{}-{strategy}-{}",
         plan.item_prefix,
@@ -357,6 +359,8 @@ async fn race_one(
     });
     Ok(StrategyResult {
         strategy,
+        run: 1,
+        ceiling: ceiling.clone(),
         item,
         elapsed_s: elapsed,
         requests,
