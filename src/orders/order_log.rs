@@ -61,9 +61,18 @@ pub fn parse(item: &ItemId, entry: &StreamId) -> Result<OrderRecord, String> {
 
 /// The order id of an entry read as plain field pairs (`XRANGE`).
 pub fn order_id_of(fields: &[(String, String)]) -> Option<&str> {
+    field_of(fields, ORDER_ID)
+}
+
+/// The buyer of an entry read as plain field pairs (`XRANGE`).
+pub fn user_id_of(fields: &[(String, String)]) -> Option<&str> {
+    field_of(fields, USER_ID)
+}
+
+fn field_of<'a>(fields: &'a [(String, String)], field: &str) -> Option<&'a str> {
     fields
         .iter()
-        .find(|(name, _)| name == ORDER_ID)
+        .find(|(name, _)| name == field)
         .map(|(_, value)| value.as_str())
 }
 

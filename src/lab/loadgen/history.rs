@@ -32,7 +32,7 @@
 //! The verdict names the first counterexample: its kind, its request ids and
 //! their times.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -61,7 +61,8 @@ impl CallOutcome {
     fn ambiguous(self) -> bool {
         match self {
             CallOutcome::Unavailable | CallOutcome::Transport => true,
-            CallOutcome::Other(status) => status >= 500,
+            // A 5xx, or a 2xx whose order id could not be read.
+            CallOutcome::Other(status) => status >= 500 || (200..300).contains(&status),
             _ => false,
         }
     }
@@ -99,13 +100,16 @@ pub struct Spec {
     pub per_user_limit: u64,
 }
 
-/// What the server stored, read back after the run. `None`: not readable
-/// from here (no Redis URL), or SQL did not catch up in time.
+/// What the server stored, read back after the run: order ids with their
+/// buyer's number (`u64::MAX` for a user id that is none of the bench's).
+/// `None`: not readable from here (no Redis URL), or SQL did not catch up in
+/// time.
 #[derive(Debug, Default)]
 pub struct Stored {
-    /// Order ids in the item's order log.
-    pub log: Option<HashSet<OrderId>>,
-    /// Order ids in SQL with their buyer's number.
+    /// The item's order log.
+    pub log: Option<HashMap<OrderId, u64>>,
+    /// Entries of the order log beyond one per order id.
+    pub log_duplicates: u64,
     pub sql: Option<HashMap<OrderId, u64>>,
 }
 
@@ -200,13 +204,13 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
     }
 
     // Lost: answered, not stored.
-    let mut lost = |stored: &dyn Fn(&OrderId) -> bool, kind: &'static str| {
+    let mut lost = |stored: &HashMap<OrderId, u64>, kind: &'static str| {
         let mut missing: Vec<&&Call> = answered
             .iter()
-            .filter(|(id, _)| !stored(id))
+            .filter(|(id, _)| !stored.contains_key(id))
             .map(|(_, call)| call)
             .collect();
-        missing.sort_by_key(|c| c.done_us);
+        missing.sort_by_key(|c| (c.done_us, c.id));
         if let Some(call) = missing.first() {
             found(Counterexample {
                 kind,
@@ -218,71 +222,99 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
         missing.len() as u64
     };
     if let Some(log) = &stored.log {
-        result.lost_in_log = Some(lost(&|id| log.contains(id), "lost_in_log"));
+        result.lost_in_log = Some(lost(log, "lost_in_log"));
     }
     if let Some(sql) = &stored.sql {
-        result.lost_in_sql = Some(lost(&|id| sql.contains_key(id), "lost_in_sql"));
+        result.lost_in_sql = Some(lost(sql, "lost_in_sql"));
+    }
+    if stored.log_duplicates > 0 {
+        result.duplicate_ids += stored.log_duplicates;
+        found(Counterexample {
+            kind: "duplicate_id",
+            detail: format!(
+                "the order log holds {} entries more than it holds order ids",
+                stored.log_duplicates
+            ),
+            calls: Vec::new(),
+            at_us: u64::MAX,
+        });
     }
 
-    // Ghosts: stored, never answered. Only SQL knows the buyer; a log-only
-    // ghost counts against nobody's limit but is still an order.
-    let ambiguous_users: HashSet<u64> = calls
-        .iter()
-        .filter(|c| c.outcome.ambiguous())
-        .map(|c| c.user)
-        .collect();
-    let mut orders: HashSet<OrderId> = answered.keys().copied().collect();
+    // Every stored order with its buyer, from SQL or the order log.
+    let mut stored_orders: BTreeMap<OrderId, u64> = BTreeMap::new();
+    for source in [&stored.sql, &stored.log].into_iter().flatten() {
+        for (id, buyer) in source {
+            stored_orders.entry(*id).or_insert(*buyer);
+        }
+    }
+    for (id, call) in &answered {
+        if let Some(&buyer) = stored_orders.get(id)
+            && buyer != call.user
+        {
+            found(Counterexample {
+                kind: "wrong_buyer",
+                detail: format!(
+                    "order {id} was answered to buyer {} but is stored for buyer {buyer}",
+                    call.user
+                ),
+                calls: vec![(*call).into()],
+                at_us: call.done_us,
+            });
+        }
+    }
+
+    // Ghosts: stored, never answered. Each needs an ambiguous request of its
+    // buyer to have made it, one request per order; the earliest-sent of
+    // those requests are the ones taken to have taken effect (the reading
+    // most favourable to the sold-out checks below).
+    let mut ambiguous_by_user: BTreeMap<u64, Vec<&Call>> = BTreeMap::new();
+    for call in calls.iter().filter(|c| c.outcome.ambiguous()) {
+        ambiguous_by_user.entry(call.user).or_default().push(call);
+    }
+    let mut ghosts_by_user: BTreeMap<u64, Vec<OrderId>> = BTreeMap::new();
+    for (id, buyer) in &stored_orders {
+        if !answered.contains_key(id) {
+            ghosts_by_user.entry(*buyer).or_default().push(*id);
+        }
+    }
+    let mut effects: Vec<&Call> = answered.values().copied().collect();
     let mut held: HashMap<u64, u64> = HashMap::new();
     for call in answered.values() {
         *held.entry(call.user).or_default() += 1;
     }
-    let mut ghost_users: HashSet<u64> = HashSet::new();
-    if let Some(sql) = &stored.sql {
-        for (id, user) in sql {
-            if !answered.contains_key(id) {
-                result.ghost_orders += 1;
-                ghost_users.insert(*user);
-                *held.entry(*user).or_default() += 1;
-                if !ambiguous_users.contains(user) {
-                    result.unexplained_ghosts += 1;
-                    found(Counterexample {
-                        kind: "ghost_order",
-                        detail: format!(
-                            "order {id} of buyer {user} is in SQL, but no request of that buyer was answered 201 with it or left without an answer"
-                        ),
-                        calls: Vec::new(),
-                        at_us: u64::MAX,
-                    });
-                }
-            }
-            orders.insert(*id);
+    for (buyer, ghosts) in &ghosts_by_user {
+        result.ghost_orders += ghosts.len() as u64;
+        *held.entry(*buyer).or_default() += ghosts.len() as u64;
+        let mut makers = ambiguous_by_user.get(buyer).cloned().unwrap_or_default();
+        makers.sort_by_key(|c| (c.sent_us, c.id));
+        let explained = ghosts.len().min(makers.len());
+        effects.extend(&makers[..explained]);
+        if let Some(id) = ghosts.get(explained) {
+            result.unexplained_ghosts += (ghosts.len() - explained) as u64;
+            found(Counterexample {
+                kind: "ghost_order",
+                detail: format!(
+                    "order {id} of buyer {buyer} is stored, but that buyer has {} stored orders nobody was answered 201 for and only {} requests left without a clear answer",
+                    ghosts.len(),
+                    makers.len()
+                ),
+                calls: makers.iter().map(|c| (*c).into()).collect(),
+                at_us: u64::MAX,
+            });
         }
     }
-    if let Some(log) = &stored.log {
-        for id in log {
-            if orders.insert(*id) {
-                result.ghost_orders += 1;
-                if ambiguous_users.is_empty() {
-                    result.unexplained_ghosts += 1;
-                    found(Counterexample {
-                        kind: "ghost_order",
-                        detail: format!(
-                            "order {id} is in the order log, but no request was answered 201 with it or left without an answer"
-                        ),
-                        calls: Vec::new(),
-                        at_us: u64::MAX,
-                    });
-                }
-            }
-        }
-    }
+    let orders: HashSet<OrderId> = answered
+        .keys()
+        .chain(stored_orders.keys())
+        .copied()
+        .collect();
 
     // Oversold: more orders than units. The witness is the 201 that
     // completed when the answered count passed the stock.
     result.oversold = (orders.len() as u64).saturating_sub(spec.stock);
     if result.oversold > 0 {
         let mut created: Vec<&Call> = answered.values().copied().collect();
-        created.sort_by_key(|c| c.done_us);
+        created.sort_by_key(|c| (c.done_us, c.id));
         let witness = created.get(spec.stock as usize).or(created.last());
         found(Counterexample {
             kind: "oversold",
@@ -318,31 +350,22 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
         }
     }
 
-    // What could have taken effect by an instant: purchases sent before it
-    // (201s, and the ambiguous requests of buyers with ghost orders).
-    let mut effect_sends: Vec<u64> = calls
-        .iter()
-        .filter(|c| {
-            matches!(c.outcome, CallOutcome::Created(_))
-                || (c.outcome.ambiguous() && ghost_users.contains(&c.user))
-        })
-        .map(|c| c.sent_us)
-        .collect();
+    // What could have taken effect by an instant: purchases sent by then
+    // (201s, and the ambiguous requests taken to have made a ghost order).
+    let mut effect_sends: Vec<u64> = effects.iter().map(|c| c.sent_us).collect();
     effect_sends.sort_unstable();
-    let sent_before = |t: u64| effect_sends.partition_point(|&s| s < t) as u64;
+    let sent_by = |t: u64| effect_sends.partition_point(|&s| s <= t) as u64;
     let mut user_sends: HashMap<u64, Vec<u64>> = HashMap::new();
-    for call in calls {
-        if matches!(call.outcome, CallOutcome::Created(_))
-            || (call.outcome.ambiguous() && ghost_users.contains(&call.user))
-        {
-            user_sends.entry(call.user).or_default().push(call.sent_us);
-        }
+    for call in &effects {
+        user_sends.entry(call.user).or_default().push(call.sent_us);
     }
+    // Only 201s and matched ghosts count as purchases, so a sale whose
+    // orders never reached the stock fails here whatever the timing.
 
     for call in calls {
         match call.outcome {
             CallOutcome::SoldOut => {
-                let possible = sent_before(call.done_us);
+                let possible = sent_by(call.done_us);
                 if possible < spec.stock {
                     result.phantom_sold_out += 1;
                     found(Counterexample {
@@ -358,7 +381,7 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
             }
             CallOutcome::LimitReached => {
                 let possible = user_sends.get(&call.user).map_or(0, |sends| {
-                    sends.iter().filter(|&&s| s < call.done_us).count()
+                    sends.iter().filter(|&&s| s <= call.done_us).count()
                 }) as u64;
                 if possible < spec.per_user_limit {
                     result.phantom_limit += 1;
@@ -373,7 +396,7 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
                     });
                 }
             }
-            outcome if outcome.refusal() && sent_before(call.done_us) < spec.stock => {
+            outcome if outcome.refusal() && sent_by(call.done_us) < spec.stock => {
                 result.refused_with_stock += 1;
             }
             _ => {}
@@ -417,16 +440,15 @@ mod tests {
 
     /// The log and SQL hold exactly the answered orders.
     fn stored_as_answered(calls: &[Call]) -> Stored {
-        let mut log = HashSet::new();
         let mut sql = HashMap::new();
         for c in calls {
             if let CallOutcome::Created(id) = c.outcome {
-                log.insert(id);
                 sql.insert(id, c.user);
             }
         }
         Stored {
-            log: Some(log),
+            log: Some(sql.clone()),
+            log_duplicates: 0,
             sql: Some(sql),
         }
     }
@@ -526,7 +548,7 @@ mod tests {
         ];
         let mut stored = stored_as_answered(&calls);
         stored.sql.as_mut().unwrap().insert(OrderId(55), 2);
-        stored.log.as_mut().unwrap().insert(OrderId(55));
+        stored.log.as_mut().unwrap().insert(OrderId(55), 2);
         let explained = super::check(&calls, SPEC, &stored);
         assert!(explained.linearizable, "{explained:?}");
         assert_eq!(
@@ -544,6 +566,114 @@ mod tests {
         assert_eq!(
             (kind(&check), check.unexplained_ghosts),
             (Some("ghost_order"), 1)
+        );
+    }
+
+    #[test]
+    fn one_unclear_request_explains_one_ghost_not_two() {
+        let calls = [
+            created(1, 1, 0, 10),
+            call(2, 2, 0, 30, CallOutcome::Transport),
+        ];
+        let mut stored = stored_as_answered(&calls);
+        for ghost in [OrderId(55), OrderId(56)] {
+            stored.sql.as_mut().unwrap().insert(ghost, 2);
+            stored.log.as_mut().unwrap().insert(ghost, 2);
+        }
+        let check = super::check(
+            &calls,
+            Spec {
+                stock: 5,
+                per_user_limit: 5,
+            },
+            &stored,
+        );
+        assert_eq!((check.ghost_orders, check.unexplained_ghosts), (2, 1));
+        assert_eq!(kind(&check), Some("ghost_order"));
+    }
+
+    #[test]
+    fn a_ghost_only_in_the_order_log_counts_for_the_sold_out_bound() {
+        // SQL not caught up: only the log knows the order of the request
+        // that got no answer; with it, both units were gone by 50.
+        let calls = [
+            created(1, 1, 0, 10),
+            call(2, 2, 0, 20, CallOutcome::Transport),
+            call(3, 3, 30, 50, CallOutcome::SoldOut),
+        ];
+        let mut stored = stored_as_answered(&calls);
+        stored.sql = None;
+        stored.log.as_mut().unwrap().insert(OrderId(55), 2);
+        let check = super::check(&calls, SPEC, &stored);
+        assert!(check.linearizable, "{check:?}");
+        assert_eq!(check.phantom_sold_out, 0);
+    }
+
+    #[test]
+    fn a_sold_out_of_a_sale_that_never_ran_out_is_a_phantom_whatever_the_timing() {
+        // Both sent before the sold_out, but the second was refused: one
+        // order of two units in the end.
+        let calls = [
+            created(1, 1, 0, 10),
+            call(2, 2, 0, 20, CallOutcome::Contention),
+            call(3, 3, 0, 30, CallOutcome::SoldOut),
+        ];
+        let check = super::check(&calls, SPEC, &stored_as_answered(&calls));
+        assert_eq!(check.phantom_sold_out, 1, "{check:?}");
+        // Without any stored orders to count, timing is all there is.
+        let check = super::check(&calls, SPEC, &Stored::default());
+        assert_eq!(check.phantom_sold_out, 1, "{check:?}");
+    }
+
+    #[test]
+    fn a_limit_above_one_is_held_per_buyer() {
+        let spec = Spec {
+            stock: 10,
+            per_user_limit: 2,
+        };
+        let calls = [
+            created(1, 1, 0, 10),
+            created(2, 1, 11, 20),
+            call(3, 1, 21, 30, CallOutcome::LimitReached),
+        ];
+        let check = super::check(&calls, spec, &stored_as_answered(&calls));
+        assert!(check.linearizable, "{check:?}");
+        let calls = [
+            created(1, 1, 0, 10),
+            created(2, 1, 11, 20),
+            created(3, 1, 21, 30),
+        ];
+        let check = super::check(&calls, spec, &stored_as_answered(&calls));
+        assert_eq!(
+            (kind(&check), check.over_limit_buyers),
+            (Some("per_user_limit"), 1)
+        );
+        // Limit reached after only one purchase sent: a phantom.
+        let calls = [
+            created(1, 1, 0, 10),
+            call(2, 1, 11, 20, CallOutcome::LimitReached),
+        ];
+        let check = super::check(&calls, spec, &stored_as_answered(&calls));
+        assert_eq!(kind(&check), Some("phantom_limit"));
+    }
+
+    #[test]
+    fn an_order_stored_for_another_buyer_or_logged_twice_is_caught() {
+        let calls = [created(1, 1, 0, 10)];
+        let mut stored = stored_as_answered(&calls);
+        stored.sql.as_mut().unwrap().insert(OrderId(1001), 9);
+        stored.log.as_mut().unwrap().insert(OrderId(1001), 9);
+        assert_eq!(
+            kind(&super::check(&calls, SPEC, &stored)),
+            Some("wrong_buyer")
+        );
+
+        let mut stored = stored_as_answered(&calls);
+        stored.log_duplicates = 1;
+        let check = super::check(&calls, SPEC, &stored);
+        assert_eq!(
+            (kind(&check), check.duplicate_ids),
+            (Some("duplicate_id"), 1)
         );
     }
 

@@ -3,7 +3,7 @@
 //! order ids in the item's order log and, once the persister caught up, the
 //! orders in SQL, for the history check ([`super::history`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -13,6 +13,7 @@ use super::history::Stored;
 use super::{Target, buyer_number};
 use crate::lab::cpu::CpuSample;
 use crate::orders::db::OrdersPage;
+use crate::orders::order_log;
 use crate::orders::snowflake::OrderId;
 use crate::sale::ItemView;
 use crate::sale::stats::CounterSnapshot;
@@ -88,21 +89,29 @@ pub(super) async fn read_truths(
         None
     };
 
-    let log = match &target.redis_url {
-        Some(url) => Some(order_log_ids(url, item).await?),
-        None => None,
+    let (log, log_duplicates) = match &target.redis_url {
+        Some(url) => {
+            let (log, duplicates) = order_log(url, item).await?;
+            (Some(log), duplicates)
+        }
+        None => (None, 0),
     };
     Ok(Truths {
         view,
         counters,
-        stored: Stored { log, sql },
+        stored: Stored {
+            log,
+            log_duplicates,
+            sql,
+        },
         cpu_when_settled,
         settle_s,
     })
 }
 
-/// The order ids in the item's order log, read straight from Redis.
-async fn order_log_ids(redis_url: &str, item: &str) -> anyhow::Result<HashSet<OrderId>> {
+/// The orders in the item's order log, read straight from Redis, with their
+/// buyers, and how many entries repeat an order id already seen.
+async fn order_log(redis_url: &str, item: &str) -> anyhow::Result<(HashMap<OrderId, u64>, u64)> {
     let mut redis = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await
@@ -111,7 +120,8 @@ async fn order_log_ids(redis_url: &str, item: &str) -> anyhow::Result<HashSet<Or
         &crate::domain::ItemId::parse(item).map_err(anyhow::Error::msg)?,
     )
     .orders;
-    let mut logged = HashSet::new();
+    let mut logged = HashMap::new();
+    let mut duplicates = 0;
     let mut start = "-".to_owned();
     loop {
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
@@ -127,13 +137,17 @@ async fn order_log_ids(redis_url: &str, item: &str) -> anyhow::Result<HashSet<Or
         };
         start = format!("({last}");
         for (_, fields) in &entries {
-            if let Some(Ok(id)) = crate::orders::order_log::order_id_of(fields).map(OrderId::parse)
-            {
-                logged.insert(id);
+            if let Some(Ok(id)) = order_log::order_id_of(fields).map(OrderId::parse) {
+                let buyer = order_log::user_id_of(fields)
+                    .and_then(buyer_number)
+                    .unwrap_or(u64::MAX);
+                if logged.insert(id, buyer).is_some() {
+                    duplicates += 1;
+                }
             }
         }
     }
-    Ok(logged)
+    Ok((logged, duplicates))
 }
 
 #[cfg(test)]
