@@ -73,19 +73,29 @@ impl LogAxis {
     }
 }
 
-/// 1500 → "1.5k", 2000000 → "2M", 0.5 → "0.5".
+/// 1500 → "1.5k", 2000000 → "2M", 653.1 → "653", 0.05 → "0.05".
 fn short(v: f64) -> String {
-    let (scaled, unit) = match v.abs() {
-        a if a >= 1e6 => (v / 1e6, "M"),
-        a if a >= 1e3 => (v / 1e3, "k"),
-        _ => (v, ""),
+    let a = v.abs();
+    let (scaled, unit) = if a >= 999_950.0 {
+        (v / 1e6, "M")
+    } else if a >= 999.95 {
+        (v / 1e3, "k")
+    } else {
+        (v, "")
     };
-    let text = if unit.is_empty() && v.abs() >= 100.0 {
+    let text = if !unit.is_empty() || (1.0..100.0).contains(&a) {
+        format!("{scaled:.1}")
+    } else if a >= 100.0 {
         format!("{scaled:.0}")
     } else {
-        format!("{scaled:.1}")
+        format!("{scaled:.2}")
     };
-    format!("{}{unit}", text.trim_end_matches(".0"))
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    format!("{text}{unit}")
 }
 
 fn escape(text: &str) -> String {
@@ -331,5 +341,8 @@ mod tests {
         assert_eq!(short(0.5), "0.5");
         assert_eq!(short(12.0), "12");
         assert_eq!(short(653.1), "653");
+        assert_eq!(short(999_999.0), "1M");
+        assert_eq!(short(0.05), "0.05");
+        assert_eq!(short(0.0), "0");
     }
 }

@@ -164,6 +164,9 @@ async fn the_open_loop_counts_the_wait_a_closed_loop_hides() {
     // scheduled were sent, each later than the last.
     assert!(run.requests <= 60, "{run:?}");
     assert!(run.late >= run.requests / 2, "{run:?}");
+    // Every scheduled request is either sent or counted as dropped.
+    assert_eq!(run.scheduled, Some(200), "{run:?}");
+    assert_eq!(run.requests + run.dropped, 200, "{run:?}");
     assert!(
         corrected.p99_ms > 5.0 * run.latency.p99_ms,
         "corrected {corrected:?} against uncorrected {:?}",

@@ -118,14 +118,16 @@ impl Rate {
         let d = duration.as_secs_f64();
         let from = self.ramp_from_per_s.unwrap_or(self.per_s);
         let a = (self.per_s - from) / (2.0 * d.max(f64::MIN_POSITIVE));
-        let t = if a.abs() < 1e-12 {
-            n / from
+        let discriminant = from * from + 4.0 * a * n;
+        if discriminant < 0.0 {
+            return None;
+        }
+        // The smaller root of a t² + from t - n = 0, written so that it
+        // stays exact when a is tiny (and is n / from when a is zero).
+        let t = if n == 0.0 {
+            0.0
         } else {
-            let discriminant = from * from + 4.0 * a * n;
-            if discriminant < 0.0 {
-                return None;
-            }
-            (discriminant.sqrt() - from) / (2.0 * a)
+            2.0 * n / (from + discriminant.sqrt())
         };
         (t.is_finite() && t < d).then(|| Duration::from_secs_f64(t))
     }
@@ -241,8 +243,11 @@ pub struct StrategyResult {
     /// Open loop: requests sent more than [`LATE_AFTER`] after their
     /// scheduled start (no free connection in time).
     pub late: u64,
-    /// Open loop: requests the schedule wanted that were never sent,
-    /// because a whole second of the schedule was already waiting.
+    /// Open loop: requests the schedule started (`None`: closed loop).
+    pub scheduled: Option<u64>,
+    /// Open loop: scheduled requests never sent, because a whole second of
+    /// the schedule was already waiting, or because the run ended while they
+    /// waited (their wait until then is in the corrected latency).
     pub dropped: u64,
     pub statuses: StatusCounts,
     /// Server-side retries (optimistic aborts, lock waits) per success.

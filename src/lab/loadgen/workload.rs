@@ -120,11 +120,22 @@ struct RunShared {
     sold_out_at_us: AtomicU64,
     /// Numbers the requests of the history.
     next_call: AtomicU64,
+    /// Buyers taken and not yet answered: one refused for contention (or
+    /// with a limit above one) comes back, so the run is not over while any
+    /// is out.
+    in_flight: AtomicU64,
 }
 
 impl RunShared {
-    /// The next buyer, or `None` when every buyer has bought its fill.
-    fn next_buyer(&self) -> Option<u64> {
+    /// The next buyer, counted in flight until [`InFlight`] drops; `None`
+    /// when no buyer is left to try right now.
+    fn next_buyer(&self) -> Option<(u64, InFlight<'_>)> {
+        let user = self.pick_buyer()?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some((user, InFlight(&self.in_flight)))
+    }
+
+    fn pick_buyer(&self) -> Option<u64> {
         if let Some(user) = self
             .retry
             .lock()
@@ -141,12 +152,24 @@ impl RunShared {
     }
 }
 
+/// A buyer taken by a worker, until its answer is handled.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct WorkerOutcome {
     /// From the send to the answer.
     histogram: Histogram<u64>,
-    /// From the scheduled start to the answer.
+    /// From the scheduled start to the answer (or, for a request the run
+    /// ended before sending, to the end).
     corrected: Histogram<u64>,
     late: u64,
+    /// Open loop: scheduled, taken from the queue, never sent (the run ended).
+    unsent: u64,
     statuses: StatusCounts,
     /// Every request this worker made, for the history check.
     calls: Vec<Call>,
@@ -158,6 +181,7 @@ impl WorkerOutcome {
             histogram: new_histogram(),
             corrected: new_histogram(),
             late: 0,
+            unsent: 0,
             statuses: StatusCounts::default(),
             calls: Vec::new(),
         }
@@ -196,6 +220,9 @@ async fn open_loop(
             break;
         };
         if shared.stop.load(Ordering::Relaxed) {
+            // Due, never sent: it waited until now, at least.
+            outcome.unsent += 1;
+            record(&mut outcome.corrected, intended, Instant::now());
             break;
         }
         if let Next::Stop = buy(&shared, &mut conn, &mut outcome, intended).await {
@@ -206,15 +233,15 @@ async fn open_loop(
 }
 
 /// Queues each request at its scheduled start, until the run's duration or
-/// its stop. Returns how many it dropped because a second of the schedule
-/// was already queued.
+/// its stop. Returns how many it scheduled, and how many of those it
+/// dropped because a second of the schedule was already queued.
 async fn dispatch(
     shared: Arc<RunShared>,
     rate: Rate,
     jobs: tokio::sync::mpsc::Sender<Instant>,
-) -> u64 {
+) -> (u64, u64) {
     use tokio::sync::mpsc::error::TrySendError;
-    let mut dropped = 0;
+    let (mut scheduled, mut dropped) = (0, 0);
     for n in 0.. {
         if shared.stop.load(Ordering::Relaxed) {
             break;
@@ -225,14 +252,19 @@ async fn dispatch(
         let at = shared.start + due;
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
+        } else if n % 64 == 0 {
+            // Behind the schedule: catching up must not hold a runtime
+            // thread the workers need.
+            tokio::task::yield_now().await;
         }
+        scheduled += 1;
         match jobs.try_send(at) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => dropped += 1,
             Err(TrySendError::Closed(_)) => break,
         }
     }
-    dropped
+    (scheduled, dropped)
 }
 
 async fn race_one(
@@ -268,9 +300,11 @@ async fn race_one(
         start: Instant::now(),
         sold_out_at_us: AtomicU64::new(0),
         next_call: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
     });
     // The open loop's schedule, feeding the workers; it counts what it
-    // could not queue.
+    // could not queue. What is still queued when the run ends was never sent.
+    let mut leftovers = None;
     let (workers, dispatcher) = match plan.rate {
         None => (
             Owned(
@@ -286,6 +320,7 @@ async fn race_one(
                 (rate.per_s.max(rate.ramp_from_per_s.unwrap_or(0.0)) as usize).clamp(1, 1_000_000);
             let (jobs, queue) = tokio::sync::mpsc::channel(backlog);
             let queue = Arc::new(tokio::sync::Mutex::new(queue));
+            leftovers = Some(Arc::clone(&queue));
             let workers = Owned(
                 (0..plan.concurrency)
                     .map(|_| tokio::spawn(open_loop(Arc::clone(&shared), Arc::clone(&queue))))
@@ -317,9 +352,13 @@ async fn race_one(
         })])
     };
 
-    let dropped = match dispatcher {
-        Some(dispatcher) => dispatcher.join_all().await?.into_iter().sum(),
-        None => 0,
+    let (scheduled, mut dropped) = match dispatcher {
+        Some(dispatcher) => dispatcher
+            .join_all()
+            .await?
+            .into_iter()
+            .fold((0, 0), |(s, d), (s2, d2)| (s + s2, d + d2)),
+        None => (0, 0),
     };
     let mut histogram = new_histogram();
     let mut corrected = new_histogram();
@@ -336,6 +375,15 @@ async fn race_one(
         statuses.add(&outcome.statuses);
         calls.extend(outcome.calls);
         late += outcome.late;
+        dropped += outcome.unsent;
+    }
+    if let Some(queue) = leftovers {
+        let ended = Instant::now();
+        let mut queue = queue.lock().await;
+        while let Ok(intended) = queue.try_recv() {
+            dropped += 1;
+            record(&mut corrected, intended, ended);
+        }
     }
     drop(ticker);
     let elapsed = shared.start.elapsed().as_secs_f64();
@@ -374,6 +422,7 @@ async fn race_one(
         latency: Latency::of(&histogram),
         latency_corrected: plan.rate.map(|_| Latency::of(&corrected)),
         late,
+        scheduled: plan.rate.map(|_| scheduled),
         dropped,
         statuses,
         retries_per_success: retries as f64 / statuses.created_201.max(1) as f64,
@@ -401,10 +450,20 @@ async fn buy(
     outcome: &mut WorkerOutcome,
     intended: Instant,
 ) -> Next {
-    let Some(user) = shared.next_buyer() else {
-        // Every buyer has bought its fill: the run is over for everyone.
-        shared.stop.store(true, Ordering::Relaxed);
-        return Next::Stop;
+    let (user, _in_flight) = loop {
+        if let Some(taken) = shared.next_buyer() {
+            break taken;
+        }
+        if shared.in_flight.load(Ordering::Relaxed) == 0 {
+            // Every buyer has bought its fill: the run is over for everyone.
+            shared.stop.store(true, Ordering::Relaxed);
+            return Next::Stop;
+        }
+        if shared.stop.load(Ordering::Relaxed) {
+            return Next::Stop;
+        }
+        // A buyer out may come back refused: wait for its answer.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let sent = Instant::now();
     if sent.saturating_duration_since(intended) > LATE_AFTER {
