@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -88,13 +88,27 @@ impl Counters {
 /// Latencies recorded since the live feed last took them.
 type Latencies = Mutex<Option<Histogram<u32>>>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ItemCounters {
     counters: [Counters; StrategyKind::ALL.len()],
     latencies: [Latencies; StrategyKind::ALL.len()],
     /// Set once any strategy saw the sale empty; refusals before that were
     /// refusals while units remained.
     seen_empty: AtomicBool,
+    /// The restock these counters started at, if this instance did it:
+    /// purchases that began earlier belong to the sale before.
+    restocked_at: Option<Instant>,
+}
+
+impl Default for ItemCounters {
+    fn default() -> Self {
+        Self {
+            counters: Default::default(),
+            latencies: Default::default(),
+            seen_empty: AtomicBool::new(false),
+            restocked_at: None,
+        }
+    }
 }
 
 impl ItemCounters {
@@ -183,9 +197,17 @@ impl Stats {
         if attempt.fenced {
             c.fenced.fetch_add(1, Ordering::Relaxed);
         }
+        // A purchase that began before these counters (before the restock
+        // that reset them) may have seen the previous sale empty: it says
+        // nothing about this one.
+        let this_sale = counters.restocked_at.is_none_or(|restocked| {
+            Instant::now()
+                .checked_sub(took)
+                .is_some_and(|began| began >= restocked)
+        });
         match attempt.outcome {
-            Outcome::SoldOut => counters.seen_empty.store(true, Ordering::Relaxed),
-            Outcome::Purchased { remaining } if remaining <= 0 => {
+            Outcome::SoldOut if this_sale => counters.seen_empty.store(true, Ordering::Relaxed),
+            Outcome::Purchased { remaining } if remaining <= 0 && this_sale => {
                 counters.seen_empty.store(true, Ordering::Relaxed)
             }
             Outcome::Contended { .. } => counters.refused(c),
@@ -216,12 +238,19 @@ impl Stats {
         counters.refused(c);
     }
 
-    /// Forgets an item's counters: its sale starts over.
+    /// Forgets an item's counters: its sale starts over now.
     pub fn reset(&self, item: &ItemId) {
-        self.items
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(item);
+        let mut items = self.items.write().unwrap_or_else(|e| e.into_inner());
+        items.remove(item);
+        if items.len() < MAX_TRACKED_ITEMS {
+            items.insert(
+                item.clone(),
+                Arc::new(ItemCounters {
+                    restocked_at: Some(Instant::now()),
+                    ..ItemCounters::default()
+                }),
+            );
+        }
     }
 
     /// The counters of every strategy that has seen an attempt on `item`.
@@ -288,11 +317,17 @@ mod tests {
         assert_eq!((lock.contention, lock.errors), (2, 2));
         assert_eq!(lock.refused_with_stock, 2);
         stats.reset(&item);
+        // A sold_out of the previous sale, answered after the restock: the
+        // purchase began before the new sale's counters existed.
+        std::thread::sleep(Duration::from_millis(5));
+        let stale = Attempt::new(Outcome::SoldOut);
+        stats.record(&item, StrategyKind::Lock, &contended, ms);
+        stats.record(&item, StrategyKind::Lock, &stale, Duration::from_secs(1));
         stats.record(&item, StrategyKind::Lock, &contended, ms);
         assert_eq!(
             stats.snapshot(&item)[&StrategyKind::Lock].refused_with_stock,
-            1,
-            "a restock starts counting again"
+            2,
+            "a restock starts counting again, and a stale sold_out does not end it"
         );
     }
 
