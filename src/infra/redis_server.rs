@@ -67,6 +67,10 @@ pub struct RedisServerOptions {
     /// a full Redis refuses writes (503s) instead of growing until the kernel
     /// kills it.
     pub maxmemory: String,
+    /// Start as a Redis Cluster node (`--cluster-enabled yes`, its
+    /// `nodes.conf` in `dir`). The cluster bus listens on port + 10000, so a
+    /// port picked free is picked at or below 55535.
+    pub cluster: bool,
 }
 
 impl Default for RedisServerOptions {
@@ -77,6 +81,7 @@ impl Default for RedisServerOptions {
             dir: None,
             append_only: None,
             maxmemory: "0".into(),
+            cluster: false,
         }
     }
 }
@@ -124,6 +129,7 @@ impl RedisServer {
     fn try_start(options: &RedisServerOptions) -> anyhow::Result<Self> {
         let port = match options.port {
             Some(port) => port,
+            None if options.cluster => free_cluster_port()?,
             None => free_port()?,
         };
         let (dir, owns_dir) = match &options.dir {
@@ -165,6 +171,11 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if options.cluster {
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(dir.join("nodes.conf"));
+        }
         if let Some(fsync) = options.append_only {
             command.args(["--appendonly", "yes", "--appendfsync", fsync.as_redis()]);
         } else {
@@ -418,6 +429,22 @@ fn running(pid: i32) -> bool {
 fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("no free loopback port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Highest client port of a cluster node: its bus listens on port + 10000.
+pub const MAX_CLUSTER_PORT: u16 = 55_535;
+
+/// A free loopback port at or below [`MAX_CLUSTER_PORT`] whose bus port
+/// (+ 10000) is free too.
+fn free_cluster_port() -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let port = rand::random_range(20_000..=MAX_CLUSTER_PORT);
+        let free = |p: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port pair (port, port + 10000) at or below {MAX_CLUSTER_PORT}")
 }
 
 /// True when something on `port` answers a RESP PING with PONG.
