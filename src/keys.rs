@@ -1,7 +1,11 @@
-//! The Redis key schema. Every key of an item carries the item in one hash tag,
-//! `seckill:{ITEM}:...`, so all of an item's keys share a cluster slot and any
-//! script or transaction over them stays legal on a cluster. Nothing outside the
-//! `seckill:` prefix is ever touched.
+//! The Redis key schema, designed for a Redis Cluster: no script, transaction
+//! or pipeline of this service names two keys of different slots. Every key
+//! of an item carries the item in one hash tag, `seckill:{ITEM}:...`, so all
+//! of an item's keys share a slot; a worker number's lease and horizon share
+//! one too; the keys that span items (the index, the legacy archive set) are
+//! only ever used one at a time. Nothing outside `seckill:` (or `{seckill:`,
+//! a hash tag around a `seckill:` key) is ever touched. `tests/api/cluster.rs`
+//! runs the whole service on a cluster to hold this.
 
 use crate::domain::ItemId;
 
@@ -33,7 +37,17 @@ pub fn worker_lease(n: u16) -> String {
 
 /// How far ids were minted with worker number `n` (Unix ms). No TTL: it
 /// outlives the lease, for the number's next holder (see [`crate::orders::lease`]).
+/// Its hash tag is the whole lease key, so the two share a cluster slot and
+/// one script can take the lease and read the horizon.
 pub fn worker_horizon(n: u16) -> String {
+    format!("{{{}}}:horizon", worker_lease(n))
+}
+
+/// Where versions before [`worker_horizon`] kept it: in another slot than
+/// the lease. Read after taking a number and written beside the new key, so
+/// instances of both versions, side by side during an upgrade, see each
+/// other's horizons.
+pub fn legacy_worker_horizon(n: u16) -> String {
     format!("{}:horizon", worker_lease(n))
 }
 

@@ -313,6 +313,14 @@ impl Leaser {
         let Some(horizon) = horizon else {
             return Ok(None);
         };
+        // An older version's horizon for `n`, in its own slot: final by now,
+        // since no one else can hold `n` while we do.
+        let legacy: Option<u64> = redis::cmd("GET")
+            .arg(keys::legacy_worker_horizon(n))
+            .query_async(&mut self.redis)
+            .await
+            .context("cannot read the worker number's legacy horizon")?;
+        let horizon = horizon.max(legacy.unwrap_or(0));
         let floor = if horizon == 0 {
             not_before_ms
         } else {
@@ -376,7 +384,7 @@ impl Leaser {
 
     /// Extends the lease on `n` and raises its horizon to `horizon_ms`.
     async fn renew_once(&mut self, n: u16, horizon_ms: u64) -> anyhow::Result<bool> {
-        token_lock::renew_with_horizon(
+        let renewed = token_lock::renew_with_horizon(
             &mut self.redis,
             &keys::worker_lease(n),
             &keys::worker_horizon(n),
@@ -385,11 +393,30 @@ impl Leaser {
             horizon_ms,
         )
         .await
-        .context("cannot renew the snowflake worker lease")
+        .context("cannot renew the snowflake worker lease")?;
+        if renewed {
+            self.write_legacy_horizon(n, horizon_ms).await;
+        }
+        Ok(renewed)
+    }
+
+    /// Keeps the older versions' horizon key for `n` up to date (see
+    /// [`keys::legacy_worker_horizon`]); we hold `n`, so no one else writes it.
+    async fn write_legacy_horizon(&mut self, n: u16, horizon_ms: u64) {
+        let written: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(keys::legacy_worker_horizon(n))
+            .arg(horizon_ms)
+            .query_async(&mut self.redis)
+            .await;
+        if let Err(err) = written {
+            tracing::warn!(worker = n, %err, "cannot write the legacy worker horizon");
+        }
     }
 
     /// Releases `n`, leaving `last_ms` as its horizon.
     async fn give_back(&mut self, n: u16, last_ms: u64) {
+        // Before the release: afterwards another instance may hold `n`.
+        self.write_legacy_horizon(n, last_ms).await;
         let released = token_lock::release_with_horizon(
             &mut self.redis,
             &keys::worker_lease(n),
