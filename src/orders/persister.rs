@@ -209,6 +209,7 @@ async fn run(
 ) {
     let mut worker = Worker {
         redis,
+        hot: None,
         db,
         grouped: HashSet::new(),
         last_claim: None,
@@ -288,6 +289,9 @@ async fn run(
 
 struct Worker {
     redis: ConnectionManager,
+    /// The order log that last had entries: the one to block on when all
+    /// are quiet.
+    hot: Option<String>,
     db: Db,
     /// Streams whose consumer group we created or found.
     grouped: HashSet<String>,
@@ -329,10 +333,15 @@ impl Worker {
         Ok(handled)
     }
 
-    /// One `XREADGROUP` over `streams` from `from` (`>`: new entries; `0`:
-    /// this consumer's pending ones), persisting what it returns. A stream
-    /// replaced since we grouped it (`NOGROUP`) counts as work, so a drain
-    /// looks again, with fresh groups, instead of stopping there.
+    /// Reads `streams` from `from` (`>`: new entries; `0`: this consumer's
+    /// pending ones), each order log on its own `XREADGROUP` (one command
+    /// naming several logs would span cluster slots), all in one round trip,
+    /// persisting what they return. When nothing came and `block` is set, it
+    /// waits on the log that last had entries, the sale in progress, so its
+    /// orders are picked up at once; the others are looked at again next step
+    /// (at most [`PersisterConfig::block`] later). A stream replaced since we
+    /// grouped it (`NOGROUP`) counts as work, so a drain looks again, with
+    /// fresh groups, instead of stopping there.
     async fn read_group(
         &mut self,
         streams: &[String],
@@ -340,31 +349,70 @@ impl Worker {
         block: bool,
         status: &PersisterStatus,
     ) -> anyhow::Result<usize> {
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.config.consumer)
-            .arg("COUNT")
-            .arg(self.config.batch);
-        if block {
-            read.arg("BLOCK").arg(self.config.block.as_millis() as u64);
+        let mut reads = redis::pipe();
+        for stream in streams {
+            reads.add_command(self.xreadgroup(stream, from, None));
         }
-        read.arg("STREAMS").arg(streams);
-        for _ in streams {
-            read.arg(from);
-        }
-        let reply: Option<StreamReadReply> = match read.query_async(&mut self.redis).await {
-            Ok(reply) => reply,
+        let mut handled = match reads.query_async(&mut self.redis).await {
+            Ok(replies) => self.persist_replies(replies, status).await?,
             Err(err) if err.code() == Some("NOGROUP") => {
                 self.grouped.clear();
                 return Ok(1);
             }
             Err(err) => return Err(err).context("XREADGROUP failed"),
         };
+        if handled == 0 && block && from == ">" {
+            let hot = self
+                .hot
+                .as_ref()
+                .filter(|hot| streams.contains(hot))
+                .or(streams.first())
+                .cloned();
+            if let Some(hot) = hot {
+                let wait = self.xreadgroup(&hot, from, Some(self.config.block));
+                handled = match wait.query_async(&mut self.redis).await {
+                    Ok(reply) => self.persist_replies(vec![reply], status).await?,
+                    Err(err) if err.code() == Some("NOGROUP") => {
+                        self.grouped.clear();
+                        return Ok(1);
+                    }
+                    Err(err) => return Err(err).context("XREADGROUP failed"),
+                };
+            }
+        }
+        Ok(handled)
+    }
+
+    /// `XREADGROUP` of one order log, blocking for `block` if given.
+    fn xreadgroup(&self, stream: &str, from: &str, block: Option<Duration>) -> redis::Cmd {
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.config.consumer)
+            .arg("COUNT")
+            .arg(self.config.batch);
+        if let Some(block) = block {
+            read.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        read.arg("STREAMS").arg(stream).arg(from);
+        read
+    }
+
+    /// Persists the entries of `XREADGROUP` replies; remembers the last log
+    /// that had any as the one to wait on.
+    async fn persist_replies(
+        &mut self,
+        replies: Vec<Option<StreamReadReply>>,
+        status: &PersisterStatus,
+    ) -> anyhow::Result<usize> {
         let mut handled = 0;
-        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+        for stream in replies.into_iter().flatten().flat_map(|r| r.keys) {
+            if stream.ids.is_empty() {
+                continue;
+            }
             handled += stream.ids.len();
             self.persist(&stream.key, &stream.ids, status).await?;
+            self.hot = Some(stream.key);
         }
         Ok(handled)
     }
