@@ -4,6 +4,7 @@
 mod bad_input;
 mod batch;
 mod browser;
+mod cluster;
 mod concurrency;
 mod durability;
 mod endpoints;
