@@ -133,14 +133,8 @@ async fn no_command_of_the_service_spans_two_slots() {
         loop {
             let view = app.item(item).await;
             let orders: serde_json::Value = app
-                .client
-                .get(app.url(&format!("/api/orders?item={item}&limit=100")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                .get_json(&format!("/api/orders?item={item}&limit=100"))
+                .await;
             let stored = orders["orders"].as_array().map_or(0, Vec::len);
             if view["lag"] == 0 && view["persisted"] == 1 && stored == 4 {
                 break;
