@@ -339,9 +339,7 @@ impl Worker {
     /// persisting what they return. When nothing came and `block` is set, it
     /// waits on the log that last had entries, the sale in progress, so its
     /// orders are picked up at once; the others are looked at again next step
-    /// (at most [`PersisterConfig::block`] later). A stream replaced since we
-    /// grouped it (`NOGROUP`) counts as work, so a drain looks again, with
-    /// fresh groups, instead of stopping there.
+    /// (at most [`PersisterConfig::block`] later).
     async fn read_group(
         &mut self,
         streams: &[String],
@@ -349,18 +347,18 @@ impl Worker {
         block: bool,
         status: &PersisterStatus,
     ) -> anyhow::Result<usize> {
+        // Each log's reply on its own: one log replaced since we grouped it
+        // must not hold up the others.
         let mut reads = redis::pipe();
+        reads.ignore_errors();
         for stream in streams {
             reads.add_command(self.xreadgroup(stream, from, None));
         }
-        let mut handled = match reads.query_async(&mut self.redis).await {
-            Ok(replies) => self.persist_replies(replies, status).await?,
-            Err(err) if err.code() == Some("NOGROUP") => {
-                self.grouped.clear();
-                return Ok(1);
-            }
-            Err(err) => return Err(err).context("XREADGROUP failed"),
-        };
+        let replies: Vec<redis::RedisResult<Option<StreamReadReply>>> = reads
+            .query_async(&mut self.redis)
+            .await
+            .context("XREADGROUP failed")?;
+        let mut handled = self.persist_replies(replies, status).await?;
         if handled == 0 && block && from == ">" {
             let hot = self
                 .hot
@@ -370,14 +368,8 @@ impl Worker {
                 .cloned();
             if let Some(hot) = hot {
                 let wait = self.xreadgroup(&hot, from, Some(self.config.block));
-                handled = match wait.query_async(&mut self.redis).await {
-                    Ok(reply) => self.persist_replies(vec![reply], status).await?,
-                    Err(err) if err.code() == Some("NOGROUP") => {
-                        self.grouped.clear();
-                        return Ok(1);
-                    }
-                    Err(err) => return Err(err).context("XREADGROUP failed"),
-                };
+                let reply = wait.query_async(&mut self.redis).await;
+                handled = self.persist_replies(vec![reply], status).await?;
             }
         }
         Ok(handled)
@@ -399,22 +391,49 @@ impl Worker {
     }
 
     /// Persists the entries of `XREADGROUP` replies; remembers the last log
-    /// that had any as the one to wait on.
+    /// that had any as the one to wait on. A log replaced since we grouped
+    /// it (`NOGROUP`) counts as work, so a drain looks again, with fresh
+    /// groups, instead of stopping there; any other error fails the step,
+    /// after the other logs' entries are stored.
     async fn persist_replies(
         &mut self,
-        replies: Vec<Option<StreamReadReply>>,
+        replies: Vec<redis::RedisResult<Option<StreamReadReply>>>,
         status: &PersisterStatus,
     ) -> anyhow::Result<usize> {
         let mut handled = 0;
-        for stream in replies.into_iter().flatten().flat_map(|r| r.keys) {
-            if stream.ids.is_empty() {
-                continue;
+        let mut failed = None;
+        for reply in replies {
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(err) if err.code() == Some("NOGROUP") => {
+                    self.grouped.clear();
+                    handled += 1;
+                    continue;
+                }
+                Err(err) => {
+                    failed.get_or_insert(err);
+                    continue;
+                }
+            };
+            for stream in reply.into_iter().flat_map(|r| r.keys) {
+                if stream.ids.is_empty() {
+                    continue;
+                }
+                handled += stream.ids.len();
+                self.persist(&stream.key, &stream.ids, status).await?;
+                // Only a live log gets more orders: an archived one being
+                // caught up is no sale in progress.
+                let live = keys::item_of(&stream.key)
+                    .is_some_and(|item| ItemKeys::new(&item).orders == stream.key);
+                if live {
+                    self.hot = Some(stream.key);
+                }
             }
-            handled += stream.ids.len();
-            self.persist(&stream.key, &stream.ids, status).await?;
-            self.hot = Some(stream.key);
         }
-        Ok(handled)
+        match failed {
+            Some(err) => Err(err).context("XREADGROUP failed"),
+            None => Ok(handled),
+        }
     }
 
     /// The streams to read (those with a group) and the archived logs.

@@ -304,3 +304,33 @@ async fn a_fresh_redis_never_reuses_a_sale_number_sql_has_seen() {
         "the old sale's order is not this sale's: {view}"
     );
 }
+
+/// An order log replaced under the persister (restocked, then bought again:
+/// a new stream its group does not cover yet) must not stall the other logs:
+/// each log's read stands on its own, and the replaced one is grouped afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_order_log_holds_up_neither_itself_nor_the_others() {
+    let (app, _redis) = spawn_persisting_app(&database_urls().remove(0), |_| {}).await;
+    let (steady, replaced) = (unique("steady"), unique("replaced"));
+    for item in [&steady, &replaced] {
+        assert_eq!(
+            app.put_item(item, serde_json::json!({"stock": 10}))
+                .await
+                .status(),
+            201
+        );
+        assert_eq!(app.purchase(item, "u1", "lua").await.status(), 201);
+    }
+    // The persister has grouped both logs.
+    wait_until_persisted(&app, &replaced, 1).await;
+    assert_eq!(
+        app.put_item(&replaced, serde_json::json!({"stock": 10}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.purchase(&replaced, "u2", "lua").await.status(), 201);
+    assert_eq!(app.purchase(&steady, "u2", "lua").await.status(), 201);
+    wait_until_persisted(&app, &steady, 2).await;
+    wait_until_persisted(&app, &replaced, 1).await;
+}
