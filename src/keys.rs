@@ -1,5 +1,5 @@
-//! The Redis key schema, designed for a Redis Cluster: no script, transaction
-//! or pipeline of this service names two keys of different slots. Every key
+//! The Redis key schema, designed for a Redis Cluster: no command, script or
+//! `MULTI` transaction of this service names two keys of different slots. Every key
 //! of an item carries the item in one hash tag, `seckill:{ITEM}:...`, so all
 //! of an item's keys share a slot; a worker number's lease and horizon share
 //! one too; the keys that span items (the index, the legacy archive set) are
@@ -44,9 +44,9 @@ pub fn worker_horizon(n: u16) -> String {
 }
 
 /// Where versions before [`worker_horizon`] kept it: in another slot than
-/// the lease. Read after taking a number and written beside the new key, so
-/// instances of both versions, side by side during an upgrade, see each
-/// other's horizons.
+/// the lease. Read after taking a number and raised beside the new key (by
+/// one-key commands), so instances of both versions, side by side during an
+/// upgrade on one Redis, see each other's horizons.
 pub fn legacy_worker_horizon(n: u16) -> String {
     format!("{}:horizon", worker_lease(n))
 }

@@ -19,7 +19,8 @@
 //! number.
 //!
 //! # The horizon
-//! Each number has a horizon key, `seckill:worker:<n>:horizon`, with no TTL:
+//! Each number has a horizon key, `{seckill:worker:<n>}:horizon` (in the
+//! lease key's cluster slot, so one script takes both), with no TTL:
 //! the Unix millisecond up to which its holders may have minted. Each renewal
 //! raises it to the renewal's start plus the TTL, and the holder mints no id
 //! past its own horizon (so a wall clock that jumps forward cannot carry ids
@@ -313,14 +314,20 @@ impl Leaser {
         let Some(horizon) = horizon else {
             return Ok(None);
         };
-        // An older version's horizon for `n`, in its own slot: final by now,
-        // since no one else can hold `n` while we do.
-        let legacy: Option<u64> = redis::cmd("GET")
+        // The horizon an older version kept for `n`, in another slot (see
+        // keys::legacy_worker_horizon); it too bounds what `n` has minted.
+        let legacy: redis::RedisResult<Option<u64>> = redis::cmd("GET")
             .arg(keys::legacy_worker_horizon(n))
             .query_async(&mut self.redis)
-            .await
-            .context("cannot read the worker number's legacy horizon")?;
-        let horizon = horizon.max(legacy.unwrap_or(0));
+            .await;
+        let legacy = match legacy {
+            Ok(legacy) => legacy.unwrap_or(0),
+            Err(err) => {
+                self.give_back(n, horizon).await;
+                return Err(err).context("cannot read the worker number's legacy horizon");
+            }
+        };
+        let horizon = horizon.max(legacy);
         let floor = if horizon == 0 {
             not_before_ms
         } else {
@@ -400,22 +407,23 @@ impl Leaser {
         Ok(renewed)
     }
 
-    /// Keeps the older versions' horizon key for `n` up to date (see
-    /// [`keys::legacy_worker_horizon`]); we hold `n`, so no one else writes it.
+    /// Raises the older versions' horizon key for `n` (see
+    /// [`keys::legacy_worker_horizon`]), so an instance of an older version
+    /// that takes `n` next waits past what we minted. Raise-only: written
+    /// late, or after the lease was lost, it can only make that taker wait
+    /// longer, never let it mint below someone's ids. A failure is logged:
+    /// it matters only while older versions still run.
     async fn write_legacy_horizon(&mut self, n: u16, horizon_ms: u64) {
-        let written: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(keys::legacy_worker_horizon(n))
-            .arg(horizon_ms)
-            .query_async(&mut self.redis)
-            .await;
+        let written =
+            token_lock::raise_horizon(&mut self.redis, &keys::legacy_worker_horizon(n), horizon_ms)
+                .await;
         if let Err(err) = written {
-            tracing::warn!(worker = n, %err, "cannot write the legacy worker horizon");
+            tracing::warn!(worker = n, %err, "cannot raise the legacy worker horizon");
         }
     }
 
     /// Releases `n`, leaving `last_ms` as its horizon.
     async fn give_back(&mut self, n: u16, last_ms: u64) {
-        // Before the release: afterwards another instance may hold `n`.
         self.write_legacy_horizon(n, last_ms).await;
         let released = token_lock::release_with_horizon(
             &mut self.redis,

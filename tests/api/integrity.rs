@@ -648,3 +648,55 @@ async fn a_lease_retaken_after_redis_forgot_it_repeats_no_id() {
     }
     lease.release().await;
 }
+
+/// During an upgrade, a number's last holder may have been an older version,
+/// which kept the horizon under the older key: the new taker waits past that
+/// one too, and raises it in turn for an older taker after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_versions_horizon_is_honoured_and_kept_up() {
+    let redis = RedisServer::start(Default::default()).unwrap();
+    hold_all_worker_numbers_but(&redis, &[5]).await;
+    let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
+        .await
+        .unwrap();
+    let t0 = seckill::orders::snowflake::Clock::now_ms(&SystemClock);
+    let clock = Arc::new(ManualClock::new(t0));
+    let config = LeaseConfig {
+        ttl: Duration::from_millis(300),
+        fixed: None,
+        clock: clock.clone(),
+    };
+    let legacy = seckill::keys::legacy_worker_horizon(5);
+    let mut probe = conn.clone();
+    let _: () = redis::cmd("SET")
+        .arg(&legacy)
+        .arg(t0 + 300)
+        .query_async(&mut probe)
+        .await
+        .unwrap();
+
+    let taking = tokio::spawn(WorkerLease::acquire(conn.clone(), config.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !taking.is_finished(),
+        "minting before the older version's horizon could repeat its ids"
+    );
+    clock.set(t0 + 300 + SKEW_MARGIN.as_millis() as u64 + 1);
+    let lease = tokio::time::timeout(Duration::from_secs(5), taking)
+        .await
+        .expect("the taker resumes once its clock passes the horizon")
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.worker(), 5);
+    let minted = lease.minter().next().unwrap().parts().unix_ms;
+    lease.release().await;
+    let kept: u64 = redis::cmd("GET")
+        .arg(&legacy)
+        .query_async(&mut probe)
+        .await
+        .unwrap();
+    assert!(
+        kept >= minted,
+        "older horizon {kept} below our id's {minted}"
+    );
+}

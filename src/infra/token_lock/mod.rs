@@ -33,6 +33,8 @@ const RELEASE_UNUSED_LUA: &str = include_str!("release_unused.lua");
 /// a pipeline a `NOSCRIPT` could not be retried, so pipelines send `EVAL`
 /// with the source, and Redis caches the compiled script by its hash.
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
+static RAISE_HORIZON: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("raise_horizon.lua")));
 static TAKE_WITH_HORIZON: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("take_with_horizon.lua")));
 static RENEW_WITH_HORIZON: LazyLock<Script> =
@@ -175,6 +177,20 @@ pub async fn renew_with_horizon(
         .invoke_async(redis)
         .await?;
     Ok(renewed == 1)
+}
+
+/// Raises the horizon key `horizon` to `horizon_ms`, never lowering it.
+pub async fn raise_horizon(
+    redis: &mut impl ConnectionLike,
+    horizon: &str,
+    horizon_ms: u64,
+) -> RedisResult<()> {
+    let _: i64 = RAISE_HORIZON
+        .key(horizon)
+        .arg(horizon_ms)
+        .invoke_async(redis)
+        .await?;
+    Ok(())
 }
 
 /// Releases a lock we still hold, leaving `last_ms` as its horizon; whether
