@@ -111,6 +111,19 @@ pub struct Sales {
     restock: Script,
 }
 
+/// Whether Redis answered, but not with what an item's keys should hold: a
+/// key of another type, or a value that does not parse. (Not Redis being
+/// unreachable, busy or loading.)
+fn unreadable(err: &redis::RedisError) -> bool {
+    err.code() == Some("WRONGTYPE")
+        || matches!(
+            err.kind(),
+            redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+        )
+        // A pipeline reports the failed command's error inside its own.
+        || err.to_string().contains("WRONGTYPE")
+}
+
 /// Why a sale operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SaleError {
@@ -229,8 +242,17 @@ impl Sales {
             let Ok(item) = ItemId::parse(&id) else {
                 continue;
             };
-            if let Some(view) = self.view(&item, stats).await? {
-                views.push(view);
+            match self.view(&item, stats).await {
+                Ok(Some(view)) => views.push(view),
+                Ok(None) => {}
+                // One item whose keys Redis refuses to read as their types
+                // (written by hand, or by a bug) must not hide every other
+                // item: it is left out, and said so. Redis or the database
+                // being unreachable still fails the listing.
+                Err(SaleError::Redis(err)) if unreadable(&err) => {
+                    tracing::error!(item = %item, %err, "item left out of the listing: its Redis keys cannot be read");
+                }
+                Err(err) => return Err(err),
             }
         }
         Ok(views)
