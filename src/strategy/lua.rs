@@ -20,7 +20,10 @@ impl Lua {
     pub fn new(redis: ConnectionManager) -> Self {
         Self {
             redis,
-            script: Script::new(include_str!("purchase.lua")),
+            script: Script::new(concat!(
+                include_str!("integer.lua"),
+                include_str!("purchase.lua")
+            )),
         }
     }
 }

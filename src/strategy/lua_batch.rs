@@ -90,7 +90,10 @@ impl LuaBatch {
     pub fn new(redis: ConnectionManager, max: usize, wait: Duration) -> Self {
         Self {
             redis,
-            script: Arc::new(Script::new(include_str!("purchase_batch.lua"))),
+            script: Arc::new(Script::new(concat!(
+                include_str!("integer.lua"),
+                include_str!("purchase_batch.lua")
+            ))),
             max: max.clamp(1, MAX_BATCH),
             wait,
             queues: Arc::default(),

@@ -18,29 +18,50 @@
 --   {3, 0}             item not found
 --   {4, strategy}      the sale is bound to another strategy (its name)
 -- A sale with no binding yet is bound to ARGV[3] by its first purchase, as in
--- snapshot.lua. Every rejection returns before any other write.
+-- snapshot.lua. An error (a key or value of the wrong type) returns before
+-- any write.
+
+-- Nothing is written unless every write can succeed (Redis does not roll a
+-- script back: a DECR without its order would be a unit lost). With no extra
+-- calls: a key of the wrong type fails its read (HMGET, HGET, GET) before any
+-- write; the values the writes rely on are checked here; and the order is
+-- appended first, so an order log of the wrong type fails before the stock
+-- moves. After the append nothing can fail.
+-- integer(value, what) comes from integer.lua, prepended at load.
 
 local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation', 'strategy')
 local limit = tonumber(meta[1])
 if not limit then
   return {3, 0}
 end
-if not meta[3] then
-  redis.call('HSET', KEYS[2], 'strategy', ARGV[3])
-elseif meta[3] ~= ARGV[3] then
+if meta[3] and meta[3] ~= ARGV[3] then
   return {4, meta[3]}
 end
-local held = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-if held >= limit then
-  return {2, limit}
+local held, bad = integer(redis.call('HGET', KEYS[3], ARGV[1]), 'the units held by ' .. ARGV[1])
+if bad then
+  return bad
 end
-local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
-if stock <= 0 then
-  return {1, 0}
+local stock, bad_stock = integer(redis.call('GET', KEYS[1]), 'the stock')
+if bad_stock then
+  return bad_stock
+end
+local refusal
+if held >= limit then
+  refusal = {2, limit}
+elseif stock <= 0 then
+  refusal = {1, 0}
+else
+  redis.call('XADD', KEYS[4], '*',
+    'order_id', ARGV[2], 'user_id', ARGV[1], 'strategy', ARGV[3], 'created_ms', ARGV[4],
+    'generation', meta[2])
+end
+-- The first attempt binds an unbound sale, whatever it answers.
+if not meta[3] then
+  redis.call('HSET', KEYS[2], 'strategy', ARGV[3])
+end
+if refusal then
+  return refusal
 end
 local remaining = redis.call('DECR', KEYS[1])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('XADD', KEYS[4], '*',
-  'order_id', ARGV[2], 'user_id', ARGV[1], 'strategy', ARGV[3], 'created_ms', ARGV[4],
-  'generation', meta[2])
 return {0, remaining}

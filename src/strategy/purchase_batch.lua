@@ -47,13 +47,7 @@ if meta[3] and meta[3] ~= ARGV[1] then
 end
 -- Every value the loop relies on, read and checked before the first write:
 -- a stock or a buyer count that is not an integer fails the batch here.
-local function integer(value, what)
-  local number = tonumber(value or '0')
-  if not number or number ~= math.floor(number) then
-    return nil, redis.error_reply('ERR ' .. what .. ' is not an integer: ' .. tostring(value))
-  end
-  return number
-end
+-- integer(value, what) comes from integer.lua, prepended at load.
 local stock, bad = integer(redis.call('GET', KEYS[1]), 'the stock')
 if bad then
   return bad

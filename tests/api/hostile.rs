@@ -308,3 +308,108 @@ async fn live_streams_are_capped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Keys or values of the wrong type (written by hand, or by a bug) make a
+/// `lua` purchase fail with 503 before its first write, and leave only that
+/// item out of the listing. Redis does not roll a
+/// script back: a check after the decrement would leave a unit gone with no
+/// order for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
+    // A private Redis: the bad keys must not reach the other tests' listings.
+    let private = seckill::infra::redis_server::RedisServer::start(Default::default()).unwrap();
+    let app = crate::helpers::spawn_app_on(&private.url(), |_| {}).await;
+    let mut redis = app.redis().await;
+    let set = |key: String, field: Option<&'static str>, value: &'static str| {
+        let mut cmd = match field {
+            Some(field) => {
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(key).arg(field);
+                cmd
+            }
+            None => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key);
+                cmd
+            }
+        };
+        cmd.arg(value);
+        cmd
+    };
+    // A buyer's count that is not an integer, under the limit as a number;
+    // then a stock that Lua reads as a number but Redis cannot decrement.
+    let item = unique("badheld");
+    let created = app
+        .put_item(
+            &item,
+            serde_json::json!({"stock": 5, "per_user_limit": 2, "strategy": "lua"}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let keys = crate::helpers::keys(&item);
+    let _: () = set(keys.buyers.clone(), Some("u1"), "1.5")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_error(app.purchase(&item, "u1", "lua").await, 503, "unavailable").await;
+    let view = app.item(&item).await;
+    assert_eq!(
+        (view["stock"].as_i64(), view["sold"].as_u64()),
+        (Some(5), Some(0)),
+        "{view}"
+    );
+    let _: () = set(keys.stock.clone(), None, "5 ")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_error(app.purchase(&item, "u2", "lua").await, 503, "unavailable").await;
+    let logged: u64 = redis::cmd("XLEN")
+        .arg(&keys.orders)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        logged, 0,
+        "an order was appended for a purchase that failed"
+    );
+
+    // An order log that is not a stream.
+    let item = unique("badlog");
+    let created = app
+        .put_item(&item, serde_json::json!({"stock": 5, "strategy": "lua"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    let keys = crate::helpers::keys(&item);
+    let _: () = set(keys.orders.clone(), None, "not a stream")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_error(app.purchase(&item, "u1", "lua").await, 503, "unavailable").await;
+    let (stock, held): (i64, Option<i64>) = redis::pipe()
+        .cmd("GET")
+        .arg(&keys.stock)
+        .cmd("HGET")
+        .arg(&keys.buyers)
+        .arg("u1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stock, held),
+        (5, None),
+        "a write happened before the failure"
+    );
+
+    // The unreadable items are left out of the listing; the others still show.
+    let good = unique("good");
+    let created = app.put_item(&good, serde_json::json!({"stock": 5})).await;
+    assert_eq!(created.status(), 201);
+    let items: serde_json::Value = app.get_json("/api/items").await;
+    let ids: Vec<&str> = items
+        .as_array()
+        .expect("a listing, not an error")
+        .iter()
+        .filter_map(|i| i["item_id"].as_str())
+        .collect();
+    assert_eq!(ids, [good.as_str()], "{items}");
+}
