@@ -22,6 +22,15 @@ const RATE_PANEL: (f64, f64) = (165.0, 520.0);
 const LATENCY_PANEL: (f64, f64) = (565.0, 920.0);
 const TRUTHS_LEFT: f64 = 950.0;
 
+/// The summary figures the chart reads.
+const RATE: &str = "requests_per_s";
+const P99: &str = "p99_ms";
+const P99_CORRECTED: &str = "p99_corrected_ms";
+const OVERSOLD: &str = "oversold";
+const REFUSED: &str = "refused_with_stock";
+#[cfg(test)]
+const FIGURES_DRAWN: [&str; 5] = [RATE, P99, P99_CORRECTED, OVERSOLD, REFUSED];
+
 const BAR: &str = "#4a6eb4";
 const LATENCY_BAR: &str = "#c8782a";
 const BAD: &str = "#b00020";
@@ -167,18 +176,20 @@ fn bar(svg: &mut String, axis: &LogAxis, y: f64, spread: Option<Spread>, color: 
 /// Oversold units and the history verdict, in words; red only where the
 /// words say something is wrong.
 fn truths(svg: &mut String, y: f64, s: &StrategySummary, violation: Option<&str>) {
-    let oversold = s.get("oversold").map_or(0.0, |o| o.max);
+    let oversold = s.get(OVERSOLD).map_or(0.0, |o| o.max);
     let (line, color) = if oversold > 0.0 {
         (format!("OVERSOLD: up to {} units", short(oversold)), BAD)
     } else {
         ("oversold: 0".to_owned(), GOOD)
     };
     text(svg, TRUTHS_LEFT, y + 15.0, 12, "start", color, &line);
+    let refused = s.get(REFUSED).map_or(0.0, |r| r.median);
     let (line, color) = if s.linearizable_runs == s.runs {
-        (
-            format!("linearizable in {} of {} runs", s.runs, s.runs),
-            GOOD,
-        )
+        let mut line = format!("linearizable in {} of {} runs", s.runs, s.runs);
+        if refused > 0.0 {
+            let _ = write!(line, "; {} refused with stock", short(refused));
+        }
+        (line, GOOD)
     } else {
         (
             format!(
@@ -199,11 +210,7 @@ pub fn svg(report: &RaceReport) -> String {
     let height = TOP + rows * ROW + BOTTOM;
     let bottom = TOP + rows * ROW;
     let open_loop = report.plan.rate.is_some();
-    let latency_figure = if open_loop {
-        "p99_corrected_ms"
-    } else {
-        "p99_ms"
-    };
+    let latency_figure = if open_loop { P99_CORRECTED } else { P99 };
     let ceiling = report.ceiling_spread();
     let spreads = |figure: &str| {
         report
@@ -214,9 +221,7 @@ pub fn svg(report: &RaceReport) -> String {
             .collect::<Vec<f64>>()
     };
     let rate_axis = LogAxis::over(
-        spreads("requests_per_s")
-            .into_iter()
-            .chain(ceiling.map(|c| c.max)),
+        spreads(RATE).into_iter().chain(ceiling.map(|c| c.max)),
         RATE_PANEL,
     );
     let latency_axis = LogAxis::over(spreads(latency_figure).into_iter(), LATENCY_PANEL);
@@ -271,14 +276,7 @@ pub fn svg(report: &RaceReport) -> String {
             "#000",
             s.strategy.as_str(),
         );
-        bar(
-            &mut svg,
-            &rate_axis,
-            y,
-            s.get("requests_per_s"),
-            BAR,
-            " req/s",
-        );
+        bar(&mut svg, &rate_axis, y, s.get(RATE), BAR, " req/s");
         bar(
             &mut svg,
             &latency_axis,
@@ -332,6 +330,14 @@ mod tests {
         assert_eq!(axis.ticks(), vec![100.0, 1_000.0, 10_000.0, 100_000.0]);
         assert!((axis.x(1_000.0) - 100.0).abs() < 1e-9);
         assert!((axis.x(10_000.0) - 200.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn every_figure_drawn_is_one_the_summary_has() {
+        use crate::lab::loadgen::StrategySummary;
+        for figure in FIGURES_DRAWN {
+            assert!(StrategySummary::knows(figure), "`{figure}`");
+        }
     }
 
     #[test]

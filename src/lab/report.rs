@@ -338,3 +338,16 @@ pub fn write_files(
     std::fs::write(dir.join("chart.svg"), crate::lab::chart::svg(report))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::loadgen::StrategySummary;
+
+    #[test]
+    fn every_summary_column_names_a_figure_the_summary_has() {
+        for (header, figure, _) in SUMMARY {
+            assert!(StrategySummary::knows(figure), "{header}: `{figure}`");
+        }
+    }
+}

@@ -418,6 +418,12 @@ impl StrategySummary {
     pub fn get(&self, figure: &str) -> Option<Spread> {
         self.figures.get(figure).copied()
     }
+
+    /// Whether `figure` is one the summary knows (readers name figures by
+    /// string: a test holds their names to this list).
+    pub fn knows(figure: &str) -> bool {
+        Self::FIGURES.iter().any(|(name, _)| *name == figure)
+    }
 }
 
 /// What a race says while it runs.
