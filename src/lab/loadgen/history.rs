@@ -13,14 +13,17 @@
 //! - **oversold**: more distinct orders exist (answered 201, in the order
 //!   log, in SQL) than units.
 //! - **limit**: a buyer holds more orders than the limit.
-//! - **duplicate ids**: two 201s carry one order id.
+//! - **duplicate ids**: two 201s carry one order id, or the order log holds
+//!   one id twice.
 //! - **lost**: a 201 whose id is missing from the order log or from SQL.
-//! - **ghost orders**: stored, but never answered 201. Fine when the buyer
-//!   had an ambiguous request (no answer, a 503 `unavailable`, a 5xx: it may
-//!   have taken effect); a violation otherwise.
+//! - **wrong buyer**: an order stored for another buyer than its 201's.
+//! - **ghost orders**: stored, but never answered 201. Each must be matched
+//!   by its own ambiguous request of the same buyer (no answer, a 503
+//!   `unavailable`, a 5xx, a 201 without a readable id: it may have taken
+//!   effect); one left unmatched is a violation.
 //! - **phantom sold-out**: a `sold_out` that completed before `stock`
 //!   purchases could have taken effect: fewer than `stock` purchases (201s,
-//!   and ambiguous requests of buyers with ghost orders) had been *sent* by
+//!   and the ambiguous requests matched to ghost orders) had been *sent* by
 //!   then. Likewise a **phantom limit**: `limit_reached` before the buyer had
 //!   sent `limit` purchases.
 //! - **refused with stock**: refusals other than `sold_out` and
