@@ -203,6 +203,15 @@ fn fixed_width((headers, rows): (Vec<&str>, Vec<Vec<String>>)) -> String {
     out
 }
 
+/// A markdown table, every column right-aligned.
+fn markdown_table(md: &mut String, (headers, rows): (Vec<&str>, Vec<Vec<String>>)) {
+    let _ = writeln!(md, "| {} |", headers.join(" | "));
+    let _ = writeln!(md, "|{}|", vec!["---:"; headers.len()].join("|"));
+    for row in rows {
+        let _ = writeln!(md, "| {} |", row.join(" | "));
+    }
+}
+
 /// `results.md`: the plan, the machine, the ceiling and the table.
 pub fn markdown(
     report: &RaceReport,
@@ -253,24 +262,15 @@ pub fn markdown(
         );
     }
     if plan.runs > 1 {
-        let (headers, rows) = summary_rows(report);
         let _ = writeln!(
             md,
             "Over {} runs per strategy, interleaved: median (min-max).\n",
             plan.runs
         );
-        let _ = writeln!(md, "| {} |", headers.join(" | "));
-        let _ = writeln!(md, "|{}|", vec!["---:"; headers.len()].join("|"));
-        for row in rows {
-            let _ = writeln!(md, "| {} |", row.join(" | "));
-        }
+        markdown_table(&mut md, summary_rows(report));
         let _ = writeln!(md, "\nEvery run:\n");
     }
-    let _ = writeln!(md, "| {} |", headers.join(" | "));
-    let _ = writeln!(md, "|{}|", vec!["---:"; headers.len()].join("|"));
-    for row in rows {
-        let _ = writeln!(md, "| {} |", row.join(" | "));
-    }
+    markdown_table(&mut md, (headers, rows));
     let _ = writeln!(
         md,
         "\n`x ceiling` is req/s divided by the `/healthz` req/s of this run. Latencies run from each request's send to its answer; `p99 corr ms` (open loop only) runs from its scheduled start, so waiting for a free connection counts; `late` requests were sent more than 2 ms after their scheduled start, `dropped` ones never (a second of the schedule was already waiting, or the run ended first). 409 counts sold-out and limit answers; 503 counts contention and unavailable. `undersold`: the server's count of refusals (contention or an error) before the sale was first seen empty. `linearizable` and the columns after it come from checking every request of the run against the sale (one counter of the stock, the per-user limit): `refused w/ stock` counts refusals (503, errors, no answer) that completed while units certainly remained; `phantom sold-out` counts `sold_out` answers given before the stock could have run out (or in a sale whose orders never reached the stock); `ghosts` counts stored orders never answered 201 (each must be matched by a request of its buyer that got no clear answer). `lost log/sql`: 201 order ids missing from the order log / from SQL after the persister caught up."
