@@ -22,11 +22,7 @@ async fn one_node_cluster() -> RedisServer {
         ..RedisServerOptions::default()
     })
     .unwrap();
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::connect(&redis.url()).await;
     let _: () = redis::cmd("CLUSTER")
         .arg("ADDSLOTSRANGE")
         .arg(0)
@@ -55,11 +51,7 @@ async fn one_node_cluster() -> RedisServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_command_of_the_service_spans_two_slots() {
     let redis = one_node_cluster().await;
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::connect(&redis.url()).await;
     // The harness is a real cluster: two items' keys in one command fail.
     let crossed = redis::cmd("MGET")
         .arg("{a}:x")
@@ -151,11 +143,7 @@ async fn no_command_of_the_service_spans_two_slots() {
     }
     // The stop releases the worker number and drains the persister.
     app.stop().await;
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::connect(&redis.url()).await;
     let leases: Vec<String> = redis::cmd("KEYS")
         .arg("seckill:worker:*")
         .query_async(&mut conn)

@@ -84,11 +84,7 @@ async fn a_leftover_redis_server_on_the_same_files_is_stopped_first() {
         ..RedisServerOptions::default()
     };
     let leftover = RedisServer::start(options.clone()).unwrap();
-    let mut conn = redis::Client::open(leftover.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::connect(&leftover.url()).await;
     let _: () = redis::cmd("SET")
         .arg(format!("{}:kept", seckill::keys::PREFIX))
         .arg("yes")
@@ -115,11 +111,7 @@ async fn a_leftover_redis_server_on_the_same_files_is_stopped_first() {
                 .contains("zombie"),
         "the leftover server was stopped"
     );
-    let mut conn = redis::Client::open(fresh.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::connect(&fresh.url()).await;
     let kept: Option<String> = redis::cmd("GET")
         .arg(format!("{}:kept", seckill::keys::PREFIX))
         .query_async(&mut conn)
@@ -133,11 +125,7 @@ async fn a_leftover_redis_server_on_the_same_files_is_stopped_first() {
 #[tokio::test]
 async fn a_redis_that_may_evict_keys_is_refused_unless_allowed() {
     let redis = RedisServer::start(Default::default()).unwrap();
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::connect(&redis.url()).await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory-policy")

@@ -194,11 +194,7 @@ impl TestApp {
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        connect(&self.redis_url).await
     }
 
     /// Every key of `item` with its full value, to assert a request changed
@@ -264,11 +260,7 @@ pub async fn assert_error(response: Response, status: u16, code: &str) -> Value 
 
 /// Holds every worker number on `redis` except `free`.
 pub async fn hold_all_worker_numbers_but(redis: &RedisServer, free: &[u16]) {
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = connect(&redis.url()).await;
     let mut pipe = redis::pipe();
     for n in (0..=seckill::orders::snowflake::MAX_WORKER).filter(|n| !free.contains(n)) {
         pipe.cmd("SET")
@@ -282,6 +274,15 @@ pub async fn hold_all_worker_numbers_but(redis: &RedisServer, free: &[u16]) {
 /// `GET url`, parsed as JSON whatever the status.
 pub async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str) -> T {
     client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// A connection of the test's own to the Redis at `url`.
+pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 /// The Redis keys of `item`, from the service's own key schema.

@@ -320,22 +320,6 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
     let private = seckill::infra::redis_server::RedisServer::start(Default::default()).unwrap();
     let app = crate::helpers::spawn_app_on(&private.url(), |_| {}).await;
     let mut redis = app.redis().await;
-    let set = |key: String, field: Option<&'static str>, value: &'static str| {
-        let mut cmd = match field {
-            Some(field) => {
-                let mut cmd = redis::cmd("HSET");
-                cmd.arg(key).arg(field);
-                cmd
-            }
-            None => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(key);
-                cmd
-            }
-        };
-        cmd.arg(value);
-        cmd
-    };
     // A buyer's count that is not an integer, under the limit as a number;
     // then a stock that Lua reads as a number but Redis cannot decrement.
     let item = unique("badheld");
@@ -347,7 +331,10 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
         .await;
     assert_eq!(created.status(), 201);
     let keys = crate::helpers::keys(&item);
-    let _: () = set(keys.buyers.clone(), Some("u1"), "1.5")
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.buyers)
+        .arg("u1")
+        .arg("1.5")
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -358,7 +345,9 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
         (Some(5), Some(0)),
         "{view}"
     );
-    let _: () = set(keys.stock.clone(), None, "5 ")
+    let _: () = redis::cmd("SET")
+        .arg(&keys.stock)
+        .arg("5 ")
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -380,7 +369,9 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
         .await;
     assert_eq!(created.status(), 201);
     let keys = crate::helpers::keys(&item);
-    let _: () = set(keys.orders.clone(), None, "not a stream")
+    let _: () = redis::cmd("SET")
+        .arg(&keys.orders)
+        .arg("not a stream")
         .query_async(&mut redis)
         .await
         .unwrap();

@@ -138,11 +138,7 @@ async fn a_lease_that_is_not_renewed_expires_and_can_be_taken_over() {
         .parts()
         .worker;
     let key = seckill::keys::worker_lease(worker);
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::connect(&redis.url()).await;
 
     // Freeze the instance: it stops renewing, and its lease expires.
     let pid = paused.child.id() as i32;

@@ -365,11 +365,17 @@ async fn a_second_instance_with_the_same_worker_id_refuses_to_start() {
     assert!(again.is_ok(), "{:?}", again.err());
 }
 
-/// A number taken over, by a process whose clock reads what the previous
-/// holder's did (a restart after a clock step back): the new holder waits past
-/// the number's horizon, so its ids never repeat the old holder's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_number_taken_over_mints_no_repeated_id() {
+/// A private Redis where every worker number but 5 is held, and a lease
+/// config on a manual clock that starts at the wall clock's now (`t0`).
+struct OnlyFive {
+    redis: RedisServer,
+    conn: redis::aio::ConnectionManager,
+    t0: u64,
+    clock: Arc<ManualClock>,
+    config: LeaseConfig,
+}
+
+async fn only_worker_five_free() -> OnlyFive {
     let redis = RedisServer::start(Default::default()).unwrap();
     hold_all_worker_numbers_but(&redis, &[5]).await;
     let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
@@ -382,6 +388,27 @@ async fn a_worker_number_taken_over_mints_no_repeated_id() {
         fixed: None,
         clock: clock.clone(),
     };
+    OnlyFive {
+        redis,
+        conn,
+        t0,
+        clock,
+        config,
+    }
+}
+
+/// A number taken over, by a process whose clock reads what the previous
+/// holder's did (a restart after a clock step back): the new holder waits past
+/// the number's horizon, so its ids never repeat the old holder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_number_taken_over_mints_no_repeated_id() {
+    let OnlyFive {
+        redis: _redis,
+        conn,
+        t0,
+        clock,
+        config,
+    } = only_worker_five_free().await;
 
     let old = WorkerLease::acquire(conn.clone(), config.clone())
         .await
@@ -654,18 +681,13 @@ async fn a_lease_retaken_after_redis_forgot_it_repeats_no_id() {
 /// one too, and raises it in turn for an older taker after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_versions_horizon_is_honoured_and_kept_up() {
-    let redis = RedisServer::start(Default::default()).unwrap();
-    hold_all_worker_numbers_but(&redis, &[5]).await;
-    let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
-        .await
-        .unwrap();
-    let t0 = seckill::orders::snowflake::Clock::now_ms(&SystemClock);
-    let clock = Arc::new(ManualClock::new(t0));
-    let config = LeaseConfig {
-        ttl: Duration::from_millis(300),
-        fixed: None,
-        clock: clock.clone(),
-    };
+    let OnlyFive {
+        redis: _redis,
+        conn,
+        t0,
+        clock,
+        config,
+    } = only_worker_five_free().await;
     let legacy = seckill::keys::legacy_worker_horizon(5);
     let mut probe = conn.clone();
     let _: () = redis::cmd("SET")

@@ -4,18 +4,27 @@
 
 use std::time::Duration;
 
+use seckill::infra::redis_server::RedisServer;
 use seckill::lab::loadgen::{self, RacePlan, Target};
 use seckill::strategy::StrategyKind;
 
 use crate::helpers::{database_urls, spawn_persisting_app};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_load_generator_reports_the_truth_of_each_strategy() {
+/// A persisting app whose `naive` purchases wait 20 ms between read and
+/// write, and the bench's target for it (its Redis reachable, for the
+/// order-log check).
+async fn persisting_target() -> (crate::helpers::TestApp, RedisServer, Target) {
     let (app, redis) =
         spawn_persisting_app(&database_urls().remove(0), |c| c.race_window_ms = 20).await;
     let target = Target::from_url(&app.address, None, Some(redis.url()))
         .await
         .unwrap();
+    (app, redis, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_reports_the_truth_of_each_strategy() {
+    let (_app, _redis, target) = persisting_target().await;
     let plan = RacePlan {
         strategies: vec![StrategyKind::Naive, StrategyKind::Lua],
         stock: 200,
@@ -136,11 +145,7 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
 /// shows that wait. A closed loop (or a latency from the send) would hide it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_open_loop_counts_the_wait_a_closed_loop_hides() {
-    let (app, redis) =
-        spawn_persisting_app(&database_urls().remove(0), |c| c.race_window_ms = 20).await;
-    let target = Target::from_url(&app.address, None, Some(redis.url()))
-        .await
-        .unwrap();
+    let (_app, _redis, target) = persisting_target().await;
     let plan = RacePlan {
         strategies: vec![StrategyKind::Naive],
         stock: 10_000,
