@@ -397,6 +397,29 @@ async fn only_worker_five_free() -> OnlyFive {
     }
 }
 
+/// Takes worker number 5 with a clock still before `horizon_ms`: the taker
+/// must wait (`why` says what minting now would do), and resumes once the
+/// clock is past the horizon plus the skew margin.
+async fn take_five_past(
+    conn: &redis::aio::ConnectionManager,
+    clock: &ManualClock,
+    config: &LeaseConfig,
+    horizon_ms: u64,
+    why: &str,
+) -> WorkerLease {
+    let taking = tokio::spawn(WorkerLease::acquire(conn.clone(), config.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!taking.is_finished(), "{why}");
+    clock.set(horizon_ms + SKEW_MARGIN.as_millis() as u64 + 1);
+    let lease = tokio::time::timeout(Duration::from_secs(5), taking)
+        .await
+        .expect("the taker resumes once its clock passes the horizon")
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.worker(), 5);
+    lease
+}
+
 /// A number taken over, by a process whose clock reads what the previous
 /// holder's did (a restart after a clock step back): the new holder waits past
 /// the number's horizon, so its ids never repeat the old holder's.
@@ -434,19 +457,14 @@ async fn a_worker_number_taken_over_mints_no_repeated_id() {
     }
 
     // The clock still reads t0: the newcomer must wait, not mint.
-    let taking = tokio::spawn(WorkerLease::acquire(conn.clone(), config.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !taking.is_finished(),
-        "minting before the horizon could repeat ids"
-    );
-    clock.set(t0 + 300 + SKEW_MARGIN.as_millis() as u64 + 1);
-    let new = tokio::time::timeout(Duration::from_secs(5), taking)
-        .await
-        .expect("the taker resumes once its clock passes the horizon")
-        .unwrap()
-        .unwrap();
-    assert_eq!(new.worker(), 5);
+    let new = take_five_past(
+        &conn,
+        &clock,
+        &config,
+        t0 + 300,
+        "minting before the horizon could repeat ids",
+    )
+    .await;
     let minter = new.minter();
     for _ in 0..100 {
         let id = minter.next().unwrap();
@@ -697,19 +715,14 @@ async fn an_older_versions_horizon_is_honoured_and_kept_up() {
         .await
         .unwrap();
 
-    let taking = tokio::spawn(WorkerLease::acquire(conn.clone(), config.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !taking.is_finished(),
-        "minting before the older version's horizon could repeat its ids"
-    );
-    clock.set(t0 + 300 + SKEW_MARGIN.as_millis() as u64 + 1);
-    let lease = tokio::time::timeout(Duration::from_secs(5), taking)
-        .await
-        .expect("the taker resumes once its clock passes the horizon")
-        .unwrap()
-        .unwrap();
-    assert_eq!(lease.worker(), 5);
+    let lease = take_five_past(
+        &conn,
+        &clock,
+        &config,
+        t0 + 300,
+        "minting before the older version's horizon could repeat its ids",
+    )
+    .await;
     let minted = lease.minter().next().unwrap().parts().unix_ms;
     lease.release().await;
     let kept: u64 = redis::cmd("GET")
