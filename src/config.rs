@@ -18,8 +18,14 @@ pub struct Config {
     /// Redis to keep stock in. Unset: start a private `redis-server` child on a
     /// free loopback port, keeping its data in `EMBEDDED_REDIS_DIR`, and stop
     /// it on exit.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", conflicts_with = "redis_cluster_urls")]
     pub redis_url: Option<String>,
+
+    /// Run on a Redis Cluster instead: comma-separated `redis://` URLs of
+    /// seed nodes (any reachable one is enough). Each item's keys live in
+    /// one slot, so items spread over the masters.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<String>,
 
     /// Where the private `redis-server` keeps its append-only file; it starts
     /// again on the same files, so a restart resumes every sale.
@@ -88,7 +94,8 @@ pub struct Config {
     pub lock_wait_ms: u64,
 
     /// `redlock`: the lock nodes, comma-separated `redis://` URLs of independent
-    /// Redis servers (quorum N/2+1). Unset: the main Redis alone.
+    /// Redis servers (quorum N/2+1). Unset: the main Redis (or Redis
+    /// Cluster) alone.
     #[arg(long, env = "REDLOCK_URLS", value_delimiter = ',')]
     pub redlock_urls: Vec<String>,
 
@@ -239,6 +246,7 @@ mod tests {
         let config = Config::defaults();
         assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(config.redis_url.is_none());
+        assert!(config.redis_cluster_urls.is_empty());
         assert_eq!(config.default_strategy, "lua");
         assert_eq!(config.lock_ttl_ms, 1000);
         assert_eq!(config.optimistic_max_retries, 100);

@@ -2,20 +2,20 @@
 //! [`AppState`] handlers share (connections, the database, the strategies,
 //! the id generator and its worker lease, the persister, the live feed),
 //! and stops the background work in order. [`serve`] is the whole life of
-//! the binary: Redis (a private child unless `REDIS_URL`), the state, HTTP,
+//! the binary: Redis (a private child unless `REDIS_URL` or
+//! `REDIS_CLUSTER_URLS`), the state, HTTP,
 //! and the shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_redis::{PoolConfig, Runtime, Timeouts};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::http::server::run;
+use crate::infra::redis_conn::{RedisConn, RedisTarget, Timeouts};
 use crate::infra::redis_server::{RedisServer, RedisServerOptions};
 use crate::orders::db::Db;
 use crate::orders::lease::{LeaseConfig, WorkerLease};
@@ -29,7 +29,7 @@ use crate::strategy::{Registry, Wiring};
 /// Refuses a Redis that may evict keys: an evicted buyers hash, fence, binding
 /// or worker lease breaks the guarantees without a sound. A Redis that hides
 /// `CONFIG` (some managed ones) cannot be checked: warned, not refused.
-async fn refuse_evicting_redis(redis: &mut ConnectionManager, allow: bool) -> anyhow::Result<()> {
+async fn refuse_evicting_redis(redis: &mut RedisConn, allow: bool) -> anyhow::Result<()> {
     let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("maxmemory-policy")
@@ -63,38 +63,20 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to Redis at `redis_url` and builds everything the handlers need.
-    pub async fn build(config: &Config, redis_url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis_url)
-            .with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
+    /// Connects to the Redis (or Redis Cluster) of `target` and builds
+    /// everything the handlers need.
+    pub async fn build(config: &Config, target: &RedisTarget) -> anyhow::Result<Self> {
         let timeout = config.redis_timeout();
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            // Reconnect quickly and give up soon: a request waiting on a
-            // reconnect should get its 503 within the Redis timeout, and the
-            // next request starts a fresh reconnect anyway.
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let redis = ConnectionManager::new_with_config(client, manager_config)
-            .await
-            .with_context(|| format!("cannot connect to Redis at {redis_url}"))?;
+        let redis = target
+            .connect(Timeouts {
+                response: timeout,
+                connect: timeout,
+            })
+            .await?;
 
         refuse_evicting_redis(&mut redis.clone(), config.allow_evicting_redis).await?;
 
-        let mut pool_config = deadpool_redis::Config::from_url(redis_url);
-        pool_config.pool = Some(PoolConfig {
-            max_size: config.redis_pool_size,
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = pool_config
-            .create_pool(Some(Runtime::Tokio1))
-            .context("cannot build the Redis connection pool")?;
+        let pool = target.pool(config.redis_pool_size, timeout)?;
 
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
         if config.sql_for_update && db.backend() != crate::orders::db::Backend::Postgres {
@@ -103,7 +85,6 @@ impl App {
         let strategies = Registry::build(&Wiring {
             redis: redis.clone(),
             pool,
-            redis_url,
             db: db.clone(),
             config,
         })?;
@@ -131,7 +112,7 @@ impl App {
 
         let persister = if config.persister {
             let persister = Persister::start(
-                redis_url,
+                target,
                 timeout,
                 db.clone(),
                 PersisterConfig {
@@ -227,8 +208,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     // Declared first so it is dropped (killed) last, after everything using it.
     let mut embedded = None;
-    let redis_url = match &config.redis_url {
-        Some(url) => url.clone(),
+    let target = match &config.redis_url {
+        _ if !config.redis_cluster_urls.is_empty() => {
+            RedisTarget::Cluster(config.redis_cluster_urls.clone())
+        }
+        Some(url) => RedisTarget::Single(url.clone()),
         None => {
             let server = RedisServer::start(RedisServerOptions {
                 bin: config.redis_server_bin.clone(),
@@ -243,13 +227,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 fsync = ?config.embedded_redis_fsync,
                 "no REDIS_URL: started a private redis-server (append-only file; stopped on exit)"
             );
-            let url = server.url();
+            let target = RedisTarget::Single(server.url());
             embedded = Some(server);
-            url
+            target
         }
     };
 
-    let app = App::build(&config, &redis_url).await?;
+    let app = App::build(&config, &target).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::infra::redis_conn::RedisConn;
 use tokio::sync::watch;
 
 use crate::orders::db::Db;
@@ -42,7 +42,7 @@ impl std::ops::Deref for AppState {
 /// The fields of [`AppState`].
 pub struct Shared {
     /// Multiplexed connection (reconnects by itself) for one-round-trip work.
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub db: Db,
     pub sales: Sales,
     /// The purchase use-case.

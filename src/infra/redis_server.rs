@@ -69,7 +69,8 @@ pub struct RedisServerOptions {
     pub maxmemory: String,
     /// Start as a Redis Cluster node (`--cluster-enabled yes`, its
     /// `nodes.conf` in `dir`). The cluster bus listens on port + 10000, so a
-    /// port picked free is picked at or below 55535.
+    /// port picked free is picked at or below 55535. A node that stops
+    /// answering for 2 s is failed over. See [`super::redis_cluster`].
     pub cluster: bool,
 }
 
@@ -174,7 +175,11 @@ impl RedisServer {
         if options.cluster {
             command
                 .args(["--cluster-enabled", "yes", "--cluster-config-file"])
-                .arg(dir.join("nodes.conf"));
+                .arg(dir.join("nodes.conf"))
+                // A dead master is failed over after this long (the default
+                // is 15 s); long enough that a busy test machine does not
+                // fail over a live one.
+                .args(["--cluster-node-timeout", "2000"]);
         }
         if let Some(fsync) = options.append_only {
             command.args(["--appendonly", "yes", "--appendfsync", fsync.as_redis()]);

@@ -37,9 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::infra::redis_conn::RedisConn;
 use anyhow::{Context, bail};
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -185,7 +185,7 @@ pub struct WorkerLease {
 
 impl WorkerLease {
     /// Leases a worker number and returns once ids can be minted with it.
-    pub async fn acquire(redis: ConnectionManager, config: LeaseConfig) -> anyhow::Result<Self> {
+    pub async fn acquire(redis: RedisConn, config: LeaseConfig) -> anyhow::Result<Self> {
         let mut leaser = Leaser {
             redis,
             token: token_lock::new_token(),
@@ -249,7 +249,7 @@ struct Held {
 
 /// Takes, renews and releases numbers for one instance.
 struct Leaser {
-    redis: ConnectionManager,
+    redis: RedisConn,
     token: String,
     config: LeaseConfig,
 }

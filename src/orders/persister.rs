@@ -29,13 +29,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::domain::ItemId;
+use crate::infra::redis_conn::{self, RedisConn, RedisTarget, Timeouts};
 use crate::keys::{self, ItemKeys};
 use crate::orders::db::{Db, OrderRecord};
 use crate::orders::snowflake::OrderId;
@@ -114,22 +114,18 @@ impl Persister {
     /// Starts the task on its own Redis connection: its blocking reads must not
     /// hold up the purchases' shared connection.
     pub async fn start(
-        redis_url: &str,
+        target: &RedisTarget,
         redis_timeout: Duration,
         db: Db,
         config: PersisterConfig,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis_url).context("invalid Redis URL")?;
-        let redis = ConnectionManager::new_with_config(
-            client,
-            ConnectionManagerConfig::new()
-                .set_response_timeout(Some(config.block + redis_timeout))
-                .set_connection_timeout(Some(redis_timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500)),
-        )
-        .await
-        .context("persister cannot connect to Redis")?;
+        let redis = target
+            .connect(Timeouts {
+                response: config.block + redis_timeout,
+                connect: redis_timeout,
+            })
+            .await
+            .context("persister cannot connect to Redis")?;
         let status = Arc::new(PersisterStatus::default());
         let (stop, stopped) = watch::channel(false);
         let consumer = config.consumer.clone();
@@ -201,7 +197,7 @@ fn report(consumer: &str, status: &PersisterStatus) -> PersisterReport {
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
 async fn run(
-    redis: ConnectionManager,
+    redis: RedisConn,
     db: Db,
     config: PersisterConfig,
     status: Arc<PersisterStatus>,
@@ -288,7 +284,7 @@ async fn run(
 }
 
 struct Worker {
-    redis: ConnectionManager,
+    redis: RedisConn,
     /// The order log that last had entries: the one to block on when all
     /// are quiet.
     hot: Option<String>,
@@ -347,17 +343,16 @@ impl Worker {
         block: bool,
         status: &PersisterStatus,
     ) -> anyhow::Result<usize> {
-        // Each log's reply on its own: one log replaced since we grouped it
-        // must not hold up the others.
-        let mut reads = redis::pipe();
-        reads.ignore_errors();
-        for stream in streams {
-            reads.add_command(self.xreadgroup(stream, from, None));
-        }
-        let replies: Vec<redis::RedisResult<Option<StreamReadReply>>> = reads
-            .query_async(&mut self.redis)
-            .await
-            .context("XREADGROUP failed")?;
+        // Each log on its own (on a cluster they sit in different slots),
+        // with its own reply: one log replaced since we grouped it must not
+        // hold up the others.
+        let replies: Vec<redis::RedisResult<Option<StreamReadReply>>> = redis_conn::each(
+            &self.redis,
+            streams
+                .iter()
+                .map(|stream| self.xreadgroup(stream, from, None)),
+        )
+        .await;
         let mut handled = self.persist_replies(replies, status).await?;
         if handled == 0 && block && from == ">" {
             let hot = self
@@ -438,30 +433,37 @@ impl Worker {
 
     /// The streams to read (those with a group) and the archived logs.
     async fn discover(&mut self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-        let (items, legacy): (Vec<String>, Vec<String>) = redis::pipe()
-            .cmd("SMEMBERS")
-            .arg(keys::items_index())
-            .cmd("SMEMBERS")
-            .arg(keys::legacy_order_archives())
-            .query_async(&mut self.redis)
-            .await
-            .context("cannot list order logs")?;
+        // One command per set: the index, the legacy archive set and each
+        // item's archive set sit in different slots of a cluster.
+        let smembers = |key: String| {
+            let mut cmd = redis::cmd("SMEMBERS");
+            cmd.arg(key);
+            cmd
+        };
+        let [items, legacy]: [redis::RedisResult<Vec<String>>; 2] = redis_conn::each(
+            &self.redis,
+            [
+                smembers(keys::items_index()),
+                smembers(keys::legacy_order_archives()),
+            ],
+        )
+        .await
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two replies expected"))?;
         let items: Vec<ItemKeys> = items
+            .context("cannot list order logs")?
             .iter()
             .filter_map(|id| ItemId::parse(id).ok())
             .map(|item| ItemKeys::new(&item))
             .collect();
-        let mut archives = legacy;
-        if !items.is_empty() {
-            let mut read = redis::pipe();
-            for keys in &items {
-                read.cmd("SMEMBERS").arg(&keys.archives);
-            }
-            let per_item: Vec<Vec<String>> = read
-                .query_async(&mut self.redis)
-                .await
-                .context("cannot list archived order logs")?;
-            archives.extend(per_item.into_iter().flatten());
+        let mut archives = legacy.context("cannot list order logs")?;
+        let per_item: Vec<redis::RedisResult<Vec<String>>> = redis_conn::each(
+            &self.redis,
+            items.iter().map(|keys| smembers(keys.archives.clone())),
+        )
+        .await;
+        for listed in per_item {
+            archives.extend(listed.context("cannot list archived order logs")?);
         }
         let mut streams = Vec::with_capacity(items.len() + archives.len());
         let candidates = items
@@ -714,6 +716,8 @@ impl Worker {
                 Err(err) => return Err(err).context("XINFO GROUPS"),
             };
             if done {
+                // The archive and its item's set share a slot; the legacy
+                // set is elsewhere on a cluster, so it is told on its own.
                 let mut forget = redis::pipe();
                 forget.cmd("DEL").arg(key).ignore();
                 if let Some(item) = keys::item_of(key) {
@@ -724,10 +728,12 @@ impl Worker {
                         .ignore();
                 }
                 let _: () = forget
-                    .cmd("SREM")
+                    .query_async(&mut self.redis)
+                    .await
+                    .context("cannot delete a persisted archive")?;
+                let _: () = redis::cmd("SREM")
                     .arg(keys::legacy_order_archives())
                     .arg(key)
-                    .ignore()
                     .query_async(&mut self.redis)
                     .await
                     .context("cannot delete a persisted archive")?;

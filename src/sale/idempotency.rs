@@ -23,8 +23,8 @@
 
 use std::time::Duration;
 
+use crate::infra::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::keys::ItemKeys;
 
@@ -83,14 +83,14 @@ pub enum Claim {
 /// Idempotency records in Redis.
 #[derive(Clone)]
 pub struct Idempotency {
-    redis: ConnectionManager,
+    redis: RedisConn,
     begin: Script,
     claim_ttl: Duration,
     ttl: Duration,
 }
 
 impl Idempotency {
-    pub fn new(redis: ConnectionManager, request_timeout: Duration, ttl: Duration) -> Self {
+    pub fn new(redis: RedisConn, request_timeout: Duration, ttl: Duration) -> Self {
         Self {
             redis,
             begin: Script::new(BEGIN_LUA),

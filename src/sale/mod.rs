@@ -32,8 +32,8 @@ pub mod stats;
 
 use std::collections::BTreeMap;
 
+use crate::infra::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::domain::ItemId;
@@ -106,7 +106,7 @@ type ViewReplies = (
 /// Item administration and views.
 #[derive(Clone)]
 pub struct Sales {
-    redis: ConnectionManager,
+    redis: RedisConn,
     db: Db,
     restock: Script,
 }
@@ -134,7 +134,7 @@ pub enum SaleError {
 }
 
 impl Sales {
-    pub fn new(redis: ConnectionManager, db: Db) -> Self {
+    pub fn new(redis: RedisConn, db: Db) -> Self {
         Self {
             redis,
             db,

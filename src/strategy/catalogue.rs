@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::infra::redis_conn::{RedisConn, RedisPool};
 
 use super::{Strategy, gate, lock, lua, lua_batch, naive, optimistic, redlock, sql};
 use crate::config::Config;
@@ -21,11 +21,9 @@ use crate::orders::db::Db;
 /// What strategies are built from.
 pub struct Wiring<'a> {
     /// The main Redis, multiplexed.
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// Dedicated connections, for `WATCH` (`optimistic`).
-    pub pool: deadpool_redis::Pool,
-    /// The main Redis's URL: the one Redlock node when none is configured.
-    pub redis_url: &'a str,
+    pub pool: RedisPool,
     pub db: Db,
     pub config: &'a Config,
 }
@@ -58,14 +56,9 @@ impl Wiring<'_> {
     }
 
     fn redlock(&self) -> anyhow::Result<Arc<dyn Strategy>> {
-        let urls = if self.config.redlock_urls.is_empty() {
-            vec![self.redis_url.to_owned()]
-        } else {
-            self.config.redlock_urls.clone()
-        };
         Ok(Arc::new(redlock::Redlock::new(
             self.redis.clone(),
-            &urls,
+            &self.config.redlock_urls,
             self.config.lock_ttl(),
             self.config.lock_wait(),
             self.race_window(),

@@ -35,8 +35,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::infra::redis_conn::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 
 use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
@@ -45,7 +45,7 @@ use super::{
 use crate::infra::token_lock::{self, Backoff};
 
 pub struct Lock {
-    redis: ConnectionManager,
+    redis: RedisConn,
     ttl: Duration,
     wait: Duration,
     /// Lab knob: sleep between read and write while holding the lock.
@@ -55,7 +55,7 @@ pub struct Lock {
 
 impl Lock {
     pub fn new(
-        redis: ConnectionManager,
+        redis: RedisConn,
         ttl: Duration,
         wait: Duration,
         race_window: Duration,

@@ -5,19 +5,19 @@
 //! The script is loaded once; `redis::Script` sends `EVALSHA` and, on a
 //! `NOSCRIPT` reply (a restarted or flushed Redis), loads it and retries.
 
+use crate::infra::redis_conn::RedisConn;
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::{Attempt, Outcome, Purchase, Strategy, StrategyError, StrategyKind};
 
 pub struct Lua {
-    redis: ConnectionManager,
+    redis: RedisConn,
     script: Script,
 }
 
 impl Lua {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: RedisConn) -> Self {
         Self {
             redis,
             script: Script::new(concat!(

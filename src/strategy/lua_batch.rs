@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::infra::redis_conn::RedisConn;
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
 
 use super::{Attempt, Outcome, Purchase, Strategy, StrategyError, StrategyKind};
@@ -77,7 +77,7 @@ type Queues = Arc<Mutex<HashMap<ItemId, VecDeque<Waiter>>>>;
 pub const MAX_BATCH: usize = 1000;
 
 pub struct LuaBatch {
-    redis: ConnectionManager,
+    redis: RedisConn,
     script: Arc<Script>,
     max: usize,
     /// How long a purchase may stay queued before it gives up.
@@ -87,7 +87,7 @@ pub struct LuaBatch {
 
 impl LuaBatch {
     /// `max`: purchases per script call, 1 to [`MAX_BATCH`].
-    pub fn new(redis: ConnectionManager, max: usize, wait: Duration) -> Self {
+    pub fn new(redis: RedisConn, max: usize, wait: Duration) -> Self {
         Self {
             redis,
             script: Arc::new(Script::new(concat!(
@@ -167,7 +167,7 @@ impl Strategy for LuaBatch {
 /// Sends the item's queued purchases, a batch per call, until none is left;
 /// then the item leaves the map, and the next buyer starts a new flusher.
 async fn flush(
-    mut redis: ConnectionManager,
+    mut redis: RedisConn,
     script: Arc<Script>,
     queues: Queues,
     item: ItemId,
@@ -249,7 +249,7 @@ impl Drop for Leave {
 
 /// One `EVALSHA` for the whole batch: its outcomes, in its order.
 async fn run(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     script: &Script,
     keys: &ItemKeys,
     batch: &[Waiter],

@@ -14,8 +14,8 @@
 
 use std::time::Duration;
 
+use crate::infra::redis_conn::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 
 use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
@@ -23,12 +23,12 @@ use super::{
 };
 
 pub struct Naive {
-    redis: ConnectionManager,
+    redis: RedisConn,
     race_window: Duration,
 }
 
 impl Naive {
-    pub fn new(redis: ConnectionManager, race_window: Duration) -> Self {
+    pub fn new(redis: RedisConn, race_window: Duration) -> Self {
         Self { redis, race_window }
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! WATCH belongs to a connection, so this strategy takes a dedicated connection
 //! from the pool for the whole attempt; a shared multiplexed connection would mix
-//! up every buyer's watches. The WATCH rides in the same pipeline as the reads
+//! up every buyer's watches. On a Redis Cluster the pooled connection is a
+//! cluster connection of its own, and the WATCH, the reads, the `MULTI`
+//! transaction and the `UNWATCH` all go to the master of the item's slot.
+//! The WATCH rides in the same pipeline as the reads
 //! (Redis runs one connection's commands in order), so an attempt is two round
 //! trips: WATCH+reads, then MULTI..EXEC.
 //!
@@ -23,21 +26,21 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Connection, Pool};
 
 use super::{
     Attempt, Outcome, Purchase, Snapshot, SnapshotReplies, Strategy, StrategyError, StrategyKind,
 };
+use crate::infra::redis_conn::{PooledConn, RedisPool};
 
 pub struct Optimistic {
-    pool: Pool,
+    pool: RedisPool,
     max_retries: u32,
     /// Lab knob: sleep between the read and the transaction.
     race_window: Duration,
 }
 
 impl Optimistic {
-    pub fn new(pool: Pool, max_retries: u32, race_window: Duration) -> Self {
+    pub fn new(pool: RedisPool, max_retries: u32, race_window: Duration) -> Self {
         Self {
             pool,
             max_retries,
@@ -47,7 +50,7 @@ impl Optimistic {
 
     async fn attempt(
         &self,
-        conn: &mut Connection,
+        conn: &mut PooledConn,
         purchase: &Purchase,
     ) -> Result<Attempt, StrategyError> {
         let keys = &purchase.keys;
@@ -61,13 +64,13 @@ impl Optimistic {
                 .arg(&keys.meta)
                 .ignore();
             Snapshot::read(&mut read, purchase);
-            let replies: SnapshotReplies = read.query_async(&mut **conn).await?;
+            let replies: SnapshotReplies = read.query_async(conn).await?;
             let snapshot = Snapshot::from_replies(replies);
             if snapshot.limit.is_some() && snapshot.bound.is_none() {
                 // Bind outside the watch: binding writes the watched meta
                 // hash, which would abort our own transaction.
-                redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
-                Snapshot::fetch(&mut **conn, purchase).await?;
+                conn.unwatch(&keys.meta).await?;
+                Snapshot::fetch(conn, purchase).await?;
                 continue;
             }
             let rejection = match sale {
@@ -77,7 +80,7 @@ impl Optimistic {
                 _ => snapshot.rejection(purchase.strategy),
             };
             if let Some(rejection) = rejection {
-                redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
+                conn.unwatch(&keys.meta).await?;
                 return Ok(Attempt::new(rejection).with_retries(retries));
             }
             sale = Some(snapshot.generation);
@@ -88,7 +91,7 @@ impl Optimistic {
             let mut write = redis::pipe();
             write.atomic().cmd("DECR").arg(&keys.stock);
             purchase.add_buyer_and_order(&mut write, snapshot.generation);
-            let committed: Option<(i64,)> = write.query_async(&mut **conn).await?;
+            let committed: Option<(i64,)> = write.query_async(conn).await?;
             match committed {
                 Some((remaining,)) => {
                     return Ok(Attempt::new(Outcome::Purchased { remaining }).with_retries(retries));
@@ -134,10 +137,10 @@ impl Strategy for Optimistic {
 /// cleanly. After an error, or when the request was cancelled mid-attempt, it
 /// may still hold a WATCH or be broken, so it is discarded rather than handed
 /// to the next buyer.
-struct Checkout(Option<Connection>);
+struct Checkout(Option<PooledConn>);
 
 impl Checkout {
-    fn conn(&mut self) -> &mut Connection {
+    fn conn(&mut self) -> &mut PooledConn {
         // Only `give_back` and `drop` empty the slot, and both consume or end
         // the checkout, so the connection is always here while in use.
         self.0
@@ -153,7 +156,7 @@ impl Checkout {
 impl Drop for Checkout {
     fn drop(&mut self) {
         if let Some(conn) = self.0.take() {
-            drop(Connection::take(conn));
+            conn.discard();
         }
     }
 }

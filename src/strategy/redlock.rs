@@ -1,5 +1,6 @@
 //! `redlock`: the Redlock algorithm over N independent Redis nodes
-//! (`REDLOCK_URLS`; by default the main Redis alone, N = 1), as published:
+//! (`REDLOCK_URLS`; by default the main Redis, or the main Redis Cluster,
+//! alone: N = 1), as published:
 //! `SET key token NX PX ttl` on every node at once, each bounded by a short
 //! per-node timeout; the lock is held if a quorum (N/2 + 1) said yes and time
 //! remains, validity = ttl − elapsed − drift (1% of the ttl + 2 ms); otherwise
@@ -36,6 +37,8 @@ use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::infra::redis_conn::RedisConn;
+
 use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
@@ -49,9 +52,9 @@ fn drift(ttl: Duration) -> Duration {
 
 pub struct Redlock {
     /// The main Redis, where the stock lives.
-    redis: ConnectionManager,
+    redis: RedisConn,
     /// The lock nodes. Lazy: a node that is down at start-up is just one "no".
-    nodes: Vec<ConnectionManager>,
+    nodes: Vec<RedisConn>,
     /// How long one node may take to answer: a dead or slow node must cost a
     /// round little more than a live one, not the whole TTL.
     node_timeout: Duration,
@@ -62,8 +65,9 @@ pub struct Redlock {
 }
 
 impl Redlock {
+    /// Lock nodes from `node_urls`; none: the main Redis is the one node.
     pub fn new(
-        redis: ConnectionManager,
+        redis: RedisConn,
         node_urls: &[String],
         ttl: Duration,
         wait: Duration,
@@ -75,18 +79,20 @@ impl Redlock {
             .set_connection_timeout(Some(node_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
-        let nodes = node_urls
+        let mut nodes = node_urls
             .iter()
             .map(|url| {
                 let client = redis::Client::open(url.as_str())
                     .map_err(|e| anyhow::anyhow!("REDLOCK_URLS: `{url}`: {e}"))?;
-                Ok(ConnectionManager::new_lazy_with_config(
+                Ok(RedisConn::Single(ConnectionManager::new_lazy_with_config(
                     client,
                     config.clone(),
-                )?)
+                )?))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        anyhow::ensure!(!nodes.is_empty(), "REDLOCK_URLS names no node");
+        if nodes.is_empty() {
+            nodes.push(redis.clone());
+        }
         Ok(Self {
             redis,
             nodes,

@@ -42,8 +42,8 @@
 
 use std::time::Duration;
 
+use crate::infra::redis_conn::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use sqlx::{Any, Transaction};
 
 use super::{
@@ -54,7 +54,7 @@ use crate::orders::db::{Backend, Db, OrderRecord};
 
 pub struct Sql {
     db: Db,
-    redis: ConnectionManager,
+    redis: RedisConn,
     for_update: bool,
     /// Lab knob: sleep inside the transaction, holding the row lock.
     race_window: Duration,
@@ -62,7 +62,7 @@ pub struct Sql {
 
 impl Sql {
     /// `for_update` only applies on Postgres (SQLite has no row locks).
-    pub fn new(db: Db, redis: ConnectionManager, for_update: bool, race_window: Duration) -> Self {
+    pub fn new(db: Db, redis: RedisConn, for_update: bool, race_window: Duration) -> Self {
         let for_update = for_update && db.backend() == Backend::Postgres;
         Self {
             db,

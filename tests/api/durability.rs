@@ -136,7 +136,8 @@ async fn a_redis_that_may_evict_keys_is_refused_unless_allowed() {
     let mut config = seckill::config::Config::defaults();
     config.database_url = sqlite_url();
     config.persister = false;
-    let refused = seckill::startup::App::build(&config, &redis.url()).await;
+    let refused =
+        seckill::startup::App::build(&config, &crate::helpers::single(&redis.url())).await;
     let err = format!("{:#}", refused.err().expect("an evicting Redis is refused"));
     assert!(
         err.contains("allkeys-lru") && err.contains("noeviction"),
@@ -144,7 +145,8 @@ async fn a_redis_that_may_evict_keys_is_refused_unless_allowed() {
     );
 
     config.allow_evicting_redis = true;
-    let allowed = seckill::startup::App::build(&config, &redis.url()).await;
+    let allowed =
+        seckill::startup::App::build(&config, &crate::helpers::single(&redis.url())).await;
     assert!(allowed.is_ok(), "{:?}", allowed.err());
 }
 

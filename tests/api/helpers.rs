@@ -9,9 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 use seckill::config::Config;
+use seckill::infra::redis_conn::{RedisTarget, Timeouts};
 use seckill::infra::redis_server::{RedisServer, RedisServerOptions};
 use seckill::startup::App;
 use serde_json::{Value, json};
@@ -90,14 +92,31 @@ pub async fn spawn_persisting_app(
     (app, redis)
 }
 
+/// The one Redis at `url`, as the service is told of it.
+pub fn single(url: &str) -> RedisTarget {
+    RedisTarget::Single(url.to_owned())
+}
+
+/// Patient enough for a loaded test machine.
+pub const TIMEOUTS: Timeouts = Timeouts {
+    response: Duration::from_secs(5),
+    connect: Duration::from_secs(5),
+};
+
 /// Spawns an app on the Redis at `redis_url`.
 pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_at(&single(redis_url), tweak).await
+}
+
+/// Spawns an app on `target`, one Redis or a cluster. (For a cluster,
+/// [`TestApp::redis`] talks to its first seed node only.)
+pub async fn spawn_app_at(target: &RedisTarget, tweak: impl FnOnce(&mut Config)) -> TestApp {
     seckill::infra::telemetry::init(seckill::infra::telemetry::LogFormat::Pretty);
     let mut config = Config::defaults();
     config.database_url = sqlite_url();
     config.persister = false;
     tweak(&mut config);
-    let app = App::build(&config, redis_url)
+    let app = App::build(&config, target)
         .await
         .expect("app builds against the test Redis");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -115,7 +134,10 @@ pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> T
     TestApp {
         address,
         client: reqwest::Client::new(),
-        redis_url: redis_url.to_owned(),
+        redis_url: match target {
+            RedisTarget::Single(url) => url.clone(),
+            RedisTarget::Cluster(urls) => urls[0].clone(),
+        },
         stop,
         server,
     }

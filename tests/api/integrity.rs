@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use seckill::infra::redis_conn::RedisConn;
 use seckill::infra::redis_server::RedisServer;
 use seckill::orders::lease::{LeaseConfig, SKEW_MARGIN, WorkerLease};
 use seckill::orders::snowflake::{ManualClock, OrderId, SystemClock};
@@ -15,8 +16,9 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::helpers::{
-    TestApp, all_strategies, assert_error, hold_all_worker_numbers_but, spawn_app, spawn_app_on,
-    spawn_app_with, spawn_persisting_app, sqlite_url, status_and_json, unique,
+    TIMEOUTS, TestApp, all_strategies, assert_error, hold_all_worker_numbers_but, single,
+    spawn_app, spawn_app_on, spawn_app_with, spawn_persisting_app, sqlite_url, status_and_json,
+    unique,
 };
 
 #[tokio::test]
@@ -352,7 +354,7 @@ async fn a_second_instance_with_the_same_worker_id_refuses_to_start() {
     config.database_url = sqlite_url();
     config.persister = false;
     config.worker_id = Some(7);
-    let refused = seckill::startup::App::build(&config, &redis.url()).await;
+    let refused = seckill::startup::App::build(&config, &single(&redis.url())).await;
     let err = format!(
         "{:#}",
         refused.err().expect("the second instance must not start")
@@ -361,7 +363,7 @@ async fn a_second_instance_with_the_same_worker_id_refuses_to_start() {
 
     // Once the first stops cleanly the number is free again.
     first.stop().await;
-    let again = seckill::startup::App::build(&config, &redis.url()).await;
+    let again = seckill::startup::App::build(&config, &single(&redis.url())).await;
     assert!(again.is_ok(), "{:?}", again.err());
 }
 
@@ -369,7 +371,7 @@ async fn a_second_instance_with_the_same_worker_id_refuses_to_start() {
 /// config on a manual clock that starts at the wall clock's now (`t0`).
 struct OnlyFive {
     redis: RedisServer,
-    conn: redis::aio::ConnectionManager,
+    conn: RedisConn,
     t0: u64,
     clock: Arc<ManualClock>,
     config: LeaseConfig,
@@ -378,9 +380,7 @@ struct OnlyFive {
 async fn only_worker_five_free() -> OnlyFive {
     let redis = RedisServer::start(Default::default()).unwrap();
     hold_all_worker_numbers_but(&redis, &[5]).await;
-    let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
-        .await
-        .unwrap();
+    let conn = single(&redis.url()).connect(TIMEOUTS).await.unwrap();
     let t0 = seckill::orders::snowflake::Clock::now_ms(&SystemClock);
     let clock = Arc::new(ManualClock::new(t0));
     let config = LeaseConfig {
@@ -401,7 +401,7 @@ async fn only_worker_five_free() -> OnlyFive {
 /// must wait (`why` says what minting now would do), and resumes once the
 /// clock is past the horizon plus the skew margin.
 async fn take_five_past(
-    conn: &redis::aio::ConnectionManager,
+    conn: &RedisConn,
     clock: &ManualClock,
     config: &LeaseConfig,
     horizon_ms: u64,
@@ -652,9 +652,7 @@ async fn binding_a_sale_does_not_abort_the_optimistic_buyer_that_binds_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_retaken_after_redis_forgot_it_repeats_no_id() {
     let redis = RedisServer::start(Default::default()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
-        .await
-        .unwrap();
+    let conn = single(&redis.url()).connect(TIMEOUTS).await.unwrap();
     let t0 = seckill::orders::snowflake::Clock::now_ms(&SystemClock);
     let clock = Arc::new(ManualClock::new(t0));
     let lease = WorkerLease::acquire(

@@ -1,0 +1,219 @@
+//! A private Redis Cluster on loopback: `redis-server` children started with
+//! `--cluster-enabled yes` (see [`RedisServerOptions::cluster`]) and joined by
+//! `redis-cli --cluster create`, each master with its replicas. For tests,
+//! and for trying `REDIS_CLUSTER_URLS` on one machine. Nodes are killed with
+//! the cluster when it is dropped.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::redis_server::{RedisServer, RedisServerOptions};
+
+/// How long the cluster may take to agree on its slots and sync replicas.
+const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The cluster's shape.
+#[derive(Debug, Clone)]
+pub struct RedisClusterOptions {
+    /// The `redis-server` binary; `redis-cli` is looked up beside it on PATH.
+    pub bin: String,
+    pub masters: usize,
+    pub replicas_per_master: usize,
+}
+
+impl Default for RedisClusterOptions {
+    fn default() -> Self {
+        Self {
+            bin: "redis-server".into(),
+            masters: 3,
+            replicas_per_master: 1,
+        }
+    }
+}
+
+/// The running nodes, by client port.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: BTreeMap<u16, RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, forms the cluster and waits until every node serves
+    /// all 16384 slots and every replica is in sync with its master.
+    pub fn start(options: RedisClusterOptions) -> anyhow::Result<Self> {
+        anyhow::ensure!(options.masters >= 3, "a Redis Cluster needs 3 masters");
+        let count = options.masters * (1 + options.replicas_per_master);
+        let mut nodes = BTreeMap::new();
+        for _ in 0..count {
+            let node = RedisServer::start(RedisServerOptions {
+                bin: options.bin.clone(),
+                cluster: true,
+                ..RedisServerOptions::default()
+            })?;
+            nodes.insert(node.port(), node);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for port in nodes.keys() {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let output = create
+            .arg("--cluster-replicas")
+            .arg(options.replicas_per_master.to_string())
+            .arg("--cluster-yes")
+            .output()
+            .context("cannot run redis-cli (apt-get install redis-tools)")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_until_formed(options.masters, options.replicas_per_master)?;
+        Ok(cluster)
+    }
+
+    /// Seed URLs: every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.values().map(RedisServer::url).collect()
+    }
+
+    /// The node on `port`, to kill or inspect.
+    pub fn node_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.nodes.get_mut(&port)
+    }
+
+    /// `redis-cli` on one node; its standard output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .context("cannot run redis-cli")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "redis-cli {args:?} on {port}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The client port of the master that serves `key`, as a live node
+    /// other than `except` sees it.
+    pub fn master_of(&self, key: &str, except: Option<u16>) -> anyhow::Result<u16> {
+        let port = self
+            .nodes
+            .keys()
+            .copied()
+            .find(|port| Some(*port) != except)
+            .context("no node left")?;
+        let slot: u16 = self
+            .cli(port, &["CLUSTER", "KEYSLOT", key])?
+            .trim()
+            .parse()
+            .context("CLUSTER KEYSLOT")?;
+        let nodes = self.cli(port, &["CLUSTER", "NODES"])?;
+        masters_by_slot(&nodes)
+            .into_iter()
+            .find(|(range, _)| range.contains(&slot))
+            .map(|(_, port)| port)
+            .with_context(|| format!("no master serves slot {slot}: {nodes}"))
+    }
+
+    fn wait_until_formed(&self, masters: usize, replicas: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        loop {
+            let formed = self.nodes.keys().all(|port| {
+                let info = self.cli(*port, &["CLUSTER", "INFO"]).unwrap_or_default();
+                let replication = self
+                    .cli(*port, &["INFO", "replication"])
+                    .unwrap_or_default();
+                let nodes = self.cli(*port, &["CLUSTER", "NODES"]).unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && masters_by_slot(&nodes)
+                        .iter()
+                        .map(|(_, port)| port)
+                        .collect::<std::collections::HashSet<_>>()
+                        .len()
+                        == masters
+                    && nodes.lines().filter(|line| has_flag(line, "slave")).count()
+                        == masters * replicas
+                    && (!replication.contains("role:slave")
+                        || replication.contains("master_link_status:up"))
+            });
+            if formed {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the cluster did not form within {FORM_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether a `CLUSTER NODES` line's flags (`myself,master`, `slave`,
+/// `master,fail`...) include `flag`.
+fn has_flag(line: &str, flag: &str) -> bool {
+    line.split_whitespace()
+        .nth(2)
+        .is_some_and(|flags| flags.split(',').any(|f| f == flag))
+}
+
+/// The masters of a `CLUSTER NODES` reply: their slot ranges and client
+/// ports. A line reads `id ip:port@bus flags master ping pong epoch state
+/// slots...`.
+fn masters_by_slot(nodes: &str) -> Vec<(std::ops::RangeInclusive<u16>, u16)> {
+    let mut ranges = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 9 || !has_flag(line, "master") || has_flag(line, "fail") {
+            continue;
+        }
+        let Some(port) = fields[1]
+            .split('@')
+            .next()
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|port| port.parse().ok())
+        else {
+            continue;
+        };
+        for slots in &fields[8..] {
+            let (from, to) = slots.split_once('-').unwrap_or((slots, slots));
+            if let (Ok(from), Ok(to)) = (from.parse(), to.parse()) {
+                ranges.push((from..=to, port));
+            }
+        }
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_are_read_from_cluster_nodes() {
+        let nodes = "\
+a 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+b 127.0.0.1:30002@40002 master - 0 0 2 connected 5461-10922 10930
+c 127.0.0.1:30004@40004 slave a 0 0 1 connected
+d 127.0.0.1:30003@40003 master,fail - 0 0 3 connected 10923-16383
+";
+        let masters = masters_by_slot(nodes);
+        assert_eq!(
+            masters,
+            vec![
+                (0..=5460, 30001),
+                (5461..=10922, 30002),
+                (10930..=10930, 30002)
+            ]
+        );
+    }
+}
