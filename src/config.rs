@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::infra::redis_conn::ReplicaWait;
 use crate::infra::telemetry::LogFormat;
 
 /// Settings for `seckill serve`.
@@ -119,6 +120,17 @@ pub struct Config {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
 
+    /// Before a purchase answers 201, wait until this many replicas hold its
+    /// write (`WAIT`). If fewer confirm within `REDIS_WAIT_TIMEOUT_MS`, the
+    /// buyer gets 503 `unconfirmed` with the order id: the order stands unless
+    /// a failover loses it. 0: no wait.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a purchase waits for `REDIS_WAIT_REPLICAS` replicas (ms).
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_wait_timeout_ms: u64,
+
     /// Upper bound on any request's time (ms). Kept well above the Redis timeout
     /// and the lock wait so it only fires when something is truly stuck.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
@@ -226,6 +238,13 @@ impl Config {
 
     pub fn lock_wait(&self) -> Duration {
         Duration::from_millis(self.lock_wait_ms)
+    }
+
+    pub fn replica_wait(&self) -> ReplicaWait {
+        ReplicaWait {
+            replicas: self.redis_wait_replicas,
+            timeout: Duration::from_millis(self.redis_wait_timeout_ms.max(1)),
+        }
     }
 
     pub fn redis_timeout(&self) -> Duration {

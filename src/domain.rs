@@ -88,6 +88,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// For people; may change.
     pub message: String,
+    /// `unconfirmed` only: the order the purchase took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
 }
 
 /// Read back from JSON (the load generator reads the server's answers) and

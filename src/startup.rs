@@ -147,6 +147,8 @@ impl App {
                 Duration::from_secs(config.idempotency_ttl_s),
             ),
             Recorder::new(Arc::clone(&stats), Arc::clone(&metrics)),
+            redis.clone(),
+            config.replica_wait(),
         ));
         let state = AppState(Arc::new(Shared {
             sales: Sales::new(redis.clone(), db.clone()),

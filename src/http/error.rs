@@ -77,6 +77,14 @@ pub enum ApiError {
     /// retries exhausted). Nothing was bought; trying again may succeed.
     #[error("too much contention on `{item}` ({detail}); try again")]
     Contention { item: String, detail: String },
+    /// 503 `unconfirmed`: bought (the body's `order_id`), but fewer than
+    /// `REDIS_WAIT_REPLICAS` replicas confirmed the write in time, so a
+    /// failover may still lose it. A repeat with the same Idempotency-Key
+    /// answers whether it stands.
+    #[error(
+        "order {order_id} of `{item}` was taken, but not enough Redis replicas confirmed it in time: it may not survive a failover. Ask again with the same Idempotency-Key to learn whether it stands"
+    )]
+    Unconfirmed { item: String, order_id: String },
     /// 503 `unavailable`: Redis (or the database) cannot be reached, or the
     /// request ran out of time. The cause is logged, not shown.
     #[error("{what} is unavailable; try again shortly")]
@@ -127,7 +135,9 @@ impl ApiError {
             | Self::IdempotencyInFlight
             | Self::RaceRunning => StatusCode::CONFLICT,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Contention { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Contention { .. } | Self::Unconfirmed { .. } | Self::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -150,6 +160,7 @@ impl ApiError {
             Self::IdempotencyInFlight => "idempotency_in_flight",
             Self::RaceRunning => "race_running",
             Self::Contention { .. } => "contention",
+            Self::Unconfirmed { .. } => "unconfirmed",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -172,6 +183,10 @@ impl ApiError {
             error: ErrorDetail {
                 code: self.code().to_owned(),
                 message: self.to_string(),
+                order_id: match self {
+                    Self::Unconfirmed { order_id, .. } => Some(order_id.clone()),
+                    _ => None,
+                },
             },
         }
     }

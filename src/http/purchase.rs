@@ -86,7 +86,7 @@ fn one_of(
             example = json!({"error": {"code": "strategy_mismatch", "message": "the sale of `iphone` is bound to strategy `lua`; this purchase named `naive`. Buy with `lua`, or restock the item to start a sale under another strategy"}})),
         (status = 413, description = "`payload_too_large`.", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the key was used with another user or strategy.", body = ErrorBody),
-        (status = 503, description = "`contention` (the strategy gave up; `Retry-After`), or `unavailable` (Redis, the database or the order-id lease).", body = ErrorBody),
+        (status = 503, description = "`contention` (the strategy gave up; `Retry-After`), `unconfirmed` (bought, `error.order_id`, but fewer than `REDIS_WAIT_REPLICAS` replicas confirmed it in time; ask again with the same Idempotency-Key), or `unavailable` (Redis, the database or the order-id lease).", body = ErrorBody),
     ),
 )]
 #[tracing::instrument(skip_all, fields(item, user, strategy))]
@@ -191,6 +191,10 @@ impl From<PurchaseError> for ApiError {
                 bound,
             },
             PurchaseError::SaleRestarted(item) => ApiError::SaleRestarted(item.to_string()),
+            PurchaseError::Unconfirmed(purchased) => ApiError::Unconfirmed {
+                item: purchased.item_id.to_string(),
+                order_id: purchased.order_id.to_string(),
+            },
             PurchaseError::Contended { item, detail } => ApiError::Contention {
                 item: item.to_string(),
                 detail,

@@ -87,6 +87,33 @@ impl RedisCluster {
         self.nodes.get_mut(&port)
     }
 
+    /// Starts the node on `port` again (killing it first if it runs) and
+    /// waits until it is back in the cluster as a replica in sync: a former
+    /// master that lost its slots to a failover rejoins as a replica of
+    /// the master that took them.
+    pub fn restart(&mut self, port: u16) -> anyhow::Result<()> {
+        self.nodes
+            .get_mut(&port)
+            .with_context(|| format!("no node on {port}"))?
+            .restart()?;
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        loop {
+            let info = self.cli(port, &["CLUSTER", "INFO"]).unwrap_or_default();
+            let replication = self.cli(port, &["INFO", "replication"]).unwrap_or_default();
+            if info.contains("cluster_state:ok")
+                && replication.contains("role:slave")
+                && replication.contains("master_link_status:up")
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the node on {port} did not rejoin within {FORM_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `redis-cli` on one node; its standard output.
     pub fn cli(&self, port: u16, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new("redis-cli")

@@ -11,7 +11,7 @@
 //! key schema ([`crate::keys`]) keeps each use in one slot, and work that
 //! spans items sends one command per item ([`each`]). A keyless command
 //! that must reach the node of some key (`UNWATCH`, `WAIT`) goes through
-//! [`RedisConn::route_to_key`].
+//! [`RoutesToKey`]. [`ReplicaWait`] is `REDIS_WAIT_REPLICAS`.
 
 use std::time::Duration;
 
@@ -183,19 +183,69 @@ pub enum RedisConn {
     Cluster(ClusterConnection),
 }
 
-impl RedisConn {
-    /// Sends a keyless command to the node that holds `key` (on one Redis,
-    /// just sends it), for commands about this connection's state there.
-    pub async fn route_to_key<T: FromRedisValue>(
+/// A connection that can send a keyless command to the master of a key's
+/// slot, for commands about this connection's state there (on one Redis,
+/// it just sends it).
+pub trait RoutesToKey {
+    fn route_to_key<T: FromRedisValue>(
         &mut self,
         cmd: &Cmd,
         key: &str,
-    ) -> RedisResult<T> {
+    ) -> impl std::future::Future<Output = RedisResult<T>> + Send;
+}
+
+impl RoutesToKey for RedisConn {
+    async fn route_to_key<T: FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> RedisResult<T> {
         match self {
             Self::Single(conn) => cmd.query_async(conn).await,
-            Self::Cluster(conn) => {
-                let value = conn.route_command(cmd.clone(), master_of(key)).await?;
-                Ok(redis::from_redis_value(value)?)
+            Self::Cluster(conn) => route(conn, cmd, key).await,
+        }
+    }
+}
+
+impl RoutesToKey for PooledConn {
+    async fn route_to_key<T: FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> RedisResult<T> {
+        match self {
+            Self::Single(conn) => cmd.query_async(&mut **conn).await,
+            Self::Cluster(conn) => route(conn, cmd, key).await,
+        }
+    }
+}
+
+async fn route<T: FromRedisValue>(
+    conn: &mut ClusterConnection,
+    cmd: &Cmd,
+    key: &str,
+) -> RedisResult<T> {
+    let value = conn.route_command(cmd.clone(), master_of(key)).await?;
+    Ok(redis::from_redis_value(value)?)
+}
+
+/// `REDIS_WAIT_REPLICAS`: how many replicas must hold a purchase's write
+/// before its buyer hears 201, and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+impl ReplicaWait {
+    /// Whether `replicas` replicas hold every write sent on `conn` so far
+    /// to the master of `key` (`WAIT`, on that master: it counts this
+    /// connection's writes only, so it must be the one that wrote). False
+    /// also when the master cannot be asked: the write happened, its fate
+    /// is unknown.
+    pub async fn confirmed(&self, conn: &mut impl RoutesToKey, key: &str) -> bool {
+        if self.replicas == 0 {
+            return true;
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.replicas).arg(self.timeout.as_millis() as u64);
+        match conn.route_to_key::<u32>(&wait, key).await {
+            Ok(acked) => acked >= self.replicas,
+            Err(err) => {
+                tracing::warn!(%err, key, "WAIT for replicas failed");
+                false
             }
         }
     }
@@ -244,13 +294,10 @@ pub enum PooledConn {
 }
 
 impl PooledConn {
-    /// `UNWATCH` on the node that holds `key`, where the `WATCH` was sent.
+    /// `UNWATCH` on the node that holds `key`, where the `WATCH` was sent
+    /// (a keyless `UNWATCH` would go to every master).
     pub async fn unwatch(&mut self, key: &str) -> RedisResult<()> {
-        let cmd = redis::cmd("UNWATCH");
-        match self {
-            Self::Single(conn) => cmd.exec_async(&mut **conn).await,
-            Self::Cluster(conn) => conn.route_command(cmd, master_of(key)).await.map(drop),
-        }
+        self.route_to_key(&redis::cmd("UNWATCH"), key).await
     }
 
     /// Takes the connection out of its pool for good: it is closed when

@@ -99,6 +99,8 @@ pub struct RedisServer {
     reaped: Arc<Mutex<bool>>,
     /// The directory's `flock`, held while the server runs.
     dir_lock: Option<std::fs::File>,
+    /// How it was started, for [`RedisServer::restart`].
+    options: RedisServerOptions,
 }
 
 /// How often the guardian checks whether its child has exited.
@@ -251,6 +253,7 @@ impl RedisServer {
             guardian: Some(guardian),
             reaped,
             dir_lock: Some(dir_lock),
+            options: options.clone(),
         };
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -312,6 +315,34 @@ impl RedisServer {
         self.dir_lock = None;
     }
 
+    /// Kills the child (SIGKILL) if it still runs, and starts it again on
+    /// the same port and directory, as a crashed server restarted by its
+    /// supervisor: a cluster node rejoins its cluster from its `nodes.conf`.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let mut again = Self::start(RedisServerOptions {
+            port: Some(self.port),
+            dir: Some(self.dir.clone()),
+            ..self.options.clone()
+        })?;
+        // The directory stays with whoever removes it at the end.
+        again.owns_dir = std::mem::take(&mut self.owns_dir);
+        again.options = self.options.clone();
+        *self = again;
+        Ok(())
+    }
+
+    /// Freezes the child (SIGSTOP): it keeps its connections open and
+    /// answers nothing, as a hung or partitioned server would. For tests.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a [`RedisServer::pause`]d child (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
     /// Sends `signal` to the child unless it has been reaped already.
     fn signal(&self, signal: i32) {
         let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
@@ -331,6 +362,8 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         if self.guardian.is_some() {
             self.signal(libc::SIGTERM);
+            // A paused child handles the SIGTERM only once it runs again.
+            self.resume();
             let deadline = Instant::now() + STOP_TIMEOUT;
             while !*self.reaped.lock().unwrap_or_else(|e| e.into_inner())
                 && Instant::now() < deadline

@@ -48,6 +48,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     purchases: Family<PurchaseLabels, Counter>,
+    unconfirmed: Family<StrategyLabels, Counter>,
     latency: Family<StrategyLabels, Histogram, fn() -> Histogram>,
     stock: ItemGauge,
     sold: ItemGauge,
@@ -76,6 +77,12 @@ impl Metrics {
             "purchases",
             "Purchase requests by strategy and outcome",
             purchases.clone(),
+        );
+        let unconfirmed = Family::<StrategyLabels, Counter>::default();
+        registry.register(
+            "purchases_unconfirmed",
+            "Purchases (also counted as purchased) answered 503 unconfirmed: fewer than REDIS_WAIT_REPLICAS replicas confirmed them in time",
+            unconfirmed.clone(),
         );
         let latency: Family<StrategyLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
@@ -131,6 +138,7 @@ impl Metrics {
         Self {
             registry,
             purchases,
+            unconfirmed,
             latency,
             stock,
             sold,
@@ -155,6 +163,15 @@ impl Metrics {
         self.latency
             .get_or_create(&StrategyLabels { strategy })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts a purchase its replicas did not confirm in time.
+    pub fn record_unconfirmed(&self, strategy: StrategyKind) {
+        self.unconfirmed
+            .get_or_create(&StrategyLabels {
+                strategy: strategy.as_str(),
+            })
+            .inc();
     }
 
     /// Prometheus text for the current state of `items`.

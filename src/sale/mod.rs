@@ -90,6 +90,11 @@ pub struct ItemView {
     /// sold − persisted: orders in the order log not yet in SQL when
     /// positive; orders in SQL that the log lacks when negative.
     pub lag: i64,
+    /// Purchases this instance answered 503 `unconfirmed`: fewer than
+    /// `REDIS_WAIT_REPLICAS` replicas held them in time (sold, and in
+    /// `sold` while they last). Read as 0 from a server that predates it.
+    #[serde(default)]
+    pub unconfirmed: u64,
     /// Per-strategy counters, by strategy name.
     #[schema(value_type = BTreeMap<StrategyKind, CounterSnapshot>)]
     pub strategies: BTreeMap<StrategyKind, CounterSnapshot>,
@@ -211,6 +216,7 @@ impl Sales {
         let persisted = self.db.count_orders(item, generation).await?;
         let strategies = stats.snapshot(item);
         let refused: u64 = strategies.values().map(|c| c.refused_with_stock).sum();
+        let unconfirmed = strategies.values().map(|c| c.unconfirmed).sum();
         Ok(Some(ItemView {
             item_id: item.clone(),
             initial_stock,
@@ -224,6 +230,7 @@ impl Sales {
             undersold: refused.min(initial_stock),
             persisted,
             lag: sold as i64 - persisted as i64,
+            unconfirmed,
             strategies,
         }))
     }

@@ -1,6 +1,7 @@
 //! The purchase use-case, apart from HTTP: pick the strategy, mint the order
 //! id, attempt the purchase under the strategy's guard, count the outcome
-//! once (stats and metrics, through one [`Recorder`]), and, with an
+//! once (stats and metrics, through one [`Recorder`]), with
+//! `REDIS_WAIT_REPLICAS` wait for the replicas to confirm it, and, with an
 //! `Idempotency-Key`, take effect at most once per key.
 //!
 //! The handler in `http::purchase` only reads the request into an item, a
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ItemId, UserId};
+use crate::infra::redis_conn::{RedisConn, ReplicaWait};
 use crate::keys::ItemKeys;
 use crate::orders::lease::{IdMinter, MintError};
 use crate::orders::snowflake::OrderId;
@@ -67,6 +69,10 @@ pub enum PurchaseError {
     /// A purchase with this Idempotency-Key is still running.
     #[error("a purchase with this Idempotency-Key is in progress")]
     IdempotencyInFlight,
+    /// Bought, but fewer than `REDIS_WAIT_REPLICAS` replicas confirmed the
+    /// write in time: the order stands unless a failover loses it.
+    #[error("order {} of `{}` is not confirmed by the replicas", .0.order_id, .0.item_id)]
+    Unconfirmed(Purchased),
     /// No worker lease, so no order id can be minted.
     #[error("no order id can be minted")]
     Ids(#[source] MintError),
@@ -111,6 +117,12 @@ impl Recorder {
             .record_purchase(kind, attempt.outcome.label(), took);
     }
 
+    /// A purchase its replicas did not confirm in time.
+    fn unconfirmed(&self, item: &ItemId, kind: StrategyKind) {
+        self.stats.record_unconfirmed(item, kind);
+        self.metrics.record_unconfirmed(kind);
+    }
+
     /// An attempt that could not be made (Redis or the database down).
     fn error(&self, item: &ItemId, kind: StrategyKind, took: Duration) {
         self.stats.record_error(item, kind);
@@ -125,6 +137,9 @@ pub struct Purchases {
     ids: Arc<IdMinter>,
     idempotency: Idempotency,
     recorder: Recorder,
+    /// The shared connection the strategies write on, where `WAIT` asks.
+    redis: RedisConn,
+    replicas: ReplicaWait,
 }
 
 impl Purchases {
@@ -134,6 +149,8 @@ impl Purchases {
         ids: Arc<IdMinter>,
         idempotency: Idempotency,
         recorder: Recorder,
+        redis: RedisConn,
+        replicas: ReplicaWait,
     ) -> Self {
         Self {
             strategies,
@@ -141,6 +158,8 @@ impl Purchases {
             ids,
             idempotency,
             recorder,
+            redis,
+            replicas,
         }
     }
 
@@ -184,17 +203,36 @@ impl Purchases {
                 return Err(err.into());
             }
         };
+        let confirmed = match (&attempt.outcome, attempt.replicated) {
+            (Outcome::Purchased { .. }, Some(confirmed)) => confirmed,
+            (Outcome::Purchased { .. }, None) => {
+                self.replicas
+                    .confirmed(&mut self.redis.clone(), &purchase.keys.stock)
+                    .await
+            }
+            _ => true,
+        };
         self.recorder
             .attempt(&purchase.item, kind, &attempt, started.elapsed());
+        if !confirmed {
+            self.recorder.unconfirmed(&purchase.item, kind);
+        }
         let Purchase { item, user, .. } = purchase;
         match attempt.outcome {
-            Outcome::Purchased { remaining } => Ok(Purchased {
-                order_id,
-                item_id: item,
-                user_id: user,
-                strategy: kind,
-                remaining,
-            }),
+            Outcome::Purchased { remaining } => {
+                let purchased = Purchased {
+                    order_id,
+                    item_id: item,
+                    user_id: user,
+                    strategy: kind,
+                    remaining,
+                };
+                if confirmed {
+                    Ok(purchased)
+                } else {
+                    Err(PurchaseError::Unconfirmed(purchased))
+                }
+            }
             Outcome::SoldOut => Err(PurchaseError::SoldOut(item)),
             Outcome::LimitReached { limit } => {
                 Err(PurchaseError::LimitReached { item, user, limit })
@@ -241,8 +279,15 @@ impl Purchases {
                 let this = Arc::clone(self);
                 let sequence = tokio::spawn(async move {
                     let result = this.buy(item, user, strategy, started).await;
+                    // An unconfirmed purchase is recorded as the purchase it
+                    // is: a repeat of the key learns its order id. The record
+                    // sits beside the order on the same master, written
+                    // after it, so a failover that loses the order loses
+                    // the record too, and the repeat buys afresh.
                     let body = match &result {
-                        Ok(purchased) => serde_json::to_string(purchased).ok(),
+                        Ok(purchased) | Err(PurchaseError::Unconfirmed(purchased)) => {
+                            serde_json::to_string(purchased).ok()
+                        }
                         Err(_) => None,
                     };
                     let record = body.as_deref().map(|body| (CREATED, body));

@@ -38,6 +38,7 @@ struct Counters {
     lock_expired: AtomicU64,
     fenced: AtomicU64,
     refused_with_stock: AtomicU64,
+    unconfirmed: AtomicU64,
 }
 
 /// A point-in-time copy of one strategy's counters on one item.
@@ -63,6 +64,12 @@ pub struct CounterSnapshot {
     /// before this instance saw the sale empty (a `sold_out`, or a purchase
     /// that took the last unit): buyers turned away while units remained.
     pub refused_with_stock: u64,
+    /// Purchases (counted in `purchased` too) that fewer than
+    /// `REDIS_WAIT_REPLICAS` replicas confirmed in time: answered 503
+    /// `unconfirmed`, and lost if a failover comes before they replicate.
+    /// Read as 0 from a server that predates it.
+    #[serde(default)]
+    pub unconfirmed: u64,
 }
 
 impl Counters {
@@ -81,6 +88,7 @@ impl Counters {
             lock_expired: get(&self.lock_expired),
             fenced: get(&self.fenced),
             refused_with_stock: get(&self.refused_with_stock),
+            unconfirmed: get(&self.unconfirmed),
         }
     }
 }
@@ -236,6 +244,16 @@ impl Stats {
         c.attempts.fetch_add(1, Ordering::Relaxed);
         c.errors.fetch_add(1, Ordering::Relaxed);
         counters.refused(c);
+    }
+
+    /// Counts a purchase (already recorded) that its replicas did not
+    /// confirm in time.
+    pub fn record_unconfirmed(&self, item: &ItemId, kind: StrategyKind) {
+        if let Some(counters) = self.existing(item) {
+            counters.counters[kind.index()]
+                .unconfirmed
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Forgets an item's counters: its sale starts over now.

@@ -38,6 +38,7 @@ impl Wiring<'_> {
             self.pool.clone(),
             self.config.optimistic_max_retries,
             self.race_window(),
+            self.config.replica_wait(),
         ))
     }
 

@@ -185,6 +185,7 @@ impl Strategy for Lock {
             retries: backoff.waits(),
             lock_expired,
             fenced,
+            replicated: None,
         })
     }
 }

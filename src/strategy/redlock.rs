@@ -254,6 +254,7 @@ impl Strategy for Redlock {
             retries: backoff.waits(),
             lock_expired,
             fenced: false,
+            replicated: None,
         })
     }
 }

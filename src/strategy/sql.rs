@@ -228,7 +228,11 @@ impl Strategy for Sql {
         match self.transact(purchase, binding.generation).await? {
             Ok((remaining, generation)) => {
                 self.mirror(purchase, generation).await;
-                Ok(Attempt::new(Outcome::Purchased { remaining }))
+                // The order is committed to SQL, not held by Redis: no
+                // replica needs to confirm the mirror.
+                let mut attempt = Attempt::new(Outcome::Purchased { remaining });
+                attempt.replicated = Some(true);
+                Ok(attempt)
             }
             Err(rejection) => Ok(Attempt::new(rejection)),
         }

@@ -355,3 +355,174 @@ async fn instances_lease_distinct_worker_numbers_on_the_cluster() {
         );
     }
 }
+
+/// A master killed with SIGKILL in the middle of a sale, with
+/// `REDIS_WAIT_REPLICAS=1`: its replica takes over, purchases of its items
+/// resume (503s while it switches), every 201's order reaches SQL and
+/// nothing oversells. An item on another master sells on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_sale_loses_no_confirmed_order() {
+    let mut cluster = RedisCluster::start(RedisClusterOptions::default()).unwrap();
+    let database = database_urls().remove(0);
+    let app = Arc::new(
+        spawn_app_at(&cluster_target(&cluster), |c| {
+            c.database_url = database;
+            c.persister = true;
+            c.persister_claim_idle_ms = 1_000;
+            c.redis_wait_replicas = 1;
+            c.redis_wait_timeout_ms = 200;
+        })
+        .await,
+    );
+    const STOCK: u64 = 100_000;
+    // Items on one master (the victim), one per strategy, and one elsewhere.
+    let victim = cluster.master_of(&keys(&unique("v")).stock, None).unwrap();
+    let mut items = Vec::new();
+    for strategy in ["lua", "lua-batch", "optimistic", "lock"] {
+        let item = loop {
+            let item = unique(&format!("fo-{strategy}"));
+            if cluster.master_of(&keys(&item).stock, None).unwrap() == victim {
+                break item;
+            }
+        };
+        items.push((item, strategy));
+    }
+    let control = loop {
+        let item = unique("fo-control");
+        if cluster.master_of(&keys(&item).stock, None).unwrap() != victim {
+            break item;
+        }
+    };
+    items.push((control, "lua"));
+    for (item, strategy) in &items {
+        let created = app
+            .put_item(item, json!({"stock": STOCK, "strategy": strategy}))
+            .await;
+        assert_eq!(created.status(), 201, "{item}");
+    }
+
+    // Buyers: each item gets two loops of fresh users until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut buyers = JoinSet::new();
+    for (item, strategy) in items.iter().cloned() {
+        for lane in 0..2 {
+            let (app, stop, item) = (Arc::clone(&app), Arc::clone(&stop), item.clone());
+            buyers.spawn(async move {
+                let mut answers: Vec<(Instant, u16, Option<String>)> = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let response = app.purchase(&item, &format!("u{lane}-{n}"), strategy).await;
+                    let status = response.status().as_u16();
+                    let body: serde_json::Value = response.json().await.unwrap_or_default();
+                    let id = body["order_id"].as_str().map(str::to_owned);
+                    answers.push((Instant::now(), status, id));
+                }
+                (item, answers)
+            });
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.node_mut(victim).unwrap().kill();
+    // The replica takes over: the items' views answer again. Its purchases
+    // are taken but answered `unconfirmed` while it has no replica.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (item, _) in &items {
+        loop {
+            let view = app
+                .client
+                .get(app.url(&format!("/api/items/{item}")))
+                .send()
+                .await
+                .unwrap();
+            if view.status() == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{item} never came back");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The dead node comes back as the new master's replica: 201s again.
+    cluster.restart(victim).unwrap();
+    let rejoined_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut confirmed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut after_rejoin: BTreeMap<String, usize> = BTreeMap::new();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    while let Some(lane) = buyers.join_next().await {
+        let (item, answers) = lane.unwrap();
+        for (at, status, id) in answers {
+            *statuses.entry(status).or_default() += 1;
+            assert!([201, 503].contains(&status), "{item}: {status}");
+            if status == 201 {
+                confirmed.entry(item.clone()).or_default().push(id.unwrap());
+                if at > rejoined_at {
+                    *after_rejoin.entry(item.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    for (item, _) in &items {
+        assert!(
+            after_rejoin.get(item).copied().unwrap_or(0) > 0,
+            "{item}: no 201 once its master had a replica again: {statuses:?}"
+        );
+    }
+    // While the victim's slots had no replica, their purchases were taken
+    // and answered `unconfirmed`, counted.
+    for (item, _) in &items[..4] {
+        let view = app.item(item).await;
+        assert!(view["unconfirmed"].as_u64().unwrap() > 0, "{item}: {view}");
+    }
+    // Every 201 is in SQL, once the persister has caught up on the new master.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (item, ids) in &confirmed {
+        let wanted: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(
+            wanted.len(),
+            ids.len(),
+            "{item}: an order id answered twice"
+        );
+        loop {
+            let stored = stored_order_ids(&app, item).await;
+            let missing: Vec<_> = wanted.iter().filter(|id| !stored.contains(**id)).collect();
+            let view = app.item(item).await;
+            assert_eq!(view["oversold"], 0, "{item}: {view}");
+            assert!(view["sold"].as_u64().unwrap() <= STOCK, "{item}: {view}");
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{item}: {} of {} confirmed orders never reached SQL, e.g. {:?}; {view}",
+                missing.len(),
+                wanted.len(),
+                &missing[..missing.len().min(3)]
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Arc::into_inner(app).unwrap().stop().await;
+}
+
+/// Every order id SQL holds for `item`, page by page.
+async fn stored_order_ids(app: &TestApp, item: &str) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut after = String::new();
+    loop {
+        let page: serde_json::Value = app
+            .get_json(&format!(
+                "/api/orders?item={item}&limit=500&order=asc{after}"
+            ))
+            .await;
+        for order in page["orders"].as_array().unwrap() {
+            ids.insert(order["order_id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => return ids,
+        }
+    }
+}

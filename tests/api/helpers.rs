@@ -199,6 +199,23 @@ impl TestApp {
     }
 
     /// `GET path`, parsed as JSON whatever the status.
+    /// A purchase with an `Idempotency-Key`.
+    pub async fn purchase_with_key(
+        &self,
+        item: &str,
+        user: &str,
+        strategy: &str,
+        key: &str,
+    ) -> Response {
+        self.client
+            .post(self.url(&format!("/api/items/{item}/purchase")))
+            .header("Idempotency-Key", key)
+            .json(&json!({"user_id": user, "strategy": strategy}))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         get_json(&self.client, &self.url(path)).await
     }

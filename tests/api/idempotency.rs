@@ -6,23 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with, status_and_json, unique};
-
-async fn buy_with_key(
-    app: &TestApp,
-    item: &str,
-    user: &str,
-    strategy: &str,
-    key: &str,
-) -> reqwest::Response {
-    app.client
-        .post(app.url(&format!("/api/items/{item}/purchase")))
-        .header("Idempotency-Key", key)
-        .json(&json!({"user_id": user, "strategy": strategy}))
-        .send()
-        .await
-        .unwrap()
-}
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, status_and_json, unique};
 
 #[tokio::test]
 async fn a_repeated_key_replays_the_first_response_on_any_instance() {
@@ -30,10 +14,13 @@ async fn a_repeated_key_replays_the_first_response_on_any_instance() {
     let item = unique("idem");
     a.create_item(&item, 10, 3).await;
     let key = uuid::Uuid::new_v4().to_string();
-    let (status, first) = status_and_json(buy_with_key(&a, &item, "u1", "lua", &key).await).await;
+    let (status, first) =
+        status_and_json(a.purchase_with_key(&item, "u1", "lua", &key).await).await;
     assert_eq!(status, 201, "{first}");
     for app in [&a, &b] {
-        let response = buy_with_key(app, &item, "u1", "lua", &format!("\"{key}\"")).await;
+        let response = app
+            .purchase_with_key(&item, "u1", "lua", &format!("\"{key}\""))
+            .await;
         assert_eq!(response.headers()["idempotency-replayed"], "true");
         let (status, again) = status_and_json(response).await;
         assert_eq!(
@@ -50,7 +37,7 @@ async fn a_repeated_key_replays_the_first_response_on_any_instance() {
     );
 
     // Another key is another purchase.
-    let other = buy_with_key(&a, &item, "u1", "lua", "another-key").await;
+    let other = a.purchase_with_key(&item, "u1", "lua", "another-key").await;
     assert_eq!(other.status(), 201);
 }
 
@@ -60,18 +47,20 @@ async fn a_key_reused_with_another_body_is_refused_and_changes_nothing() {
     let item = unique("idem-reuse");
     app.create_item(&item, 10, 1).await;
     assert_eq!(
-        buy_with_key(&app, &item, "u1", "lua", "k1").await.status(),
+        app.purchase_with_key(&item, "u1", "lua", "k1")
+            .await
+            .status(),
         201
     );
     let before = app.redis_snapshot(&item).await;
     assert_error(
-        buy_with_key(&app, &item, "u2", "lua", "k1").await,
+        app.purchase_with_key(&item, "u2", "lua", "k1").await,
         422,
         "idempotency_key_reused",
     )
     .await;
     assert_error(
-        buy_with_key(&app, &item, "u1", "naive", "k1").await,
+        app.purchase_with_key(&item, "u1", "naive", "k1").await,
         422,
         "idempotency_key_reused",
     )
@@ -86,19 +75,26 @@ async fn a_repeat_while_the_first_is_in_flight_is_told_so() {
     app.create_item(&item, 10, 1).await;
     let first = {
         let (app, item) = (Arc::clone(&app), item.clone());
-        tokio::spawn(async move { buy_with_key(&app, &item, "slow", "lock", "k-flight").await })
+        tokio::spawn(async move {
+            app.purchase_with_key(&item, "slow", "lock", "k-flight")
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_error(
-        buy_with_key(&app, &item, "slow", "lock", "k-flight").await,
+        app.purchase_with_key(&item, "slow", "lock", "k-flight")
+            .await,
         409,
         "idempotency_in_flight",
     )
     .await;
     let (status, body) = status_and_json(first.await.unwrap()).await;
     assert_eq!(status, 201, "{body}");
-    let (status, again) =
-        status_and_json(buy_with_key(&app, &item, "slow", "lock", "k-flight").await).await;
+    let (status, again) = status_and_json(
+        app.purchase_with_key(&item, "slow", "lock", "k-flight")
+            .await,
+    )
+    .await;
     assert_eq!(
         (status.as_u16(), &again["order_id"]),
         (201, &body["order_id"])
@@ -112,7 +108,7 @@ async fn bad_keys_and_missing_items_store_nothing() {
     app.create_item(&item, 10, 1).await;
     for bad in ["", "with space", &"x".repeat(65)] {
         assert_error(
-            buy_with_key(&app, &item, "u1", "lua", bad).await,
+            app.purchase_with_key(&item, "u1", "lua", bad).await,
             400,
             "invalid_request",
         )
@@ -120,7 +116,7 @@ async fn bad_keys_and_missing_items_store_nothing() {
     }
     let ghost = unique("idem-ghost");
     assert_error(
-        buy_with_key(&app, &ghost, "u1", "lua", "k").await,
+        app.purchase_with_key(&ghost, "u1", "lua", "k").await,
         404,
         "item_not_found",
     )
@@ -139,7 +135,8 @@ async fn refusals_are_not_kept() {
     app.create_item(&item, 0, 1).await;
     for n in 0..20 {
         assert_error(
-            buy_with_key(&app, &item, "u1", "lua", &format!("flood-{n}")).await,
+            app.purchase_with_key(&item, "u1", "lua", &format!("flood-{n}"))
+                .await,
             409,
             "sold_out",
         )
@@ -152,6 +149,6 @@ async fn refusals_are_not_kept() {
     );
     app.restock(&item, 1, 1).await;
     let (status, body) =
-        status_and_json(buy_with_key(&app, &item, "u1", "lua", "flood-0").await).await;
+        status_and_json(app.purchase_with_key(&item, "u1", "lua", "flood-0").await).await;
     assert_eq!(status, 201, "the repeat asked again: {body}");
 }

@@ -21,3 +21,4 @@ mod persistence;
 mod process;
 mod redis_down;
 mod redlock;
+mod replicas;

@@ -1,0 +1,172 @@
+//! `REDIS_WAIT_REPLICAS`: a purchase answers 201 only once its replicas
+//! hold its write. The attack: a replica that stays connected but stops
+//! acknowledging (SIGSTOP), after everything written before it was
+//! replicated. `WAIT` counts one connection's writes, so a purchase must ask
+//! on the connection that wrote: asked on another, it would be told the
+//! older writes are safe and answer 201 for a write no replica has.
+
+use std::time::{Duration, Instant};
+
+use seckill::infra::redis_server::RedisServer;
+use seckill::strategy::Decides;
+use serde_json::Value;
+
+use crate::helpers::{
+    TestApp, assert_error, connect, keys, spawn_app_on, status_and_json, strategies_where, unique,
+};
+
+/// A master with one replica in sync.
+struct Replicated {
+    master: RedisServer,
+    replica: RedisServer,
+}
+
+async fn master_with_replica() -> Replicated {
+    let master = RedisServer::start(Default::default()).unwrap();
+    let replica = RedisServer::start(Default::default()).unwrap();
+    let mut conn = connect(&replica.url()).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(master.port())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            return Replicated { master, replica };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never synced: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Replicated {
+    /// Returns once the replica holds everything written to the master so
+    /// far, by any connection (replication keeps the master's order).
+    async fn caught_up(&self) {
+        let mut conn = connect(&self.master.url()).await;
+        let _: () = redis::cmd("SET")
+            .arg("probe")
+            .arg(unique("p"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(acked, 1, "the replica did not catch up");
+    }
+
+    async fn app(&self) -> TestApp {
+        spawn_app_on(&self.master.url(), |c| {
+            c.redis_wait_replicas = 1;
+            c.redis_wait_timeout_ms = 100;
+        })
+        .await
+    }
+}
+
+/// Every strategy whose orders live in Redis: with the replica frozen, a
+/// purchase is taken (its order is in the log, with the id the 503 names),
+/// answered 503 `unconfirmed` and counted; a repeat of its
+/// Idempotency-Key learns the order stands; with the replica back, buyers
+/// get their 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_its_replica_does_not_confirm_is_answered_unconfirmed_with_its_order() {
+    let redis = master_with_replica().await;
+    let app = redis.app().await;
+    let mut master = connect(&redis.master.url()).await;
+    for strategy in strategies_where(|k| k.decides() != Decides::InSql) {
+        let item = unique(&format!("wait-{strategy}"));
+        app.create_item(&item, 5, 1).await;
+        redis.caught_up().await;
+        redis.replica.pause();
+        // No Idempotency-Key first: its record would be a write of the
+        // shared connection after the freeze, which a `WAIT` asked on the
+        // wrong connection would then catch by luck.
+        let refused = app.purchase(&item, "a", strategy).await;
+        let body = assert_error(refused, 503, "unconfirmed").await;
+        let order_id = body["error"]["order_id"].as_str().unwrap().to_owned();
+        let logged: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(keys(&item).orders)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut master)
+            .await
+            .unwrap();
+        let logged: Vec<&str> = logged
+            .iter()
+            .filter_map(|(_, fields)| seckill::orders::order_log::order_id_of(fields))
+            .collect();
+        assert_eq!(logged, [order_id.as_str()], "{strategy}");
+
+        let key = format!("k-{item}");
+        let refused = app.purchase_with_key(&item, "c", strategy, &key).await;
+        let body = assert_error(refused, 503, "unconfirmed").await;
+        let again = app.purchase_with_key(&item, "c", strategy, &key).await;
+        assert_eq!(
+            again.headers()["Idempotency-Replayed"],
+            "true",
+            "{strategy}"
+        );
+        let (status, replayed) = status_and_json(again).await;
+        assert_eq!(status, 201, "{strategy}: {replayed}");
+        assert_eq!(
+            replayed["order_id"], body["error"]["order_id"],
+            "{strategy}"
+        );
+        redis.replica.resume();
+
+        let bought = app.purchase(&item, "b", strategy).await;
+        assert_eq!(
+            bought.status(),
+            201,
+            "{strategy}: {}",
+            bought.text().await.unwrap()
+        );
+        let view = app.item(&item).await;
+        assert_eq!(view["unconfirmed"], 2, "{strategy}: {view}");
+        assert_eq!(
+            view["strategies"][strategy]["unconfirmed"], 2,
+            "{strategy}: {view}"
+        );
+        assert_eq!(view["sold"], 3, "{strategy}: {view}");
+        let metrics = app.metrics_text().await;
+        let line = format!("seckill_purchases_unconfirmed_total{{strategy=\"{strategy}\"}} 2");
+        assert!(
+            metrics.contains(&line),
+            "{strategy}: no `{line}` in\n{metrics}"
+        );
+    }
+    app.stop().await;
+}
+
+/// The `sql` strategy's order is committed to SQL before its 201: a frozen
+/// replica of the Redis mirror does not hold it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_purchase_waits_for_no_redis_replica() {
+    let redis = master_with_replica().await;
+    let app = redis.app().await;
+    for strategy in strategies_where(|k| k.decides() == Decides::InSql) {
+        let item = unique(&format!("wait-{strategy}"));
+        app.create_item(&item, 5, 1).await;
+        redis.replica.pause();
+        let bought = app.purchase(&item, "a", strategy).await;
+        let (status, body): (_, Value) = status_and_json(bought).await;
+        redis.replica.resume();
+        assert_eq!(status, 201, "{strategy}: {body}");
+    }
+    app.stop().await;
+}
