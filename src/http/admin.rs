@@ -9,7 +9,7 @@
 //! 127.0.0.1 still sends its own name), and that carries no `Forwarded`,
 //! `X-Forwarded-For` or `X-Real-IP` header: a same-host proxy connects from
 //! loopback too, on behalf of anyone, and a proxy set up to say so (as
-//! `deploy/nginx.conf` is) says it in those headers. A proxy that says
+//! `deploy/nginx.conf.template` is) says it in those headers. A proxy that says
 //! nothing cannot be told apart: put a token behind any proxy.
 
 use std::net::SocketAddr;
