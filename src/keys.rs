@@ -75,6 +75,10 @@ pub struct ItemKeys {
     /// holds a different order under the same id: kept, never acknowledged
     /// away.
     pub dead_letters: String,
+    /// A counter written just before each `WAIT` for replicas
+    /// (`REDIS_WAIT_REPLICAS`): the write the `WAIT` counts, on the
+    /// item's master.
+    pub replicated: String,
     /// `seckill:{ITEM}`, for keys named per use (idempotency records).
     base: String,
 }
@@ -92,6 +96,7 @@ impl ItemKeys {
             redlock: format!("{base}:lock:redlock"),
             archives: format!("{base}:archives"),
             dead_letters: format!("{base}:dead-letters"),
+            replicated: format!("{base}:replicated"),
             base,
         }
     }

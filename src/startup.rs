@@ -84,7 +84,7 @@ impl App {
         }
         let strategies = Registry::build(&Wiring {
             redis: redis.clone(),
-            pool,
+            pool: pool.clone(),
             db: db.clone(),
             config,
         })?;
@@ -147,7 +147,7 @@ impl App {
                 Duration::from_secs(config.idempotency_ttl_s),
             ),
             Recorder::new(Arc::clone(&stats), Arc::clone(&metrics)),
-            redis.clone(),
+            pool,
             config.replica_wait(),
         ));
         let state = AppState(Arc::new(Shared {

@@ -10,8 +10,8 @@
 //! pipeline whose commands sit in several slots is refused (CROSSSLOT): the
 //! key schema ([`crate::keys`]) keeps each use in one slot, and work that
 //! spans items sends one command per item ([`each`]). A keyless command
-//! that must reach the node of some key (`UNWATCH`, `WAIT`) goes through
-//! [`RoutesToKey`]. [`ReplicaWait`] is `REDIS_WAIT_REPLICAS`.
+//! that must reach the node of some key goes in a pipeline behind a keyed
+//! one (`WAIT`, see [`ReplicaWait`]) or is routed there (`UNWATCH`).
 
 use std::time::Duration;
 
@@ -107,11 +107,18 @@ impl RedisTarget {
                 )
             }
             Self::Cluster(urls) => {
-                let mut config = deadpool_redis::cluster::Config::from_urls(urls.clone());
-                config.pool = Some(pool);
+                let manager = ClusterManager(cluster_client(
+                    urls,
+                    Timeouts {
+                        response: timeout,
+                        connect: timeout,
+                    },
+                )?);
                 RedisPool::Cluster(
-                    config
-                        .create_pool(runtime)
+                    deadpool::managed::Pool::builder(manager)
+                        .config(pool)
+                        .runtime(deadpool::Runtime::Tokio1)
+                        .build()
                         .context("cannot build the Redis Cluster connection pool")?,
                 )
             }
@@ -126,9 +133,14 @@ fn cluster_client(
     redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
         .response_timeout(timeouts.response)
         .connection_timeout(timeouts.connect)
-        // Retries (redirections, a failover) end within one response
-        // timeout, so a request still gets its 503 in time.
         .overall_response_timeout(Some(timeouts.response))
+        // No retries: the client cannot tell a command Redis never ran (a
+        // `MOVED`) from one whose reply was lost (a dropped connection), and
+        // running a purchase script twice sells twice under one order id,
+        // or sends `EXEC` on a connection without its `WATCH`. A failed
+        // command is a 503, as on one Redis; the client still refreshes its
+        // slot map, so the next command finds the new owner.
+        .retries(0)
         .build()
         .with_context(|| format!("invalid REDIS_CLUSTER_URLS `{}`", urls.join(",")))
 }
@@ -183,35 +195,7 @@ pub enum RedisConn {
     Cluster(ClusterConnection),
 }
 
-/// A connection that can send a keyless command to the master of a key's
-/// slot, for commands about this connection's state there (on one Redis,
-/// it just sends it).
-pub trait RoutesToKey {
-    fn route_to_key<T: FromRedisValue>(
-        &mut self,
-        cmd: &Cmd,
-        key: &str,
-    ) -> impl std::future::Future<Output = RedisResult<T>> + Send;
-}
-
-impl RoutesToKey for RedisConn {
-    async fn route_to_key<T: FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> RedisResult<T> {
-        match self {
-            Self::Single(conn) => cmd.query_async(conn).await,
-            Self::Cluster(conn) => route(conn, cmd, key).await,
-        }
-    }
-}
-
-impl RoutesToKey for PooledConn {
-    async fn route_to_key<T: FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> RedisResult<T> {
-        match self {
-            Self::Single(conn) => cmd.query_async(&mut **conn).await,
-            Self::Cluster(conn) => route(conn, cmd, key).await,
-        }
-    }
-}
-
+/// Sends a keyless command to the master of `key`'s slot.
 async fn route<T: FromRedisValue>(
     conn: &mut ClusterConnection,
     cmd: &Cmd,
@@ -230,21 +214,37 @@ pub struct ReplicaWait {
 }
 
 impl ReplicaWait {
-    /// Whether `replicas` replicas hold every write sent on `conn` so far
-    /// to the master of `key` (`WAIT`, on that master: it counts this
-    /// connection's writes only, so it must be the one that wrote). False
-    /// also when the master cannot be asked: the write happened, its fate
-    /// is unknown.
-    pub async fn confirmed(&self, conn: &mut impl RoutesToKey, key: &str) -> bool {
+    /// Whether `replicas` replicas hold every write the master of `marker`
+    /// took so far. `WAIT` counts the writes of the connection it is asked
+    /// on, so it goes on a dedicated connection right after a write of its
+    /// own there (`INCR marker`): a replica stream keeps the master's order,
+    /// so a replica that has the marker has everything written before it,
+    /// by any connection. (Asked on the shared connection instead, `WAIT`
+    /// would hold up every command queued behind it for as long as it
+    /// waits.) False also when the master cannot be asked: the write
+    /// happened, its fate is unknown.
+    pub async fn confirmed(&self, pool: &RedisPool, marker: &str) -> bool {
         if self.replicas == 0 {
             return true;
         }
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(self.replicas).arg(self.timeout.as_millis() as u64);
-        match conn.route_to_key::<u32>(&wait, key).await {
-            Ok(acked) => acked >= self.replicas,
+        let mut conn = match pool.get().await {
+            Ok(conn) => conn,
             Err(err) => {
-                tracing::warn!(%err, key, "WAIT for replicas failed");
+                tracing::warn!(%err, "no connection to WAIT for replicas on");
+                return false;
+            }
+        };
+        let mut wait = redis::pipe();
+        wait.cmd("INCR")
+            .arg(marker)
+            .ignore()
+            .cmd("WAIT")
+            .arg(self.replicas)
+            .arg(self.timeout.as_millis() as u64);
+        match wait.query_async::<(u32,)>(&mut conn).await {
+            Ok((acked,)) => acked >= self.replicas,
+            Err(err) => {
+                tracing::warn!(%err, marker, "WAIT for replicas failed");
                 false
             }
         }
@@ -271,7 +271,30 @@ pub async fn each<T: FromRedisValue>(
 #[derive(Clone)]
 pub enum RedisPool {
     Single(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    Cluster(deadpool::managed::Pool<ClusterManager>),
+}
+
+/// Makes the pool's cluster connections from our own client (timeouts, no
+/// retries); deadpool-redis's cluster pool builds its client with the
+/// defaults.
+pub struct ClusterManager(redis::cluster::ClusterClient);
+
+impl deadpool::managed::Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<ClusterConnection, redis::RedisError> {
+        self.0.get_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ClusterConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<redis::RedisError> {
+        redis::cmd("PING").exec_async(conn).await?;
+        Ok(())
+    }
 }
 
 impl RedisPool {
@@ -290,14 +313,18 @@ impl RedisPool {
 /// the master of the item's slot.
 pub enum PooledConn {
     Single(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
+    Cluster(deadpool::managed::Object<ClusterManager>),
 }
 
 impl PooledConn {
     /// `UNWATCH` on the node that holds `key`, where the `WATCH` was sent
     /// (a keyless `UNWATCH` would go to every master).
     pub async fn unwatch(&mut self, key: &str) -> RedisResult<()> {
-        self.route_to_key(&redis::cmd("UNWATCH"), key).await
+        let unwatch = redis::cmd("UNWATCH");
+        match self {
+            Self::Single(conn) => unwatch.exec_async(&mut **conn).await,
+            Self::Cluster(conn) => route(conn, &unwatch, key).await,
+        }
     }
 
     /// Takes the connection out of its pool for good: it is closed when
@@ -305,7 +332,7 @@ impl PooledConn {
     pub fn discard(self) {
         match self {
             Self::Single(conn) => drop(deadpool_redis::Connection::take(conn)),
-            Self::Cluster(conn) => drop(deadpool_redis::cluster::Connection::take(conn)),
+            Self::Cluster(conn) => drop(deadpool::managed::Object::take(conn)),
         }
     }
 }

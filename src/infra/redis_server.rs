@@ -70,7 +70,7 @@ pub struct RedisServerOptions {
     /// Start as a Redis Cluster node (`--cluster-enabled yes`, its
     /// `nodes.conf` in `dir`). The cluster bus listens on port + 10000, so a
     /// port picked free is picked at or below 55535. A node that stops
-    /// answering for 2 s is failed over. See [`super::redis_cluster`].
+    /// answering for 5 s is failed over. See [`super::redis_cluster`].
     pub cluster: bool,
 }
 
@@ -181,7 +181,7 @@ impl RedisServer {
                 // A dead master is failed over after this long (the default
                 // is 15 s); long enough that a busy test machine does not
                 // fail over a live one.
-                .args(["--cluster-node-timeout", "2000"]);
+                .args(["--cluster-node-timeout", "5000"]);
         }
         if let Some(fsync) = options.append_only {
             command.args(["--appendonly", "yes", "--appendfsync", fsync.as_redis()]);

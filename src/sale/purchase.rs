@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ItemId, UserId};
-use crate::infra::redis_conn::{RedisConn, ReplicaWait};
+use crate::infra::redis_conn::{RedisPool, ReplicaWait};
 use crate::keys::ItemKeys;
 use crate::orders::lease::{IdMinter, MintError};
 use crate::orders::snowflake::OrderId;
@@ -22,7 +22,7 @@ use crate::sale::idempotency::{Claim, Idempotency, IdempotencyKey};
 use crate::sale::metrics::Metrics;
 use crate::sale::stats::Stats;
 use crate::strategy::{
-    Attempt, Outcome, Purchase, Registry, Strategy, StrategyError, StrategyKind,
+    Attempt, Decides, Outcome, Purchase, Registry, Strategy, StrategyError, StrategyKind,
 };
 
 /// A purchase that went through: the body of the 201.
@@ -137,8 +137,8 @@ pub struct Purchases {
     ids: Arc<IdMinter>,
     idempotency: Idempotency,
     recorder: Recorder,
-    /// The shared connection the strategies write on, where `WAIT` asks.
-    redis: RedisConn,
+    /// Connections to ask for replicas on (`WAIT` blocks its connection).
+    pool: RedisPool,
     replicas: ReplicaWait,
 }
 
@@ -149,7 +149,7 @@ impl Purchases {
         ids: Arc<IdMinter>,
         idempotency: Idempotency,
         recorder: Recorder,
-        redis: RedisConn,
+        pool: RedisPool,
         replicas: ReplicaWait,
     ) -> Self {
         Self {
@@ -158,7 +158,7 @@ impl Purchases {
             ids,
             idempotency,
             recorder,
-            redis,
+            pool,
             replicas,
         }
     }
@@ -184,9 +184,22 @@ impl Purchases {
         }
     }
 
-    /// One purchase of `item` by `user` under `strategy`, counted. `started`
-    /// is when the request arrived, for the latency it is counted with.
+    /// One purchase of `item` by `user` under `strategy`, counted, and
+    /// confirmed by the replicas ([`Purchases::confirm`]). `started` is
+    /// when the request arrived, for the latency it is counted with.
     pub async fn buy(
+        &self,
+        item: ItemId,
+        user: UserId,
+        strategy: Arc<dyn Strategy>,
+        started: Instant,
+    ) -> Result<Purchased, PurchaseError> {
+        let purchased = self.take(item, user, strategy, started).await?;
+        self.confirm(purchased).await
+    }
+
+    /// The purchase itself, counted, not yet confirmed by any replica.
+    async fn take(
         &self,
         item: ItemId,
         user: UserId,
@@ -203,36 +216,17 @@ impl Purchases {
                 return Err(err.into());
             }
         };
-        let confirmed = match (&attempt.outcome, attempt.replicated) {
-            (Outcome::Purchased { .. }, Some(confirmed)) => confirmed,
-            (Outcome::Purchased { .. }, None) => {
-                self.replicas
-                    .confirmed(&mut self.redis.clone(), &purchase.keys.stock)
-                    .await
-            }
-            _ => true,
-        };
         self.recorder
             .attempt(&purchase.item, kind, &attempt, started.elapsed());
-        if !confirmed {
-            self.recorder.unconfirmed(&purchase.item, kind);
-        }
         let Purchase { item, user, .. } = purchase;
         match attempt.outcome {
-            Outcome::Purchased { remaining } => {
-                let purchased = Purchased {
-                    order_id,
-                    item_id: item,
-                    user_id: user,
-                    strategy: kind,
-                    remaining,
-                };
-                if confirmed {
-                    Ok(purchased)
-                } else {
-                    Err(PurchaseError::Unconfirmed(purchased))
-                }
-            }
+            Outcome::Purchased { remaining } => Ok(Purchased {
+                order_id,
+                item_id: item,
+                user_id: user,
+                strategy: kind,
+                remaining,
+            }),
             Outcome::SoldOut => Err(PurchaseError::SoldOut(item)),
             Outcome::LimitReached { limit } => {
                 Err(PurchaseError::LimitReached { item, user, limit })
@@ -246,6 +240,26 @@ impl Purchases {
             Outcome::SaleRestarted => Err(PurchaseError::SaleRestarted(item)),
             Outcome::Contended { detail } => Err(PurchaseError::Contended { item, detail }),
         }
+    }
+
+    /// `purchased`, once `REDIS_WAIT_REPLICAS` replicas hold everything its
+    /// item's master took so far; else `Unconfirmed`, counted. A `sql`
+    /// order is committed to SQL, not held by Redis: it waits for none.
+    async fn confirm(&self, purchased: Purchased) -> Result<Purchased, PurchaseError> {
+        if self.replicated(&purchased).await {
+            return Ok(purchased);
+        }
+        self.recorder
+            .unconfirmed(&purchased.item_id, purchased.strategy);
+        Err(PurchaseError::Unconfirmed(purchased))
+    }
+
+    async fn replicated(&self, purchased: &Purchased) -> bool {
+        purchased.strategy.decides() == Decides::InSql
+            || self
+                .replicas
+                .confirmed(&self.pool, &ItemKeys::new(&purchased.item_id).replicated)
+                .await
     }
 
     /// [`Purchases::buy`] at most once per `key` ([`crate::sale::idempotency`]):
@@ -271,30 +285,28 @@ impl Purchases {
             Claim::Missing => Err(PurchaseError::ItemNotFound(item)),
             Claim::Reused => Err(PurchaseError::IdempotencyKeyReused),
             Claim::InFlight => Err(PurchaseError::IdempotencyInFlight),
-            Claim::Done { status, body } => Ok(Receipt::Replayed { status, body }),
+            Claim::Done { status, body } => self.replay(status, body).await,
             Claim::New => {
                 // A task of its own: a client that leaves or the request
                 // timeout must not cut the sequence between the purchase
                 // and its record.
                 let this = Arc::clone(self);
                 let sequence = tokio::spawn(async move {
-                    let result = this.buy(item, user, strategy, started).await;
-                    // An unconfirmed purchase is recorded as the purchase it
-                    // is: a repeat of the key learns its order id. The record
-                    // sits beside the order on the same master, written
-                    // after it, so a failover that loses the order loses
-                    // the record too, and the repeat buys afresh.
+                    let result = this.take(item, user, strategy, started).await;
                     let body = match &result {
-                        Ok(purchased) | Err(PurchaseError::Unconfirmed(purchased)) => {
-                            serde_json::to_string(purchased).ok()
-                        }
+                        Ok(purchased) => serde_json::to_string(purchased).ok(),
                         Err(_) => None,
                     };
                     let record = body.as_deref().map(|body| (CREATED, body));
                     if let Err(err) = this.idempotency.finish(&keys, &key, record).await {
                         tracing::warn!(%err, "cannot record the outcome for an Idempotency-Key; its claim expires by itself");
                     }
-                    result
+                    // Confirmed after the record: one `WAIT` covers both, so
+                    // a 201 here means a failover keeps the record too.
+                    match result {
+                        Ok(purchased) => this.confirm(purchased).await,
+                        Err(err) => Err(err),
+                    }
                 });
                 let purchased = sequence.await.map_err(|err| {
                     PurchaseError::Internal(anyhow::anyhow!("purchase task failed: {err}"))
@@ -302,6 +314,26 @@ impl Purchases {
                 Ok(Receipt::New(purchased))
             }
         }
+    }
+}
+
+impl Purchases {
+    /// A recorded answer, replayed. A purchase is replayed as 201 only once
+    /// the replicas hold it (and its record): the first request may have
+    /// been answered `unconfirmed`, and the replicas may still lag.
+    async fn replay(&self, status: u16, body: String) -> Result<Receipt, PurchaseError> {
+        if status == CREATED {
+            match serde_json::from_str::<Purchased>(&body) {
+                Ok(purchased) if !self.replicated(&purchased).await => {
+                    return Err(PurchaseError::Unconfirmed(purchased));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "an Idempotency-Key record is no purchase; replayed as it is")
+                }
+            }
+        }
+        Ok(Receipt::Replayed { status, body })
     }
 }
 

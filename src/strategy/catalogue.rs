@@ -38,7 +38,6 @@ impl Wiring<'_> {
             self.pool.clone(),
             self.config.optimistic_max_retries,
             self.race_window(),
-            self.config.replica_wait(),
         ))
     }
 

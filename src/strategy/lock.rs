@@ -185,7 +185,6 @@ impl Strategy for Lock {
             retries: backoff.waits(),
             lock_expired,
             fenced,
-            replicated: None,
         })
     }
 }

@@ -311,12 +311,6 @@ pub struct Attempt {
     /// Lock: the write was refused because a newer holder had taken the lock
     /// (fencing token superseded). Counted.
     pub fenced: bool,
-    /// Whether `REDIS_WAIT_REPLICAS` replicas confirmed the purchase's
-    /// write, for a strategy that wrote on a connection of its own and so
-    /// had to ask itself (`WAIT` counts one connection's writes). `None`:
-    /// the write went over the shared connection, where the purchase
-    /// use-case asks.
-    pub replicated: Option<bool>,
 }
 
 impl Attempt {
@@ -326,7 +320,6 @@ impl Attempt {
             retries: 0,
             lock_expired: false,
             fenced: false,
-            replicated: None,
         }
     }
 

@@ -30,29 +30,21 @@ use async_trait::async_trait;
 use super::{
     Attempt, Outcome, Purchase, Snapshot, SnapshotReplies, Strategy, StrategyError, StrategyKind,
 };
-use crate::infra::redis_conn::{PooledConn, RedisPool, ReplicaWait};
+use crate::infra::redis_conn::{PooledConn, RedisPool};
 
 pub struct Optimistic {
     pool: RedisPool,
     max_retries: u32,
     /// Lab knob: sleep between the read and the transaction.
     race_window: Duration,
-    /// `REDIS_WAIT_REPLICAS`, asked on the pooled connection that wrote.
-    replicas: ReplicaWait,
 }
 
 impl Optimistic {
-    pub fn new(
-        pool: RedisPool,
-        max_retries: u32,
-        race_window: Duration,
-        replicas: ReplicaWait,
-    ) -> Self {
+    pub fn new(pool: RedisPool, max_retries: u32, race_window: Duration) -> Self {
         Self {
             pool,
             max_retries,
             race_window,
-            replicas,
         }
     }
 
@@ -102,12 +94,7 @@ impl Optimistic {
             let committed: Option<(i64,)> = write.query_async(conn).await?;
             match committed {
                 Some((remaining,)) => {
-                    let mut attempt =
-                        Attempt::new(Outcome::Purchased { remaining }).with_retries(retries);
-                    if self.replicas.replicas > 0 {
-                        attempt.replicated = Some(self.replicas.confirmed(conn, &keys.stock).await);
-                    }
-                    return Ok(attempt);
+                    return Ok(Attempt::new(Outcome::Purchased { remaining }).with_retries(retries));
                 }
                 None if retries < self.max_retries => {
                     retries += 1;

@@ -254,7 +254,6 @@ impl Strategy for Redlock {
             retries: backoff.waits(),
             lock_expired,
             fenced: false,
-            replicated: None,
         })
     }
 }

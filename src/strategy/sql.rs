@@ -228,11 +228,7 @@ impl Strategy for Sql {
         match self.transact(purchase, binding.generation).await? {
             Ok((remaining, generation)) => {
                 self.mirror(purchase, generation).await;
-                // The order is committed to SQL, not held by Redis: no
-                // replica needs to confirm the mirror.
-                let mut attempt = Attempt::new(Outcome::Purchased { remaining });
-                attempt.replicated = Some(true);
-                Ok(attempt)
+                Ok(Attempt::new(Outcome::Purchased { remaining }))
             }
             Err(rejection) => Ok(Attempt::new(rejection)),
         }

@@ -1,9 +1,10 @@
 //! `REDIS_WAIT_REPLICAS`: a purchase answers 201 only once its replicas
 //! hold its write. The attack: a replica that stays connected but stops
 //! acknowledging (SIGSTOP), after everything written before it was
-//! replicated. `WAIT` counts one connection's writes, so a purchase must ask
-//! on the connection that wrote: asked on another, it would be told the
-//! older writes are safe and answer 201 for a write no replica has.
+//! replicated. `WAIT` counts the writes of the connection it is asked on, so
+//! asked on a connection that wrote nothing it answers at once that the
+//! replica has everything: the service writes a marker on that connection
+//! first, and this test fails without it.
 
 use std::time::{Duration, Instant};
 
@@ -93,9 +94,6 @@ async fn a_purchase_its_replica_does_not_confirm_is_answered_unconfirmed_with_it
         app.create_item(&item, 5, 1).await;
         redis.caught_up().await;
         redis.replica.pause();
-        // No Idempotency-Key first: its record would be a write of the
-        // shared connection after the freeze, which a `WAIT` asked on the
-        // wrong connection would then catch by luck.
         let refused = app.purchase(&item, "a", strategy).await;
         let body = assert_error(refused, 503, "unconfirmed").await;
         let order_id = body["error"]["order_id"].as_str().unwrap().to_owned();
@@ -112,9 +110,19 @@ async fn a_purchase_its_replica_does_not_confirm_is_answered_unconfirmed_with_it
             .collect();
         assert_eq!(logged, [order_id.as_str()], "{strategy}");
 
+        // With an Idempotency-Key: a repeat learns the order id, and hears
+        // 201 only once the replica holds it.
         let key = format!("k-{item}");
         let refused = app.purchase_with_key(&item, "c", strategy, &key).await;
-        let body = assert_error(refused, 503, "unconfirmed").await;
+        let first = assert_error(refused, 503, "unconfirmed").await;
+        let again = app.purchase_with_key(&item, "c", strategy, &key).await;
+        let still = assert_error(again, 503, "unconfirmed").await;
+        assert_eq!(
+            still["error"]["order_id"], first["error"]["order_id"],
+            "{strategy}"
+        );
+        redis.replica.resume();
+        redis.caught_up().await;
         let again = app.purchase_with_key(&item, "c", strategy, &key).await;
         assert_eq!(
             again.headers()["Idempotency-Replayed"],
@@ -124,10 +132,9 @@ async fn a_purchase_its_replica_does_not_confirm_is_answered_unconfirmed_with_it
         let (status, replayed) = status_and_json(again).await;
         assert_eq!(status, 201, "{strategy}: {replayed}");
         assert_eq!(
-            replayed["order_id"], body["error"]["order_id"],
+            replayed["order_id"], first["error"]["order_id"],
             "{strategy}"
         );
-        redis.replica.resume();
 
         let bought = app.purchase(&item, "b", strategy).await;
         assert_eq!(
