@@ -27,30 +27,34 @@ use crate::state::{AdminPolicy, AppState, Shared};
 use crate::strategy::{Registry, Wiring};
 
 /// Refuses a Redis that may evict keys: an evicted buyers hash, fence, binding
-/// or worker lease breaks the guarantees without a sound. A Redis that hides
-/// `CONFIG` (some managed ones) cannot be checked: warned, not refused.
+/// or worker lease breaks the guarantees without a sound. On a cluster every
+/// master is asked; its replicas are not (the cluster client does not
+/// connect to them), though one promoted by a failover keeps its own
+/// setting. A Redis that hides `CONFIG` (some managed ones) cannot be
+/// checked: warned, not refused.
 async fn refuse_evicting_redis(redis: &mut RedisConn, allow: bool) -> anyhow::Result<()> {
-    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(redis)
-        .await;
-    let policy = match reply {
-        Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+    let mut get = redis::cmd("CONFIG");
+    get.arg("GET").arg("maxmemory-policy");
+    let replies: Vec<Vec<String>> = match redis.on_every_node(&get).await {
+        Ok(replies) => replies,
         Err(err) => {
             tracing::warn!(%err, "cannot read Redis maxmemory-policy; make sure it is noeviction");
             return Ok(());
         }
     };
-    if policy == "noeviction" {
+    let Some(policy) = replies
+        .iter()
+        .map(|pair| pair.get(1).map_or("", String::as_str))
+        .find(|policy| *policy != "noeviction")
+    else {
         return Ok(());
-    }
+    };
     if allow {
         tracing::warn!(%policy, "Redis may evict keys (ALLOW_EVICTING_REDIS=true): a full Redis can silently break sales");
         return Ok(());
     }
     anyhow::bail!(
-        "Redis maxmemory-policy is `{policy}`: it may evict the keys that guard a sale. Set it to noeviction (CONFIG SET maxmemory-policy noeviction), or start with ALLOW_EVICTING_REDIS=true to accept the risk"
+        "Redis maxmemory-policy is `{policy}`: it may evict the keys that guard a sale. Set it to noeviction (CONFIG SET maxmemory-policy noeviction, on every node of a cluster), or start with ALLOW_EVICTING_REDIS=true to accept the risk"
     )
 }
 

@@ -82,6 +82,11 @@ impl RedisCluster {
         self.nodes.values().map(RedisServer::url).collect()
     }
 
+    /// Every node's client port.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.keys().copied().collect()
+    }
+
     /// The node on `port`, to kill or inspect.
     pub fn node_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
         self.nodes.get_mut(&port)

@@ -19,7 +19,9 @@ use anyhow::Context;
 use futures_util::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
+};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 /// Where the stock lives.
@@ -251,6 +253,24 @@ impl ReplicaWait {
     }
 }
 
+impl RedisConn {
+    /// `cmd`'s reply from every node it writes to: the one Redis, or each
+    /// master of the cluster.
+    pub async fn on_every_node<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<Vec<T>> {
+        match self {
+            Self::Single(conn) => Ok(vec![cmd.query_async(conn).await?]),
+            Self::Cluster(conn) => {
+                let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+                // Without a response policy the client answers a map of
+                // node address to that node's reply.
+                let by_node: std::collections::HashMap<String, T> =
+                    redis::from_redis_value(conn.route_command(cmd.clone(), all).await?)?;
+                Ok(by_node.into_values().collect())
+            }
+        }
+    }
+}
+
 delegate_connection_like!(RedisConn);
 
 /// Sends each command on its own, all at once, and answers in their order:
@@ -287,12 +307,15 @@ impl deadpool::managed::Manager for ClusterManager {
         self.0.get_async_connection().await
     }
 
+    /// Nothing to check: a cluster connection reconnects to a node by
+    /// itself, and a command on a broken one fails with a 503. (A `PING`
+    /// here, at every checkout, went to every master: three round trips
+    /// before each `WAIT`.)
     async fn recycle(
         &self,
-        conn: &mut ClusterConnection,
+        _: &mut ClusterConnection,
         _: &deadpool::managed::Metrics,
     ) -> deadpool::managed::RecycleResult<redis::RedisError> {
-        redis::cmd("PING").exec_async(conn).await?;
         Ok(())
     }
 }
