@@ -16,6 +16,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use crate::infra::redis_cluster::{RedisCluster, RedisClusterOptions};
+use crate::infra::redis_conn::RedisTarget;
 use crate::infra::redis_server::{RedisServer, RedisServerOptions};
 use crate::lab::cpu::{self, Pids};
 use crate::lab::loadgen::{self, Progress, RacePlan, Rate, Target};
@@ -34,6 +36,18 @@ pub struct BenchArgs {
     /// `--url`, the server's Redis, to check that every 201 is in the order log.
     #[arg(long)]
     pub redis_url: Option<String>,
+
+    /// A Redis Cluster instead, by seed nodes (comma-separated `redis://`
+    /// URLs): for the server this command starts (`REDIS_CLUSTER_URLS`), or
+    /// with `--url` the server's, for the order-log check. Each strategy's
+    /// item lands on the master of its slot.
+    #[arg(long, value_delimiter = ',', conflicts_with = "redis_url")]
+    pub redis_cluster_urls: Vec<String>,
+
+    /// Start a private Redis Cluster (3 masters, 3 replicas, on loopback)
+    /// for the server this command starts.
+    #[arg(long, conflicts_with_all = ["redis_url", "redis_cluster_urls", "url"])]
+    pub redis_cluster: bool,
 
     /// Database for the server this command starts (unset: a fresh SQLite file).
     #[arg(long)]
@@ -184,7 +198,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let (mut target, server) = match &args.url {
         Some(url) => (
-            Target::from_url(url, args.admin_token.clone(), args.redis_url.clone()).await?,
+            Target::from_url(url, args.admin_token.clone(), given_redis(&args)).await?,
             None,
         ),
         None => {
@@ -194,9 +208,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     target.pids = Pids {
         server: server.as_ref().map(|s| s.child.id()).or(args.server_pid),
-        redis: match &target.redis_url {
-            Some(url) => cpu::redis_pid(url).await,
-            None => None,
+        redis: match &target.redis {
+            Some(redis) => cpu::redis_pids(redis).await,
+            None => Vec::new(),
         },
     };
     let pid = target.pids.server;
@@ -342,26 +356,45 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The Redis (or cluster) the options name, if any.
+fn given_redis(args: &BenchArgs) -> Option<RedisTarget> {
+    if !args.redis_cluster_urls.is_empty() {
+        return Some(RedisTarget::Cluster(args.redis_cluster_urls.clone()));
+    }
+    args.redis_url.clone().map(RedisTarget::Single)
+}
+
 /// A `seckill serve` child started for the run, with its Redis.
 struct SpawnedServer {
     child: Child,
     target: Target,
-    _redis: Option<RedisServer>,
+    /// A private Redis or cluster started for the run; stopped when dropped.
+    _redis: (Option<RedisServer>, Option<RedisCluster>),
     _dir: TempDir,
 }
 
 impl SpawnedServer {
     async fn start(args: &BenchArgs) -> anyhow::Result<Self> {
         let dir = TempDir::new()?;
-        let redis = match &args.redis_url {
-            Some(_) => None,
-            None => Some(RedisServer::start(RedisServerOptions::default())?),
+        let (redis, private) = match given_redis(args) {
+            Some(redis) => (redis, (None, None)),
+            None if args.redis_cluster => {
+                let cluster = tokio::task::spawn_blocking(|| {
+                    RedisCluster::start(RedisClusterOptions::default())
+                })
+                .await??;
+                let redis = RedisTarget::Cluster(cluster.urls());
+                (redis, (None, Some(cluster)))
+            }
+            None => {
+                let server = RedisServer::start(RedisServerOptions::default())?;
+                (RedisTarget::Single(server.url()), (Some(server), None))
+            }
         };
-        let redis_url = args
-            .redis_url
-            .clone()
-            .or_else(|| redis.as_ref().map(RedisServer::url))
-            .context("no Redis")?;
+        let (redis_var, redis_value) = match &redis {
+            RedisTarget::Single(url) => ("REDIS_URL", url.clone()),
+            RedisTarget::Cluster(urls) => ("REDIS_CLUSTER_URLS", urls.join(",")),
+        };
         let database_url = args
             .database_url
             .clone()
@@ -373,7 +406,7 @@ impl SpawnedServer {
         let child = Command::new(std::env::current_exe().context("cannot find this binary")?)
             .arg("serve")
             .env("LISTEN", format!("127.0.0.1:{port}"))
-            .env("REDIS_URL", &redis_url)
+            .env(redis_var, &redis_value)
             .env("DATABASE_URL", &database_url)
             .env(
                 "RUST_LOG",
@@ -387,13 +420,13 @@ impl SpawnedServer {
         let target = Target::from_url(
             &format!("http://127.0.0.1:{port}"),
             args.admin_token.clone(),
-            Some(redis_url),
+            Some(redis),
         )
         .await?;
         let mut server = Self {
             child,
             target,
-            _redis: redis,
+            _redis: private,
             _dir: dir,
         };
         server.wait_ready().await?;

@@ -4,11 +4,15 @@
 
 use std::time::Duration;
 
+use crate::infra::redis_conn::RedisTarget;
+
 /// The processes whose CPU the bench reads (when they run on this machine).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Pids {
     pub server: Option<u32>,
-    pub redis: Option<u32>,
+    /// Every node of a cluster (replicas apply each write too); empty when
+    /// Redis is not on this machine.
+    pub redis: Vec<u32>,
 }
 
 /// CPU time used so far by each process of [`Pids`].
@@ -22,7 +26,9 @@ impl Pids {
     pub fn sample(&self) -> CpuSample {
         CpuSample {
             server: self.server.and_then(cpu_time),
-            redis: self.redis.and_then(cpu_time),
+            redis: (!self.redis.is_empty())
+                .then(|| self.redis.iter().map(|pid| cpu_time(*pid)).sum())
+                .flatten(),
         }
     }
 }
@@ -37,6 +43,56 @@ impl CpuSample {
         };
         (per(self.server, later.server), per(self.redis, later.redis))
     }
+}
+
+/// The pids of `target`'s Redis processes on this machine: the server, or
+/// every node of the cluster (listed by a seed's `CLUSTER NODES`).
+pub async fn redis_pids(target: &RedisTarget) -> Vec<u32> {
+    let urls = match target {
+        RedisTarget::Single(url) => vec![url.clone()],
+        RedisTarget::Cluster(seeds) => {
+            let mut nodes = Vec::new();
+            for seed in seeds {
+                if let Some(listed) = cluster_nodes(seed).await {
+                    nodes = listed;
+                    break;
+                }
+            }
+            nodes
+        }
+    };
+    let mut pids = Vec::new();
+    for url in urls {
+        pids.extend(redis_pid(&url).await);
+    }
+    pids
+}
+
+/// The node URLs a cluster's `seed` knows, itself included.
+async fn cluster_nodes(seed: &str) -> Option<Vec<String>> {
+    let mut redis = redis::Client::open(seed)
+        .ok()?
+        .get_multiplexed_async_connection()
+        .await
+        .ok()?;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut redis)
+        .await
+        .ok()?;
+    Some(node_urls(&nodes))
+}
+
+/// `redis://ip:port` of each line of a `CLUSTER NODES` reply, whose second
+/// field reads `ip:port@busport[,hostname]`.
+fn node_urls(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter_map(|addr| addr.split('@').next())
+        .filter(|addr| !addr.is_empty() && !addr.starts_with(':'))
+        .map(|addr| format!("redis://{addr}"))
+        .collect()
 }
 
 /// The pid of the Redis at `url`, from its own `INFO server`, when it runs on
@@ -114,6 +170,19 @@ mod tests {
     fn utime_and_stime_are_read_after_the_command_name() {
         let stat = "4242 (seckill (x) y) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 9 0";
         assert_eq!(parse_stat(stat, 100), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn cluster_nodes_are_read_as_urls() {
+        let nodes = "\
+a 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+b 127.0.0.1:30004@40004,node-4 slave a 0 0 1 connected
+c :0@0 master,noaddr - 0 0 2 disconnected
+";
+        assert_eq!(
+            node_urls(nodes),
+            ["redis://127.0.0.1:30001", "redis://127.0.0.1:30004"]
+        );
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl RaceControl {
                 addr: address,
                 host: address.to_string(),
                 admin_token,
-                redis_url: None,
+                redis: None,
                 pids: Default::default(),
             };
             let observer_status = Arc::clone(&status);

@@ -16,9 +16,13 @@ use crate::helpers::{database_urls, spawn_persisting_app};
 async fn persisting_target() -> (crate::helpers::TestApp, RedisServer, Target) {
     let (app, redis) =
         spawn_persisting_app(&database_urls().remove(0), |c| c.race_window_ms = 20).await;
-    let target = Target::from_url(&app.address, None, Some(redis.url()))
-        .await
-        .unwrap();
+    let target = Target::from_url(
+        &app.address,
+        None,
+        Some(crate::helpers::single(&redis.url())),
+    )
+    .await
+    .unwrap();
     (app, redis, target)
 }
 

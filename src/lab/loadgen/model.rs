@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::history::HistoryCheck;
+use crate::infra::redis_conn::RedisTarget;
 use crate::lab::cpu::Pids;
 use crate::sale::stats::CounterSnapshot;
 use crate::strategy::StrategyKind;
@@ -22,8 +23,9 @@ pub struct Target {
     /// `Host` header value.
     pub host: String,
     pub admin_token: Option<String>,
-    /// The server's Redis, if reachable from here: enables the order-log check.
-    pub redis_url: Option<String>,
+    /// The server's Redis (or Redis Cluster), if reachable from here:
+    /// enables the order-log check.
+    pub redis: Option<RedisTarget>,
     /// The server's and Redis's processes, when they run on this machine:
     /// enables the CPU-per-request figures.
     pub pids: Pids,
@@ -34,7 +36,7 @@ impl Target {
     pub async fn from_url(
         url: &str,
         admin_token: Option<String>,
-        redis_url: Option<String>,
+        redis: Option<RedisTarget>,
     ) -> anyhow::Result<Self> {
         let Some(rest) = url.strip_prefix("http://") else {
             bail!("--url must be http://host:port (no TLS): `{url}`");
@@ -49,7 +51,7 @@ impl Target {
             addr,
             host,
             admin_token,
-            redis_url,
+            redis,
             pids: Pids::default(),
         })
     }

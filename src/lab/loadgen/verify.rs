@@ -11,6 +11,7 @@ use anyhow::Context;
 use super::client::{Conn, probe};
 use super::history::Stored;
 use super::{Target, buyer_number};
+use crate::infra::redis_conn::{RedisTarget, Timeouts};
 use crate::lab::cpu::CpuSample;
 use crate::orders::db::OrdersPage;
 use crate::orders::order_log;
@@ -89,9 +90,9 @@ pub(super) async fn read_truths(
         None
     };
 
-    let (log, log_duplicates) = match &target.redis_url {
-        Some(url) => {
-            let (log, duplicates) = order_log(url, item).await?;
+    let (log, log_duplicates) = match &target.redis {
+        Some(redis) => {
+            let (log, duplicates) = order_log(redis, item).await?;
             (Some(log), duplicates)
         }
         None => (None, 0),
@@ -111,9 +112,16 @@ pub(super) async fn read_truths(
 
 /// The orders in the item's order log, read straight from Redis, with their
 /// buyers, and how many entries repeat an order id already seen.
-async fn order_log(redis_url: &str, item: &str) -> anyhow::Result<(HashMap<OrderId, u64>, u64)> {
-    let mut redis = redis::Client::open(redis_url)?
-        .get_multiplexed_async_connection()
+async fn order_log(
+    redis: &RedisTarget,
+    item: &str,
+) -> anyhow::Result<(HashMap<OrderId, u64>, u64)> {
+    let patient = Duration::from_secs(10);
+    let mut redis = redis
+        .connect(Timeouts {
+            response: patient,
+            connect: patient,
+        })
         .await
         .context("cannot reach the server's Redis for the order-log check")?;
     let key = crate::keys::ItemKeys::new(
