@@ -127,7 +127,8 @@ pub struct Config {
     #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
 
-    /// How long a purchase waits for `REDIS_WAIT_REPLICAS` replicas (ms).
+    /// How long a purchase waits for `REDIS_WAIT_REPLICAS` replicas (ms); at
+    /// least 100 ms below `REDIS_TIMEOUT_MS`, which would cut it short.
     #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
     pub redis_wait_timeout_ms: u64,
 

@@ -35,18 +35,30 @@ use crate::strategy::{Registry, Wiring};
 async fn refuse_evicting_redis(redis: &mut RedisConn, allow: bool) -> anyhow::Result<()> {
     let mut get = redis::cmd("CONFIG");
     get.arg("GET").arg("maxmemory-policy");
-    let replies: Vec<Vec<String>> = match redis.on_every_node(&get).await {
+    let replies: Vec<(String, redis::RedisResult<Vec<String>>)> = match redis
+        .on_every_node(&get)
+        .await
+    {
         Ok(replies) => replies,
         Err(err) => {
             tracing::warn!(%err, "cannot read Redis maxmemory-policy; make sure it is noeviction");
             return Ok(());
         }
     };
-    let Some(policy) = replies
-        .iter()
-        .map(|pair| pair.get(1).map_or("", String::as_str))
-        .find(|policy| *policy != "noeviction")
-    else {
+    let mut evicting = None;
+    for (node, reply) in replies {
+        match reply {
+            Ok(pair) => match pair.get(1) {
+                Some(policy) if policy == "noeviction" => {}
+                other => evicting = Some(other.cloned().unwrap_or_default()),
+            },
+            // One node that hides CONFIG must not hide the others.
+            Err(err) => {
+                tracing::warn!(%err, node, "cannot read this Redis node's maxmemory-policy; make sure it is noeviction")
+            }
+        }
+    }
+    let Some(policy) = evicting else {
         return Ok(());
     };
     if allow {
@@ -81,6 +93,15 @@ impl App {
         refuse_evicting_redis(&mut redis.clone(), config.allow_evicting_redis).await?;
 
         let pool = target.pool(config.redis_pool_size, timeout)?;
+        let replicas = config.replica_wait();
+        // A `WAIT` is a reply like any other: the Redis timeout must outlast
+        // it, or every slow confirmation would end as a dropped connection.
+        anyhow::ensure!(
+            replicas.replicas == 0 || replicas.timeout + Duration::from_millis(100) < timeout,
+            "REDIS_WAIT_TIMEOUT_MS ({} ms) must be at least 100 ms below REDIS_TIMEOUT_MS ({} ms)",
+            replicas.timeout.as_millis(),
+            timeout.as_millis()
+        );
 
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
         if config.sql_for_update && db.backend() != crate::orders::db::Backend::Postgres {
@@ -152,7 +173,7 @@ impl App {
             ),
             Recorder::new(Arc::clone(&stats), Arc::clone(&metrics)),
             pool,
-            config.replica_wait(),
+            replicas,
         ));
         let state = AppState(Arc::new(Shared {
             sales: Sales::new(redis.clone(), db.clone()),

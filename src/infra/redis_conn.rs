@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::future::join_all;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
@@ -86,44 +88,45 @@ impl RedisTarget {
     }
 
     /// Up to `size` dedicated connections, for work that holds connection
-    /// state (`WATCH`).
+    /// state (`WATCH`) or blocks its connection (`WAIT`). `timeout` bounds
+    /// the wait for one, its making, and each reply on it.
     pub fn pool(&self, size: usize, timeout: Duration) -> anyhow::Result<RedisPool> {
-        let pool = deadpool_redis::PoolConfig {
+        let config = deadpool::managed::PoolConfig {
             max_size: size,
-            timeouts: deadpool_redis::Timeouts {
+            timeouts: deadpool::managed::Timeouts {
                 wait: Some(timeout),
                 create: Some(timeout),
                 recycle: Some(timeout),
             },
-            ..deadpool_redis::PoolConfig::default()
+            ..deadpool::managed::PoolConfig::default()
         };
-        let runtime = Some(deadpool_redis::Runtime::Tokio1);
+        fn build<M: deadpool::managed::Manager>(
+            manager: M,
+            config: deadpool::managed::PoolConfig,
+        ) -> anyhow::Result<deadpool::managed::Pool<M>> {
+            deadpool::managed::Pool::builder(manager)
+                .config(config)
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .context("cannot build the Redis connection pool")
+        }
+        let timeouts = Timeouts {
+            response: timeout,
+            connect: timeout,
+        };
         Ok(match self {
             Self::Single(url) => {
-                let mut config = deadpool_redis::Config::from_url(url.as_str());
-                config.pool = Some(pool);
-                RedisPool::Single(
-                    config
-                        .create_pool(runtime)
-                        .context("cannot build the Redis connection pool")?,
-                )
+                let client = redis::Client::open(url.as_str())
+                    .with_context(|| format!("invalid Redis URL `{url}`"))?;
+                let connection = redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(timeouts.response))
+                    .set_connection_timeout(Some(timeouts.connect));
+                RedisPool::Single(build(SingleManager { client, connection }, config)?)
             }
-            Self::Cluster(urls) => {
-                let manager = ClusterManager(cluster_client(
-                    urls,
-                    Timeouts {
-                        response: timeout,
-                        connect: timeout,
-                    },
-                )?);
-                RedisPool::Cluster(
-                    deadpool::managed::Pool::builder(manager)
-                        .config(pool)
-                        .runtime(deadpool::Runtime::Tokio1)
-                        .build()
-                        .context("cannot build the Redis Cluster connection pool")?,
-                )
-            }
+            Self::Cluster(urls) => RedisPool::Cluster(build(
+                ClusterManager(cluster_client(urls, timeouts)?),
+                config,
+            )?),
         })
     }
 }
@@ -247,6 +250,8 @@ impl ReplicaWait {
             Ok((acked,)) => acked >= self.replicas,
             Err(err) => {
                 tracing::warn!(%err, marker, "WAIT for replicas failed");
+                // Redis may still be waiting on it: not for the next user.
+                conn.discard();
                 false
             }
         }
@@ -255,17 +260,29 @@ impl ReplicaWait {
 
 impl RedisConn {
     /// `cmd`'s reply from every node it writes to: the one Redis, or each
-    /// master of the cluster.
-    pub async fn on_every_node<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<Vec<T>> {
+    /// master of the cluster, by address. A node's error is its own entry.
+    pub async fn on_every_node<T: FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+    ) -> RedisResult<Vec<(String, RedisResult<T>)>> {
         match self {
-            Self::Single(conn) => Ok(vec![cmd.query_async(conn).await?]),
+            Self::Single(conn) => Ok(vec![(String::new(), cmd.query_async(conn).await)]),
             Self::Cluster(conn) => {
                 let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
                 // Without a response policy the client answers a map of
-                // node address to that node's reply.
-                let by_node: std::collections::HashMap<String, T> =
+                // node address to that node's reply (or its error).
+                let by_node: std::collections::HashMap<String, Value> =
                     redis::from_redis_value(conn.route_command(cmd.clone(), all).await?)?;
-                Ok(by_node.into_values().collect())
+                Ok(by_node
+                    .into_iter()
+                    .map(|(node, reply)| {
+                        let reply = match reply {
+                            Value::ServerError(err) => Err(err.into()),
+                            reply => redis::from_redis_value(reply).map_err(Into::into),
+                        };
+                        (node, reply)
+                    })
+                    .collect())
             }
         }
     }
@@ -290,13 +307,43 @@ pub async fn each<T: FromRedisValue>(
 /// Dedicated connections: one Redis's, or cluster connections of their own.
 #[derive(Clone)]
 pub enum RedisPool {
-    Single(deadpool_redis::Pool),
+    Single(deadpool::managed::Pool<SingleManager>),
     Cluster(deadpool::managed::Pool<ClusterManager>),
 }
 
+/// Why no dedicated connection could be had.
+pub type PoolError = deadpool::managed::PoolError<redis::RedisError>;
+
+/// Makes the pool's connections to one Redis, with our timeouts.
+pub struct SingleManager {
+    client: redis::Client,
+    connection: redis::AsyncConnectionConfig,
+}
+
+impl deadpool::managed::Manager for SingleManager {
+    type Type = MultiplexedConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.connection)
+            .await
+    }
+
+    /// A connection to one Redis does not reconnect by itself: a broken one
+    /// is found here and replaced.
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<redis::RedisError> {
+        redis::cmd("PING").exec_async(conn).await?;
+        Ok(())
+    }
+}
+
 /// Makes the pool's cluster connections from our own client (timeouts, no
-/// retries); deadpool-redis's cluster pool builds its client with the
-/// defaults.
+/// retries).
 pub struct ClusterManager(redis::cluster::ClusterClient);
 
 impl deadpool::managed::Manager for ClusterManager {
@@ -321,10 +368,9 @@ impl deadpool::managed::Manager for ClusterManager {
 }
 
 impl RedisPool {
-    pub async fn get(&self) -> Result<PooledConn, deadpool_redis::PoolError> {
+    pub async fn get(&self) -> Result<PooledConn, PoolError> {
         Ok(match self {
             Self::Single(pool) => PooledConn::Single(pool.get().await?),
-            // Both pools' errors are deadpool's `PoolError<RedisError>`.
             Self::Cluster(pool) => PooledConn::Cluster(pool.get().await?),
         })
     }
@@ -335,7 +381,7 @@ impl RedisPool {
 /// `WATCH`, the reads and the `MULTI` transaction of one item all route to
 /// the master of the item's slot.
 pub enum PooledConn {
-    Single(deadpool_redis::Connection),
+    Single(deadpool::managed::Object<SingleManager>),
     Cluster(deadpool::managed::Object<ClusterManager>),
 }
 
@@ -354,7 +400,7 @@ impl PooledConn {
     /// dropped instead of going back (it may still hold a `WATCH`).
     pub fn discard(self) {
         match self {
-            Self::Single(conn) => drop(deadpool_redis::Connection::take(conn)),
+            Self::Single(conn) => drop(deadpool::managed::Object::take(conn)),
             Self::Cluster(conn) => drop(deadpool::managed::Object::take(conn)),
         }
     }

@@ -195,7 +195,7 @@ impl Purchases {
         started: Instant,
     ) -> Result<Purchased, PurchaseError> {
         let purchased = self.take(item, user, strategy, started).await?;
-        self.confirm(purchased).await
+        self.confirm(purchased, false).await
     }
 
     /// The purchase itself, counted, not yet confirmed by any replica.
@@ -244,9 +244,16 @@ impl Purchases {
 
     /// `purchased`, once `REDIS_WAIT_REPLICAS` replicas hold everything its
     /// item's master took so far; else `Unconfirmed`, counted. A `sql`
-    /// order is committed to SQL, not held by Redis: it waits for none.
-    async fn confirm(&self, purchased: Purchased) -> Result<Purchased, PurchaseError> {
-        if self.replicated(&purchased).await {
+    /// order is committed to SQL, not held by Redis: it waits for no
+    /// replica, unless an Idempotency-Key record of it (in Redis) must
+    /// outlive a failover too (`recorded`).
+    async fn confirm(
+        &self,
+        purchased: Purchased,
+        recorded: bool,
+    ) -> Result<Purchased, PurchaseError> {
+        let in_sql = purchased.strategy.decides() == Decides::InSql && !recorded;
+        if in_sql || self.replicated(&purchased.item_id).await {
             return Ok(purchased);
         }
         self.recorder
@@ -254,12 +261,10 @@ impl Purchases {
         Err(PurchaseError::Unconfirmed(purchased))
     }
 
-    async fn replicated(&self, purchased: &Purchased) -> bool {
-        purchased.strategy.decides() == Decides::InSql
-            || self
-                .replicas
-                .confirmed(&self.pool, &ItemKeys::new(&purchased.item_id).replicated)
-                .await
+    async fn replicated(&self, item: &ItemId) -> bool {
+        self.replicas
+            .confirmed(&self.pool, &ItemKeys::new(item).replicated)
+            .await
     }
 
     /// [`Purchases::buy`] at most once per `key` ([`crate::sale::idempotency`]):
@@ -285,7 +290,7 @@ impl Purchases {
             Claim::Missing => Err(PurchaseError::ItemNotFound(item)),
             Claim::Reused => Err(PurchaseError::IdempotencyKeyReused),
             Claim::InFlight => Err(PurchaseError::IdempotencyInFlight),
-            Claim::Done { status, body } => self.replay(status, body).await,
+            Claim::Done { status, body } => self.replay(&item, status, body).await,
             Claim::New => {
                 // A task of its own: a client that leaves or the request
                 // timeout must not cut the sequence between the purchase
@@ -304,7 +309,7 @@ impl Purchases {
                     // Confirmed after the record: one `WAIT` covers both, so
                     // a 201 here means a failover keeps the record too.
                     match result {
-                        Ok(purchased) => this.confirm(purchased).await,
+                        Ok(purchased) => this.confirm(purchased, record.is_some()).await,
                         Err(err) => Err(err),
                     }
                 });
@@ -320,20 +325,24 @@ impl Purchases {
 impl Purchases {
     /// A recorded answer, replayed. A purchase is replayed as 201 only once
     /// the replicas hold it (and its record): the first request may have
-    /// been answered `unconfirmed`, and the replicas may still lag.
-    async fn replay(&self, status: u16, body: String) -> Result<Receipt, PurchaseError> {
-        if status == CREATED {
-            match serde_json::from_str::<Purchased>(&body) {
-                Ok(purchased) if !self.replicated(&purchased).await => {
-                    return Err(PurchaseError::Unconfirmed(purchased));
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(%err, "an Idempotency-Key record is no purchase; replayed as it is")
-                }
-            }
+    /// been answered `unconfirmed`, and the replicas may still lag. The
+    /// record is about `item` (the claim matched it), so that is the master
+    /// asked, whatever the body says.
+    async fn replay(
+        &self,
+        item: &ItemId,
+        status: u16,
+        body: String,
+    ) -> Result<Receipt, PurchaseError> {
+        if status != CREATED || self.replicated(item).await {
+            return Ok(Receipt::Replayed { status, body });
         }
-        Ok(Receipt::Replayed { status, body })
+        match serde_json::from_str::<Purchased>(&body) {
+            Ok(purchased) => Err(PurchaseError::Unconfirmed(purchased)),
+            Err(err) => Err(PurchaseError::Internal(anyhow::anyhow!(
+                "an Idempotency-Key record of `{item}` is no purchase: {err}"
+            ))),
+        }
     }
 }
 

@@ -335,7 +335,7 @@ pub enum StrategyError {
     #[error("redis command failed")]
     Redis(#[from] redis::RedisError),
     #[error("no pooled redis connection")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::infra::redis_conn::PoolError),
     #[error("database query failed")]
     Database(#[from] sqlx::Error),
     #[error("redis replied with unexpected data: {0}")]

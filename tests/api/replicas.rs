@@ -73,7 +73,8 @@ impl Replicated {
     async fn app(&self) -> TestApp {
         spawn_app_on(&self.master.url(), |c| {
             c.redis_wait_replicas = 1;
-            c.redis_wait_timeout_ms = 100;
+            // Long enough for a replica just thawed on a loaded machine.
+            c.redis_wait_timeout_ms = 400;
         })
         .await
     }
@@ -161,19 +162,42 @@ async fn a_purchase_its_replica_does_not_confirm_is_answered_unconfirmed_with_it
 }
 
 /// The `sql` strategy's order is committed to SQL before its 201: a frozen
-/// replica of the Redis mirror does not hold it up.
+/// replica of the Redis mirror does not hold it up. Its Idempotency-Key
+/// record lives in Redis, though: a keyed purchase waits for it, or a
+/// failover could lose the record and a repeat buy again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sql_purchase_waits_for_no_redis_replica() {
+async fn a_sql_purchase_waits_for_no_redis_replica_but_its_key_record_does() {
     let redis = master_with_replica().await;
     let app = redis.app().await;
     for strategy in strategies_where(|k| k.decides() == Decides::InSql) {
         let item = unique(&format!("wait-{strategy}"));
         app.create_item(&item, 5, 1).await;
+        redis.caught_up().await;
         redis.replica.pause();
         let bought = app.purchase(&item, "a", strategy).await;
         let (status, body): (_, Value) = status_and_json(bought).await;
-        redis.replica.resume();
         assert_eq!(status, 201, "{strategy}: {body}");
+        let keyed = app.purchase_with_key(&item, "b", strategy, "k").await;
+        assert_error(keyed, 503, "unconfirmed").await;
+        redis.replica.resume();
     }
     app.stop().await;
+}
+
+/// A `WAIT` is a reply like any other: start-up refuses a wait the Redis
+/// timeout would cut short.
+#[tokio::test]
+async fn a_wait_longer_than_the_redis_timeout_is_refused_at_start_up() {
+    let redis = crate::helpers::shared_redis();
+    let mut config = seckill::config::Config::defaults();
+    config.database_url = crate::helpers::sqlite_url();
+    config.redis_wait_replicas = 1;
+    config.redis_wait_timeout_ms = config.redis_timeout_ms;
+    let refused =
+        seckill::startup::App::build(&config, &crate::helpers::single(&redis.url())).await;
+    let err = refused.err().expect("refused");
+    assert!(
+        format!("{err:#}").contains("REDIS_WAIT_TIMEOUT_MS"),
+        "{err:#}"
+    );
 }
