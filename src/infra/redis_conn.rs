@@ -1,12 +1,14 @@
 //! The Redis the service runs on: one server (`REDIS_URL`, or the private
 //! child) or a Redis Cluster (`REDIS_CLUSTER_URLS`). [`RedisTarget`] says
 //! which; [`RedisConn`] is the shared multiplexed connection to it and
-//! [`RedisPool`] the dedicated connections `WATCH` needs. Both speak
-//! [`ConnectionLike`], so the rest of the service is written once.
+//! [`RedisPool`] the dedicated connections that `WATCH` and `WAIT` need.
+//! Both speak [`ConnectionLike`], so the rest of the service is written
+//! once.
 //!
 //! On a cluster, the `redis` crate routes each command, script and `MULTI`
-//! transaction by its keys' slot and follows `MOVED`/`ASK` and failovers. A
-//! pipeline goes to one node, that of its first keyed command, so a
+//! transaction by its keys' slot. After a `MOVED` or a failover it refreshes
+//! its slot map, but the command that met it fails (no retries: see
+//! `cluster_client`). A pipeline goes to one node, that of its first keyed command, so a
 //! pipeline whose commands sit in several slots is refused (CROSSSLOT): the
 //! key schema ([`crate::keys`]) keeps each use in one slot, and work that
 //! spans items sends one command per item ([`each`]). A keyless command
@@ -51,10 +53,6 @@ impl RedisTarget {
             Self::Single(url) => url.clone(),
             Self::Cluster(urls) => format!("the Redis Cluster at {}", urls.join(",")),
         }
-    }
-
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
     }
 
     /// The multiplexed connection, reconnecting by itself.

@@ -406,6 +406,10 @@ impl SpawnedServer {
         let child = Command::new(std::env::current_exe().context("cannot find this binary")?)
             .arg("serve")
             .env("LISTEN", format!("127.0.0.1:{port}"))
+            // One of the two, whatever this shell exports: the server
+            // refuses both.
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
             .env(redis_var, &redis_value)
             .env("DATABASE_URL", &database_url)
             .env(
