@@ -194,18 +194,20 @@ impl Purchases {
         strategy: Arc<dyn Strategy>,
         started: Instant,
     ) -> Result<Purchased, PurchaseError> {
-        let purchased = self.take(item, user, strategy, started).await?;
-        self.confirm(purchased, false).await
+        let taken = self.take(item, user, strategy, started).await?;
+        self.confirm(taken, false).await
     }
 
-    /// The purchase itself, counted, not yet confirmed by any replica.
+    /// The purchase itself, not yet confirmed by any replica. Counted here
+    /// unless it went through: a purchase is counted once confirmed (or
+    /// not), so its latency includes the wait for the replicas.
     async fn take(
         &self,
         item: ItemId,
         user: UserId,
         strategy: Arc<dyn Strategy>,
         started: Instant,
-    ) -> Result<Purchased, PurchaseError> {
+    ) -> Result<Taken, PurchaseError> {
         let kind = strategy.kind();
         let order_id = self.ids.next().map_err(PurchaseError::Ids)?;
         let purchase = Purchase::new(item, user, order_id, kind);
@@ -216,16 +218,22 @@ impl Purchases {
                 return Err(err.into());
             }
         };
-        self.recorder
-            .attempt(&purchase.item, kind, &attempt, started.elapsed());
+        if !matches!(attempt.outcome, Outcome::Purchased { .. }) {
+            self.recorder
+                .attempt(&purchase.item, kind, &attempt, started.elapsed());
+        }
         let Purchase { item, user, .. } = purchase;
         match attempt.outcome {
-            Outcome::Purchased { remaining } => Ok(Purchased {
-                order_id,
-                item_id: item,
-                user_id: user,
-                strategy: kind,
-                remaining,
+            Outcome::Purchased { remaining } => Ok(Taken {
+                purchased: Purchased {
+                    order_id,
+                    item_id: item,
+                    user_id: user,
+                    strategy: kind,
+                    remaining,
+                },
+                attempt,
+                started,
             }),
             Outcome::SoldOut => Err(PurchaseError::SoldOut(item)),
             Outcome::LimitReached { limit } => {
@@ -242,22 +250,26 @@ impl Purchases {
         }
     }
 
-    /// `purchased`, once `REDIS_WAIT_REPLICAS` replicas hold everything its
-    /// item's master took so far; else `Unconfirmed`, counted. A `sql`
-    /// order is committed to SQL, not held by Redis: it waits for no
-    /// replica, unless an Idempotency-Key record of it (in Redis) must
-    /// outlive a failover too (`recorded`).
-    async fn confirm(
-        &self,
-        purchased: Purchased,
-        recorded: bool,
-    ) -> Result<Purchased, PurchaseError> {
-        let in_sql = purchased.strategy.decides() == Decides::InSql && !recorded;
-        if in_sql || self.replicated(&purchased.item_id).await {
+    /// The purchase, once `REDIS_WAIT_REPLICAS` replicas hold everything
+    /// its item's master took so far; else `Unconfirmed`. Counted either
+    /// way. A `sql` order is committed to SQL, not held by Redis: it waits
+    /// for no replica, unless an Idempotency-Key record of it (in Redis)
+    /// must outlive a failover too (`recorded`).
+    async fn confirm(&self, taken: Taken, recorded: bool) -> Result<Purchased, PurchaseError> {
+        let Taken {
+            purchased,
+            attempt,
+            started,
+        } = taken;
+        let (item, kind) = (&purchased.item_id, purchased.strategy);
+        let in_sql = kind.decides() == Decides::InSql && !recorded;
+        let confirmed = in_sql || self.replicated(item).await;
+        self.recorder
+            .attempt(item, kind, &attempt, started.elapsed());
+        if confirmed {
             return Ok(purchased);
         }
-        self.recorder
-            .unconfirmed(&purchased.item_id, purchased.strategy);
+        self.recorder.unconfirmed(item, kind);
         Err(PurchaseError::Unconfirmed(purchased))
     }
 
@@ -299,7 +311,7 @@ impl Purchases {
                 let sequence = tokio::spawn(async move {
                     let result = this.take(item, user, strategy, started).await;
                     let body = match &result {
-                        Ok(purchased) => serde_json::to_string(purchased).ok(),
+                        Ok(taken) => serde_json::to_string(&taken.purchased).ok(),
                         Err(_) => None,
                     };
                     let record = body.as_deref().map(|body| (CREATED, body));
@@ -309,7 +321,7 @@ impl Purchases {
                     // Confirmed after the record: one `WAIT` covers both, so
                     // a 201 here means a failover keeps the record too.
                     match result {
-                        Ok(purchased) => this.confirm(purchased, record.is_some()).await,
+                        Ok(taken) => this.confirm(taken, record.is_some()).await,
                         Err(err) => Err(err),
                     }
                 });
@@ -344,6 +356,14 @@ impl Purchases {
             ))),
         }
     }
+}
+
+/// A purchase that went through, not yet counted: what it bought, how,
+/// and when its request arrived.
+struct Taken {
+    purchased: Purchased,
+    attempt: Attempt,
+    started: Instant,
 }
 
 /// The status a recorded purchase is replayed with.

@@ -157,6 +157,15 @@ async fn a_purchase_its_replica_does_not_confirm_is_answered_unconfirmed_with_it
             metrics.contains(&line),
             "{strategy}: no `{line}` in\n{metrics}"
         );
+        // The two unconfirmed purchases each waited out the whole `WAIT`
+        // timeout (400 ms), and their latency says so.
+        let sum = format!("seckill_purchase_duration_seconds_sum{{strategy=\"{strategy}\"}} ");
+        let waited: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&sum))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{strategy}: no `{sum}` in\n{metrics}"));
+        assert!(waited >= 0.8, "{strategy}: {waited} s in all");
     }
     app.stop().await;
 }
