@@ -101,22 +101,13 @@ impl RedisCluster {
             .get_mut(&port)
             .with_context(|| format!("no node on {port}"))?
             .restart()?;
-        let deadline = Instant::now() + FORM_TIMEOUT;
-        loop {
+        wait_for(&format!("the node on {port} did not rejoin"), || {
             let info = self.cli(port, &["CLUSTER", "INFO"]).unwrap_or_default();
             let replication = self.cli(port, &["INFO", "replication"]).unwrap_or_default();
-            if info.contains("cluster_state:ok")
+            info.contains("cluster_state:ok")
                 && replication.contains("role:slave")
                 && replication.contains("master_link_status:up")
-            {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the node on {port} did not rejoin within {FORM_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 
     /// `redis-cli` on one node; its standard output.
@@ -157,9 +148,8 @@ impl RedisCluster {
     }
 
     fn wait_until_formed(&self, masters: usize, replicas: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + FORM_TIMEOUT;
-        loop {
-            let formed = self.nodes.keys().all(|port| {
+        wait_for("the cluster did not form", || {
+            self.nodes.keys().all(|port| {
                 let info = self.cli(*port, &["CLUSTER", "INFO"]).unwrap_or_default();
                 let replication = self
                     .cli(*port, &["INFO", "replication"])
@@ -173,57 +163,88 @@ impl RedisCluster {
                         .collect::<std::collections::HashSet<_>>()
                         .len()
                         == masters
-                    && nodes.lines().filter(|line| has_flag(line, "slave")).count()
+                    && cluster_nodes(&nodes)
+                        .iter()
+                        .filter(|node| node.has_flag("slave"))
+                        .count()
                         == masters * replicas
                     && (!replication.contains("role:slave")
                         || replication.contains("master_link_status:up"))
-            });
-            if formed {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the cluster did not form within {FORM_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            })
+        })
     }
 }
 
-/// Whether a `CLUSTER NODES` line's flags (`myself,master`, `slave`,
-/// `master,fail`...) include `flag`.
-fn has_flag(line: &str, flag: &str) -> bool {
-    line.split_whitespace()
-        .nth(2)
-        .is_some_and(|flags| flags.split(',').any(|f| f == flag))
+/// One line of a `CLUSTER NODES` reply, which reads `id ip:port@bus[,host]
+/// flags master ping pong epoch state slots...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// `ip:port`, as clients reach the node.
+    pub addr: String,
+    /// `myself`, `master`, `slave`, `fail`, ...
+    pub flags: Vec<String>,
+    /// The slot ranges a master serves.
+    pub slots: Vec<std::ops::RangeInclusive<u16>>,
 }
 
-/// The masters of a `CLUSTER NODES` reply: their slot ranges and client
-/// ports. A line reads `id ip:port@bus flags master ping pong epoch state
-/// slots...`.
-fn masters_by_slot(nodes: &str) -> Vec<(std::ops::RangeInclusive<u16>, u16)> {
-    let mut ranges = Vec::new();
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 9 || !has_flag(line, "master") || has_flag(line, "fail") {
-            continue;
-        }
-        let Some(port) = fields[1]
-            .split('@')
-            .next()
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|port| port.parse().ok())
-        else {
-            continue;
-        };
-        for slots in &fields[8..] {
-            let (from, to) = slots.split_once('-').unwrap_or((slots, slots));
-            if let (Ok(from), Ok(to)) = (from.parse(), to.parse()) {
-                ranges.push((from..=to, port));
-            }
-        }
+impl ClusterNode {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
     }
-    ranges
+
+    pub fn port(&self) -> Option<u16> {
+        self.addr.rsplit(':').next()?.parse().ok()
+    }
+}
+
+/// The nodes of a `CLUSTER NODES` reply; a node with no address yet (one
+/// being added reads `:0@0`) is left out.
+pub fn cluster_nodes(reply: &str) -> Vec<ClusterNode> {
+    reply
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let addr = fields.get(1)?.split('@').next()?;
+            if addr.is_empty() || addr.starts_with(':') {
+                return None;
+            }
+            let slots = fields
+                .get(8..)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|slots| {
+                    let (from, to) = slots.split_once('-').unwrap_or((slots, slots));
+                    Some(from.parse().ok()?..=to.parse().ok()?)
+                })
+                .collect();
+            Some(ClusterNode {
+                addr: addr.to_owned(),
+                flags: fields.get(2)?.split(',').map(str::to_owned).collect(),
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// The live masters of a `CLUSTER NODES` reply: each slot range and the
+/// client port that serves it.
+fn masters_by_slot(reply: &str) -> Vec<(std::ops::RangeInclusive<u16>, u16)> {
+    cluster_nodes(reply)
+        .into_iter()
+        .filter(|node| node.has_flag("master") && !node.has_flag("fail"))
+        .filter_map(|node| Some((node.port()?, node.slots)))
+        .flat_map(|(port, slots)| slots.into_iter().map(move |range| (range, port)))
+        .collect()
+}
+
+/// Polls `done` until it holds, for at most [`FORM_TIMEOUT`].
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    while !done() {
+        anyhow::ensure!(Instant::now() < deadline, "{what} within {FORM_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -238,6 +259,10 @@ b 127.0.0.1:30002@40002 master - 0 0 2 connected 5461-10922 10930
 c 127.0.0.1:30004@40004 slave a 0 0 1 connected
 d 127.0.0.1:30003@40003 master,fail - 0 0 3 connected 10923-16383
 ";
+        let all = cluster_nodes(nodes);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[2].addr, "127.0.0.1:30004");
+        assert!(all[2].has_flag("slave") && all[0].has_flag("myself"));
         let masters = masters_by_slot(nodes);
         assert_eq!(
             masters,
