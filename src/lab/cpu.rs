@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::infra::redis_cluster;
 use crate::infra::redis_conn::RedisTarget;
 
 /// The processes whose CPU the bench reads (when they run on this machine).
@@ -53,7 +54,7 @@ pub async fn redis_pids(target: &RedisTarget) -> Vec<u32> {
         RedisTarget::Cluster(seeds) => {
             let mut nodes = Vec::new();
             for seed in seeds {
-                if let Some(listed) = cluster_nodes(seed).await {
+                if let Some(listed) = listed_nodes(seed).await {
                     nodes = listed;
                     break;
                 }
@@ -69,29 +70,30 @@ pub async fn redis_pids(target: &RedisTarget) -> Vec<u32> {
 }
 
 /// The node URLs a cluster's `seed` knows, itself included.
-async fn cluster_nodes(seed: &str) -> Option<Vec<String>> {
-    let mut redis = redis::Client::open(seed)
+async fn listed_nodes(seed: &str) -> Option<Vec<String>> {
+    Some(node_urls(&ask(seed, &["CLUSTER", "NODES"]).await?))
+}
+
+/// The text reply of the Redis at `url` to one command; `None` if it does
+/// not answer.
+async fn ask(url: &str, cmd: &[&str]) -> Option<String> {
+    let mut redis = redis::Client::open(url)
         .ok()?
         .get_multiplexed_async_connection()
         .await
         .ok()?;
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
+    redis::cmd(cmd.first()?)
+        .arg(&cmd[1..])
         .query_async(&mut redis)
         .await
-        .ok()?;
-    Some(node_urls(&nodes))
+        .ok()
 }
 
-/// `redis://ip:port` of each line of a `CLUSTER NODES` reply, whose second
-/// field reads `ip:port@busport[,hostname]`.
+/// `redis://ip:port` of each node of a `CLUSTER NODES` reply.
 fn node_urls(nodes: &str) -> Vec<String> {
-    nodes
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(1))
-        .filter_map(|addr| addr.split('@').next())
-        .filter(|addr| !addr.is_empty() && !addr.starts_with(':'))
-        .map(|addr| format!("redis://{addr}"))
+    redis_cluster::cluster_nodes(nodes)
+        .into_iter()
+        .map(|node| format!("redis://{}", node.addr))
         .collect()
 }
 
@@ -102,16 +104,7 @@ pub async fn redis_pid(url: &str) -> Option<u32> {
     if !names_loopback(url) {
         return None;
     }
-    let mut redis = redis::Client::open(url)
-        .ok()?
-        .get_multiplexed_async_connection()
-        .await
-        .ok()?;
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut redis)
-        .await
-        .ok()?;
+    let info = ask(url, &["INFO", "server"]).await?;
     let pid: u32 = info
         .lines()
         .find_map(|line| line.strip_prefix("process_id:"))
