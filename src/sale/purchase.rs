@@ -222,9 +222,12 @@ impl Purchases {
             self.recorder
                 .attempt(&purchase.item, kind, &attempt, started.elapsed());
         }
-        let Purchase { item, user, .. } = purchase;
+        let Purchase {
+            item, user, keys, ..
+        } = purchase;
         match attempt.outcome {
             Outcome::Purchased { remaining } => Ok(Taken {
+                marker: keys.replicated,
                 purchased: Purchased {
                     order_id,
                     item_id: item,
@@ -258,12 +261,13 @@ impl Purchases {
     async fn confirm(&self, taken: Taken, recorded: bool) -> Result<Purchased, PurchaseError> {
         let Taken {
             purchased,
+            marker,
             attempt,
             started,
         } = taken;
         let (item, kind) = (&purchased.item_id, purchased.strategy);
         let in_sql = kind.decides() == Decides::InSql && !recorded;
-        let confirmed = in_sql || self.replicated(item).await;
+        let confirmed = in_sql || self.replicas.confirmed(&self.pool, &marker).await;
         self.recorder
             .attempt(item, kind, &attempt, started.elapsed());
         if confirmed {
@@ -271,12 +275,6 @@ impl Purchases {
         }
         self.recorder.unconfirmed(item, kind);
         Err(PurchaseError::Unconfirmed(purchased))
-    }
-
-    async fn replicated(&self, item: &ItemId) -> bool {
-        self.replicas
-            .confirmed(&self.pool, &ItemKeys::new(item).replicated)
-            .await
     }
 
     /// [`Purchases::buy`] at most once per `key` ([`crate::sale::idempotency`]):
@@ -302,7 +300,7 @@ impl Purchases {
             Claim::Missing => Err(PurchaseError::ItemNotFound(item)),
             Claim::Reused => Err(PurchaseError::IdempotencyKeyReused),
             Claim::InFlight => Err(PurchaseError::IdempotencyInFlight),
-            Claim::Done { status, body } => self.replay(&item, status, body).await,
+            Claim::Done { status, body } => self.replay(&item, &keys, status, body).await,
             Claim::New => {
                 // A task of its own: a client that leaves or the request
                 // timeout must not cut the sequence between the purchase
@@ -343,10 +341,11 @@ impl Purchases {
     async fn replay(
         &self,
         item: &ItemId,
+        keys: &ItemKeys,
         status: u16,
         body: String,
     ) -> Result<Receipt, PurchaseError> {
-        if status != CREATED || self.replicated(item).await {
+        if status != CREATED || self.replicas.confirmed(&self.pool, &keys.replicated).await {
             return Ok(Receipt::Replayed { status, body });
         }
         match serde_json::from_str::<Purchased>(&body) {
@@ -362,6 +361,9 @@ impl Purchases {
 /// and when its request arrived.
 struct Taken {
     purchased: Purchased,
+    /// The item's replication marker, taken from the keys the purchase
+    /// already built (not built again for every purchase).
+    marker: String,
     attempt: Attempt,
     started: Instant,
 }
