@@ -42,22 +42,16 @@ async fn one_node_cluster() -> RedisServer {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info: String = redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if info.contains("cluster_state:ok") {
-            return redis;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster never came up: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut info = redis::cmd("CLUSTER");
+    info.arg("INFO");
+    crate::helpers::await_reply(
+        &mut conn,
+        &info,
+        "cluster_state:ok",
+        Duration::from_secs(10),
+    )
+    .await;
+    redis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,10 +133,7 @@ async fn no_command_of_the_service_spans_two_slots() {
     for item in &items {
         loop {
             let view = app.item(item).await;
-            let orders: serde_json::Value = app
-                .get_json(&format!("/api/orders?item={item}&limit=100"))
-                .await;
-            let stored = orders["orders"].as_array().map_or(0, Vec::len);
+            let stored = stored_order_ids(&app, item).await.len();
             if view["lag"] == 0 && view["persisted"] == 1 && stored == 4 {
                 break;
             }
@@ -186,10 +177,24 @@ fn items_on_distinct_masters(cluster: &RedisCluster, prefix: &str, count: usize)
     let mut by_master = BTreeMap::new();
     while by_master.len() < count {
         let item = unique(prefix);
-        let master = cluster.master_of(&keys(&item).stock, None).unwrap();
-        by_master.entry(master).or_insert(item);
+        by_master.entry(master_of(cluster, &item)).or_insert(item);
     }
     by_master.into_values().collect()
+}
+
+/// A fresh item id with `prefix` whose master's port `wanted` accepts.
+fn item_on(cluster: &RedisCluster, prefix: &str, wanted: impl Fn(u16) -> bool) -> String {
+    loop {
+        let item = unique(prefix);
+        if wanted(master_of(cluster, &item)) {
+            return item;
+        }
+    }
+}
+
+/// The port of the master that serves `item`'s keys.
+fn master_of(cluster: &RedisCluster, item: &str) -> u16 {
+    cluster.master_of(&keys(item).stock, None).unwrap()
 }
 
 /// `buyers` distinct users buy one unit each of `item`, all at once: the
@@ -271,10 +276,7 @@ async fn items_on_three_masters_sell_exactly_under_every_strategy() {
     let deadline = Instant::now() + Duration::from_secs(60);
     for (item, count) in &sold {
         loop {
-            let orders: serde_json::Value = app
-                .get_json(&format!("/api/orders?item={item}&limit=100"))
-                .await;
-            let stored = orders["orders"].as_array().map_or(0, Vec::len);
+            let stored = stored_order_ids(&app, item).await.len();
             if stored == *count && app.item(item).await["lag"] == 0 {
                 break;
             }
@@ -444,33 +446,18 @@ async fn a_master_killed_mid_sale_loses_no_confirmed_order() {
     );
     const STOCK: u64 = 100_000;
     // Items on one master (the victim), one per strategy, and one elsewhere.
-    let victim = cluster.master_of(&keys(&unique("v")).stock, None).unwrap();
+    let victim = master_of(&cluster, &unique("v"));
     let mut items = Vec::new();
     for strategy in ["lua", "lua-batch", "optimistic", "lock"] {
-        let item = loop {
-            let item = unique(&format!("fo-{strategy}"));
-            if cluster.master_of(&keys(&item).stock, None).unwrap() == victim {
-                break item;
-            }
-        };
+        let item = item_on(&cluster, &format!("fo-{strategy}"), |m| m == victim);
         items.push((item, strategy));
     }
-    let control = loop {
-        let item = unique("fo-control");
-        if cluster.master_of(&keys(&item).stock, None).unwrap() != victim {
-            break item;
-        }
-    };
+    let control = item_on(&cluster, "fo-control", |m| m != victim);
     items.push((control, "lua"));
     // And one on the victim small enough to sell out around the failover:
     // it must not sell a unit more than it has.
     const EXACT: u64 = 1_500;
-    let exact = loop {
-        let item = unique("fo-exact");
-        if cluster.master_of(&keys(&item).stock, None).unwrap() == victim {
-            break item;
-        }
-    };
+    let exact = item_on(&cluster, "fo-exact", |m| m == victim);
     items.push((exact.clone(), "lua"));
     let stock_of = |item: &str| if item == exact { EXACT } else { STOCK };
     for (item, strategy) in &items {

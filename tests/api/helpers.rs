@@ -324,6 +324,28 @@ pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// Sends `cmd` until its text reply contains `wanted` (a node coming up,
+/// a replica in sync), for at most `within`; the last reply.
+pub async fn await_reply(
+    conn: &mut redis::aio::MultiplexedConnection,
+    cmd: &redis::Cmd,
+    wanted: &str,
+    within: Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let reply: String = cmd.query_async(conn).await.unwrap();
+        if reply.contains(wanted) {
+            return reply;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{wanted}` within {within:?}: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The Redis keys of `item`, from the service's own key schema.
 pub fn keys(item: &str) -> seckill::keys::ItemKeys {
     seckill::keys::ItemKeys::new(&seckill::domain::ItemId::parse(item).expect("a valid item id"))

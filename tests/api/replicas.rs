@@ -6,7 +6,7 @@
 //! replica has everything: the service writes a marker on that connection
 //! first, and this test fails without it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use seckill::infra::redis_server::RedisServer;
 use seckill::strategy::Decides;
@@ -32,22 +32,16 @@ async fn master_with_replica() -> Replicated {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if info.contains("master_link_status:up") {
-            return Replicated { master, replica };
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica never synced: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut info = redis::cmd("INFO");
+    info.arg("replication");
+    crate::helpers::await_reply(
+        &mut conn,
+        &info,
+        "master_link_status:up",
+        Duration::from_secs(30),
+    )
+    .await;
+    Replicated { master, replica }
 }
 
 impl Replicated {
