@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::Script;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::StreamAutoClaimReply;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -38,6 +38,7 @@ use crate::domain::ItemId;
 use crate::infra::redis_conn::{self, RedisConn, RedisTarget, Timeouts};
 use crate::keys::{self, ItemKeys};
 use crate::orders::db::{Db, OrderRecord};
+use crate::orders::order_log::{self, Entry, ReadReply};
 use crate::orders::snowflake::OrderId;
 
 /// The consumer group every instance's persister joins.
@@ -346,7 +347,7 @@ impl Worker {
         // Each log on its own (on a cluster they sit in different slots),
         // with its own reply: one log replaced since we grouped it must not
         // hold up the others.
-        let replies: Vec<redis::RedisResult<Option<StreamReadReply>>> = redis_conn::each(
+        let replies: Vec<redis::RedisResult<ReadReply>> = redis_conn::each(
             &self.redis,
             streams
                 .iter()
@@ -392,7 +393,7 @@ impl Worker {
     /// after the other logs' entries are stored.
     async fn persist_replies(
         &mut self,
-        replies: Vec<redis::RedisResult<Option<StreamReadReply>>>,
+        replies: Vec<redis::RedisResult<ReadReply>>,
         status: &PersisterStatus,
     ) -> anyhow::Result<usize> {
         let mut handled = 0;
@@ -410,18 +411,18 @@ impl Worker {
                     continue;
                 }
             };
-            for stream in reply.into_iter().flat_map(|r| r.keys) {
-                if stream.ids.is_empty() {
+            for (key, entries) in reply.0 {
+                if entries.is_empty() {
                     continue;
                 }
-                handled += stream.ids.len();
-                self.persist(&stream.key, &stream.ids, status).await?;
+                handled += entries.len();
+                self.persist(&key, &entries, status).await?;
                 // Only a live log gets more orders: an archived one being
                 // caught up is no sale in progress.
-                let live = keys::item_of(&stream.key)
-                    .is_some_and(|item| ItemKeys::new(&item).orders == stream.key);
+                let live =
+                    keys::item_of(&key).is_some_and(|item| ItemKeys::new(&item).orders == key);
                 if live {
-                    self.hot = Some(stream.key);
+                    self.hot = Some(key);
                 }
             }
         }
@@ -526,7 +527,8 @@ impl Worker {
                     status
                         .reclaimed
                         .fetch_add(reply.claimed.len() as u64, Ordering::Relaxed);
-                    self.persist(key, &reply.claimed, status).await?;
+                    let claimed: Vec<Entry> = reply.claimed.into_iter().map(Entry::from).collect();
+                    self.persist(key, &claimed, status).await?;
                 }
                 if reply.next_stream_id == "0-0" {
                     break;
@@ -543,7 +545,7 @@ impl Worker {
     async fn persist(
         &mut self,
         key: &str,
-        entries: &[StreamId],
+        entries: &[Entry],
         status: &PersisterStatus,
     ) -> anyhow::Result<()> {
         if entries.is_empty() {
@@ -560,7 +562,7 @@ impl Worker {
             let order = item
                 .as_ref()
                 .ok_or_else(|| format!("the order log's key `{key}` names no item"))
-                .and_then(|item| crate::orders::order_log::parse(item, entry));
+                .and_then(|item| order_log::parse(item, entry));
             match order {
                 Ok(order) => {
                     orders.push(order);
@@ -745,14 +747,14 @@ impl Worker {
 }
 
 /// A dead letter for an entry that is not an order: its raw fields.
-fn unreadable_fields(stream: &str, entry: &StreamId, err: &str) -> Vec<(String, String)> {
+fn unreadable_fields(stream: &str, entry: &Entry, err: &str) -> Vec<(String, String)> {
     let mut fields = vec![
         ("reason".to_owned(), format!("unreadable: {err}")),
         ("stream".to_owned(), stream.to_owned()),
         ("entry_id".to_owned(), entry.id.clone()),
     ];
-    let mut raw: Vec<(&String, &redis::Value)> = entry.map.iter().collect();
-    raw.sort_by_key(|(name, _)| *name);
+    let mut raw: Vec<&(String, redis::Value)> = entry.fields.iter().collect();
+    raw.sort_by_key(|(name, _)| name);
     for (name, value) in raw {
         let text =
             redis::from_redis_value_ref::<String>(value).unwrap_or_else(|_| format!("{value:?}"));
