@@ -151,10 +151,9 @@ async fn idempotent_purchase(
         let purchased = purchases.buy(item, user, strategy, started).await?;
         return Ok((StatusCode::CREATED, Json(purchased)).into_response());
     };
-    match purchases
-        .buy_once(key, item, user, strategy, started)
-        .await?
-    {
+    // Boxed: the rarer path's future is large, and would otherwise make
+    // every purchase's future (moved through each layer) as large.
+    match Box::pin(purchases.buy_once(key, item, user, strategy, started)).await? {
         Receipt::New(purchased) => Ok((StatusCode::CREATED, Json(purchased)).into_response()),
         Receipt::Replayed { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -230,6 +230,13 @@ impl ReplicaWait {
         if self.replicas == 0 {
             return true;
         }
+        // Boxed: the pool checkout and the pipeline make a future of
+        // kilobytes, which every purchase's future would carry, and move
+        // through each layer of the router, even with no replica to ask.
+        Box::pin(self.ask(pool, marker)).await
+    }
+
+    async fn ask(&self, pool: &RedisPool, marker: &str) -> bool {
         let mut conn = match pool.get().await {
             Ok(conn) => conn,
             Err(err) => {
