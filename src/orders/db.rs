@@ -77,9 +77,23 @@ pub struct OrdersPage {
     pub next: Option<OrderId>,
 }
 
-/// Rows per multi-row INSERT: well under SQLite's 32766 bound parameters
-/// (7 per row) and big enough to amortise a round trip.
-const INSERT_CHUNK: usize = 200;
+/// Rows per multi-row INSERT at most: well under SQLite's 32766 bound
+/// parameters (7 per row) and big enough to amortise a round trip.
+const INSERT_CHUNK: usize = 128;
+
+/// `rows` in runs whose lengths are powers of two, at most [`INSERT_CHUNK`]:
+/// a batch of any size is then written by at most eight statement shapes,
+/// which each connection prepares once and keeps in its statement cache.
+/// With one statement per batch size, most batches parsed and planned a new
+/// statement of up to 1,400 parameters.
+fn power_of_two_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = INSERT_CHUNK.min(1 << rows.len().checked_ilog2()?);
+        let (chunk, rest) = rows.split_at(n);
+        rows = rest;
+        Some(chunk)
+    })
+}
 
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -236,7 +250,7 @@ impl Db {
         on_duplicate: OnDuplicate,
     ) -> sqlx::Result<Vec<i64>> {
         let mut written = Vec::with_capacity(orders.len());
-        for chunk in orders.chunks(INSERT_CHUNK) {
+        for chunk in power_of_two_chunks(orders) {
             let mut sql = String::from(
                 "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at) VALUES ",
             );
@@ -432,5 +446,20 @@ mod tests {
         assert_eq!(prepare_sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
         assert!(dir.is_dir(), "directory created");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn batches_of_any_size_use_few_statement_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for len in 0..=700 {
+            let rows: Vec<usize> = (0..len).collect();
+            let chunks: Vec<&[usize]> = power_of_two_chunks(&rows).collect();
+            assert_eq!(chunks.concat(), rows, "every row once, in order");
+            for chunk in chunks {
+                assert!(chunk.len().is_power_of_two() && chunk.len() <= INSERT_CHUNK);
+                shapes.insert(chunk.len());
+            }
+        }
+        assert_eq!(shapes.len(), 8, "{shapes:?}");
     }
 }
