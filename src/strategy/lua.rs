@@ -6,6 +6,7 @@
 //! `NOSCRIPT` reply (a restarted or flushed Redis), loads it and retries.
 
 use crate::infra::redis_conn::RedisConn;
+use crate::orders::order_log;
 use async_trait::async_trait;
 use redis::Script;
 
@@ -43,9 +44,12 @@ impl Strategy for Lua {
             .key(&keys.buyers)
             .key(&keys.orders)
             .arg(purchase.user.as_str())
-            .arg(purchase.order_id.0)
+            .arg(order_log::head(
+                purchase.order_id,
+                &purchase.user,
+                purchase.strategy.as_str(),
+            ))
             .arg(purchase.strategy.as_str())
-            .arg(purchase.order_id.parts().unix_ms)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(Attempt::new(outcome(code, &value)?))

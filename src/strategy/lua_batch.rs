@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 use super::{Attempt, Outcome, Purchase, Strategy, StrategyError, StrategyKind};
 use crate::domain::{ItemId, UserId};
 use crate::keys::ItemKeys;
+use crate::orders::order_log;
 use crate::orders::snowflake::OrderId;
 
 /// Where a queued purchase stands; the flusher and the buyer race for it.
@@ -72,7 +73,7 @@ impl From<BatchError> for StrategyError {
 /// bought right now.
 type Queues = Arc<Mutex<HashMap<ItemId, VecDeque<Waiter>>>>;
 
-/// Most purchases per script call: each is three arguments, and the script
+/// Most purchases per script call: each is two arguments, and the script
 /// unpacks the users into one `HMGET`, within Lua's stack limit.
 pub const MAX_BATCH: usize = 1000;
 
@@ -261,9 +262,11 @@ async fn run(
         .key(&keys.orders)
         .arg(StrategyKind::LuaBatch.as_str());
     for waiter in batch {
-        call.arg(waiter.user.as_str())
-            .arg(waiter.order_id.0)
-            .arg(waiter.order_id.parts().unix_ms);
+        call.arg(waiter.user.as_str()).arg(order_log::head(
+            waiter.order_id,
+            &waiter.user,
+            StrategyKind::LuaBatch.as_str(),
+        ));
     }
     let replies: Vec<(i64, redis::Value)> =
         call.invoke_async(redis).await.map_err(BatchError::Redis)?;

@@ -204,7 +204,7 @@ impl Purchase {
 
     /// The fields of the order-log entry for a sale of `generation`
     /// ([`crate::orders::order_log`]).
-    pub fn order_fields(&self, generation: u64) -> [(&'static str, String); 5] {
+    pub fn order_fields(&self, generation: u64) -> [(&'static str, String); 1] {
         crate::orders::order_log::fields(
             self.order_id,
             &self.user,

@@ -6,10 +6,11 @@
 -- KEYS[3] buyers   hash user_id -> units held
 -- KEYS[4] orders   stream, the item's order log
 -- ARGV[1] user_id
--- ARGV[2] order_id    (decimal snowflake, minted by the caller)
+-- ARGV[2] the order entry's head (order_log::head: order id, user, strategy
+--         and time, each followed by a space): the script appends the
+--         sale's generation and writes it as the entry's one field, 'order'
 -- ARGV[3] strategy    the name this purchase gave: checked against the
---                     sale's binding, and written into the order entry
--- ARGV[4] created_ms  the order id's own timestamp
+--                     sale's binding
 --
 -- Returns {code, value}:
 --   {0, remaining}     purchased: stock decremented, buyer counted, order appended
@@ -51,9 +52,7 @@ if held >= limit then
 elseif stock <= 0 then
   refusal = {1, 0}
 else
-  redis.call('XADD', KEYS[4], '*',
-    'order_id', ARGV[2], 'user_id', ARGV[1], 'strategy', ARGV[3], 'created_ms', ARGV[4],
-    'generation', meta[2])
+  redis.call('XADD', KEYS[4], '*', 'order', ARGV[2] .. meta[2])
 end
 -- The first attempt binds an unbound sale, whatever it answers.
 if not meta[3] then

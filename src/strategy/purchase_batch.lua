@@ -5,7 +5,9 @@
 --
 -- KEYS[1] stock    KEYS[2] meta    KEYS[3] buyers    KEYS[4] orders
 -- ARGV[1] strategy    the name the purchases gave
--- then per purchase, three values: user_id, order_id, created_ms
+-- then per purchase, two values: user_id and the order entry's head
+-- (order_log::head), to which the sale's generation is appended, as in
+-- purchase.lua
 --
 -- Returns one {code, value} per purchase, with purchase.lua's codes:
 --   {0, remaining} purchased, {1, 0} sold out, {2, limit} limit reached,
@@ -28,7 +30,7 @@ if wrong then
   return wrong
 end
 
-local n = (#ARGV - 1) / 3
+local n = (#ARGV - 1) / 2
 local out = {}
 local function all(reply)
   for i = 1, n do
@@ -52,9 +54,13 @@ local stock, bad = integer(redis.call('GET', KEYS[1]), 'the stock')
 if bad then
   return bad
 end
+-- Appended to every entry, after that purchase's decrement.
+if not meta[2] then
+  return redis.error_reply('ERR the sale has no generation')
+end
 local users = {}
 for i = 1, n do
-  users[i] = ARGV[3 * i - 1]
+  users[i] = ARGV[2 * i]
 end
 local counts = redis.call('HMGET', KEYS[3], unpack(users))
 local held = {}
@@ -80,9 +86,7 @@ for i = 1, n do
   else
     stock = redis.call('DECR', KEYS[1])
     held[user] = redis.call('HINCRBY', KEYS[3], user, 1)
-    redis.call('XADD', KEYS[4], '*',
-      'order_id', ARGV[3 * i], 'user_id', user, 'strategy', ARGV[1],
-      'created_ms', ARGV[3 * i + 1], 'generation', meta[2])
+    redis.call('XADD', KEYS[4], '*', 'order', ARGV[2 * i + 1] .. meta[2])
     out[i] = {0, stock}
   end
 end

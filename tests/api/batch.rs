@@ -12,10 +12,19 @@ use crate::helpers::{TestApp, assert_error, keys, spawn_app, spawn_app_on, uniqu
 
 /// `n` buyers of `item` at once; their statuses.
 async fn buy_at_once(app: &Arc<TestApp>, item: &str, n: usize) -> Vec<reqwest::Response> {
+    buy_at_once_with(app, item, n, "lua-batch").await
+}
+
+async fn buy_at_once_with(
+    app: &Arc<TestApp>,
+    item: &str,
+    n: usize,
+    strategy: &'static str,
+) -> Vec<reqwest::Response> {
     let mut tasks = JoinSet::new();
     for i in 0..n {
         let (app, item) = (Arc::clone(app), item.to_owned());
-        tasks.spawn(async move { app.purchase(&item, &format!("b{i}"), "lua-batch").await });
+        tasks.spawn(async move { app.purchase(&item, &format!("b{i}"), strategy).await });
     }
     let mut responses = Vec::new();
     while let Some(response) = tasks.join_next().await {
@@ -110,6 +119,43 @@ async fn a_failed_batch_fails_every_buyer_and_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(buyers, 0, "a failed batch counted buyers");
+}
+
+/// A sale whose meta has lost its generation (edited by hand), which every
+/// order entry carries: the purchase scripts fail before their first write,
+/// not after the decrement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_without_a_generation_fails_before_any_write() {
+    let app = Arc::new(spawn_app().await);
+    for strategy in ["lua", "lua-batch"] {
+        let item = unique("nogen");
+        let created = app
+            .put_item(&item, json!({"stock": 50, "strategy": strategy}))
+            .await;
+        assert_eq!(created.status(), 201);
+        let keys = keys(&item);
+        let mut redis = app.redis().await;
+        let _: () = redis::cmd("HDEL")
+            .arg(&keys.meta)
+            .arg("generation")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        for response in buy_at_once_with(&app, &item, 20, strategy).await {
+            assert_error(response, 503, "unavailable").await;
+        }
+        let (stock, buyers, logged): (i64, u64, u64) = redis::pipe()
+            .cmd("GET")
+            .arg(&keys.stock)
+            .cmd("HLEN")
+            .arg(&keys.buyers)
+            .cmd("XLEN")
+            .arg(&keys.orders)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!((stock, buyers, logged), (50, 0, 0), "{strategy} wrote");
+    }
 }
 
 /// A buyer's count that is not an integer, seen by the script before its
