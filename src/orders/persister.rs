@@ -21,6 +21,11 @@
 //! the script that acknowledges it (`dead_letter.lua`), so it is kept exactly
 //! once. An entry that cannot be read as an order (a bug, or a hand-made
 //! entry) is kept there the same way (`unreadable`), never acknowledged away.
+//! An instance of an earlier version, which knows only the five-field entry,
+//! keeps this version's one-field entries there as unreadable; this
+//! persister finds them (with its reclaim, every `claim_idle / 2`), stores
+//! them and takes them out (`rescued`), so a mixed deployment during an
+//! upgrade loses no order to SQL.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,6 +82,7 @@ pub struct PersisterStatus {
     persisted: AtomicU64,
     batches: AtomicU64,
     reclaimed: AtomicU64,
+    rescued: AtomicU64,
     conflicts: AtomicU64,
     unreadable: AtomicU64,
     errors: AtomicU64,
@@ -93,6 +99,9 @@ pub struct PersisterReport {
     pub batches: u64,
     /// Entries taken over from idle consumers.
     pub reclaimed: u64,
+    /// Orders an earlier version's persister could not read (the one-field
+    /// entry) and kept as dead letters, stored since by this instance.
+    pub rescued: u64,
     /// Entries whose id SQL holds with different fields; each is in its
     /// item's dead-letter stream.
     pub conflicts: u64,
@@ -182,6 +191,7 @@ fn report(consumer: &str, status: &PersisterStatus) -> PersisterReport {
         persisted: status.persisted.load(Ordering::Relaxed),
         batches: status.batches.load(Ordering::Relaxed),
         reclaimed: status.reclaimed.load(Ordering::Relaxed),
+        rescued: status.rescued.load(Ordering::Relaxed),
         conflicts: status.conflicts.load(Ordering::Relaxed),
         unreadable: status.unreadable.load(Ordering::Relaxed),
         errors: status.errors.load(Ordering::Relaxed),
@@ -322,6 +332,7 @@ impl Worker {
             .is_none_or(|at| at.elapsed() >= self.config.claim_idle / 2);
         if claim_due || !block {
             handled += self.reclaim(&streams, status).await?;
+            handled += self.rescue(&streams, status).await;
             self.collect_archives(&archives).await?;
             self.last_claim = Some(Instant::now());
         }
@@ -539,6 +550,109 @@ impl Worker {
         Ok(total)
     }
 
+    /// Orders that an instance of an earlier version, beside this one on
+    /// the same Redis, could not read (it knows only the five-field entry,
+    /// see [`order_log`]) and kept as unreadable dead letters: their raw
+    /// [`order_log::ORDER`] field is an order after all. Each is stored, then
+    /// taken out of the dead letters; one whose id SQL holds with other
+    /// fields stays there, as any conflict does. Never fails the step: dead
+    /// letters it cannot read are logged and left as they are.
+    async fn rescue(&mut self, streams: &[String], status: &PersisterStatus) -> usize {
+        let items: std::collections::BTreeSet<ItemId> = streams
+            .iter()
+            .filter_map(|key| keys::item_of(key))
+            .collect();
+        let mut rescued = 0;
+        for item in items {
+            match self.rescue_item(&item, status).await {
+                Ok(n) => rescued += n,
+                Err(err) => tracing::warn!(
+                    %item,
+                    err = format!("{err:#}"),
+                    "cannot look through the dead letters for orders an earlier version kept"
+                ),
+            }
+        }
+        status.rescued.fetch_add(rescued as u64, Ordering::Relaxed);
+        rescued
+    }
+
+    async fn rescue_item(
+        &mut self,
+        item: &ItemId,
+        status: &PersisterStatus,
+    ) -> anyhow::Result<usize> {
+        let key = ItemKeys::new(item).dead_letters;
+        let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.redis)
+            .await
+            .with_context(|| format!("XRANGE {key}"))?;
+        let raw_order = raw_field(order_log::ORDER);
+        let mut ids = Vec::new();
+        let mut orders = Vec::new();
+        for (id, fields) in &letters {
+            let field = |wanted: &str| {
+                fields
+                    .iter()
+                    .find(|(name, _)| name == wanted)
+                    .map(|(_, value)| value.as_str())
+            };
+            let unreadable = field(REASON).is_some_and(|r| r.starts_with(UNREADABLE));
+            let Some(raw) = field(&raw_order).filter(|_| unreadable) else {
+                continue;
+            };
+            let entry = Entry {
+                id: id.clone(),
+                fields: vec![(
+                    order_log::ORDER.to_owned(),
+                    redis::Value::BulkString(raw.as_bytes().to_vec()),
+                )],
+            };
+            if let Ok(order) = order_log::parse(item, &entry) {
+                ids.push(id.as_str());
+                orders.push(order);
+            }
+        }
+        if orders.is_empty() {
+            return Ok(0);
+        }
+        let new = self
+            .db
+            .insert_orders(&orders)
+            .await
+            .context("cannot insert rescued orders")?;
+        let conflicting: HashSet<usize> = self
+            .conflicts(&orders, &new)
+            .await?
+            .into_iter()
+            .map(|(index, _)| index)
+            .collect();
+        let stored: Vec<&str> = (0..ids.len())
+            .filter(|i| !conflicting.contains(i))
+            .map(|i| ids[i])
+            .collect();
+        if stored.is_empty() {
+            return Ok(0);
+        }
+        let _: u64 = redis::cmd("XDEL")
+            .arg(&key)
+            .arg(&stored)
+            .query_async(&mut self.redis)
+            .await
+            .with_context(|| format!("XDEL {key}"))?;
+        let inserted = new.iter().filter(|n| **n).count() as u64;
+        status.persisted.fetch_add(inserted, Ordering::Relaxed);
+        tracing::warn!(
+            %item,
+            rescued = stored.len(),
+            "stored orders an earlier version's persister had kept as unreadable dead letters"
+        );
+        Ok(stored.len())
+    }
+
     /// Inserts the entries in one transaction, then acknowledges them. Those
     /// it cannot store (unreadable, or a conflicting id) go to the item's
     /// dead-letter stream instead, each with its own acknowledgement.
@@ -746,10 +860,20 @@ impl Worker {
     }
 }
 
+/// A dead letter's field saying why it is one.
+const REASON: &str = "reason";
+/// How the reason of an entry that is not an order begins.
+const UNREADABLE: &str = "unreadable";
+
+/// The dead-letter field keeping an unreadable entry's field `name`.
+fn raw_field(name: &str) -> String {
+    format!("raw_{name}")
+}
+
 /// A dead letter for an entry that is not an order: its raw fields.
 fn unreadable_fields(stream: &str, entry: &Entry, err: &str) -> Vec<(String, String)> {
     let mut fields = vec![
-        ("reason".to_owned(), format!("unreadable: {err}")),
+        (REASON.to_owned(), format!("{UNREADABLE}: {err}")),
         ("stream".to_owned(), stream.to_owned()),
         ("entry_id".to_owned(), entry.id.clone()),
     ];
@@ -758,7 +882,7 @@ fn unreadable_fields(stream: &str, entry: &Entry, err: &str) -> Vec<(String, Str
     for (name, value) in raw {
         let text =
             redis::from_redis_value_ref::<String>(value).unwrap_or_else(|_| format!("{value:?}"));
-        fields.push((format!("raw_{name}"), text));
+        fields.push((raw_field(name), text));
     }
     fields
 }
@@ -771,7 +895,7 @@ fn dead_letter_fields(
     stored: &OrderRecord,
 ) -> Vec<(String, String)> {
     [
-        ("reason", "order id held in SQL by a different order".into()),
+        (REASON, "order id held in SQL by a different order".into()),
         ("stream", stream.to_owned()),
         ("entry_id", entry_id.to_owned()),
         ("order_id", order.order_id.to_string()),

@@ -46,6 +46,10 @@ local stock, bad_stock = integer(redis.call('GET', KEYS[1]), 'the stock')
 if bad_stock then
   return bad_stock
 end
+-- Appended to the order entry: checked before the first write.
+if not meta[2] then
+  return redis.error_reply('ERR the sale has no generation')
+end
 local refusal
 if held >= limit then
   refusal = {2, limit}

@@ -528,6 +528,98 @@ async fn a_lost_lease_stops_purchases_until_another_number_is_leased() {
     assert_eq!(worker_of_purchase(&app, &item, "u2").await, 9);
 }
 
+/// An instance of an earlier version, beside this one on one Redis, cannot
+/// read the one-field entry and keeps it as an unreadable dead letter (as
+/// that version writes one: reason, stream, entry id, raw fields). This
+/// version's persister stores such an order and takes it out of the dead
+/// letters; a conflicting one and one that is no order stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
+    for database_url in crate::helpers::database_urls() {
+        let (app, _redis) = spawn_persisting_app(&database_url, |c| {
+            c.persister_claim_idle_ms = 400;
+        })
+        .await;
+        let item = unique("rescue");
+        app.create_item(&item, 10, 1).await;
+        let response = app.purchase(&item, "u1", "lua").await;
+        assert_eq!(response.status(), 201);
+        let bought: Value = response.json().await.unwrap();
+        let keys = crate::helpers::keys(&item);
+        let mut redis = app.redis().await;
+        // In SQL first, so the conflict below is one with a stored order.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while app.item(&item).await["lag"] != 0 {
+            assert!(Instant::now() < deadline, "the purchase never reached SQL");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let kept_id = "223456789012345";
+        for (entry_id, raw) in [
+            ("1-1", format!("{kept_id} u2 lua 1764000000000 1")),
+            // The id SQL holds, with another buyer: a conflict, it stays.
+            (
+                "1-2",
+                format!(
+                    "{} u3 lua 1764000000000 1",
+                    bought["order_id"].as_str().unwrap()
+                ),
+            ),
+            ("1-3", "not an order".to_owned()),
+        ] {
+            let _: String = redis::cmd("XADD")
+                .arg(&keys.dead_letters)
+                .arg("*")
+                .arg(&[
+                    ("reason", "unreadable: missing field `order_id`"),
+                    ("stream", keys.orders.as_str()),
+                    ("entry_id", entry_id),
+                    ("raw_order", raw.as_str()),
+                ])
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let report: Value = app.get_json("/api/persister").await;
+            if report["rescued"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not rescued: {report}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let orders: Value = app.get_json(&format!("/api/orders?item={item}")).await;
+        let stored: BTreeMap<&str, &str> = orders["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["order_id"].as_str().unwrap(),
+                    o["user_id"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            stored,
+            BTreeMap::from([
+                (bought["order_id"].as_str().unwrap(), "u1"),
+                (kept_id, "u2")
+            ]),
+            "{orders}"
+        );
+        let left: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(&keys.dead_letters)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let left: BTreeSet<&str> = left.iter().map(|(_, f)| f["entry_id"].as_str()).collect();
+        assert_eq!(left, BTreeSet::from(["1-2", "1-3"]));
+    }
+}
+
 /// Two different orders under one id reach the persister (two processes that
 /// minted with one worker number): the second is not acknowledged away but
 /// counted and kept in the item's dead-letter stream. A redelivered identical
