@@ -30,6 +30,8 @@ total() { # requests -> instructions of the whole server run
         valgrind --tool=callgrind --callgrind-out-file="$out_dir/$strategy-$requests.out" \
         "$bin" serve >"$dir/server.log" 2>&1 &
     server=$!
+    # A failed load must not leave the server and its Redis behind.
+    trap "kill $server 2>/dev/null; redis-cli -p $redis_port shutdown nosave >/dev/null 2>&1" EXIT
     for _ in $(seq 1 300); do
         curl -sf "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
         sleep 0.2
@@ -41,6 +43,7 @@ total() { # requests -> instructions of the whole server run
     kill -TERM "$server"
     wait "$server" || true
     redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+    trap - EXIT
     grep -h '^summary:' "$out_dir/$strategy-$requests.out" | awk '{print $2}'
 }
 
