@@ -13,18 +13,16 @@ pub mod openapi;
 mod orders;
 mod purchase;
 pub mod server;
-
-use std::time::Duration;
+mod timeout;
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::handler::Handler;
 use axum::http::Method;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Uri};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -112,7 +110,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(timeout::RequestTimeoutLayer(timeout))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
@@ -168,20 +166,6 @@ async fn not_found(uri: Uri) -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-/// Bounds every request's time with a JSON 503, so a stuck dependency cannot
-/// stall graceful shutdown. tower-http's timeout layer answers with an empty 408,
-/// which would break the one-error-shape rule.
-async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Unavailable {
-            what: "the service",
-            source: anyhow::anyhow!("request exceeded {limit:?}"),
-        }
-        .into_response(),
-    }
 }
 
 /// The `{item}` path segment as a validated id.

@@ -266,6 +266,31 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
 
+/// A request held up past `REQUEST_TIMEOUT_MS` (its Redis frozen, with a
+/// longer Redis timeout) is answered with the JSON 503 of every other
+/// failure, at the request timeout, not the Redis one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_request_timeout_gets_a_json_503() {
+    let redis = seckill::infra::redis_server::RedisServer::start(Default::default()).unwrap();
+    let app = crate::helpers::spawn_app_on(&redis.url(), |c| {
+        c.request_timeout_ms = 500;
+        c.redis_timeout_ms = 30_000;
+    })
+    .await;
+    let item = unique("slow");
+    app.create_item(&item, 5, 1).await;
+    redis.pause();
+    let started = std::time::Instant::now();
+    let response = app.purchase(&item, "u1", "lua").await;
+    let took = started.elapsed();
+    redis.resume();
+    let body = assert_error(response, 503, "unavailable").await;
+    assert!(
+        took < Duration::from_secs(20),
+        "answered after {took:?}: by the Redis timeout, not the request's: {body}"
+    );
+}
+
 /// Shutdown with a client that never finishes its request: the process does
 /// not wait for it past the request timeout.
 #[tokio::test]
