@@ -220,6 +220,7 @@ async fn run(
         db,
         grouped: HashSet::new(),
         last_claim: None,
+        rescued_up_to: HashMap::new(),
         own_pending_due: true,
         config,
     };
@@ -303,6 +304,9 @@ struct Worker {
     /// Streams whose consumer group we created or found.
     grouped: HashSet<String>,
     last_claim: Option<Instant>,
+    /// Per dead-letter stream, the last letter [`Worker::rescue`] looked at:
+    /// each pass reads only the letters after it.
+    rescued_up_to: HashMap<String, String>,
     /// Read this consumer's own pending entries (`XREADGROUP ... 0`) next
     /// step: at start, after a failed step, and throughout the drain.
     own_pending_due: bool,
@@ -313,26 +317,34 @@ impl Worker {
     /// One round: find streams, reclaim idle entries when due, read new
     /// entries, persist and acknowledge. Returns how many entries it handled.
     async fn step(&mut self, block: bool, status: &PersisterStatus) -> anyhow::Result<usize> {
-        let (streams, archives) = self.discover().await?;
+        let (streams, archives, items) = self.discover().await?;
+        let claim_due = !block
+            || self
+                .last_claim
+                .is_none_or(|at| at.elapsed() >= self.config.claim_idle / 2);
+        let mut handled = 0;
+        // Every item, not only those with a log: an earlier version's dead
+        // letters outlive the log they came from.
+        if claim_due {
+            handled += self.rescue(&items, status).await;
+        }
         if streams.is_empty() {
+            if claim_due {
+                self.last_claim = Some(Instant::now());
+            }
             if block {
                 tokio::time::sleep(self.config.block).await;
             }
-            return Ok(0);
+            return Ok(handled);
         }
-        let mut handled = 0;
 
         if self.own_pending_due || !block {
             handled += self.read_group(&streams, "0", false, status).await?;
             self.own_pending_due = false;
         }
 
-        let claim_due = self
-            .last_claim
-            .is_none_or(|at| at.elapsed() >= self.config.claim_idle / 2);
-        if claim_due || !block {
+        if claim_due {
             handled += self.reclaim(&streams, status).await?;
-            handled += self.rescue(&streams, status).await;
             self.collect_archives(&archives).await?;
             self.last_claim = Some(Instant::now());
         }
@@ -444,7 +456,7 @@ impl Worker {
     }
 
     /// The streams to read (those with a group) and the archived logs.
-    async fn discover(&mut self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    async fn discover(&mut self) -> anyhow::Result<(Vec<String>, Vec<String>, Vec<ItemId>)> {
         // One command per set: the index, the legacy archive set and each
         // item's archive set sit in different slots of a cluster.
         let smembers = |key: String| {
@@ -462,12 +474,12 @@ impl Worker {
         .await
         .try_into()
         .map_err(|_| anyhow::anyhow!("two replies expected"))?;
-        let items: Vec<ItemKeys> = items
+        let ids: Vec<ItemId> = items
             .context("cannot list order logs")?
             .iter()
             .filter_map(|id| ItemId::parse(id).ok())
-            .map(|item| ItemKeys::new(&item))
             .collect();
+        let items: Vec<ItemKeys> = ids.iter().map(ItemKeys::new).collect();
         let mut archives = legacy.context("cannot list order logs")?;
         let per_item: Vec<redis::RedisResult<Vec<String>>> = redis_conn::each(
             &self.redis,
@@ -488,7 +500,7 @@ impl Worker {
                 streams.push(key);
             }
         }
-        Ok((streams, archives))
+        Ok((streams, archives, ids))
     }
 
     /// Creates the group at the start of the stream. False when the stream
@@ -555,16 +567,38 @@ impl Worker {
     /// see [`order_log`]) and kept as unreadable dead letters: their raw
     /// [`order_log::ORDER`] field is an order after all. Each is stored, then
     /// taken out of the dead letters; one whose id SQL holds with other
-    /// fields stays there, as any conflict does. Never fails the step: dead
-    /// letters it cannot read are logged and left as they are.
-    async fn rescue(&mut self, streams: &[String], status: &PersisterStatus) -> usize {
-        let items: std::collections::BTreeSet<ItemId> = streams
+    /// fields stays there, counted and logged as a conflict. Each pass reads
+    /// each item's letters after the last one it looked at, a page at a
+    /// time. Never fails the step: what it cannot read is logged and left.
+    async fn rescue(&mut self, items: &[ItemId], status: &PersisterStatus) -> usize {
+        let letters: Vec<String> = items
             .iter()
-            .filter_map(|key| keys::item_of(key))
+            .map(|i| ItemKeys::new(i).dead_letters)
             .collect();
+        let reads: Vec<redis::RedisResult<Vec<Letter>>> = redis_conn::each(
+            &self.redis,
+            letters.iter().map(|key| {
+                let from = self
+                    .rescued_up_to
+                    .get(key)
+                    .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+                let mut read = redis::cmd("XRANGE");
+                read.arg(key)
+                    .arg(from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(RESCUE_PAGE);
+                read
+            }),
+        )
+        .await;
         let mut rescued = 0;
-        for item in items {
-            match self.rescue_item(&item, status).await {
+        for ((item, key), read) in items.iter().zip(&letters).zip(reads) {
+            let done = match read {
+                Ok(page) => self.rescue_page(item, key, page, status).await,
+                Err(err) => Err(anyhow::Error::new(err).context(format!("XRANGE {key}"))),
+            };
+            match done {
                 Ok(n) => rescued += n,
                 Err(err) => tracing::warn!(
                     %item,
@@ -577,80 +611,72 @@ impl Worker {
         rescued
     }
 
-    async fn rescue_item(
+    /// One page of `key`'s letters: stores the orders among them, deletes
+    /// their letters, and moves the cursor past the page.
+    async fn rescue_page(
         &mut self,
         item: &ItemId,
+        key: &str,
+        page: Vec<Letter>,
         status: &PersisterStatus,
     ) -> anyhow::Result<usize> {
-        let key = ItemKeys::new(item).dead_letters;
-        let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(&key)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.redis)
-            .await
-            .with_context(|| format!("XRANGE {key}"))?;
-        let raw_order = raw_field(order_log::ORDER);
+        let Some(last) = page.last().map(|(id, _)| id.clone()) else {
+            return Ok(0);
+        };
         let mut ids = Vec::new();
         let mut orders = Vec::new();
-        for (id, fields) in &letters {
-            let field = |wanted: &str| {
-                fields
-                    .iter()
-                    .find(|(name, _)| name == wanted)
-                    .map(|(_, value)| value.as_str())
-            };
-            let unreadable = field(REASON).is_some_and(|r| r.starts_with(UNREADABLE));
-            let Some(raw) = field(&raw_order).filter(|_| unreadable) else {
-                continue;
-            };
-            let entry = Entry {
-                id: id.clone(),
-                fields: vec![(
-                    order_log::ORDER.to_owned(),
-                    redis::Value::BulkString(raw.as_bytes().to_vec()),
-                )],
-            };
-            if let Ok(order) = order_log::parse(item, &entry) {
+        for (id, fields) in &page {
+            if let Some(order) = earlier_versions_order(item, fields) {
                 ids.push(id.as_str());
                 orders.push(order);
             }
         }
-        if orders.is_empty() {
-            return Ok(0);
+        let mut rescued = 0;
+        if !orders.is_empty() {
+            let new = self
+                .db
+                .insert_orders(&orders)
+                .await
+                .context("cannot insert rescued orders")?;
+            let conflicts = self.conflicts(&orders, &new).await?;
+            let conflicting: HashSet<usize> = conflicts.iter().map(|(i, _)| *i).collect();
+            for (index, stored) in &conflicts {
+                tracing::error!(
+                    stream = %key,
+                    letter = ids[*index],
+                    log_order = ?orders[*index],
+                    sql_order = ?stored,
+                    "order id conflict in a dead letter an earlier version kept: SQL holds a different order under this id; the letter stays"
+                );
+            }
+            status
+                .conflicts
+                .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
+            let stored: Vec<&str> = (0..ids.len())
+                .filter(|i| !conflicting.contains(i))
+                .map(|i| ids[i])
+                .collect();
+            if !stored.is_empty() {
+                // Counted by what this call deleted: another instance
+                // rescuing the same letters counts the rest.
+                let deleted: u64 = redis::cmd("XDEL")
+                    .arg(key)
+                    .arg(&stored)
+                    .query_async(&mut self.redis)
+                    .await
+                    .with_context(|| format!("XDEL {key}"))?;
+                rescued = deleted as usize;
+                let inserted = new.iter().filter(|n| **n).count() as u64;
+                status.persisted.fetch_add(inserted, Ordering::Relaxed);
+                tracing::warn!(
+                    %item,
+                    rescued,
+                    "stored orders an earlier version's persister had kept as unreadable dead letters"
+                );
+            }
         }
-        let new = self
-            .db
-            .insert_orders(&orders)
-            .await
-            .context("cannot insert rescued orders")?;
-        let conflicting: HashSet<usize> = self
-            .conflicts(&orders, &new)
-            .await?
-            .into_iter()
-            .map(|(index, _)| index)
-            .collect();
-        let stored: Vec<&str> = (0..ids.len())
-            .filter(|i| !conflicting.contains(i))
-            .map(|i| ids[i])
-            .collect();
-        if stored.is_empty() {
-            return Ok(0);
-        }
-        let _: u64 = redis::cmd("XDEL")
-            .arg(&key)
-            .arg(&stored)
-            .query_async(&mut self.redis)
-            .await
-            .with_context(|| format!("XDEL {key}"))?;
-        let inserted = new.iter().filter(|n| **n).count() as u64;
-        status.persisted.fetch_add(inserted, Ordering::Relaxed);
-        tracing::warn!(
-            %item,
-            rescued = stored.len(),
-            "stored orders an earlier version's persister had kept as unreadable dead letters"
-        );
-        Ok(stored.len())
+        self.rescued_up_to.insert(key.to_owned(), last);
+        Ok(rescued)
     }
 
     /// Inserts the entries in one transaction, then acknowledges them. Those
@@ -864,18 +890,60 @@ impl Worker {
 const REASON: &str = "reason";
 /// How the reason of an entry that is not an order begins.
 const UNREADABLE: &str = "unreadable";
+/// A dead letter's fields naming the log and the entry it came from.
+const STREAM: &str = "stream";
+const ENTRY_ID: &str = "entry_id";
 
 /// The dead-letter field keeping an unreadable entry's field `name`.
 fn raw_field(name: &str) -> String {
     format!("raw_{name}")
 }
 
+/// A dead letter as `XRANGE` gives it: its id and its fields, as bytes (one
+/// that is no text must not fail the others' reading).
+type Letter = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Letters per dead-letter stream and rescue pass.
+const RESCUE_PAGE: usize = 1000;
+
+/// The order in a dead letter exactly as an earlier version keeps a
+/// one-field entry (its reason, the log, the entry id, the raw `order`
+/// field, nothing else), if that field is an order. Anything else, such as
+/// this version's own unreadable letters, is none of the rescue's business.
+fn earlier_versions_order(item: &ItemId, fields: &[(Vec<u8>, Vec<u8>)]) -> Option<OrderRecord> {
+    let reason = format!(
+        "{UNREADABLE}: missing field `{}`",
+        order_log::legacy::ORDER_ID
+    );
+    let raw_order = raw_field(order_log::ORDER);
+    let mut found = HashMap::new();
+    for (name, value) in fields {
+        let name = std::str::from_utf8(name).ok()?;
+        let value = std::str::from_utf8(value).ok()?;
+        let expected = [REASON, STREAM, ENTRY_ID, raw_order.as_str()];
+        if !expected.contains(&name) || found.insert(name, value).is_some() {
+            return None;
+        }
+    }
+    if found.len() != 4 || found.get(REASON) != Some(&reason.as_str()) {
+        return None;
+    }
+    let entry = Entry {
+        id: found.get(ENTRY_ID)?.to_string(),
+        fields: vec![(
+            order_log::ORDER.to_owned(),
+            redis::Value::BulkString(found.get(raw_order.as_str())?.as_bytes().to_vec()),
+        )],
+    };
+    order_log::parse(item, &entry).ok()
+}
+
 /// A dead letter for an entry that is not an order: its raw fields.
 fn unreadable_fields(stream: &str, entry: &Entry, err: &str) -> Vec<(String, String)> {
     let mut fields = vec![
         (REASON.to_owned(), format!("{UNREADABLE}: {err}")),
-        ("stream".to_owned(), stream.to_owned()),
-        ("entry_id".to_owned(), entry.id.clone()),
+        (STREAM.to_owned(), stream.to_owned()),
+        (ENTRY_ID.to_owned(), entry.id.clone()),
     ];
     let mut raw: Vec<&(String, redis::Value)> = entry.fields.iter().collect();
     raw.sort_by_key(|(name, _)| name);
@@ -896,8 +964,8 @@ fn dead_letter_fields(
 ) -> Vec<(String, String)> {
     [
         (REASON, "order id held in SQL by a different order".into()),
-        ("stream", stream.to_owned()),
-        ("entry_id", entry_id.to_owned()),
+        (STREAM, stream.to_owned()),
+        (ENTRY_ID, entry_id.to_owned()),
         ("order_id", order.order_id.to_string()),
         ("user_id", order.user_id.clone()),
         ("strategy", order.strategy.clone()),

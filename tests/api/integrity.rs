@@ -553,36 +553,51 @@ async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
             assert!(Instant::now() < deadline, "the purchase never reached SQL");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let kept_id = "223456789012345";
-        for (entry_id, raw) in [
-            ("1-1", format!("{kept_id} u2 lua 1764000000000 1")),
-            // The id SQL holds, with another buyer: a conflict, it stays.
-            (
-                "1-2",
-                format!(
-                    "{} u3 lua 1764000000000 1",
-                    bought["order_id"].as_str().unwrap()
-                ),
-            ),
-            ("1-3", "not an order".to_owned()),
-        ] {
-            let _: String = redis::cmd("XADD")
-                .arg(&keys.dead_letters)
+        // Ids of this run: a database kept between runs must not hold them.
+        let fresh_id = || (rand::random::<u64>() >> 2).to_string();
+        let (kept_id, lone_id) = (fresh_id(), fresh_id());
+        // An item that never had a log: its letters are looked at too.
+        let lone = unique("rescue-lone");
+        app.create_item(&lone, 10, 1).await;
+        let letter = |log: &str, entry_id: &str, raw: String| {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(crate::helpers::keys(log).dead_letters)
                 .arg("*")
                 .arg(&[
                     ("reason", "unreadable: missing field `order_id`"),
-                    ("stream", keys.orders.as_str()),
+                    ("stream", crate::helpers::keys(log).orders.as_str()),
                     ("entry_id", entry_id),
                     ("raw_order", raw.as_str()),
-                ])
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-        }
+                ]);
+            xadd
+        };
+        // All at once, so no pass sees some of them only.
+        let held = bought["order_id"].as_str().unwrap();
+        let mut letters = redis::pipe();
+        letters
+            .atomic()
+            .add_command(letter(
+                &item,
+                "1-1",
+                format!("{kept_id} u2 lua 1764000000000 1"),
+            ))
+            // The id SQL holds, with another buyer: a conflict, it stays.
+            .add_command(letter(
+                &item,
+                "1-2",
+                format!("{held} u3 lua 1764000000000 1"),
+            ))
+            .add_command(letter(&item, "1-3", "not an order".to_owned()))
+            .add_command(letter(
+                &lone,
+                "1-4",
+                format!("{lone_id} u4 lua 1764000000000 1"),
+            ));
+        let _: Vec<String> = letters.query_async(&mut redis).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let report: Value = app.get_json("/api/persister").await;
-            if report["rescued"] == 1 {
+            if report["rescued"] == 2 && report["conflicts"] == 1 {
                 break;
             }
             assert!(Instant::now() < deadline, "not rescued: {report}");
@@ -602,11 +617,14 @@ async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
             .collect();
         assert_eq!(
             stored,
-            BTreeMap::from([
-                (bought["order_id"].as_str().unwrap(), "u1"),
-                (kept_id, "u2")
-            ]),
+            BTreeMap::from([(held, "u1"), (kept_id.as_str(), "u2")]),
             "{orders}"
+        );
+        let lone_orders: Value = app.get_json(&format!("/api/orders?item={lone}")).await;
+        assert_eq!(
+            lone_orders["orders"][0]["order_id"],
+            lone_id.as_str(),
+            "{lone_orders}"
         );
         let left: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
             .arg(&keys.dead_letters)
