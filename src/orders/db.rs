@@ -82,10 +82,11 @@ pub struct OrdersPage {
 const INSERT_CHUNK: usize = 128;
 
 /// `rows` in runs whose lengths are powers of two, at most [`INSERT_CHUNK`]:
-/// a batch of any size is then written by at most eight statement shapes,
-/// which each connection prepares once and keeps in its statement cache.
-/// With one statement per batch size, most batches parsed and planned a new
-/// statement of up to 1,400 parameters.
+/// a batch of any size is then written (or read back) by at most eight
+/// statement shapes, which each connection prepares once and keeps in its
+/// statement cache. With one statement per batch size, most batches parsed
+/// and planned a new statement of up to 1,400 parameters, and pushed the
+/// others out of the cache.
 fn power_of_two_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         let n = INSERT_CHUNK.min(1 << rows.len().checked_ilog2()?);
@@ -297,7 +298,7 @@ impl Db {
     /// The rows stored under these ids.
     pub async fn orders_by_id(&self, ids: &[OrderId]) -> sqlx::Result<Vec<OrderRecord>> {
         let mut found = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(INSERT_CHUNK) {
+        for chunk in power_of_two_chunks(ids) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
             let sql = format!(
                 "SELECT order_id, item_id, user_id, strategy, generation, created_at FROM orders WHERE order_id IN ({})",
