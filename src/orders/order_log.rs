@@ -200,27 +200,39 @@ fn unexpected(what: &str, got: &Value) -> ParsingError {
 
 /// Reads an entry of `item`'s order log back into an order.
 pub fn parse(item: &ItemId, entry: &Entry) -> Result<OrderRecord, String> {
-    let [order_id, user, strategy, created, generation] = match entry.text(ORDER) {
-        Some(value) => unpack(value).ok_or_else(|| {
-            format!(
-                "field `{ORDER}` is not `order_id user_id strategy created_ms generation`: {value:?}"
-            )
-        })?,
-        None => {
-            let text = |field: &str| {
-                entry
-                    .text(field)
-                    .ok_or_else(|| format!("missing field `{field}`"))
-            };
-            [
-                text(legacy::ORDER_ID)?,
-                text(legacy::USER_ID)?,
-                text(legacy::STRATEGY)?,
-                text(legacy::CREATED_MS)?,
-                text(legacy::GENERATION)?,
-            ]
-        }
+    let Some(value) = entry.text(ORDER) else {
+        let text = |field: &str| {
+            entry
+                .text(field)
+                .ok_or_else(|| format!("missing field `{field}`"))
+        };
+        let parts = [
+            text(legacy::ORDER_ID)?,
+            text(legacy::USER_ID)?,
+            text(legacy::STRATEGY)?,
+            text(legacy::CREATED_MS)?,
+            text(legacy::GENERATION)?,
+        ];
+        return record(item, parts);
     };
+    parse_value(item, value)
+}
+
+/// Reads an [`ORDER`] value of `item`'s order log back into an order.
+pub fn parse_value(item: &ItemId, value: &str) -> Result<OrderRecord, String> {
+    let parts = unpack(value).ok_or_else(|| {
+        format!(
+            "field `{ORDER}` is not `order_id user_id strategy created_ms generation`: {value:?}"
+        )
+    })?;
+    record(item, parts)
+}
+
+/// An order of `item` from its five parts, in [`ORDER`]'s order.
+fn record(
+    item: &ItemId,
+    [order_id, user, strategy, created, generation]: [&str; 5],
+) -> Result<OrderRecord, String> {
     let number = |part: &str, what: &str| {
         part.parse::<i64>()
             .map_err(|_| format!("`{what}` is not an integer: {part:?}"))

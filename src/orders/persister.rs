@@ -928,14 +928,7 @@ fn earlier_versions_order(item: &ItemId, fields: &[(Vec<u8>, Vec<u8>)]) -> Optio
     if found.len() != 4 || found.get(REASON) != Some(&reason.as_str()) {
         return None;
     }
-    let entry = Entry {
-        id: found.get(ENTRY_ID)?.to_string(),
-        fields: vec![(
-            order_log::ORDER.to_owned(),
-            redis::Value::BulkString(found.get(raw_order.as_str())?.as_bytes().to_vec()),
-        )],
-    };
-    order_log::parse(item, &entry).ok()
+    order_log::parse_value(item, found.get(raw_order.as_str())?).ok()
 }
 
 /// A dead letter for an entry that is not an order: its raw fields.
