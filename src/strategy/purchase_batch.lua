@@ -54,7 +54,7 @@ local stock, bad = integer(redis.call('GET', KEYS[1]), 'the stock')
 if bad then
   return bad
 end
--- Appended to every entry, after that purchase's decrement.
+-- Appended to every entry: checked before the first write.
 if not meta[2] then
   return redis.error_reply('ERR the sale has no generation')
 end
@@ -64,12 +64,16 @@ for i = 1, n do
 end
 local counts = redis.call('HMGET', KEYS[3], unpack(users))
 local held = {}
+-- What each buyer held before the batch: a buyer's first purchase in it
+-- adds them to the one HSET at the end.
+local counts_read = {}
 for i = 1, n do
   local count, wrong_count = integer(counts[i], 'the units held by ' .. users[i])
   if wrong_count then
     return wrong_count
   end
   held[users[i]] = count
+  counts_read[users[i]] = count
 end
 -- The first purchase binds an unbound sale (as purchase.lua does), once
 -- nothing can fail any more.
@@ -77,6 +81,14 @@ if not meta[3] then
   redis.call('HSET', KEYS[2], 'strategy', ARGV[1])
 end
 
+-- The orders are appended one by one (a stream entry each); the stock and
+-- the buyers' counts are kept here and written once at the end, one DECRBY
+-- and one HSET for the whole batch: a redis.call costs more than the command
+-- it runs, and the script is atomic, so no one sees the counts in between.
+-- Appending first, as purchase.lua does, keeps the only writes that remain
+-- after it to values already checked to be integers.
+local sold = 0
+local bought = {}
 for i = 1, n do
   local user = users[i]
   if held[user] >= limit then
@@ -84,10 +96,23 @@ for i = 1, n do
   elseif stock <= 0 then
     out[i] = {1, 0}
   else
-    stock = redis.call('DECR', KEYS[1])
-    held[user] = redis.call('HINCRBY', KEYS[3], user, 1)
     redis.call('XADD', KEYS[4], '*', 'order', ARGV[2 * i + 1] .. meta[2])
+    stock = stock - 1
+    sold = sold + 1
+    if held[user] == counts_read[user] then
+      bought[#bought + 1] = user
+    end
+    held[user] = held[user] + 1
     out[i] = {0, stock}
   end
+end
+if sold > 0 then
+  redis.call('DECRBY', KEYS[1], sold)
+  local fields = {}
+  for _, user in ipairs(bought) do
+    fields[#fields + 1] = user
+    fields[#fields + 1] = held[user]
+  end
+  redis.call('HSET', KEYS[3], unpack(fields))
 end
 return out
