@@ -28,7 +28,7 @@
 -- write; the values the writes rely on are checked here; and the order is
 -- appended first, so an order log of the wrong type fails before the stock
 -- moves. After the append nothing can fail.
--- integer(value, what) comes from integer.lua, prepended at load.
+-- integer(value, what, whose) comes from integer.lua, prepended at load.
 
 local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation', 'strategy')
 local limit = tonumber(meta[1])
@@ -38,7 +38,7 @@ end
 if meta[3] and meta[3] ~= ARGV[3] then
   return {4, meta[3]}
 end
-local held, bad = integer(redis.call('HGET', KEYS[3], ARGV[1]), 'the units held by ' .. ARGV[1])
+local held, bad = integer(redis.call('HGET', KEYS[3], ARGV[1]), 'the units held by', ARGV[1])
 if bad then
   return bad
 end

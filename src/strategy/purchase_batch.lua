@@ -49,7 +49,7 @@ if meta[3] and meta[3] ~= ARGV[1] then
 end
 -- Every value the loop relies on, read and checked before the first write:
 -- a stock or a buyer count that is not an integer fails the batch here.
--- integer(value, what) comes from integer.lua, prepended at load.
+-- integer(value, what, whose) comes from integer.lua, prepended at load.
 local stock, bad = integer(redis.call('GET', KEYS[1]), 'the stock')
 if bad then
   return bad
@@ -68,7 +68,7 @@ local held = {}
 -- adds them to the one HSET at the end.
 local counts_read = {}
 for i = 1, n do
-  local count, wrong_count = integer(counts[i], 'the units held by ' .. users[i])
+  local count, wrong_count = integer(counts[i], 'the units held by', users[i])
   if wrong_count then
     return wrong_count
   end
