@@ -74,7 +74,8 @@ impl From<BatchError> for StrategyError {
 type Queues = Arc<Mutex<HashMap<ItemId, VecDeque<Waiter>>>>;
 
 /// Most purchases per script call: each is two arguments, and the script
-/// unpacks the users into one `HMGET`, within Lua's stack limit.
+/// unpacks the users into one `HMGET` and the buyers with their new counts
+/// into one `HSET` (two values each), within Lua's stack limit (8,000).
 pub const MAX_BATCH: usize = 1000;
 
 pub struct LuaBatch {

@@ -438,3 +438,54 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
         .collect();
     assert_eq!(ids, [good.as_str()], "{items}");
 }
+
+/// A stock Lua reads as a number but Redis's `DECR` and `DECRBY` refuse (a
+/// leading zero, a value past 64 bits) fails a `lua` or `lua-batch` purchase
+/// with 503 before its first write. Read loosely, the script would append the
+/// order and only then fail on the decrement: an order in the log, and soon
+/// in SQL, for a purchase that was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_redis_cannot_decrement_fails_before_the_order_is_appended() {
+    // A private Redis: the bad stocks must not reach the other tests' listings.
+    let private = seckill::infra::redis_server::RedisServer::start(Default::default()).unwrap();
+    let app = crate::helpers::spawn_app_on(&private.url(), |_| {}).await;
+    let mut redis = app.redis().await;
+    for strategy in ["lua", "lua-batch"] {
+        for stock in ["05", "99999999999999999999"] {
+            let item = unique("undecrementable");
+            let created = app
+                .put_item(&item, serde_json::json!({"stock": 5, "strategy": strategy}))
+                .await;
+            assert_eq!(created.status(), 201);
+            let keys = crate::helpers::keys(&item);
+            let _: () = redis::cmd("SET")
+                .arg(&keys.stock)
+                .arg(stock)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert_error(
+                app.purchase(&item, "u1", strategy).await,
+                503,
+                "unavailable",
+            )
+            .await;
+            let (logged, left, held): (u64, String, Option<i64>) = redis::pipe()
+                .cmd("XLEN")
+                .arg(&keys.orders)
+                .cmd("GET")
+                .arg(&keys.stock)
+                .cmd("HGET")
+                .arg(&keys.buyers)
+                .arg("u1")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert_eq!(
+                (logged, left.as_str(), held),
+                (0, stock, None),
+                "{strategy} with stock {stock:?} wrote before failing"
+            );
+        }
+    }
+}
