@@ -52,10 +52,7 @@ async fn main() -> anyhow::Result<()> {
         .arg(1_000_000_000_i64)
         .query_async(&mut redis)
         .await?;
-    let script: &'static Script = Box::leak(Box::new(Script::new(
-        "local s = tonumber(redis.call('GET', KEYS[1]) or '0') \
-         if s > 0 then return redis.call('DECR', KEYS[1]) end return -1",
-    )));
+    let script: &'static Script = Box::leak(Box::new(Script::new(include_str!("reference.lua"))));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/buy", post(buy))
