@@ -108,8 +108,19 @@ pub struct PersisterReport {
     /// Entries that could not be read as orders; each is in its item's
     /// dead-letter stream.
     pub unreadable: u64,
+    /// Failed steps, and failed looks through an item's dead letters for
+    /// orders to rescue; each is logged at warn level.
     pub errors: u64,
+    /// The message of the latest of `errors`.
     pub last_error: Option<String>,
+}
+
+impl PersisterStatus {
+    /// Counts a failure and keeps its message for the report.
+    fn record_error(&self, message: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    }
 }
 
 /// The running task.
@@ -267,10 +278,9 @@ async fn run(
                 }
             }
             Err(err) => {
-                status.errors.fetch_add(1, Ordering::Relaxed);
                 let message = format!("{err:#}");
                 tracing::warn!(error = %message, "persister step failed; retrying");
-                *status.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+                status.record_error(message);
                 // What failed is pending under our name: read it again next
                 // time instead of waiting for it to idle into a reclaim.
                 worker.own_pending_due = true;
@@ -569,7 +579,8 @@ impl Worker {
     /// taken out of the dead letters; one whose id SQL holds with other
     /// fields stays there, counted and logged as a conflict. Each pass reads
     /// each item's letters after the last one it looked at, a page at a
-    /// time. Never fails the step: what it cannot read is logged and left.
+    /// time. Never fails the step: what it cannot read is logged, counted in
+    /// `errors`, and left.
     async fn rescue(&mut self, items: &[ItemId], status: &PersisterStatus) -> usize {
         let letters: Vec<String> = items
             .iter()
@@ -600,11 +611,16 @@ impl Worker {
             };
             match done {
                 Ok(n) => rescued += n,
-                Err(err) => tracing::warn!(
-                    %item,
-                    err = format!("{err:#}"),
-                    "cannot look through the dead letters for orders an earlier version kept"
-                ),
+                Err(err) => {
+                    // Not the step's failure (the new orders still flow),
+                    // but orders may be stuck in these letters: the report
+                    // must show it, not only the log.
+                    let message = format!(
+                        "cannot look through {item}'s dead letters for orders an earlier version kept: {err:#}"
+                    );
+                    tracing::warn!(%item, error = %message, "rescue failed");
+                    status.record_error(message);
+                }
             }
         }
         status.rescued.fetch_add(rescued as u64, Ordering::Relaxed);

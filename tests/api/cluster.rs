@@ -607,15 +607,8 @@ async fn a_master_killed_mid_sale_loses_no_confirmed_order() {
         let view = app.item(item).await;
         assert_eq!(view["drift"], 0, "{item}: {view}");
         assert_eq!(view["sold"], entries.len(), "{item}: {view}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while app.item(item).await["lag"] != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "{item}: {}",
-                app.item(item).await
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        app.wait_until_persisted(item, Duration::from_secs(30))
+            .await;
     }
     Arc::into_inner(app).unwrap().stop().await;
 }

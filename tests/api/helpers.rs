@@ -232,6 +232,23 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// Waits until every order of `item`'s log is in SQL (`lag` 0); panics
+    /// with the item's view if that takes longer than `within`.
+    pub async fn wait_until_persisted(&self, item: &str, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let view = self.item(item).await;
+            if view["lag"] == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{item}: not in SQL after {within:?}: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         connect(&self.redis_url).await
     }

@@ -548,11 +548,8 @@ async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
         let keys = crate::helpers::keys(&item);
         let mut redis = app.redis().await;
         // In SQL first, so the conflict below is one with a stored order.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while app.item(&item).await["lag"] != 0 {
-            assert!(Instant::now() < deadline, "the purchase never reached SQL");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        app.wait_until_persisted(&item, Duration::from_secs(15))
+            .await;
         // Ids of this run: a database kept between runs must not hold them.
         let fresh_id = || (rand::random::<u64>() >> 2).to_string();
         let (kept_id, lone_id) = (fresh_id(), fresh_id());
@@ -636,6 +633,42 @@ async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
         let left: BTreeSet<&str> = left.iter().map(|(_, f)| f["entry_id"].as_str()).collect();
         assert_eq!(left, BTreeSet::from(["1-2", "1-3"]));
     }
+}
+
+/// Dead letters the rescue cannot read (here: the key holds no stream) may
+/// hold stuck orders: the persister's report counts the failure and names
+/// it, and new orders still reach SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescue_that_cannot_read_the_dead_letters_shows_in_the_persister_report() {
+    let (app, _redis) = spawn_persisting_app(&crate::helpers::sqlite_url(), |c| {
+        c.persister_claim_idle_ms = 400;
+    })
+    .await;
+    let item = unique("rescue-bad");
+    app.create_item(&item, 10, 1).await;
+    let keys = crate::helpers::keys(&item);
+    let mut redis = app.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(&keys.dead_letters)
+        .arg("not a stream")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let report: Value = app.get_json("/api/persister").await;
+        let named = report["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&item) && e.contains("dead letters"));
+        if report["errors"].as_u64() >= Some(1) && named {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reported: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.purchase(&item, "u1", "lua").await.status(), 201);
+    app.wait_until_persisted(&item, Duration::from_secs(15))
+        .await;
 }
 
 /// Two different orders under one id reach the persister (two processes that
