@@ -87,6 +87,8 @@ pub struct PersisterStatus {
     unreadable: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
+    rescue_errors: AtomicU64,
+    last_rescue_error: Mutex<Option<String>>,
 }
 
 /// A copy of [`PersisterStatus`] for JSON.
@@ -108,19 +110,23 @@ pub struct PersisterReport {
     /// Entries that could not be read as orders; each is in its item's
     /// dead-letter stream.
     pub unreadable: u64,
-    /// Failed steps, and failed looks through an item's dead letters for
-    /// orders to rescue; each is logged at warn level.
+    /// Failed steps (each retried); logged at warn level.
     pub errors: u64,
     /// The message of the latest of `errors`.
     pub last_error: Option<String>,
+    /// Failed looks through an item's dead letters for orders to rescue:
+    /// orders may be stuck there. Logged at warn level. Not in `errors`:
+    /// the step goes on, and a key that stays unreadable fails every pass,
+    /// which would bury a real step failure's message.
+    pub rescue_errors: u64,
+    /// The message of the latest of `rescue_errors`.
+    pub last_rescue_error: Option<String>,
 }
 
-impl PersisterStatus {
-    /// Counts a failure and keeps its message for the report.
-    fn record_error(&self, message: String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
-    }
+/// Counts a failure in `count` and keeps its message in `last`.
+fn record(count: &AtomicU64, last: &Mutex<Option<String>>, message: String) {
+    count.fetch_add(1, Ordering::Relaxed);
+    *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
 }
 
 /// The running task.
@@ -211,6 +217,12 @@ fn report(consumer: &str, status: &PersisterStatus) -> PersisterReport {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone(),
+        rescue_errors: status.rescue_errors.load(Ordering::Relaxed),
+        last_rescue_error: status
+            .last_rescue_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
     }
 }
 
@@ -280,7 +292,7 @@ async fn run(
             Err(err) => {
                 let message = format!("{err:#}");
                 tracing::warn!(error = %message, "persister step failed; retrying");
-                status.record_error(message);
+                record(&status.errors, &status.last_error, message);
                 // What failed is pending under our name: read it again next
                 // time instead of waiting for it to idle into a reclaim.
                 worker.own_pending_due = true;
@@ -580,7 +592,7 @@ impl Worker {
     /// fields stays there, counted and logged as a conflict. Each pass reads
     /// each item's letters after the last one it looked at, a page at a
     /// time. Never fails the step: what it cannot read is logged, counted in
-    /// `errors`, and left.
+    /// `rescue_errors`, and left.
     async fn rescue(&mut self, items: &[ItemId], status: &PersisterStatus) -> usize {
         let letters: Vec<String> = items
             .iter()
@@ -619,7 +631,7 @@ impl Worker {
                         "cannot look through {item}'s dead letters for orders an earlier version kept: {err:#}"
                     );
                     tracing::warn!(%item, error = %message, "rescue failed");
-                    status.record_error(message);
+                    record(&status.rescue_errors, &status.last_rescue_error, message);
                 }
             }
         }
