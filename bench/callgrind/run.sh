@@ -12,6 +12,8 @@
 # the loaded run stays in $OUT_DIR (default a temporary directory) for
 # callgrind_annotate. Needs valgrind, redis-server, redis-cli, curl, python3.
 set -euo pipefail
+# `total` runs in a command substitution, where bash drops `set -e` unless told.
+shopt -s inherit_errexit
 bin=$(realpath "$1")
 strategy=${2:-lua}
 n=${3:-4000}

@@ -21,10 +21,22 @@ rounds=${2:-2}
 here=$(cd "$(dirname "$0")" && pwd)
 src="$here/../../src/strategy"
 
+. "$here/../lib.sh"
+port=
+
+stop_redis() {
+    if [ -n "$port" ]; then
+        redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    fi
+    port=
+}
+# However the script ends (an error, Ctrl-C), no redis-server is left behind.
+trap stop_redis EXIT
+
 one() { # name script-text
-    local port=$((20000 + RANDOM % 20000)) pid sha t0 t1
+    local pid sha t0 t1
+    port=$(free_port 20000 20000)
     redis-server --port "$port" --save '' --appendonly no --daemonize yes --logfile /dev/null
-    trap "redis-cli -p $port shutdown nosave >/dev/null 2>&1" RETURN
     for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     redis-cli -p "$port" set s 1000000000 >/dev/null
     redis-cli -p "$port" hset m per_user_limit 1 generation 7 strategy lua >/dev/null
@@ -39,6 +51,7 @@ one() { # name script-text
         -v name="$1" -v cpu="$(awk -v a="$t0" -v b="$t1" -v n="$requests" -v hz="$(getconf CLK_TCK)" \
             'BEGIN {printf "%.2f", (b - a) * 1e6 / hz / n}')" \
         '$1 == "cmdstat_evalsha" {printf "%-10s %6.2f us per EVALSHA, Redis CPU %s us per request\n", name, $7, cpu}'
+    stop_redis
 }
 
 for _ in $(seq 1 "$rounds"); do
