@@ -19,6 +19,7 @@ strategy=${2:-lua}
 n=${3:-4000}
 here=$(cd "$(dirname "$0")" && pwd)
 out_dir=${OUT_DIR:-$(mktemp -d)}
+mkdir -p "$out_dir"
 
 . "$here/../lib.sh"
 
