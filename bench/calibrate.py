@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Calibration against the issue's reference (examples/reference.rs).
+
+    cargo build --release --bin seckill --example reference
+    python3 bench/calibrate.py [ROUNDS]        # default 3
+
+Each round, on one private redis-server (no AOF): the reference, then one
+seckill server (a fresh SQLite file) for `lua` and then `lua-batch`, each on
+a fresh item that never sells out. Before each load, `wrk -t2 -c64 -d5s
+/healthz` of that server (its ceiling); then `wrk -t2 -c64 -d10s` with
+bench/reference.lua or bench/purchase.lua (a new buyer per request). CPU
+per request of the server and of Redis comes from /proc, for seckill until
+SQL had every order (`lag` 0). One row per run, as a Markdown table.
+
+wrk, the server and Redis share the machine's cores. Needs wrk,
+redis-server, redis-cli.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid):
+    # utime and stime: fields 14 and 15, counted after the command's ")".
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def peak_rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wrk(url, seconds, script=None):
+    """req/s, requests, 201s (None without a script that counts them)."""
+    cmd = ["wrk", "-t2", "-c64", f"-d{seconds}s"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    created = re.search(r"^\s+201:\s+(\d+)", out, re.M)
+    return rps, requests, int(created.group(1)) if created else None
+
+
+def wait_for(url):
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"no answer from {url}")
+
+
+def start_redis(directory):
+    port = free_port()
+    subprocess.run(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--daemonize", "yes", "--dir", directory, "--logfile", f"{directory}/redis.log"],
+        check=True,
+    )
+    for _ in range(50):
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.1)
+    info = subprocess.run(["redis-cli", "-p", str(port), "info", "server"],
+                          capture_output=True, text=True, check=True).stdout
+    return port, int(re.search(r"process_id:(\d+)", info).group(1))
+
+
+def measure(server_pid, redis_pid, load, settle=lambda: None):
+    """Runs `load` (returning req/s and the requests to divide by), then
+    `settle`; CPU microseconds per request of the server and of Redis."""
+    server0, redis0 = cpu_ticks(server_pid), cpu_ticks(redis_pid)
+    rps, per = load()
+    settled = settle()
+    server1, redis1 = cpu_ticks(server_pid), cpu_ticks(redis_pid)
+    to_us = 1e6 / HZ / per
+    return rps, (server1 - server0) * to_us, (redis1 - redis0) * to_us, settled
+
+
+def reference_run(redis_port, redis_pid):
+    port = free_port()
+    process = subprocess.Popen(
+        [f"{ROOT}/target/release/examples/reference", f"127.0.0.1:{port}",
+         f"redis://127.0.0.1:{redis_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(base + "/healthz")
+        ceiling = wrk(base + "/healthz", 5)[0]
+
+        def load():
+            rps, requests, _ = wrk(base + "/buy", 10, f"{ROOT}/bench/reference.lua")
+            time.sleep(0.5)
+            return rps, requests
+
+        rps, server_us, redis_us, _ = measure(process.pid, redis_pid, load)
+        return [("reference", rps, ceiling, server_us, redis_us, peak_rss_mib(process.pid), "")]
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def seckill_runs(directory, redis_port, redis_pid, round_no):
+    port = free_port()
+    env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}",
+               DATABASE_URL=f"sqlite://{directory}/db.sqlite",
+               LISTEN=f"127.0.0.1:{port}", RUST_LOG="warn")
+    process = subprocess.Popen([f"{ROOT}/target/release/seckill", "serve"], env=env,
+                               stdout=subprocess.DEVNULL,
+                               stderr=open(f"{directory}/server.log", "w"))
+    rows = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(base + "/healthz")
+        for strategy in ["lua", "lua-batch"]:
+            item = f"cal{round_no}{strategy.replace('-', '')}"
+            urllib.request.urlopen(urllib.request.Request(
+                f"{base}/api/items/{item}", method="PUT",
+                data=b'{"stock":1000000000,"per_user_limit":1}',
+                headers={"content-type": "application/json"}))
+            ceiling = wrk(base + "/healthz", 5)[0]
+
+            def load():
+                rps, _, created = wrk(f"{base}/api/items/{item}/purchase?strategy={strategy}",
+                                      10, f"{ROOT}/bench/purchase.lua")
+                return rps, created
+
+            def settle():
+                started = time.time()
+                while time.time() - started < 10:
+                    view = json.load(urllib.request.urlopen(f"{base}/api/items/{item}"))
+                    if view["lag"] == 0:
+                        break
+                    time.sleep(0.05)
+                return time.time() - started
+
+            rps, server_us, redis_us, settled = measure(process.pid, redis_pid, load, settle)
+            rows.append((strategy, rps, ceiling, server_us, redis_us,
+                         peak_rss_mib(process.pid), f"{settled:.2f}"))
+        return rows
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    print("| round | target | req/s | /healthz req/s | x /healthz | server us | Redis us | peak RSS MiB | settle s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for round_no in range(1, rounds + 1):
+        directory = tempfile.mkdtemp()
+        redis_port, redis_pid = start_redis(directory)
+        try:
+            rows = reference_run(redis_port, redis_pid)
+            rows += seckill_runs(directory, redis_port, redis_pid, round_no)
+        finally:
+            subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"],
+                           capture_output=True)
+        for name, rps, ceiling, server_us, redis_us, rss, settled in rows:
+            print(f"| {round_no} | {name} | {rps:,.0f} | {ceiling:,.0f} | {rps / ceiling:.3f} "
+                  f"| {server_us:.1f} | {redis_us:.1f} | {rss:.1f} | {settled} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
