@@ -10,7 +10,8 @@ a fresh item that never sells out. Before each load, `wrk -t2 -c64 -d5s
 /healthz` of that server (its ceiling); then `wrk -t2 -c64 -d10s` with
 bench/reference.lua or bench/purchase.lua (a new buyer per request). CPU
 per request of the server and of Redis comes from /proc, for seckill until
-SQL had every order (`lag` 0). One row per run, as a Markdown table.
+SQL had every order (`lag` 0). One row per run, as a Markdown table. Peak
+RSS is the process's lifetime peak: `lua-batch`'s includes `lua`'s run.
 
 wrk, the server and Redis share the machine's cores. Needs wrk,
 redis-server, redis-cli.
@@ -50,14 +51,20 @@ def peak_rss_mib(pid):
 
 
 def wrk(url, seconds, script=None):
-    """req/s, requests, 201s (None without a script that counts them)."""
+    """req/s, requests, 201s (None without a script that counts them).
+    Stops the calibration on socket errors or, without 201s to count,
+    on answers other than 2xx: the division would be by the wrong count."""
     cmd = ["wrk", "-t2", "-c64", f"-d{seconds}s"]
     if script:
         cmd += ["-s", script]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    if "Socket errors" in out or ("Non-2xx" in out and "201:" not in out):
+        raise SystemExit(f"wrk against {url} saw errors:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     created = re.search(r"^\s+201:\s+(\d+)", out, re.M)
+    if script and "purchase" in script and not created:
+        raise SystemExit(f"no purchase succeeded against {url}:\n{out}")
     return rps, requests, int(created.group(1)) if created else None
 
 
@@ -74,7 +81,8 @@ def wait_for(url):
 def start_redis(directory):
     port = free_port()
     subprocess.run(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no",
          "--daemonize", "yes", "--dir", directory, "--logfile", f"{directory}/redis.log"],
         check=True,
     )
@@ -83,8 +91,16 @@ def start_redis(directory):
             break
         time.sleep(0.1)
     info = subprocess.run(["redis-cli", "-p", str(port), "info", "server"],
-                          capture_output=True, text=True, check=True).stdout
-    return port, int(re.search(r"process_id:(\d+)", info).group(1))
+                          capture_output=True, text=True).stdout
+    found = re.search(r"process_id:(\d+)", info)
+    if not found:
+        stop_redis(port)
+        raise SystemExit(f"redis-server on {port} did not answer; see {directory}/redis.log")
+    return port, int(found.group(1))
+
+
+def stop_redis(port):
+    subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
 
 
 def measure(server_pid, redis_pid, load, settle=lambda: None):
@@ -118,8 +134,7 @@ def reference_run(redis_port, redis_pid):
         rps, server_us, redis_us, _ = measure(process.pid, redis_pid, load)
         return [("reference", rps, ceiling, server_us, redis_us, peak_rss_mib(process.pid), "")]
     finally:
-        process.terminate()
-        process.wait()
+        stop(process)
 
 
 def seckill_runs(directory, redis_port, redis_pid, round_no):
@@ -161,7 +176,15 @@ def seckill_runs(directory, redis_port, redis_pid, round_no):
                          peak_rss_mib(process.pid), f"{settled:.2f}"))
         return rows
     finally:
-        process.terminate()
+        stop(process)
+
+
+def stop(process):
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
         process.wait()
 
 
@@ -176,8 +199,7 @@ def main():
             rows = reference_run(redis_port, redis_pid)
             rows += seckill_runs(directory, redis_port, redis_pid, round_no)
         finally:
-            subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"],
-                           capture_output=True)
+            stop_redis(redis_port)
         for name, rps, ceiling, server_us, redis_us, rss, settled in rows:
             print(f"| {round_no} | {name} | {rps:,.0f} | {ceiling:,.0f} | {rps / ceiling:.3f} "
                   f"| {server_us:.1f} | {redis_us:.1f} | {rss:.1f} | {settled} |", flush=True)
