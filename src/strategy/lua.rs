@@ -56,8 +56,8 @@ impl Strategy for Lua {
     }
 }
 
-/// One `{code, value}` reply of `purchase.lua` (or of one purchase in
-/// `purchase_batch.lua`, which shares its codes).
+/// The `{code, value}` reply of `purchase.lua`, or one purchase's code and
+/// value in `purchase_batch.lua`'s flat reply (the same codes).
 pub(super) fn outcome(code: i64, value: &redis::Value) -> Result<Outcome, StrategyError> {
     let parse_error = |err: redis::ParsingError| {
         StrategyError::Protocol(format!(

@@ -269,19 +269,23 @@ async fn run(
             StrategyKind::LuaBatch.as_str(),
         ));
     }
-    let replies: Vec<(i64, redis::Value)> =
-        call.invoke_async(redis).await.map_err(BatchError::Redis)?;
-    if replies.len() != batch.len() {
+    // Flat: a code and a value per purchase.
+    let replies: Vec<redis::Value> = call.invoke_async(redis).await.map_err(BatchError::Redis)?;
+    if replies.len() != 2 * batch.len() {
         return Err(BatchError::Protocol(format!(
-            "purchase_batch.lua answered {} purchases of {}",
+            "purchase_batch.lua answered {} values for {} purchases",
             replies.len(),
             batch.len()
         )));
     }
     replies
-        .into_iter()
-        .map(|(code, value)| {
-            super::lua::outcome(code, &value).map_err(|err| BatchError::Protocol(err.to_string()))
+        .chunks_exact(2)
+        // Each chunk holds exactly two values: indexing it cannot panic.
+        .map(|pair| {
+            let code = redis::from_redis_value_ref(&pair[0]).map_err(|err| {
+                BatchError::Protocol(format!("purchase_batch.lua answered a bad code: {err}"))
+            })?;
+            super::lua::outcome(code, &pair[1]).map_err(|err| BatchError::Protocol(err.to_string()))
         })
         .collect()
 }

@@ -9,9 +9,11 @@
 -- (order_log::head), to which the sale's generation is appended, as in
 -- purchase.lua
 --
--- Returns one {code, value} per purchase, with purchase.lua's codes:
---   {0, remaining} purchased, {1, 0} sold out, {2, limit} limit reached,
---   {3, 0} item not found, {4, strategy} bound to another strategy.
+-- Returns two values per purchase, in one flat list (code, value, code,
+-- value, ...: a table per purchase cost Redis more to build and convert),
+-- with purchase.lua's codes:
+--   0, remaining: purchased    1, 0: sold out    2, limit: limit reached
+--   3, 0: item not found       4, strategy: bound to another strategy
 --
 -- Nothing is written unless every write can succeed: the keys' types, the
 -- stock and every buyer's count are checked first, so a bad key or value
@@ -32,9 +34,9 @@ end
 
 local n = (#ARGV - 1) / 2
 local out = {}
-local function all(reply)
+local function all(code, value)
   for i = 1, n do
-    out[i] = reply
+    out[2 * i - 1], out[2 * i] = code, value
   end
   return out
 end
@@ -42,10 +44,10 @@ end
 local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation', 'strategy')
 local limit = tonumber(meta[1])
 if not limit then
-  return all({3, 0})
+  return all(3, 0)
 end
 if meta[3] and meta[3] ~= ARGV[1] then
-  return all({4, meta[3]})
+  return all(4, meta[3])
 end
 -- Every value the loop relies on, read and checked before the first write:
 -- a stock or a buyer count that is not an integer fails the batch here.
@@ -92,9 +94,9 @@ local bought = {}
 for i = 1, n do
   local user = users[i]
   if held[user] >= limit then
-    out[i] = {2, limit}
+    out[2 * i - 1], out[2 * i] = 2, limit
   elseif stock <= 0 then
-    out[i] = {1, 0}
+    out[2 * i - 1], out[2 * i] = 1, 0
   else
     redis.call('XADD', KEYS[4], '*', 'order', ARGV[2 * i + 1] .. meta[2])
     stock = stock - 1
@@ -103,7 +105,7 @@ for i = 1, n do
       bought[#bought + 1] = user
     end
     held[user] = held[user] + 1
-    out[i] = {0, stock}
+    out[2 * i - 1], out[2 * i] = 0, stock
   end
 end
 if sold > 0 then
