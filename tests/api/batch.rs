@@ -133,28 +133,18 @@ async fn a_sale_without_a_generation_fails_before_any_write() {
             .put_item(&item, json!({"stock": 50, "strategy": strategy}))
             .await;
         assert_eq!(created.status(), 201);
-        let keys = keys(&item);
         let mut redis = app.redis().await;
         let _: () = redis::cmd("HDEL")
-            .arg(&keys.meta)
+            .arg(keys(&item).meta)
             .arg("generation")
             .query_async(&mut redis)
             .await
             .unwrap();
+        let before = app.redis_snapshot(&item).await;
         for response in buy_at_once_with(&app, &item, 20, strategy).await {
             assert_error(response, 503, "unavailable").await;
         }
-        let (stock, buyers, logged): (i64, u64, u64) = redis::pipe()
-            .cmd("GET")
-            .arg(&keys.stock)
-            .cmd("HLEN")
-            .arg(&keys.buyers)
-            .cmd("XLEN")
-            .arg(&keys.orders)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        assert_eq!((stock, buyers, logged), (50, 0, 0), "{strategy} wrote");
+        assert_eq!(app.redis_snapshot(&item).await, before, "{strategy} wrote");
     }
 }
 

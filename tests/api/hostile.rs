@@ -457,33 +457,22 @@ async fn a_stock_redis_cannot_decrement_fails_before_the_order_is_appended() {
                 .put_item(&item, serde_json::json!({"stock": 5, "strategy": strategy}))
                 .await;
             assert_eq!(created.status(), 201);
-            let keys = crate::helpers::keys(&item);
             let _: () = redis::cmd("SET")
-                .arg(&keys.stock)
+                .arg(crate::helpers::keys(&item).stock)
                 .arg(stock)
                 .query_async(&mut redis)
                 .await
                 .unwrap();
+            let before = app.redis_snapshot(&item).await;
             assert_error(
                 app.purchase(&item, "u1", strategy).await,
                 503,
                 "unavailable",
             )
             .await;
-            let (logged, left, held): (u64, String, Option<i64>) = redis::pipe()
-                .cmd("XLEN")
-                .arg(&keys.orders)
-                .cmd("GET")
-                .arg(&keys.stock)
-                .cmd("HGET")
-                .arg(&keys.buyers)
-                .arg("u1")
-                .query_async(&mut redis)
-                .await
-                .unwrap();
             assert_eq!(
-                (logged, left.as_str(), held),
-                (0, stock, None),
+                app.redis_snapshot(&item).await,
+                before,
                 "{strategy} with stock {stock:?} wrote before failing"
             );
         }
