@@ -249,6 +249,26 @@ impl TestApp {
         }
     }
 
+    /// Polls `GET /api/persister` until `done` holds of its report, and
+    /// returns that report; panics with `what` and the last report if that
+    /// takes longer than `within`.
+    pub async fn persister_report_when(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let report: Value = self.get_json("/api/persister").await;
+            if done(&report) {
+                return report;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {report}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         connect(&self.redis_url).await
     }

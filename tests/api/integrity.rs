@@ -591,15 +591,10 @@ async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
                 format!("{lone_id} u4 lua 1764000000000 1"),
             ));
         let _: Vec<String> = letters.query_async(&mut redis).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let report: Value = app.get_json("/api/persister").await;
-            if report["rescued"] == 2 && report["conflicts"] == 1 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not rescued: {report}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        app.persister_report_when(Duration::from_secs(15), "not rescued", |report| {
+            report["rescued"] == 2 && report["conflicts"] == 1
+        })
+        .await;
         let orders: Value = app.get_json(&format!("/api/orders?item={item}")).await;
         let stored: BTreeMap<&str, &str> = orders["orders"]
             .as_array()
@@ -654,18 +649,13 @@ async fn a_rescue_that_cannot_read_the_dead_letters_shows_in_the_persister_repor
         .query_async(&mut redis)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let report: Value = app.get_json("/api/persister").await;
+    app.persister_report_when(Duration::from_secs(15), "not reported", |report| {
         let named = report["last_rescue_error"]
             .as_str()
             .is_some_and(|e| e.contains(&item) && e.contains("dead letters"));
-        if report["rescue_errors"].as_u64() >= Some(1) && named {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not reported: {report}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        report["rescue_errors"].as_u64() >= Some(1) && named
+    })
+    .await;
     assert_eq!(app.purchase(&item, "u1", "lua").await.status(), 201);
     app.wait_until_persisted(&item, Duration::from_secs(15))
         .await;
@@ -719,15 +709,11 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
             .query_async(&mut redis)
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let report = loop {
-            let report: Value = app.get_json("/api/persister").await;
-            if report["conflicts"] == 1 && report["persisted"] == 1 && report["unreadable"] == 1 {
-                break report;
-            }
-            assert!(Instant::now() < deadline, "conflict not handled: {report}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let report = app
+            .persister_report_when(Duration::from_secs(15), "conflict not handled", |report| {
+                report["conflicts"] == 1 && report["persisted"] == 1 && report["unreadable"] == 1
+            })
+            .await;
         assert_eq!(report["conflicts"], 1, "{report}");
 
         let dead: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
