@@ -88,7 +88,8 @@ fn row(r: &StrategyResult, rss: &BTreeMap<StrategyKind, f64>) -> Vec<String> {
         format!("{:.1}", r.latency.max_ms),
         r.statuses.created_201.to_string(),
         (r.statuses.sold_out_409 + r.statuses.limit_reached_409).to_string(),
-        (r.statuses.contention_503 + r.statuses.unavailable_503).to_string(),
+        (r.statuses.contention_503 + r.statuses.unavailable_503 + r.statuses.outcome_unknown_503)
+            .to_string(),
         format!("{:.2}", r.retries_per_success),
         r.time_to_sell_out_s
             .map_or("-".to_owned(), |s| format!("{s:.2}")),

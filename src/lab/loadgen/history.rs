@@ -52,6 +52,9 @@ pub enum CallOutcome {
     Contention,
     /// 503 `unavailable`: Redis or the database failed; may have taken effect.
     Unavailable,
+    /// 503 `outcome_unknown`: the purchase's write was sent and its answer
+    /// lost; may have taken effect (the server says so itself).
+    OutcomeUnknown,
     /// Any other answer (a 5xx, an unexpected 4xx); may have taken effect.
     Other(u16),
     /// No answer at all (the connection failed); may have taken effect.
@@ -63,7 +66,7 @@ impl CallOutcome {
     /// learning it.
     fn ambiguous(self) -> bool {
         match self {
-            CallOutcome::Unavailable | CallOutcome::Transport => true,
+            CallOutcome::Unavailable | CallOutcome::OutcomeUnknown | CallOutcome::Transport => true,
             // A 5xx, or a 2xx whose order id could not be read.
             CallOutcome::Other(status) => status >= 500 || (200..300).contains(&status),
             _ => false,
@@ -76,6 +79,7 @@ impl CallOutcome {
             self,
             CallOutcome::Contention
                 | CallOutcome::Unavailable
+                | CallOutcome::OutcomeUnknown
                 | CallOutcome::Other(_)
                 | CallOutcome::Transport
         )

@@ -181,6 +181,9 @@ pub struct StatusCounts {
     pub limit_reached_409: u64,
     pub contention_503: u64,
     pub unavailable_503: u64,
+    /// 503 `outcome_unknown`: may have bought; the history check treats
+    /// them as unclear.
+    pub outcome_unknown_503: u64,
     pub other: u64,
     /// Connection-level failures (no HTTP response).
     pub transport_errors: u64,
@@ -193,6 +196,7 @@ impl StatusCounts {
         self.limit_reached_409 += other.limit_reached_409;
         self.contention_503 += other.contention_503;
         self.unavailable_503 += other.unavailable_503;
+        self.outcome_unknown_503 += other.outcome_unknown_503;
         self.other += other.other;
         self.transport_errors += other.transport_errors;
     }
@@ -203,6 +207,7 @@ impl StatusCounts {
             + self.limit_reached_409
             + self.contention_503
             + self.unavailable_503
+            + self.outcome_unknown_503
             + self.other
             + self.transport_errors
     }

@@ -521,6 +521,7 @@ async fn buy(
         (StatusCode::CONFLICT, "sold_out") => CallOutcome::SoldOut,
         (StatusCode::CONFLICT, "limit_reached") => CallOutcome::LimitReached,
         (StatusCode::SERVICE_UNAVAILABLE, "contention") => CallOutcome::Contention,
+        (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown") => CallOutcome::OutcomeUnknown,
         (StatusCode::SERVICE_UNAVAILABLE, _) => CallOutcome::Unavailable,
         (status, _) => CallOutcome::Other(status.as_u16()),
     };
@@ -549,6 +550,7 @@ async fn buy(
                 .push_back(user);
         }
         CallOutcome::Unavailable => outcome.statuses.unavailable_503 += 1,
+        CallOutcome::OutcomeUnknown => outcome.statuses.outcome_unknown_503 += 1,
         _ => outcome.statuses.other += 1,
     }
     Next::Continue
