@@ -19,9 +19,10 @@ use crate::infra::redis_conn::{RedisConn, RedisTarget, Timeouts};
 use crate::infra::redis_server::{RedisServer, RedisServerOptions};
 use crate::orders::db::Db;
 use crate::orders::lease::{LeaseConfig, WorkerLease};
+use crate::orders::lookup::OrderLookup;
 use crate::orders::persister::{Persister, PersisterConfig};
 use crate::sale::Sales;
-use crate::sale::purchase::{Purchases, Recorder};
+use crate::sale::purchase::{PurchaseWiring, Purchases, Recorder};
 use crate::sale::stats::Stats;
 use crate::state::{AdminPolicy, AppState, Shared};
 use crate::strategy::{Registry, Wiring};
@@ -165,15 +166,19 @@ impl App {
         let purchases = Arc::new(Purchases::new(
             Arc::clone(&strategies),
             default_strategy,
-            lease.minter(),
-            crate::sale::idempotency::Idempotency::new(
-                redis.clone(),
-                config.request_timeout(),
-                Duration::from_secs(config.idempotency_ttl_s),
-            ),
-            Recorder::new(Arc::clone(&stats), Arc::clone(&metrics)),
-            pool,
-            replicas,
+            PurchaseWiring {
+                ids: lease.minter(),
+                idempotency: crate::sale::idempotency::Idempotency::new(
+                    redis.clone(),
+                    config.request_timeout(),
+                    Duration::from_secs(config.idempotency_ttl_s),
+                ),
+                recorder: Recorder::new(Arc::clone(&stats), Arc::clone(&metrics)),
+                pool,
+                replicas,
+                lookup: OrderLookup::new(redis.clone(), db.clone()),
+                request_timeout: config.request_timeout(),
+            },
         ));
         let state = AppState(Arc::new(Shared {
             sales: Sales::new(redis.clone(), db.clone()),

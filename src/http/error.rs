@@ -85,6 +85,19 @@ pub enum ApiError {
         "order {order_id} of `{item}` was taken, but not enough Redis replicas confirmed it in time: it may not survive a failover. Ask again with the same Idempotency-Key to learn whether it stands"
     )]
     Unconfirmed { item: String, order_id: String },
+    /// 503 `outcome_unknown`: the purchase's commit step was sent but its
+    /// answer was lost (a timeout, a dropped connection), and looking for
+    /// its order (`error.order_id`) found nothing in time: it may exist.
+    /// `GET /api/orders/{order_id}?item=` answers later; a repeat with the
+    /// same Idempotency-Key replays it or buys exactly once.
+    #[error(
+        "order {order_id} of `{item}` may or may not have been taken: its answer was lost. Ask GET /api/orders/{order_id}?item={item}, or repeat the purchase with the same Idempotency-Key"
+    )]
+    OutcomeUnknown { item: String, order_id: String },
+    /// 404 `order_not_found`: neither SQL nor the item's order log holds
+    /// this order now.
+    #[error("order {order_id} of `{item}` is neither in SQL nor in the item's order log")]
+    OrderNotFound { item: String, order_id: String },
     /// 503 `unavailable`: Redis (or the database) cannot be reached, or the
     /// request ran out of time. The cause is logged, not shown.
     #[error("{what} is unavailable; try again shortly")]
@@ -126,7 +139,9 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::ItemNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::ItemNotFound(_) | Self::RouteNotFound(_) | Self::OrderNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::SoldOut(_)
             | Self::LimitReached { .. }
@@ -135,9 +150,10 @@ impl ApiError {
             | Self::IdempotencyInFlight
             | Self::RaceRunning => StatusCode::CONFLICT,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Contention { .. } | Self::Unconfirmed { .. } | Self::Unavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Contention { .. }
+            | Self::Unconfirmed { .. }
+            | Self::OutcomeUnknown { .. }
+            | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -161,6 +177,8 @@ impl ApiError {
             Self::RaceRunning => "race_running",
             Self::Contention { .. } => "contention",
             Self::Unconfirmed { .. } => "unconfirmed",
+            Self::OutcomeUnknown { .. } => "outcome_unknown",
+            Self::OrderNotFound { .. } => "order_not_found",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -184,7 +202,9 @@ impl ApiError {
                 code: self.code().to_owned(),
                 message: self.to_string(),
                 order_id: match self {
-                    Self::Unconfirmed { order_id, .. } => Some(order_id.clone()),
+                    Self::Unconfirmed { order_id, .. }
+                    | Self::OutcomeUnknown { order_id, .. }
+                    | Self::OrderNotFound { order_id, .. } => Some(order_id.clone()),
                     _ => None,
                 },
             },

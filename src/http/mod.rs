@@ -91,6 +91,7 @@ fn routes() -> Vec<Route> {
         ),
         route(Method::GET, "/api/ids/{id}", ids::decode),
         route(Method::GET, "/api/orders", orders::list_orders),
+        route(Method::GET, "/api/orders/{order_id}", orders::get_order),
         route(Method::GET, "/api/persister", orders::persister),
     ]
 }

@@ -33,6 +33,7 @@ use crate::http::error::ApiError;
         items::get_item,
         items::put_item,
         orders::list_orders,
+        orders::get_order,
         orders::persister,
         ids::decode,
         live::stats,

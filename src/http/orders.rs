@@ -1,15 +1,19 @@
 //! `GET /api/orders?item=&user=&limit=&after=&order=`: persisted orders, a page
-//! at a time, and `GET /api/persister`: what the persister has done.
+//! at a time; `GET /api/orders/{order_id}?item=`: whether one order exists
+//! (persisted, or still in its item's order log), the question a client
+//! asks after a purchase answered `outcome_unknown`; and
+//! `GET /api/persister`: what the persister has done.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use serde::Deserialize;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
 
 use crate::domain::ErrorBody;
 use crate::domain::{ItemId, UserId};
 use crate::http::error::ApiError;
-use crate::orders::db::{Direction, OrderQuery, OrdersPage};
+use crate::orders::db::{Direction, OrderQuery, OrderRecord, OrdersPage};
+use crate::orders::lookup::{LookupError, OrderLookup, Place};
 use crate::orders::persister::PersisterReport;
 use crate::orders::snowflake::OrderId;
 use crate::state::AppState;
@@ -95,6 +99,79 @@ pub async fn list_orders(
         None
     };
     Ok(Json(OrdersPage { orders, next }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OrderParams {
+    /// The order's item (required): an order not yet persisted is found in
+    /// that item's order log.
+    #[param(value_type = ItemId)]
+    item: Option<String>,
+}
+
+/// An order that exists.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderStatus {
+    pub order_id: OrderId,
+    /// Always `committed`: the order was taken (a 201, or a purchase whose
+    /// answer was lost).
+    #[schema(example = "committed")]
+    pub status: &'static str,
+    /// Where it was found: `sql` (persisted) or `order_log` (taken, not yet
+    /// persisted).
+    pub found_in: Place,
+    pub order: OrderRecord,
+}
+
+/// Whether an order exists: the answer to a purchase that answered
+/// `outcome_unknown`.
+#[utoipa::path(
+    get,
+    path = "/api/orders/{order_id}",
+    tag = "orders",
+    params(
+        ("order_id" = OrderId, Path, description = "The order id (a decimal snowflake), as `error.order_id` gave it."),
+        OrderParams,
+    ),
+    responses(
+        (status = 200, description = "The order exists.", body = OrderStatus),
+        (status = 400, description = "`invalid_request`: a malformed id or item, or no `item`.", body = ErrorBody),
+        (status = 404, description = "`order_not_found`: neither SQL nor the item's order log holds it now. A purchase that answered `outcome_unknown` moments ago may still land (a write held up on its way); a repeat with its Idempotency-Key settles it.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: unknown, because Redis or the database cannot be read (or too many orders were taken since its time to search the log now).", body = ErrorBody),
+    ),
+)]
+pub async fn get_order(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<OrderParams>, QueryRejection>,
+) -> Result<Json<OrderStatus>, ApiError> {
+    let Path(raw) = path.map_err(|r| ApiError::invalid(format!("path: {}", r.body_text())))?;
+    let order_id =
+        OrderId::parse(&raw).map_err(|msg| ApiError::invalid(format!("order id: {msg}")))?;
+    let Query(params) =
+        params.map_err(|r| ApiError::invalid(format!("query string: {}", r.body_text())))?;
+    let item = params
+        .item
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid("item is required: the order's item"))
+        .and_then(|item| ItemId::parse(item).map_err(ApiError::invalid))?;
+    let lookup = OrderLookup::new(state.redis.clone(), state.db.clone());
+    match lookup.find(&item, order_id).await {
+        Ok(Some((order, found_in))) => Ok(Json(OrderStatus {
+            order_id,
+            status: "committed",
+            found_in,
+            order,
+        })),
+        Ok(None) => Err(ApiError::OrderNotFound {
+            item: item.to_string(),
+            order_id: order_id.to_string(),
+        }),
+        Err(err @ LookupError::Database(_)) => Err(ApiError::database(err)),
+        Err(err) => Err(ApiError::redis(err)),
+    }
 }
 
 /// The persister's counters; 404 when this instance runs none.

@@ -87,7 +87,7 @@ fn one_of(
             example = json!({"error": {"code": "strategy_mismatch", "message": "the sale of `iphone` is bound to strategy `lua`; this purchase named `naive`. Buy with `lua`, or restock the item to start a sale under another strategy"}})),
         (status = 413, description = "`payload_too_large`.", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the key was used with another user or strategy.", body = ErrorBody),
-        (status = 503, description = "`contention` (the strategy gave up; `Retry-After`), `unconfirmed` (bought, `error.order_id`, but fewer than `REDIS_WAIT_REPLICAS` replicas confirmed it in time; ask again with the same Idempotency-Key), or `unavailable` (Redis, the database or the order-id lease).", body = ErrorBody),
+        (status = 503, description = "`contention` (the strategy gave up, nothing bought; `Retry-After`); `unconfirmed` (bought, `error.order_id`, but fewer than `REDIS_WAIT_REPLICAS` replicas confirmed it in time; ask again with the same Idempotency-Key); `outcome_unknown` (the purchase's write was sent but its answer was lost, and its order `error.order_id` could not be found in time: it may exist; ask `GET /api/orders/{order_id}?item=`, or repeat with the same Idempotency-Key, which replays it or buys exactly once); or `unavailable` (Redis, the database or the order-id lease failed before anything was written: nothing bought).", body = ErrorBody),
     ),
 )]
 pub async fn purchase(
@@ -231,6 +231,16 @@ impl From<PurchaseError> for ApiError {
                 StrategyError::Redis(_) | StrategyError::Pool(_) => ApiError::redis(err),
                 StrategyError::Database(_) => ApiError::database(err),
                 StrategyError::Protocol(_) => ApiError::Internal(err.into()),
+            },
+            PurchaseError::OutcomeUnknown { item, order_id } => ApiError::OutcomeUnknown {
+                item: item.to_string(),
+                order_id: order_id.to_string(),
+            },
+            PurchaseError::TimedOut(item) => ApiError::Unavailable {
+                what: "the service",
+                source: anyhow::anyhow!(
+                    "the purchase of `{item}` ran out of time before its commit step"
+                ),
             },
             PurchaseError::Idempotency(err) => ApiError::redis(err),
             PurchaseError::Internal(err) => ApiError::Internal(err),

@@ -53,6 +53,15 @@ pub enum Direction {
 /// previous page; the page holds the ids that come after it in `direction`.
 /// Snowflake ids grow with time and never repeat, so the cursor is stable
 /// while new orders arrive.
+/// The `sql` strategy's record of an Idempotency-Key that bought: the SQL
+/// twin of the Redis record (`sale::idempotency`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub fingerprint: String,
+    pub order_id: OrderId,
+    pub remaining: i64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct OrderQuery {
     pub item: Option<ItemId>,
@@ -239,6 +248,61 @@ impl Db {
         )
         .await
         .map(drop)
+    }
+
+    /// The `sql` strategy's record of an Idempotency-Key that bought on
+    /// `item`, if one younger than `since_ms` exists, read inside `tx`.
+    pub async fn key_bought_in(
+        tx: &mut Transaction<'static, Any>,
+        item: &str,
+        key: &str,
+        since_ms: i64,
+    ) -> sqlx::Result<Option<KeyRecord>> {
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT fingerprint, order_id, remaining FROM idempotency_keys
+             WHERE item_id = $1 AND idem_key = $2 AND created_at >= $3",
+        )
+        .bind(item)
+        .bind(key)
+        .bind(since_ms)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.map(|(fingerprint, order_id, remaining)| KeyRecord {
+            fingerprint,
+            order_id: OrderId(order_id as u64),
+            remaining,
+        }))
+    }
+
+    /// Records inside `tx` that `key` bought `record.order_id` on `item`:
+    /// false when a record younger than `since_ms` exists (another
+    /// transaction's, committed first; on Postgres this waits for it).
+    pub async fn record_key_in(
+        tx: &mut Transaction<'static, Any>,
+        item: &str,
+        key: &str,
+        record: &KeyRecord,
+        since_ms: i64,
+    ) -> sqlx::Result<bool> {
+        let written = sqlx::query(
+            "INSERT INTO idempotency_keys (item_id, idem_key, fingerprint, order_id, remaining, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (item_id, idem_key) DO UPDATE SET
+                 fingerprint = excluded.fingerprint, order_id = excluded.order_id,
+                 remaining = excluded.remaining, created_at = excluded.created_at
+             WHERE idempotency_keys.created_at < $7",
+        )
+        .bind(item)
+        .bind(key)
+        .bind(record.fingerprint.as_str())
+        .bind(record.order_id.0 as i64)
+        .bind(record.remaining)
+        .bind(now_ms())
+        .bind(since_ms)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(written == 1)
     }
 
     /// The orders `INSERT`, the only one: rows in chunks, returning the ids

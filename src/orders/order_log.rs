@@ -198,6 +198,69 @@ fn unexpected(what: &str, got: &Value) -> ParsingError {
     format!("expected {what}, got {got:?}").into()
 }
 
+/// How far before an order id's own time its entry may stand in a log:
+/// entry ids are Redis's clock, order ids the minting instance's, and the
+/// worker lease already assumes the two agree within this margin.
+const LOOKBACK_MS: u64 = crate::orders::lease::SKEW_MARGIN.as_millis() as u64;
+/// Entries read per `XREVRANGE` page, and pages at most per search: a
+/// bound on what one lookup costs Redis, however old the id it is given.
+const FIND_PAGE: usize = 1000;
+const FIND_PAGES: usize = 20;
+
+/// What searching a log for an order found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    Order(OrderRecord),
+    /// Read to the order's time: it is not there.
+    Absent,
+    /// More entries stand between now and the order's time than one search
+    /// reads ([`FIND_PAGES`] × [`FIND_PAGE`]): it cannot say.
+    TooFarBack,
+}
+
+/// Looks for `order_id` in the log at `key` (of `item`), newest first, down
+/// to the order's own time less [`LOOKBACK_MS`]: a purchase just made is on
+/// the first page. Without a consumer group or an index, this is how a log
+/// answers "is this order here" (see `http::orders`).
+pub async fn find(
+    redis: &mut impl redis::aio::ConnectionLike,
+    item: &ItemId,
+    key: &str,
+    order_id: OrderId,
+) -> redis::RedisResult<Found> {
+    let floor = order_id.parts().unix_ms.saturating_sub(LOOKBACK_MS);
+    let mut end = "+".to_owned();
+    for _ in 0..FIND_PAGES {
+        let page: Value = redis::cmd("XREVRANGE")
+            .arg(key)
+            .arg(&end)
+            .arg(format!("{floor}-0"))
+            .arg("COUNT")
+            .arg(FIND_PAGE)
+            .query_async(redis)
+            .await?;
+        let entries = entries_of(page).map_err(|err| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "XREVRANGE reply", err.to_string()))
+        })?;
+        for entry in &entries {
+            if let Ok(order) = parse(item, entry)
+                && order.order_id == order_id
+            {
+                return Ok(Found::Order(order));
+            }
+        }
+        let Some(last) = entries.last() else {
+            return Ok(Found::Absent);
+        };
+        if entries.len() < FIND_PAGE {
+            return Ok(Found::Absent);
+        }
+        // Exclusive: the next page starts below the last entry read.
+        end = format!("({}", last.id);
+    }
+    Ok(Found::TooFarBack)
+}
+
 /// Reads an entry of `item`'s order log back into an order.
 pub fn parse(item: &ItemId, entry: &Entry) -> Result<OrderRecord, String> {
     let Some(value) = entry.text(ORDER) else {
@@ -288,7 +351,7 @@ mod tests {
             (
                 "purchase_batch.lua",
                 include_str!("../strategy/purchase_batch.lua"),
-                "ARGV[2 * i + 1]",
+                "arg(i, 2)",
             ),
         ] {
             let xadd = format!("'XADD', KEYS[4], '*', '{ORDER}', {head} .. meta[2])");

@@ -5,28 +5,41 @@
 //! 422 `idempotency_key_reused`; while the first is still in flight, 409
 //! `idempotency_in_flight`.
 //!
-//! The record lives in Redis beside the item's keys (one hash tag, so the
-//! same slot on a cluster), shared by every instance and durable with Redis:
-//! claimed `pending` for [`CLAIM_MARGIN`] past the request timeout, then,
-//! once the purchase is made, `done` with its 201 for `IDEMPOTENCY_TTL_S`
-//! (24 h by default). Only a purchase is recorded: a refusal changed nothing,
-//! so its claim is released and a repeat simply asks again (which is also
-//! what keeps hostile keys from filling Redis: records are bounded by the
-//! units sold). No record is made for an item that does not exist.
+//! # Decided where the purchase commits
+//! The key's record lives in Redis beside the item's keys (one hash tag, so
+//! the same slot on a cluster), shared by every instance and durable with
+//! Redis. Its shape is `strategy/key_record.lua`'s, the one place that names
+//! its fields. The record that says "this key bought order N" is written by
+//! the purchase's own atomic step: `purchase.lua`, `purchase_batch.lua`,
+//! `write.lua` (the read-check-write strategies and the `sql` mirror),
+//! `optimistic`'s `MULTI`, and for `sql` also a row in the same SQL
+//! transaction as the order. Each of those steps first checks the record and
+//! refuses to buy again for a key that bought ([`Bought`]). So whatever
+//! happens around a purchase (its answer lost, its claim expired while it
+//! still ran, its instance restarted), a key buys at most once, and a
+//! repeat learns the one order it bought.
 //!
-//! The claim, the purchase and the record run in a task of their own, so a
-//! client that goes away, or the request timeout, cannot cut the sequence
-//! between the purchase and its record. The one window left: an instance
-//! that dies right there leaves the claim to expire; a retry after that runs
-//! the purchase again (and, under a per-user limit of 1, gets
-//! `limit_reached`).
+//! # The claim
+//! Before the purchase, [`Idempotency::begin`] claims the key (`pending`,
+//! for [`CLAIM_MARGIN`] past the request timeout) or finds its record: that
+//! answers a repeat quickly (a replay, 409 in flight, 422 reused) without
+//! running a strategy. The claim no longer guards anything: when it expires
+//! under a purchase still running, or is released after an error, the next
+//! request with the key runs a purchase whose commit step finds the key
+//! bought (and replays it) or buys exactly once. A refusal releases the
+//! claim (nothing was bought; a repeat simply asks again), which also keeps
+//! hostile keys from filling Redis: records outlive their claim only for
+//! keys that bought. No record is made for an item that does not exist.
 
 use std::time::Duration;
 
 use crate::infra::redis_conn::RedisConn;
-use redis::Script;
+use redis::{Script, Value};
 
+use crate::domain::UserId;
 use crate::keys::ItemKeys;
+use crate::strategy::StrategyKind;
+use crate::strategy::key_record::{Bought, KeyedPurchase, READ_LUA, fingerprint};
 
 /// Longest key accepted (the draft sets none; keys are UUIDs, 36
 /// characters, in practice). Bounds each record's name.
@@ -34,7 +47,15 @@ pub const MAX_KEY_LEN: usize = 64;
 /// How much longer than the request timeout a claim outlives its request.
 pub const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
-const BEGIN_LUA: &str = include_str!("idempotency_begin.lua");
+const BEGIN_LUA: &str = concat!(
+    include_str!("../strategy/key_record.lua"),
+    include_str!("idempotency_begin.lua")
+);
+/// KEYS[1] the record: drops a claim that bought nothing.
+const RELEASE_LUA: &str = concat!(
+    include_str!("../strategy/key_record.lua"),
+    "idem_release(KEYS[1]) return 1"
+);
 
 /// A validated key, from the `Idempotency-Key` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +89,8 @@ impl IdempotencyKey {
 /// What an earlier request with the same key came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The key is ours: run the purchase, then [`Idempotency::finish`].
+    /// The key is ours to try: run the purchase, then
+    /// [`Idempotency::release`] unless it bought.
     New,
     /// The item does not exist; nothing was stored.
     Missing,
@@ -76,8 +98,8 @@ pub enum Claim {
     Reused,
     /// Still in flight.
     InFlight,
-    /// Answered already: this status and JSON body.
-    Done { status: u16, body: String },
+    /// The key bought.
+    Done(Bought),
 }
 
 /// Idempotency records in Redis.
@@ -85,6 +107,8 @@ pub enum Claim {
 pub struct Idempotency {
     redis: RedisConn,
     begin: Script,
+    release: Script,
+    read: Script,
     claim_ttl: Duration,
     ttl: Duration,
 }
@@ -94,71 +118,95 @@ impl Idempotency {
         Self {
             redis,
             begin: Script::new(BEGIN_LUA),
+            release: Script::new(RELEASE_LUA),
+            read: Script::new(READ_LUA),
             claim_ttl: request_timeout + CLAIM_MARGIN,
             ttl,
         }
     }
 
-    /// Claims `key` for a purchase of `keys`' item asking for `fingerprint`.
-    pub async fn begin(
+    /// What a purchase with `key` hands its commit step.
+    pub fn keyed(
         &self,
         keys: &ItemKeys,
-        key: &IdempotencyKey,
-        fingerprint: &str,
-    ) -> redis::RedisResult<Claim> {
-        let reply: Vec<String> = self
+        key: IdempotencyKey,
+        user: &UserId,
+        strategy: StrategyKind,
+    ) -> KeyedPurchase {
+        KeyedPurchase {
+            record: keys.idempotency(&key.encoded()),
+            fingerprint: fingerprint(user, strategy),
+            ttl_ms: self.ttl.as_millis() as u64,
+            key: key.0,
+        }
+    }
+
+    /// Claims `keyed`'s key for a purchase of `keys`' item, or finds what
+    /// it came to.
+    pub async fn begin(&self, keys: &ItemKeys, keyed: &KeyedPurchase) -> redis::RedisResult<Claim> {
+        let reply: Vec<Value> = self
             .begin
-            .key(keys.idempotency(&key.encoded()))
+            .key(&keyed.record)
             .key(&keys.meta)
-            .arg(fingerprint)
+            .arg(&keyed.fingerprint)
             .arg(self.claim_ttl.as_millis() as u64)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
-        Ok(match field(0) {
+        let text = |i: usize| -> String {
+            reply
+                .get(i)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or_default()
+        };
+        Ok(match text(0).as_str() {
             "new" => Claim::New,
             "missing" => Claim::Missing,
-            _ if field(1) != fingerprint => Claim::Reused,
-            "done" => Claim::Done {
-                status: field(2).parse().unwrap_or(500),
-                body: field(3).to_owned(),
-            },
+            "done" => {
+                let bought = reply
+                    .get(1)
+                    .ok_or("no record")
+                    .map_err(str::to_owned)
+                    .and_then(Bought::from_reply)
+                    .map_err(|msg| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::Parse,
+                            "idempotency_begin.lua",
+                            msg,
+                        ))
+                    })?;
+                if bought.fingerprint == keyed.fingerprint {
+                    Claim::Done(bought)
+                } else {
+                    Claim::Reused
+                }
+            }
+            _ if text(1) != keyed.fingerprint => Claim::Reused,
             _ => Claim::InFlight,
         })
     }
 
-    /// Records the 201 to replay, or, for any other outcome (`None`),
-    /// releases the claim.
-    pub async fn finish(
-        &self,
-        keys: &ItemKeys,
-        key: &IdempotencyKey,
-        response: Option<(u16, &str)>,
-    ) -> redis::RedisResult<()> {
-        let record = keys.idempotency(&key.encoded());
-        let mut pipe = redis::pipe();
-        match response {
-            Some((status, body)) => {
-                pipe.atomic()
-                    .cmd("HSET")
-                    .arg(&record)
-                    .arg("state")
-                    .arg("done")
-                    .arg("status")
-                    .arg(status)
-                    .arg("body")
-                    .arg(body)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&record)
-                    .arg(self.ttl.as_millis() as u64)
-                    .ignore();
-            }
-            None => {
-                pipe.cmd("DEL").arg(&record).ignore();
-            }
+    /// Releases the claim of a purchase that bought nothing (a record that
+    /// bought stays, whoever asks).
+    pub async fn release(&self, keyed: &KeyedPurchase) -> redis::RedisResult<()> {
+        self.release
+            .key(&keyed.record)
+            .invoke_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// The key's record, read on its own: whether it bought, and what.
+    pub async fn bought(&self, keyed: &KeyedPurchase) -> redis::RedisResult<Option<Bought>> {
+        let reply: Value = self
+            .read
+            .key(&keyed.record)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        if matches!(reply, Value::Nil) {
+            return Ok(None);
         }
-        pipe.exec_async(&mut self.redis.clone()).await
+        Bought::from_reply(&reply).map(Some).map_err(|msg| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "idempotency record", msg))
+        })
     }
 }
 

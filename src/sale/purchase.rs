@@ -2,7 +2,23 @@
 //! id, attempt the purchase under the strategy's guard, count the outcome
 //! once (stats and metrics, through one [`Recorder`]), with
 //! `REDIS_WAIT_REPLICAS` wait for the replicas to confirm it, and, with an
-//! `Idempotency-Key`, take effect at most once per key.
+//! `Idempotency-Key`, take effect at most once per key
+//! ([`crate::sale::idempotency`]: the strategy's commit step checks and
+//! writes the key's record).
+//!
+//! # An answer for every outcome
+//! The strategy marks its purchase just before it sends the step that
+//! commits ([`Purchase::committing`]). An error after that which says
+//! nothing about whether the step ran (a timeout, a connection dropped
+//! mid-reply), or a purchase still running when its share of the request
+//! timeout is spent, leaves the outcome unknown to the strategy. The order
+//! id was minted before the write, so the purchase then looks for it (the
+//! key's record, SQL, the item's order log) within what is left of the
+//! request's time: found, it is a 201; not found or not readable, a 503
+//! `outcome_unknown` carrying the order id, which `GET /api/orders/{id}`
+//! answers later (and a repeat with the same Idempotency-Key resolves:
+//! replayed, or bought exactly once). An error before the commit step was
+//! sent, or an error reply, means nothing was bought: 503 `unavailable`.
 //!
 //! The handler in `http::purchase` only reads the request into an item, a
 //! user and a strategy name, calls [`Purchases`], and turns the result or the
@@ -17,10 +33,12 @@ use crate::domain::{ItemId, UserId};
 use crate::infra::redis_conn::{RedisPool, ReplicaWait};
 use crate::keys::ItemKeys;
 use crate::orders::lease::{IdMinter, MintError};
+use crate::orders::lookup::OrderLookup;
 use crate::orders::snowflake::OrderId;
 use crate::sale::idempotency::{Claim, Idempotency, IdempotencyKey};
 use crate::sale::metrics::Metrics;
 use crate::sale::stats::Stats;
+use crate::strategy::key_record::{Bought, KeyedPurchase};
 use crate::strategy::{
     Attempt, Decides, Outcome, Purchase, Registry, Strategy, StrategyError, StrategyKind,
 };
@@ -76,9 +94,18 @@ pub enum PurchaseError {
     /// No worker lease, so no order id can be minted.
     #[error("no order id can be minted")]
     Ids(#[source] MintError),
-    /// Redis or the database could not answer the strategy.
+    /// Redis or the database could not answer the strategy, before its
+    /// commit step was sent: nothing was bought.
     #[error("the purchase could not be attempted")]
     Strategy(#[from] StrategyError),
+    /// The commit step was sent, and whether it ran could not be learnt
+    /// in time: order `order_id` may exist.
+    #[error("order {order_id} of `{item}` may or may not have been taken")]
+    OutcomeUnknown { item: ItemId, order_id: OrderId },
+    /// The purchase ran out of its time before it sent its commit step:
+    /// nothing was bought.
+    #[error("the purchase of `{0}` ran out of time before it was made")]
+    TimedOut(ItemId),
     /// Redis could not answer for the Idempotency-Key record.
     #[error("the Idempotency-Key record could not be read")]
     Idempotency(#[source] redis::RedisError),
@@ -140,26 +167,47 @@ pub struct Purchases {
     /// Connections to ask for replicas on (`WAIT` blocks its connection).
     pool: RedisPool,
     replicas: ReplicaWait,
+    /// Where a purchase whose answer was lost looks for its order.
+    lookup: OrderLookup,
+    /// How long the strategy may take, and how long the look-up after a
+    /// lost answer may take: together within `REQUEST_TIMEOUT_MS`, so the
+    /// purchase answers itself instead of the request timeout's 503.
+    attempt_time: Duration,
+    resolve_time: Duration,
+}
+
+/// What [`Purchases`] is built from, beside the strategies.
+pub struct PurchaseWiring {
+    pub ids: Arc<IdMinter>,
+    pub idempotency: Idempotency,
+    pub recorder: Recorder,
+    pub pool: RedisPool,
+    pub replicas: ReplicaWait,
+    pub lookup: OrderLookup,
+    pub request_timeout: Duration,
 }
 
 impl Purchases {
     pub fn new(
         strategies: Arc<Registry>,
         default_strategy: StrategyKind,
-        ids: Arc<IdMinter>,
-        idempotency: Idempotency,
-        recorder: Recorder,
-        pool: RedisPool,
-        replicas: ReplicaWait,
+        wiring: PurchaseWiring,
     ) -> Self {
+        // A quarter of the request's time is kept for the look-up; the
+        // strategy's own waits (lock, queue, Redis timeout) are shorter by
+        // default, so it rarely comes to that.
+        let resolve_time = wiring.request_timeout / 4;
         Self {
             strategies,
             default_strategy,
-            ids,
-            idempotency,
-            recorder,
-            pool,
-            replicas,
+            ids: wiring.ids,
+            idempotency: wiring.idempotency,
+            recorder: wiring.recorder,
+            pool: wiring.pool,
+            replicas: wiring.replicas,
+            lookup: wiring.lookup,
+            attempt_time: wiring.request_timeout - resolve_time,
+            resolve_time,
         }
     }
 
@@ -194,31 +242,54 @@ impl Purchases {
         strategy: Arc<dyn Strategy>,
         started: Instant,
     ) -> Result<Purchased, PurchaseError> {
-        let taken = self.take(item, user, strategy, started).await?;
-        self.confirm(taken, false).await
+        match self.take(item, user, strategy, started, None).await? {
+            Took::Bought(taken) => self.confirm(taken, false).await,
+            Took::KeyBought(_) => Err(PurchaseError::Internal(anyhow::anyhow!(
+                "a purchase without an Idempotency-Key found a key's record"
+            ))),
+        }
     }
 
     /// The purchase itself, not yet confirmed by any replica. Counted here
     /// unless it went through: a purchase is counted once confirmed (or
-    /// not), so its latency includes the wait for the replicas.
+    /// not), so its latency includes the wait for the replicas. A key that
+    /// bought already is not counted: nothing was attempted for it.
     async fn take(
         &self,
         item: ItemId,
         user: UserId,
         strategy: Arc<dyn Strategy>,
         started: Instant,
-    ) -> Result<Taken, PurchaseError> {
+        keyed: Option<KeyedPurchase>,
+    ) -> Result<Took, PurchaseError> {
         let kind = strategy.kind();
         let order_id = self.ids.next().map_err(PurchaseError::Ids)?;
-        let purchase = Purchase::new(item, user, order_id, kind);
-        let attempt = match strategy.purchase(&purchase).await {
-            Ok(attempt) => attempt,
-            Err(err) => {
+        let mut purchase = Purchase::new(item, user, order_id, kind);
+        purchase.keyed = keyed;
+        let tried = tokio::time::timeout(self.attempt_time, strategy.purchase(&purchase)).await;
+        let attempt = match tried {
+            Ok(Ok(attempt)) => attempt,
+            Ok(Err(err)) if !(purchase.may_have_committed() && err.may_have_run()) => {
                 self.recorder.error(&purchase.item, kind, started.elapsed());
                 return Err(err.into());
             }
+            Err(_) if !purchase.may_have_committed() => {
+                self.recorder.error(&purchase.item, kind, started.elapsed());
+                return Err(PurchaseError::TimedOut(purchase.item));
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(order_id = %order_id, error = ?err, "a purchase's commit step got no answer; looking for its order");
+                self.resolve(&purchase, kind, started).await?
+            }
+            Err(_) => {
+                tracing::warn!(order_id = %order_id, "a purchase ran out of time after its commit step was sent; looking for its order");
+                self.resolve(&purchase, kind, started).await?
+            }
         };
-        if !matches!(attempt.outcome, Outcome::Purchased { .. }) {
+        if !matches!(
+            attempt.outcome,
+            Outcome::Purchased { .. } | Outcome::KeyBought(_)
+        ) {
             self.recorder
                 .attempt(&purchase.item, kind, &attempt, started.elapsed());
         }
@@ -226,7 +297,7 @@ impl Purchases {
             item, user, keys, ..
         } = purchase;
         match attempt.outcome {
-            Outcome::Purchased { remaining } => Ok(Taken {
+            Outcome::Purchased { remaining } => Ok(Took::Bought(Taken {
                 marker: keys.replicated,
                 purchased: Purchased {
                     order_id,
@@ -237,7 +308,7 @@ impl Purchases {
                 },
                 attempt,
                 started,
-            }),
+            })),
             Outcome::SoldOut => Err(PurchaseError::SoldOut(item)),
             Outcome::LimitReached { limit } => {
                 Err(PurchaseError::LimitReached { item, user, limit })
@@ -250,6 +321,75 @@ impl Purchases {
             }),
             Outcome::SaleRestarted => Err(PurchaseError::SaleRestarted(item)),
             Outcome::Contended { detail } => Err(PurchaseError::Contended { item, detail }),
+            Outcome::KeyBought(bought) => Ok(Took::KeyBought(bought)),
+        }
+    }
+
+    /// What became of a purchase whose commit step got no answer: looked
+    /// for within [`Self::resolve_time`]. Its key's record first (written
+    /// with the purchase, so it is the answer for a keyed purchase made by
+    /// a Redis strategy), then SQL and the item's order log. Not found, or
+    /// not readable: `OutcomeUnknown` (counted as an error), since a write
+    /// held up on its way may still land.
+    async fn resolve(
+        &self,
+        purchase: &Purchase,
+        kind: StrategyKind,
+        started: Instant,
+    ) -> Result<Attempt, PurchaseError> {
+        let found = tokio::time::timeout(self.resolve_time, async {
+            if let Some(keyed) = &purchase.keyed
+                && let Some(bought) = self.idempotency.bought(keyed).await?
+            {
+                return Ok::<_, anyhow::Error>(Some(match bought.order_id {
+                    Some(id) if id == purchase.order_id => Outcome::Purchased {
+                        remaining: bought.remaining,
+                    },
+                    _ => Outcome::KeyBought(bought),
+                }));
+            }
+            if self
+                .lookup
+                .find(&purchase.item, purchase.order_id)
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            // The stock when the answer was recovered: the log does not
+            // keep what the purchase left.
+            let stock: Option<i64> = redis::cmd("GET")
+                .arg(&purchase.keys.stock)
+                .query_async(&mut self.lookup.redis().clone())
+                .await?;
+            Ok(Some(Outcome::Purchased {
+                remaining: stock.unwrap_or(0),
+            }))
+        })
+        .await;
+        match found {
+            Ok(Ok(Some(outcome))) => {
+                tracing::info!(order_id = %purchase.order_id, outcome = outcome.label(), "found what became of a purchase whose answer was lost");
+                Ok(Attempt::new(outcome))
+            }
+            Ok(Ok(None)) => Err(self.unknown(purchase, kind, started, "not found")),
+            Ok(Err(err)) => Err(self.unknown(purchase, kind, started, &format!("{err:#}"))),
+            Err(_) => Err(self.unknown(purchase, kind, started, "the look-up ran out of time")),
+        }
+    }
+
+    fn unknown(
+        &self,
+        purchase: &Purchase,
+        kind: StrategyKind,
+        started: Instant,
+        why: &str,
+    ) -> PurchaseError {
+        tracing::warn!(order_id = %purchase.order_id, why, "a purchase's outcome is unknown");
+        self.recorder.error(&purchase.item, kind, started.elapsed());
+        PurchaseError::OutcomeUnknown {
+            item: purchase.item.clone(),
+            order_id: purchase.order_id,
         }
     }
 
@@ -277,12 +417,14 @@ impl Purchases {
         Err(PurchaseError::Unconfirmed(purchased))
     }
 
-    /// [`Purchases::buy`] at most once per `key` ([`crate::sale::idempotency`]):
-    /// a repeat with the same user and strategy gets the first purchase's
-    /// answer replayed; only a purchase is recorded, a refusal changed
-    /// nothing and may simply be asked again.
+    /// [`Purchases::buy`] at most once per `key`
+    /// ([`crate::sale::idempotency`]): a repeat with the same user and
+    /// strategy gets the purchase the key made replayed, a repeat with
+    /// another body is refused. Only a purchase is recorded (by the
+    /// strategy's commit step); a refusal changed nothing and may simply be
+    /// asked again.
     pub async fn buy_once(
-        self: &Arc<Self>,
+        &self,
         key: IdempotencyKey,
         item: ItemId,
         user: UserId,
@@ -290,63 +432,74 @@ impl Purchases {
         started: Instant,
     ) -> Result<Receipt, PurchaseError> {
         let keys = ItemKeys::new(&item);
-        let fingerprint = format!("{user}\u{1f}{}", strategy.kind());
+        let kind = strategy.kind();
+        let keyed = self.idempotency.keyed(&keys, key, &user, kind);
         let claim = self
             .idempotency
-            .begin(&keys, &key, &fingerprint)
+            .begin(&keys, &keyed)
             .await
             .map_err(PurchaseError::Idempotency)?;
         match claim {
             Claim::Missing => Err(PurchaseError::ItemNotFound(item)),
             Claim::Reused => Err(PurchaseError::IdempotencyKeyReused),
             Claim::InFlight => Err(PurchaseError::IdempotencyInFlight),
-            Claim::Done { status, body } => self.replay(&item, &keys, status, body).await,
+            Claim::Done(bought) => self.replay(&item, &keys, &user, kind, &bought).await,
             Claim::New => {
-                // A task of its own: a client that leaves or the request
-                // timeout must not cut the sequence between the purchase
-                // and its record.
-                let this = Arc::clone(self);
-                let sequence = tokio::spawn(async move {
-                    let result = this.take(item, user, strategy, started).await;
-                    let body = match &result {
-                        Ok(taken) => serde_json::to_string(&taken.purchased).ok(),
-                        Err(_) => None,
-                    };
-                    let record = body.as_deref().map(|body| (CREATED, body));
-                    if let Err(err) = this.idempotency.finish(&keys, &key, record).await {
-                        tracing::warn!(%err, "cannot record the outcome for an Idempotency-Key; its claim expires by itself");
+                let took = self
+                    .take(
+                        item.clone(),
+                        user.clone(),
+                        strategy,
+                        started,
+                        Some(keyed.clone()),
+                    )
+                    .await;
+                let bought = match took {
+                    Ok(Took::Bought(taken)) => {
+                        // One `WAIT` covers the purchase and its record.
+                        return self.confirm(taken, true).await.map(Receipt::New);
                     }
-                    // Confirmed after the record: one `WAIT` covers both, so
-                    // a 201 here means a failover keeps the record too.
-                    match result {
-                        Ok(taken) => this.confirm(taken, record.is_some()).await,
-                        Err(err) => Err(err),
+                    Ok(Took::KeyBought(bought)) => bought,
+                    Err(err) => {
+                        // Nothing bought, or nobody knows: either way the
+                        // next request with the key may try, and its commit
+                        // step decides.
+                        if let Err(release) = self.idempotency.release(&keyed).await {
+                            tracing::warn!(%release, "cannot release an Idempotency-Key claim; it expires by itself");
+                        }
+                        return Err(err);
                     }
-                });
-                let purchased = sequence.await.map_err(|err| {
-                    PurchaseError::Internal(anyhow::anyhow!("purchase task failed: {err}"))
-                })??;
-                Ok(Receipt::New(purchased))
+                };
+                if bought.fingerprint != keyed.fingerprint {
+                    return Err(PurchaseError::IdempotencyKeyReused);
+                }
+                self.replay(&item, &keys, &user, kind, &bought).await
             }
         }
     }
 }
 
 impl Purchases {
-    /// A recorded answer, replayed. A purchase is replayed as 201 only once
-    /// the replicas hold it (and its record): the first request may have
-    /// been answered `unconfirmed`, and the replicas may still lag. The
-    /// record is about `item` (the claim matched it), so that is the master
-    /// asked, whatever the body says.
+    /// A key's purchase, replayed. Replayed as 201 only once the replicas
+    /// hold it (and its record): the first request may have been answered
+    /// `unconfirmed`, and the replicas may still lag. The record is about
+    /// `item` (the claim matched it), so that is the master asked.
     async fn replay(
         &self,
         item: &ItemId,
         keys: &ItemKeys,
-        status: u16,
-        body: String,
+        user: &UserId,
+        kind: StrategyKind,
+        bought: &Bought,
     ) -> Result<Receipt, PurchaseError> {
-        if status != CREATED || self.replicas.confirmed(&self.pool, &keys.replicated).await {
-            return Ok(Receipt::Replayed { status, body });
+        let body = replay_body(bought, item, user, kind).map_err(|msg| {
+            PurchaseError::Internal(anyhow::anyhow!("a record of `{item}`: {msg}"))
+        })?;
+        if self.replicas.confirmed(&self.pool, &keys.replicated).await {
+            return Ok(Receipt::Replayed {
+                status: CREATED,
+                body,
+            });
         }
         match serde_json::from_str::<Purchased>(&body) {
             Ok(purchased) => Err(PurchaseError::Unconfirmed(purchased)),
@@ -355,6 +508,37 @@ impl Purchases {
             ))),
         }
     }
+}
+
+/// The 201 a key's record replays, for a request whose fingerprint matched
+/// (so its user and strategy are the buyer's).
+fn replay_body(
+    bought: &Bought,
+    item: &ItemId,
+    user: &UserId,
+    strategy: StrategyKind,
+) -> Result<String, String> {
+    if let Some(body) = &bought.legacy_body {
+        return Ok(body.clone());
+    }
+    let order_id = bought
+        .order_id
+        .ok_or("an Idempotency-Key record holds no order")?;
+    serde_json::to_string(&Purchased {
+        order_id,
+        item_id: item.clone(),
+        user_id: user.clone(),
+        strategy,
+        remaining: bought.remaining,
+    })
+    .map_err(|err| format!("cannot encode a replayed purchase: {err}"))
+}
+
+/// What a purchase attempt came to, when it was not a refusal.
+enum Took {
+    Bought(Taken),
+    /// Its Idempotency-Key had bought already: nothing attempted.
+    KeyBought(Bought),
 }
 
 /// A purchase that went through, not yet counted: what it bought, how,

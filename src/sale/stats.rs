@@ -184,7 +184,10 @@ impl Stats {
     /// Counts one attempt that came to an outcome, and how long it took.
     /// An item that does not exist is not tracked.
     pub fn record(&self, item: &ItemId, kind: StrategyKind, attempt: &Attempt, took: Duration) {
-        if attempt.outcome == Outcome::ItemNotFound {
+        if matches!(
+            attempt.outcome,
+            Outcome::ItemNotFound | Outcome::KeyBought(_)
+        ) {
             return;
         }
         let Some(counters) = self.item(item) else {
@@ -225,7 +228,7 @@ impl Stats {
             Outcome::Purchased { .. } => &c.purchased,
             Outcome::SoldOut => &c.sold_out,
             Outcome::LimitReached { .. } => &c.limit_reached,
-            Outcome::ItemNotFound => return,
+            Outcome::ItemNotFound | Outcome::KeyBought(_) => return,
             Outcome::StrategyMismatch { .. } => &c.strategy_mismatch,
             Outcome::SaleRestarted => &c.sale_restarted,
             Outcome::Contended { .. } => &c.contention,

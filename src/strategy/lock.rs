@@ -145,8 +145,9 @@ impl Strategy for Lock {
         };
         drop(watchdog);
         let wrote = matches!(outcome, Outcome::Purchased { .. });
-        let (written, released): (Option<i64>, i64) = if wrote {
+        let (written, released): (Option<redis::Value>, i64) = if wrote {
             token_lock::add_unlock(&mut pipe, &keys.lock, &token);
+            purchase.committing();
             pipe.query_async(&mut redis).await?
         } else {
             token_lock::add_release_unused(&mut pipe, &keys.lock, &keys.fence, &token, fence);
@@ -154,7 +155,7 @@ impl Strategy for Lock {
             (None, released)
         };
 
-        let written = written.map(Written::from_reply).transpose()?;
+        let written = written.as_ref().map(Written::from_reply).transpose()?;
         let restarted = written == Some(Written::SaleRestarted);
         // A restock deletes the lock: gone, but not expired under us.
         let lock_expired = released == 0 && !restarted;
@@ -167,7 +168,9 @@ impl Strategy for Lock {
             );
         }
         let fenced = written == Some(Written::Fenced);
-        let outcome = if restarted {
+        let outcome = if let Some(Written::KeyBought(bought)) = written {
+            Outcome::KeyBought(bought)
+        } else if restarted {
             tracing::info!(item = %purchase.item, "lock holder's write refused: the item was restocked");
             Outcome::SaleRestarted
         } else if fenced {

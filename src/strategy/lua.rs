@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::{Attempt, Outcome, Purchase, Strategy, StrategyError, StrategyKind};
+use crate::strategy::key_record::Bought;
 
 pub struct Lua {
     redis: RedisConn,
@@ -23,6 +24,7 @@ impl Lua {
             redis,
             script: Script::new(concat!(
                 include_str!("integer.lua"),
+                include_str!("key_record.lua"),
                 include_str!("purchase.lua")
             )),
         }
@@ -37,9 +39,8 @@ impl Strategy for Lua {
 
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
         let keys = &purchase.keys;
-        let (code, value): (i64, redis::Value) = self
-            .script
-            .key(&keys.stock)
+        let mut call = self.script.prepare_invoke();
+        call.key(&keys.stock)
             .key(&keys.meta)
             .key(&keys.buyers)
             .key(&keys.orders)
@@ -49,9 +50,15 @@ impl Strategy for Lua {
                 &purchase.user,
                 purchase.strategy.as_str(),
             ))
-            .arg(purchase.strategy.as_str())
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+            .arg(purchase.strategy.as_str());
+        if let Some(keyed) = &purchase.keyed {
+            call.key(&keyed.record)
+                .arg(purchase.order_id.to_string())
+                .arg(&keyed.fingerprint)
+                .arg(keyed.ttl_ms);
+        }
+        purchase.committing();
+        let (code, value): (i64, redis::Value) = call.invoke_async(&mut self.redis.clone()).await?;
         Ok(Attempt::new(outcome(code, &value)?))
     }
 }
@@ -79,6 +86,7 @@ pub(super) fn outcome(code: i64, value: &redis::Value) -> Result<Outcome, Strate
         4 => Outcome::StrategyMismatch {
             bound: redis::from_redis_value_ref(value).map_err(parse_error)?,
         },
+        5 => Outcome::KeyBought(Bought::from_reply(value).map_err(StrategyError::Protocol)?),
         other => {
             return Err(StrategyError::Protocol(format!(
                 "purchase script returned code {other}"

@@ -10,9 +10,16 @@
 //! parsing and the script set-up are paid once per batch, in Redis and here.
 //!
 //! The batch runs in a task of its own: a buyer who leaves does not cut it
-//! short for the others. A Redis error fails the whole batch, a 503 for each
-//! buyer in it; the script checks its keys' types and values before its
-//! first write, so an error never leaves a batch half-written.
+//! short for the others. A Redis error fails the whole batch, and each buyer
+//! in it gets that error; the script checks its keys' types and values
+//! before its first write, so an error reply never leaves a batch
+//! half-written. An error that may come after the script ran (a timeout) is
+//! the purchase layer's to resolve, buyer by buyer: every buyer taken into a
+//! batch is marked as committing, one never taken is never sent.
+//!
+//! A purchase with an Idempotency-Key passes its record as a key of the
+//! script, which checks and writes it with the purchase
+//! ([`super::key_record`]): two purchases with one key in one batch buy once.
 //!
 //! Queueing is bounded in time (`LOCK_WAIT_MS`, as the gates' queues are): a
 //! buyer still queued when it runs out leaves with 503 `contention`, and the
@@ -35,6 +42,7 @@ use crate::domain::{ItemId, UserId};
 use crate::keys::ItemKeys;
 use crate::orders::order_log;
 use crate::orders::snowflake::OrderId;
+use crate::strategy::key_record::KeyedPurchase;
 
 /// Where a queued purchase stands; the flusher and the buyer race for it.
 const QUEUED: u8 = 0;
@@ -48,6 +56,7 @@ const ABANDONED: u8 = 2;
 struct Waiter {
     user: UserId,
     order_id: OrderId,
+    keyed: Option<KeyedPurchase>,
     state: Arc<AtomicU8>,
     reply: oneshot::Sender<Result<Outcome, BatchError>>,
 }
@@ -73,7 +82,7 @@ impl From<BatchError> for StrategyError {
 /// bought right now.
 type Queues = Arc<Mutex<HashMap<ItemId, VecDeque<Waiter>>>>;
 
-/// Most purchases per script call: each is two arguments, and the script
+/// Most purchases per script call: each is four arguments, and the script
 /// unpacks the users into one `HMGET` and the buyers with their new counts
 /// into one `HSET` (two values each), within Lua's stack limit (8,000).
 pub const MAX_BATCH: usize = 1000;
@@ -94,6 +103,7 @@ impl LuaBatch {
             redis,
             script: Arc::new(Script::new(concat!(
                 include_str!("integer.lua"),
+                include_str!("key_record.lua"),
                 include_str!("purchase_batch.lua")
             ))),
             max: max.clamp(1, MAX_BATCH),
@@ -115,8 +125,16 @@ impl Strategy for LuaBatch {
         let waiter = Waiter {
             user: purchase.user.clone(),
             order_id: purchase.order_id,
+            keyed: purchase.keyed.clone(),
             state: Arc::clone(&state),
             reply,
+        };
+        // However this purchase ends (cut short by its request's deadline
+        // included), one taken into a batch may have bought; one never
+        // taken is never sent.
+        let _queued = Queued {
+            state: &state,
+            purchase,
         };
         let first = {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,6 +180,25 @@ impl Strategy for LuaBatch {
             Err(_) => Err(StrategyError::Protocol(
                 "the batch ended without an answer for this purchase".into(),
             )),
+        }
+    }
+}
+
+/// A queued purchase's stake in its batch: when it ends, it either leaves
+/// the queue (never sent) or marks its purchase as committing (sent).
+struct Queued<'a> {
+    state: &'a AtomicU8,
+    purchase: &'a Purchase,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let left = self
+            .state
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if !left {
+            self.purchase.committing();
         }
     }
 }
@@ -257,17 +294,32 @@ async fn run(
     batch: &[Waiter],
 ) -> Result<Vec<Outcome>, BatchError> {
     let mut call = script.prepare_invoke();
+    let record_ttl_ms = batch
+        .iter()
+        .find_map(|w| w.keyed.as_ref())
+        .map_or(0, |keyed| keyed.ttl_ms);
     call.key(&keys.stock)
         .key(&keys.meta)
         .key(&keys.buyers)
         .key(&keys.orders)
-        .arg(StrategyKind::LuaBatch.as_str());
+        .arg(StrategyKind::LuaBatch.as_str())
+        .arg(record_ttl_ms);
     for waiter in batch {
         call.arg(waiter.user.as_str()).arg(order_log::head(
             waiter.order_id,
             &waiter.user,
             StrategyKind::LuaBatch.as_str(),
         ));
+        match &waiter.keyed {
+            Some(keyed) => {
+                call.key(&keyed.record)
+                    .arg(waiter.order_id.to_string())
+                    .arg(&keyed.fingerprint);
+            }
+            None => {
+                call.arg("").arg("");
+            }
+        }
     }
     // Flat: a code and a value per purchase.
     let replies: Vec<redis::Value> = call.invoke_async(redis).await.map_err(BatchError::Redis)?;

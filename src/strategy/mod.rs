@@ -25,6 +25,15 @@
 //! instance). A purchase naming another strategy is refused before it writes
 //! ([`Outcome::StrategyMismatch`]).
 //!
+//! # An Idempotency-Key is decided where the purchase commits
+//! A purchase with a key carries its record ([`key_record`]); every
+//! strategy's committing step (the script, `write.lua`, the `MULTI`, the
+//! SQL transaction) first checks it and refuses to buy again for a key
+//! that bought ([`Outcome::KeyBought`]), and writes it with the purchase.
+//! Just before sending that step a strategy marks its purchase
+//! ([`Purchase::committing`]), so an answer lost after it is looked for
+//! instead of reported as "nothing bought".
+//!
 //! # A restock fences every guard
 //! Every write that follows a read (`naive`, `lock`, `redlock`, the `sql`
 //! mirror) goes through `write.lua`, which refuses it if the sale's generation
@@ -35,6 +44,7 @@
 
 mod catalogue;
 pub mod gate;
+pub mod key_record;
 pub mod lock;
 pub mod lua;
 pub mod lua_batch;
@@ -47,7 +57,7 @@ pub mod sql;
 /// sale's strategy binding.
 const SNAPSHOT_LUA: &str = include_str!("snapshot.lua");
 /// `write.lua`: the generation-checked (and optionally fenced) write.
-const WRITE_LUA: &str = include_str!("write.lua");
+const WRITE_LUA: &str = concat!(include_str!("key_record.lua"), include_str!("write.lua"));
 
 /// The same scripts for calls on their own: `EVALSHA` sends a 40-byte hash
 /// instead of the script, and loads the script on `NOSCRIPT`. Inside a
@@ -62,9 +72,12 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::domain::{ItemId, UserId};
 use crate::keys::ItemKeys;
 use crate::orders::snowflake::OrderId;
+use key_record::{Bought, KeyedPurchase};
 
 pub use catalogue::{Decides, Registry, StrategyKind, Wiring};
 
@@ -102,14 +115,22 @@ impl FromStr for StrategyKind {
 }
 
 /// One purchase to attempt. The order id is minted before the attempt so that
-/// retries inside a strategy append the same order.
-#[derive(Debug, Clone)]
+/// retries inside a strategy append the same order, and so that a purchase
+/// whose answer is lost can be looked for.
+#[derive(Debug)]
 pub struct Purchase {
     pub item: ItemId,
     pub keys: ItemKeys,
     pub user: UserId,
     pub order_id: OrderId,
     pub strategy: StrategyKind,
+    /// With an `Idempotency-Key`: the record the commit step checks and
+    /// writes ([`crate::sale::idempotency`]).
+    pub keyed: Option<KeyedPurchase>,
+    /// Set by the strategy just before it sends the step that commits (and
+    /// cleared when that step answered that it did not): after this, an
+    /// error without an answer, or a purchase cut short, may have bought.
+    committing: AtomicBool,
 }
 
 impl Purchase {
@@ -120,7 +141,26 @@ impl Purchase {
             user,
             order_id,
             strategy,
+            keyed: None,
+            committing: AtomicBool::new(false),
         }
+    }
+
+    /// The commit step is about to be sent: from here on its outcome may be
+    /// unknown.
+    pub fn committing(&self) {
+        self.committing.store(true, Ordering::Release);
+    }
+
+    /// The commit step answered that it did not commit (an aborted
+    /// `MULTI`, retried): nothing is in flight any more.
+    pub fn not_committed(&self) {
+        self.committing.store(false, Ordering::Release);
+    }
+
+    /// Whether a commit step may have run without its answer reaching us.
+    pub fn may_have_committed(&self) -> bool {
+        self.committing.load(Ordering::Acquire)
     }
 
     /// Adds the buyer count and the order append to a `MULTI` (`optimistic`,
@@ -151,13 +191,16 @@ impl Purchase {
     ) {
         pipe.cmd("EVAL")
             .arg(WRITE_LUA)
-            .arg(5)
+            .arg(if self.keyed.is_some() { 6 } else { 5 })
             .arg(&self.keys.stock)
             .arg(&self.keys.meta)
             .arg(&self.keys.buyers)
             .arg(&self.keys.orders)
-            .arg(&self.keys.fence)
-            .arg(self.guarded_write_args(generation, fence, stock));
+            .arg(&self.keys.fence);
+        if let Some(keyed) = &self.keyed {
+            pipe.arg(&keyed.record);
+        }
+        pipe.arg(self.guarded_write_args(generation, fence, stock));
     }
 
     /// `write.lua` on its own (`EVALSHA`): what [`Self::add_guarded_write`]
@@ -168,16 +211,21 @@ impl Purchase {
         generation: u64,
         stock: StockWrite,
     ) -> Result<Written, StrategyError> {
-        let code: i64 = WRITE_SCRIPT
-            .key(&self.keys.stock)
+        let mut call = WRITE_SCRIPT.prepare_invoke();
+        call.key(&self.keys.stock)
             .key(&self.keys.meta)
             .key(&self.keys.buyers)
             .key(&self.keys.orders)
-            .key(&self.keys.fence)
+            .key(&self.keys.fence);
+        if let Some(keyed) = &self.keyed {
+            call.key(&keyed.record);
+        }
+        self.committing();
+        let reply: redis::Value = call
             .arg(self.guarded_write_args(generation, None, stock))
             .invoke_async(redis)
             .await?;
-        Written::from_reply(code)?.unfenced()
+        Written::from_reply(&reply)?.unfenced()
     }
 
     fn guarded_write_args(
@@ -195,11 +243,41 @@ impl Purchase {
             },
             self.user.to_string(),
         ];
-        for (name, value) in self.order_fields(generation) {
-            args.push(name.to_owned());
-            args.push(value);
+        let [(name, value)] = self.order_fields(generation);
+        args.push(name.to_owned());
+        args.push(value);
+        if let Some(keyed) = &self.keyed {
+            args.push(self.order_id.to_string());
+            args.push(keyed.fingerprint.clone());
+            args.push(keyed.ttl_ms.to_string());
         }
         args
+    }
+
+    /// Adds the read of the key's record to an `optimistic` pipeline
+    /// (`idem_bought`'s reply); nothing without a key.
+    pub fn add_key_read(&self, pipe: &mut redis::Pipeline) {
+        if let Some(keyed) = &self.keyed {
+            pipe.cmd("EVAL")
+                .arg(key_record::READ_LUA)
+                .arg(1)
+                .arg(&keyed.record);
+        }
+    }
+
+    /// Adds the record's commit to a `MULTI` that decremented the stock.
+    pub fn add_key_commit(&self, pipe: &mut redis::Pipeline) {
+        if let Some(keyed) = &self.keyed {
+            pipe.cmd("EVAL")
+                .arg(key_record::COMMIT_LUA)
+                .arg(2)
+                .arg(&keyed.record)
+                .arg(&self.keys.stock)
+                .arg(self.order_id.to_string())
+                .arg(&keyed.fingerprint)
+                .arg(keyed.ttl_ms)
+                .ignore();
+        }
     }
 
     /// The fields of the order-log entry for a sale of `generation`
@@ -224,17 +302,27 @@ pub enum StockWrite {
 }
 
 /// What `write.lua` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Written {
     Yes,
     /// A newer lock holder's fencing token exists.
     Fenced,
     /// The sale was restocked after the writer read it.
     SaleRestarted,
+    /// The purchase's Idempotency-Key bought already: nothing written.
+    KeyBought(Bought),
 }
 
 impl Written {
-    pub fn from_reply(code: i64) -> Result<Self, StrategyError> {
+    pub fn from_reply(reply: &redis::Value) -> Result<Self, StrategyError> {
+        if let redis::Value::Array(_) = reply {
+            return Bought::from_reply(reply)
+                .map(Self::KeyBought)
+                .map_err(StrategyError::Protocol);
+        }
+        let code: i64 = redis::from_redis_value_ref(reply).map_err(|err| {
+            StrategyError::Protocol(format!("write.lua returned {reply:?}: {err}"))
+        })?;
         match code {
             1 => Ok(Self::Yes),
             0 => Ok(Self::Fenced),
@@ -242,6 +330,16 @@ impl Written {
             other => Err(StrategyError::Protocol(format!(
                 "write.lua returned {other}"
             ))),
+        }
+    }
+
+    /// The outcome of a purchase whose write this was, if it did not buy
+    /// for a reason every writer treats alike.
+    pub fn refusal(&self) -> Option<Outcome> {
+        match self {
+            Self::SaleRestarted => Some(Outcome::SaleRestarted),
+            Self::KeyBought(bought) => Some(Outcome::KeyBought(bought.clone())),
+            Self::Yes | Self::Fenced => None,
         }
     }
 
@@ -281,6 +379,10 @@ pub enum Outcome {
     Contended {
         detail: String,
     },
+    /// The purchase's Idempotency-Key bought already (its record, checked
+    /// by the commit step): nothing written; the earlier purchase is
+    /// replayed.
+    KeyBought(Bought),
 }
 
 impl Outcome {
@@ -294,6 +396,7 @@ impl Outcome {
             Self::StrategyMismatch { .. } => "strategy_mismatch",
             Self::SaleRestarted => "sale_restarted",
             Self::Contended { .. } => "contention",
+            Self::KeyBought(_) => "replayed",
         }
     }
 }
@@ -340,6 +443,25 @@ pub enum StrategyError {
     Database(#[from] sqlx::Error),
     #[error("redis replied with unexpected data: {0}")]
     Protocol(String),
+}
+
+impl StrategyError {
+    /// Whether the request may have reached its server and run there
+    /// without its answer reaching us: a timeout, a connection dropped
+    /// mid-reply, a reply we could not read. A refused connection, an
+    /// empty pool and an error reply all mean the command did not run (our
+    /// scripts check before their first write).
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            Self::Redis(err) => err.is_io_error() && !err.is_connection_refusal(),
+            Self::Pool(_) => false,
+            Self::Database(err) => matches!(
+                err,
+                sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed
+            ),
+            Self::Protocol(_) => true,
+        }
+    }
 }
 
 /// A concurrency-control strategy.
@@ -518,9 +640,20 @@ mod tests {
 
     #[test]
     fn write_replies_map_to_what_happened() {
-        assert_eq!(Written::from_reply(1).unwrap(), Written::Yes);
-        assert_eq!(Written::from_reply(0).unwrap(), Written::Fenced);
-        assert_eq!(Written::from_reply(-1).unwrap(), Written::SaleRestarted);
-        assert!(Written::from_reply(7).is_err());
+        let int = redis::Value::Int;
+        assert_eq!(Written::from_reply(&int(1)).unwrap(), Written::Yes);
+        assert_eq!(Written::from_reply(&int(0)).unwrap(), Written::Fenced);
+        assert_eq!(
+            Written::from_reply(&int(-1)).unwrap(),
+            Written::SaleRestarted
+        );
+        assert!(Written::from_reply(&int(7)).is_err());
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        let bought =
+            redis::Value::Array(vec![bulk("u\u{1f}lock"), bulk("42"), bulk("3"), bulk("")]);
+        assert!(matches!(
+            Written::from_reply(&bought).unwrap(),
+            Written::KeyBought(b) if b.remaining == 3 && b.order_id.is_some()
+        ));
     }
 }

@@ -19,7 +19,6 @@ use async_trait::async_trait;
 
 use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
-    Written,
 };
 
 pub struct Naive {
@@ -56,8 +55,8 @@ impl Strategy for Naive {
         let written = purchase
             .guarded_write(&mut redis, snapshot.generation, StockWrite::Set(remaining))
             .await?;
-        if written == Written::SaleRestarted {
-            return Ok(Attempt::new(Outcome::SaleRestarted));
+        if let Some(refusal) = written.refusal() {
+            return Ok(Attempt::new(refusal));
         }
         Ok(Attempt::new(Outcome::Purchased { remaining }))
     }

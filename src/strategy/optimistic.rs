@@ -18,6 +18,11 @@
 //! `optimistic` writes the watched meta hash too, so a buyer who finds the sale
 //! unbound binds it before watching (not a retry).
 //!
+//! With an Idempotency-Key, its record is watched and read with the rest,
+//! and written inside the `MULTI` ([`super::key_record`]): a purchase with
+//! the same key that commits first aborts this one, whose retry finds the
+//! key bought.
+//!
 //! A restock writes the watched keys as well: the transaction aborts, and the
 //! retry sees a new generation. The purchase was made for the sale it first
 //! read, so it ends there with `SaleRestarted` instead of buying in the new
@@ -31,6 +36,7 @@ use super::{
     Attempt, Outcome, Purchase, Snapshot, SnapshotReplies, Strategy, StrategyError, StrategyKind,
 };
 use crate::infra::redis_conn::{PooledConn, RedisPool};
+use crate::strategy::key_record::Bought;
 
 pub struct Optimistic {
     pool: RedisPool,
@@ -61,11 +67,27 @@ impl Optimistic {
             read.cmd("WATCH")
                 .arg(&keys.stock)
                 .arg(&keys.buyers)
-                .arg(&keys.meta)
-                .ignore();
+                .arg(&keys.meta);
+            if let Some(keyed) = &purchase.keyed {
+                // A commit of the key elsewhere aborts our transaction.
+                read.arg(&keyed.record);
+            }
+            read.ignore();
             Snapshot::read(&mut read, purchase);
-            let replies: SnapshotReplies = read.query_async(conn).await?;
-            let snapshot = Snapshot::from_replies(replies);
+            purchase.add_key_read(&mut read);
+            let (snapshot, bought) = if purchase.keyed.is_some() {
+                let (meta, held, stock, bought): (_, _, _, redis::Value) =
+                    read.query_async(conn).await?;
+                (Snapshot::from_replies((meta, held, stock)), bought)
+            } else {
+                let replies: SnapshotReplies = read.query_async(conn).await?;
+                (Snapshot::from_replies(replies), redis::Value::Nil)
+            };
+            if !matches!(bought, redis::Value::Nil) {
+                conn.unwatch(&keys.meta).await?;
+                let bought = Bought::from_reply(&bought).map_err(StrategyError::Protocol)?;
+                return Ok(Attempt::new(Outcome::KeyBought(bought)).with_retries(retries));
+            }
             if snapshot.limit.is_some() && snapshot.bound.is_none() {
                 // Bind outside the watch: binding writes the watched meta
                 // hash, which would abort our own transaction.
@@ -91,7 +113,12 @@ impl Optimistic {
             let mut write = redis::pipe();
             write.atomic().cmd("DECR").arg(&keys.stock);
             purchase.add_buyer_and_order(&mut write, snapshot.generation);
+            purchase.add_key_commit(&mut write);
+            purchase.committing();
             let committed: Option<(i64,)> = write.query_async(conn).await?;
+            if committed.is_none() {
+                purchase.not_committed();
+            }
             match committed {
                 Some((remaining,)) => {
                     return Ok(Attempt::new(Outcome::Purchased { remaining }).with_retries(retries));

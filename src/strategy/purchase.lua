@@ -11,6 +11,10 @@
 --         sale's generation and writes it as the entry's one field, 'order'
 -- ARGV[3] strategy    the name this purchase gave: checked against the
 --                     sale's binding
+-- With an Idempotency-Key, also:
+-- KEYS[5] the key's record (key_record.lua)
+-- ARGV[4] the order id    ARGV[5] the request's fingerprint
+-- ARGV[6] how long the record is kept (ms)
 --
 -- Returns {code, value}:
 --   {0, remaining}     purchased: stock decremented, buyer counted, order appended
@@ -18,6 +22,9 @@
 --   {2, limit}         the user already holds `limit` units
 --   {3, 0}             item not found
 --   {4, strategy}      the sale is bound to another strategy (its name)
+--   {5, bought}        the key bought already (idem_bought's reply): nothing
+--                      written; checked first, so a repeat is answered
+--                      whatever the stock or the limit say now
 -- A sale with no binding yet is bound to ARGV[3] by its first purchase, as in
 -- snapshot.lua. An error (a key or value of the wrong type) returns before
 -- any write.
@@ -28,7 +35,17 @@
 -- write; the values the writes rely on are checked here; and the order is
 -- appended first, so an order log of the wrong type fails before the stock
 -- moves. After the append nothing can fail.
--- integer(value, what, whose) comes from integer.lua, prepended at load.
+-- integer(value, what, whose) comes from integer.lua, idem_bought and
+-- idem_commit from key_record.lua, both prepended at load. The
+-- record's HMGET fails on a record of the wrong type, before any write.
+
+local record = KEYS[5]
+if record then
+  local bought = idem_bought(record)
+  if bought then
+    return {5, bought}
+  end
+end
 
 local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation', 'strategy')
 local limit = tonumber(meta[1])
@@ -67,4 +84,7 @@ if refusal then
 end
 local remaining = redis.call('DECR', KEYS[1])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+if record then
+  idem_commit(record, ARGV[5], ARGV[4], remaining, ARGV[6])
+end
 return {0, remaining}

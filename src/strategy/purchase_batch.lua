@@ -4,16 +4,22 @@
 -- second purchase in a batch sees the first.
 --
 -- KEYS[1] stock    KEYS[2] meta    KEYS[3] buyers    KEYS[4] orders
+-- KEYS[5..] the Idempotency-Key records (key_record.lua) of the
+--          purchases that carry a key, in the batch's order
 -- ARGV[1] strategy    the name the purchases gave
--- then per purchase, two values: user_id and the order entry's head
+-- ARGV[2] how long an Idempotency-Key record is kept (ms)
+-- then per purchase, four values: user_id; the order entry's head
 -- (order_log::head), to which the sale's generation is appended, as in
--- purchase.lua
+-- purchase.lua; and, for a purchase with a key, its order id and its
+-- request's fingerprint ('' and '' without one)
 --
 -- Returns two values per purchase, in one flat list (code, value, code,
 -- value, ...: a table per purchase cost Redis more to build and convert),
 -- with purchase.lua's codes:
 --   0, remaining: purchased    1, 0: sold out    2, limit: limit reached
 --   3, 0: item not found       4, strategy: bound to another strategy
+--   5, bought: the purchase's key bought already (idem_bought's reply),
+--              by an earlier request or earlier in this batch
 --
 -- Nothing is written unless every write can succeed: the keys' types, the
 -- stock and every buyer's count are checked first, so a bad key or value
@@ -32,7 +38,12 @@ if wrong then
   return wrong
 end
 
-local n = (#ARGV - 1) / 2
+local ARGS = 4
+local n = (#ARGV - 2) / ARGS
+-- The i-th purchase's j-th value.
+local function arg(i, j)
+  return ARGV[2 + ARGS * (i - 1) + j]
+end
 local out = {}
 local function all(code, value)
   for i = 1, n do
@@ -51,7 +62,8 @@ if meta[3] and meta[3] ~= ARGV[1] then
 end
 -- Every value the loop relies on, read and checked before the first write:
 -- a stock or a buyer count that is not an integer fails the batch here.
--- integer(value, what, whose) comes from integer.lua, prepended at load.
+-- integer(value, what, whose) comes from integer.lua, idem_bought and
+-- idem_commit from key_record.lua, both prepended at load.
 local stock, bad = integer(redis.call('GET', KEYS[1]), 'the stock')
 if bad then
   return bad
@@ -61,8 +73,17 @@ if not meta[2] then
   return redis.error_reply('ERR the sale has no generation')
 end
 local users = {}
+-- The record of each purchase with a key; every record read once here, so
+-- one of the wrong type fails the batch before the first write.
+local records = {}
+local keyed = 0
 for i = 1, n do
-  users[i] = ARGV[2 * i]
+  users[i] = arg(i, 1)
+  if arg(i, 3) ~= '' then
+    keyed = keyed + 1
+    records[i] = KEYS[4 + keyed]
+    idem_bought(records[i])
+  end
 end
 local counts = redis.call('HMGET', KEYS[3], unpack(users))
 local held = {}
@@ -93,13 +114,19 @@ local sold = 0
 local bought = {}
 for i = 1, n do
   local user = users[i]
-  if held[user] >= limit then
+  local key_bought = records[i] and idem_bought(records[i])
+  if key_bought then
+    out[2 * i - 1], out[2 * i] = 5, key_bought
+  elseif held[user] >= limit then
     out[2 * i - 1], out[2 * i] = 2, limit
   elseif stock <= 0 then
     out[2 * i - 1], out[2 * i] = 1, 0
   else
-    redis.call('XADD', KEYS[4], '*', 'order', ARGV[2 * i + 1] .. meta[2])
+    redis.call('XADD', KEYS[4], '*', 'order', arg(i, 2) .. meta[2])
     stock = stock - 1
+    if records[i] then
+      idem_commit(records[i], arg(i, 4), arg(i, 3), stock, ARGV[2])
+    end
     sold = sold + 1
     if held[user] == counts_read[user] then
       bought[#bought + 1] = user

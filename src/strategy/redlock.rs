@@ -41,7 +41,6 @@ use crate::infra::redis_conn::RedisConn;
 
 use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
-    Written,
 };
 use crate::infra::token_lock::{self, Backoff};
 
@@ -234,10 +233,9 @@ impl Strategy for Redlock {
                     StockWrite::Set(remaining),
                 )
                 .await?;
-            Ok(match written {
-                Written::Yes => Outcome::Purchased { remaining },
-                _ => Outcome::SaleRestarted,
-            })
+            Ok(written
+                .refusal()
+                .unwrap_or(Outcome::Purchased { remaining }))
         };
         let outcome = section.await;
         let lock_expired = acquired_at.elapsed() >= validity;

@@ -14,6 +14,13 @@
 //! is a second copy of the units, so selling from it beside a Redis strategy
 //! would sell every unit twice.
 //!
+//! With an Idempotency-Key, the transaction first looks for the key's row
+//! in `idempotency_keys` (a key that bought answers with that purchase),
+//! and writes it beside the order: the key commits with its order or not at
+//! all. A concurrent purchase with the same key finds the row once it waits
+//! past the first's row lock (Postgres: the insert's conflict; SQLite:
+//! `BEGIN IMMEDIATE` orders them).
+//!
 //! Any rejection rolls the whole transaction back. On SQLite the transaction
 //! starts with `BEGIN IMMEDIATE`, taking the write lock up front so buyers
 //! queue on SQLite's busy timeout instead of failing on a read-to-write
@@ -50,7 +57,8 @@ use super::{
     Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
     Written,
 };
-use crate::orders::db::{Backend, Db, OrderRecord};
+use crate::orders::db::{Backend, Db, KeyRecord, OrderRecord};
+use crate::strategy::key_record::{Bought, KeyedPurchase};
 
 pub struct Sql {
     db: Db,
@@ -81,6 +89,10 @@ impl Sql {
     ) -> Result<Result<(i64, u64), Outcome>, sqlx::Error> {
         let mut tx = self.db.begin_write().await?;
         let item = purchase.item.as_str();
+        if let Some(bought) = key_bought(&mut tx, purchase).await? {
+            tx.rollback().await?;
+            return Ok(Err(Outcome::KeyBought(bought)));
+        }
         let decremented: Option<(i64, i64, i64)> = if self.for_update {
             let row: Option<(i64, i64, i64)> = sqlx::query_as(
                 "SELECT stock, per_user_limit, generation FROM items WHERE item_id = $1 FOR UPDATE",
@@ -108,7 +120,12 @@ impl Sql {
             .await?
         };
         let Some((remaining, limit, generation)) = decremented else {
-            let outcome = classify_refusal(&mut tx, purchase).await?;
+            // A purchase with the same key may have committed while this
+            // one waited for the row: a new statement sees it.
+            let outcome = match key_bought(&mut tx, purchase).await? {
+                Some(bought) => Outcome::KeyBought(bought),
+                None => classify_refusal(&mut tx, purchase).await?,
+            };
             tx.rollback().await?;
             return Ok(Err(outcome));
         };
@@ -149,7 +166,28 @@ impl Sql {
             generation,
             created_at: purchase.order_id.parts().unix_ms as i64,
         };
+        if let Some(keyed) = &purchase.keyed {
+            let record = KeyRecord {
+                fingerprint: keyed.fingerprint.clone(),
+                order_id: purchase.order_id,
+                remaining,
+            };
+            let since = key_record_since(keyed);
+            if !Db::record_key_in(&mut tx, item, keyed.key.as_str(), &record, since).await? {
+                let bought = key_bought(&mut tx, purchase).await?;
+                tx.rollback().await?;
+                return match bought {
+                    Some(bought) => Ok(Err(Outcome::KeyBought(bought))),
+                    // Held by a record that expired meanwhile: as a
+                    // conflict, asked again.
+                    None => Ok(Err(Outcome::Contended {
+                        detail: "the Idempotency-Key's record changed under this purchase".into(),
+                    })),
+                };
+            }
+        }
         self.db.insert_order_in(&mut tx, &order).await?;
+        purchase.committing();
         tx.commit().await?;
         Ok(Ok((remaining, generation.max(0) as u64)))
     }
@@ -161,6 +199,12 @@ impl Sql {
             .await;
         match mirrored {
             Ok(Written::Yes) => {}
+            Ok(Written::KeyBought(bought)) => tracing::warn!(
+                item = %purchase.item,
+                order_id = %purchase.order_id,
+                redis_order = ?bought.order_id,
+                "sql order committed, but Redis holds another purchase for its Idempotency-Key; kept in SQL, not mirrored"
+            ),
             Ok(_) => tracing::warn!(
                 item = %purchase.item,
                 order_id = %purchase.order_id,
@@ -175,6 +219,35 @@ impl Sql {
             ),
         }
     }
+}
+
+/// The oldest `created_at` of a key record that still counts: one older
+/// would have expired in Redis (`IDEMPOTENCY_TTL_S`).
+fn key_record_since(keyed: &KeyedPurchase) -> i64 {
+    crate::orders::db::now_ms().saturating_sub(keyed.ttl_ms as i64)
+}
+
+/// The purchase's key, if it bought already in SQL (read inside `tx`).
+async fn key_bought(
+    tx: &mut Transaction<'static, Any>,
+    purchase: &Purchase,
+) -> Result<Option<Bought>, sqlx::Error> {
+    let Some(keyed) = &purchase.keyed else {
+        return Ok(None);
+    };
+    let record = Db::key_bought_in(
+        tx,
+        purchase.item.as_str(),
+        keyed.key.as_str(),
+        key_record_since(keyed),
+    )
+    .await?;
+    Ok(record.map(|record| Bought {
+        fingerprint: record.fingerprint,
+        order_id: Some(record.order_id),
+        remaining: record.remaining,
+        legacy_body: None,
+    }))
 }
 
 /// Why the conditional update found no row: no item, the user's limit (checked

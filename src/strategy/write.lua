@@ -15,10 +15,26 @@
 -- ARGV[3] the new stock value (computed under the caller's guard), or '' to
 --         decrement (the `sql` mirror: SQL already decided)
 -- ARGV[4] user_id
--- ARGV[5..] the order entry's fields, name/value pairs
+-- ARGV[5], ARGV[6] the order entry's one field, name and value
+-- With an Idempotency-Key, also:
+-- KEYS[6] the key's record (key_record.lua)
+-- ARGV[7] the order id    ARGV[8] the request's fingerprint
+-- ARGV[9] how long the record is kept (ms)
 --
 -- Returns 1 if written, 0 if refused to a superseded fencing token, -1 if
--- refused because the sale was restocked (nothing written either way).
+-- refused because the sale was restocked, or idem_bought's reply, a table,
+-- if the key bought already (nothing written in any of these cases). The
+-- key is checked first: a repeat is answered whatever else changed.
+-- idem_bought and idem_commit come from key_record.lua, prepended
+-- at load.
+
+local record = KEYS[6]
+if record then
+  local bought = idem_bought(record)
+  if bought then
+    return bought
+  end
+end
 
 if redis.call('HGET', KEYS[2], 'generation') ~= ARGV[1] then
   return -1
@@ -32,5 +48,9 @@ else
   redis.call('SET', KEYS[1], ARGV[3])
 end
 redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
-redis.call('XADD', KEYS[4], '*', unpack(ARGV, 5))
+redis.call('XADD', KEYS[4], '*', ARGV[5], ARGV[6])
+if record then
+  local remaining = redis.call('GET', KEYS[1])
+  idem_commit(record, ARGV[8], ARGV[7], remaining, ARGV[9])
+end
 return 1
