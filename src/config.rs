@@ -147,10 +147,26 @@ pub struct Config {
     #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 5_000)]
     pub header_timeout_ms: u64,
 
+    /// A response whose write makes no progress for this long (ms) fails and
+    /// its connection is closed, freeing its `MAX_CONNECTIONS` slot: bounds a
+    /// client that sends requests but stops reading the answers. Progress
+    /// resets the clock, so a slow reader still gets a large answer.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
     /// Open connections served at once; more wait in the listen backlog.
     /// Lowered at start to what the open-file limit leaves room for.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4_096)]
     pub max_connections: usize,
+
+    /// Open connections served at once for one peer IP; a new one past it is
+    /// closed at once, unread. Keeps one host from taking every
+    /// `MAX_CONNECTIONS` slot. The default lets a load tool open 1,000
+    /// connections from one machine; behind a reverse proxy every client
+    /// shares the proxy's IP, so set it to `MAX_CONNECTIONS` there (at or
+    /// above it, there is no per-peer cap).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 1_024)]
+    pub max_connections_per_ip: usize,
 
     /// Status-page live streams (`/api/stats/stream`) open at once; 503 past
     /// it.
