@@ -148,7 +148,7 @@ fn within_open_file_limit(wanted: usize) -> usize {
     // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
     let soft = unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return wanted.max(1);
+            return wanted;
         }
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit {
@@ -172,5 +172,5 @@ fn within_open_file_limit(wanted: usize) -> usize {
             "MAX_CONNECTIONS lowered to what the open-file limit leaves room for"
         );
     }
-    wanted.min(room).max(1)
+    wanted.min(room)
 }
