@@ -67,11 +67,13 @@ pub struct Config {
     pub worker_id: Option<u16>,
 
     /// Lifetime of the leased worker number (ms); renewed every third of it.
+    /// At least 100 (refused at start below).
     #[arg(long, env = "WORKER_LEASE_TTL_MS", default_value_t = 30_000)]
     pub worker_lease_ttl_ms: u64,
 
-    /// Bearer token the admin endpoints require. Unset: admin endpoints are only
-    /// allowed while the server is bound to a loopback address.
+    /// Bearer token the admin endpoints require. Unset or empty: admin
+    /// endpoints are only allowed while the server is bound to a loopback
+    /// address.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -79,7 +81,8 @@ pub struct Config {
     #[arg(long, env = "DEFAULT_STRATEGY", default_value = "lua")]
     pub default_strategy: String,
 
-    /// `lock`: how long the stock lock lives before Redis expires it (ms).
+    /// `lock`: how long the stock lock lives before Redis expires it (ms;
+    /// above 0).
     #[arg(long, env = "LOCK_TTL_MS", default_value_t = 1000)]
     pub lock_ttl_ms: u64,
 
@@ -91,6 +94,8 @@ pub struct Config {
 
     /// How long a buyer may wait before a 503 `contention` (ms): for the `lock`
     /// and `redlock` locks, the gates' queues and the `lua-batch` queue.
+    /// Above 0. Above `REQUEST_TIMEOUT_MS` it is allowed, but the request
+    /// timeout answers first (503 `unavailable`, not `contention`).
     #[arg(long, env = "LOCK_WAIT_MS", default_value_t = 2000)]
     pub lock_wait_ms: u64,
 
@@ -101,22 +106,26 @@ pub struct Config {
     pub redlock_urls: Vec<String>,
 
     /// `optimistic`: how many times an aborted transaction is retried before a
-    /// 503 `contention`.
+    /// 503 `contention`. 0: no retry, one attempt.
     #[arg(long, env = "OPTIMISTIC_MAX_RETRIES", default_value_t = 100)]
     pub optimistic_max_retries: u32,
 
     /// `lua-batch`: the most purchases of one item sent in one script call
-    /// (1 to 1000). A purchase waits in the queue at most `LOCK_WAIT_MS`.
+    /// (1 to 1000, refused at start outside). A purchase waits in the queue
+    /// at most `LOCK_WAIT_MS`.
     #[arg(long, env = "LUA_BATCH_MAX", default_value_t = 64)]
     pub lua_batch_max: usize,
 
     /// Dedicated Redis connections in the pool (used by `optimistic`, whose WATCH
-    /// needs a connection of its own).
+    /// needs a connection of its own). Above 0.
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 64)]
     pub redis_pool_size: usize,
 
     /// Give up on a Redis command, or on connecting, after this long (ms): the
-    /// purchase gets a 503 `unavailable` instead of hanging.
+    /// purchase gets a 503 `unavailable` instead of hanging. Above 0. It also
+    /// bounds background work (persister, lease renewal), so a value above
+    /// `REQUEST_TIMEOUT_MS` is allowed; a request then ends at the request
+    /// timeout instead.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
 
@@ -127,33 +136,53 @@ pub struct Config {
     #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
 
-    /// How long a purchase waits for `REDIS_WAIT_REPLICAS` replicas (ms); at
+    /// How long a purchase waits for `REDIS_WAIT_REPLICAS` replicas (ms); with
+    /// replicas to wait for, above 0 (Redis reads 0 as "forever") and at
     /// least 100 ms below `REDIS_TIMEOUT_MS`, which would cut it short.
     #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
     pub redis_wait_timeout_ms: u64,
 
     /// Upper bound on any request's time (ms). Kept well above the Redis timeout
     /// and the lock wait so it only fires when something is truly stuck.
+    /// Above 0.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
     /// How long a purchase's `Idempotency-Key` and its response are kept (s).
+    /// Must outlast `REQUEST_TIMEOUT_MS`: a client retries after a timeout,
+    /// and a record gone by then lets the retry buy again.
     #[arg(long, env = "IDEMPOTENCY_TTL_S", default_value_t = 86_400)]
     pub idempotency_ttl_s: u64,
 
     /// A connection must send a whole request head within this time (ms), or
     /// it is closed: bounds a half-sent request and an idle keep-alive
-    /// connection alike.
+    /// connection alike. Above 0.
     #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 5_000)]
     pub header_timeout_ms: u64,
 
+    /// A response whose write makes no progress for this long (ms) fails and
+    /// its connection is closed, freeing its `MAX_CONNECTIONS` slot: bounds a
+    /// client that sends requests but stops reading the answers. Progress
+    /// resets the clock, so a slow reader still gets a large answer. Above 0.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
     /// Open connections served at once; more wait in the listen backlog.
-    /// Lowered at start to what the open-file limit leaves room for.
+    /// Lowered at start to what the open-file limit leaves room for. Above 0.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4_096)]
     pub max_connections: usize,
 
+    /// Open connections served at once for one peer IP; a new one past it is
+    /// closed at once, unread. Keeps one host from taking every
+    /// `MAX_CONNECTIONS` slot. The default lets a load tool open 1,000
+    /// connections from one machine; behind a reverse proxy every client
+    /// shares the proxy's IP, so set it to `MAX_CONNECTIONS` there (at or
+    /// above it, there is no per-peer cap). Above 0.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 1_024)]
+    pub max_connections_per_ip: usize,
+
     /// Status-page live streams (`/api/stats/stream`) open at once; 503 past
-    /// it.
+    /// it. 0: the live stream is off (always 503).
     #[arg(long, env = "MAX_LIVE_STREAMS", default_value_t = 64)]
     pub max_live_streams: usize,
 
@@ -168,7 +197,7 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/seckill.db")]
     pub database_url: String,
 
-    /// Database connections in the pool.
+    /// Database connections in the pool. Above 0.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
 
@@ -182,7 +211,7 @@ pub struct Config {
     #[arg(long, env = "PERSISTER", default_value_t = true, action = clap::ArgAction::Set)]
     pub persister: bool,
 
-    /// Persister: entries per read and per SQL transaction.
+    /// Persister: entries per read and per SQL transaction. Above 0.
     #[arg(long, env = "PERSISTER_BATCH", default_value_t = 500)]
     pub persister_batch: usize,
 
@@ -193,13 +222,13 @@ pub struct Config {
     pub persister_gather_ms: u64,
 
     /// Persister: entries left pending this long by a consumer are taken over
-    /// (ms); the consumer is presumed dead.
+    /// (ms); the consumer is presumed dead. Above 0.
     #[arg(long, env = "PERSISTER_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub persister_claim_idle_ms: u64,
 
     /// Persister: how long the drain at shutdown may take (ms). Orders it
     /// cannot move in time (the database is down) stay in Redis and reach SQL
-    /// after the next start.
+    /// after the next start. 0: no drain.
     #[arg(long, env = "PERSISTER_DRAIN_MS", default_value_t = 10_000)]
     pub persister_drain_ms: u64,
 
@@ -233,6 +262,140 @@ impl Config {
             .config
     }
 
+    /// Refuses a setting that would turn its feature off or make it
+    /// unusable while looking like a value: a zero TTL, wait or size, a
+    /// timeout its bound leaves no room for. Settings where 0 (or empty)
+    /// means "off" say so in their docs and are not checked here. Called
+    /// before anything starts or connects.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let refuse = |env: &'static str, value: &dyn std::fmt::Display, why: &str| {
+            Err(ConfigError {
+                env,
+                value: value.to_string(),
+                why: why.to_owned(),
+            })
+        };
+        const MIN_LEASE_TTL_MS: u64 = 100;
+        let positive: [(&'static str, u64, &str); 13] = [
+            (
+                "LOCK_TTL_MS",
+                self.lock_ttl_ms,
+                "Redis refuses a lock with no lifetime",
+            ),
+            (
+                "LOCK_WAIT_MS",
+                self.lock_wait_ms,
+                "every buyer who meets a held lock or a queue would get a 503 at once",
+            ),
+            (
+                "REDIS_POOL_SIZE",
+                self.redis_pool_size as u64,
+                "`optimistic` could never get a connection",
+            ),
+            (
+                "REDIS_TIMEOUT_MS",
+                self.redis_timeout_ms,
+                "every Redis command would time out",
+            ),
+            (
+                "REQUEST_TIMEOUT_MS",
+                self.request_timeout_ms,
+                "every request would time out",
+            ),
+            (
+                "IDEMPOTENCY_TTL_S",
+                self.idempotency_ttl_s,
+                "a key's record would expire as it is written, and a retry would buy again",
+            ),
+            (
+                "HEADER_TIMEOUT_MS",
+                self.header_timeout_ms,
+                "every connection would be closed before its first request",
+            ),
+            (
+                "WRITE_TIMEOUT_MS",
+                self.write_timeout_ms,
+                "every response that meets a full socket buffer would be cut off",
+            ),
+            (
+                "MAX_CONNECTIONS",
+                self.max_connections as u64,
+                "no connection would be served",
+            ),
+            (
+                "MAX_CONNECTIONS_PER_IP",
+                self.max_connections_per_ip as u64,
+                "every connection would be closed",
+            ),
+            (
+                "DB_MAX_CONNECTIONS",
+                u64::from(self.db_max_connections),
+                "no order could reach the database",
+            ),
+            (
+                "PERSISTER_BATCH",
+                self.persister_batch as u64,
+                "the persister would move nothing",
+            ),
+            (
+                "PERSISTER_CLAIM_IDLE_MS",
+                self.persister_claim_idle_ms,
+                "each persister would take over the entries the others are writing",
+            ),
+        ];
+        for (env, value, why) in positive {
+            if value == 0 {
+                return refuse(env, &value, &format!("must be above 0: {why}"));
+            }
+        }
+        let max_batch = crate::strategy::lua_batch::MAX_BATCH;
+        if !(1..=max_batch).contains(&self.lua_batch_max) {
+            return refuse(
+                "LUA_BATCH_MAX",
+                &self.lua_batch_max,
+                &format!("must be 1 to {max_batch}: the script's arguments must fit Lua's stack"),
+            );
+        }
+        if self.worker_lease_ttl_ms < MIN_LEASE_TTL_MS {
+            return refuse(
+                "WORKER_LEASE_TTL_MS",
+                &self.worker_lease_ttl_ms,
+                &format!(
+                    "must be at least {MIN_LEASE_TTL_MS} ms: renewed every third of it, a shorter lease lapses at the first slow Redis reply and minting stops"
+                ),
+            );
+        }
+        // A client retries a purchase once it has given up on it, at the
+        // earliest when the request timed out: a key kept no longer than
+        // that is gone when the retry comes.
+        if self.idempotency_ttl_s.saturating_mul(1000) <= self.request_timeout_ms {
+            return refuse(
+                "IDEMPOTENCY_TTL_S",
+                &self.idempotency_ttl_s,
+                &format!(
+                    "must outlast REQUEST_TIMEOUT_MS ({} ms): a retry after a timed-out purchase would buy again",
+                    self.request_timeout_ms
+                ),
+            );
+        }
+        // A `WAIT` is a reply like any other: the Redis timeout must outlast
+        // it, or every slow confirmation would end as a dropped connection.
+        if self.redis_wait_replicas > 0
+            && (self.redis_wait_timeout_ms == 0
+                || self.redis_wait_timeout_ms.saturating_add(100) >= self.redis_timeout_ms)
+        {
+            return refuse(
+                "REDIS_WAIT_TIMEOUT_MS",
+                &self.redis_wait_timeout_ms,
+                &format!(
+                    "with REDIS_WAIT_REPLICAS above 0, must be above 0 (Redis waits forever on 0) and at least 100 ms below REDIS_TIMEOUT_MS ({} ms)",
+                    self.redis_timeout_ms
+                ),
+            );
+        }
+        Ok(())
+    }
+
     pub fn lock_ttl(&self) -> Duration {
         Duration::from_millis(self.lock_ttl_ms)
     }
@@ -244,7 +407,7 @@ impl Config {
     pub fn replica_wait(&self) -> ReplicaWait {
         ReplicaWait {
             replicas: self.redis_wait_replicas,
-            timeout: Duration::from_millis(self.redis_wait_timeout_ms.max(1)),
+            timeout: Duration::from_millis(self.redis_wait_timeout_ms),
         }
     }
 
@@ -255,6 +418,16 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
+}
+
+/// A setting refused by [`Config::validate`], named as its environment
+/// variable and its flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{env} (--{flag}) = {value}: {why}", flag = env.to_lowercase().replace('_', "-"))]
+pub struct ConfigError {
+    pub env: &'static str,
+    pub value: String,
+    pub why: String,
 }
 
 #[cfg(test)]
@@ -272,5 +445,89 @@ mod tests {
         assert_eq!(config.optimistic_max_retries, 100);
         assert_eq!(config.database_url, "sqlite://data/seckill.db");
         assert!(config.persister && !config.sql_for_update);
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        Config::defaults().validate().unwrap();
+    }
+
+    /// Each value that would turn a feature off or make it unusable is
+    /// refused, naming its variable.
+    #[test]
+    fn values_that_disable_a_feature_are_refused_by_name() {
+        type Tweak = fn(&mut Config);
+        let bad: &[(&str, Tweak)] = &[
+            ("LOCK_TTL_MS", |c| c.lock_ttl_ms = 0),
+            ("LOCK_WAIT_MS", |c| c.lock_wait_ms = 0),
+            ("REDIS_POOL_SIZE", |c| c.redis_pool_size = 0),
+            ("REDIS_TIMEOUT_MS", |c| c.redis_timeout_ms = 0),
+            ("REQUEST_TIMEOUT_MS", |c| c.request_timeout_ms = 0),
+            ("IDEMPOTENCY_TTL_S", |c| c.idempotency_ttl_s = 0),
+            ("IDEMPOTENCY_TTL_S", |c| {
+                c.idempotency_ttl_s = 10;
+                c.request_timeout_ms = 10_000;
+            }),
+            ("HEADER_TIMEOUT_MS", |c| c.header_timeout_ms = 0),
+            ("WRITE_TIMEOUT_MS", |c| c.write_timeout_ms = 0),
+            ("MAX_CONNECTIONS", |c| c.max_connections = 0),
+            ("MAX_CONNECTIONS_PER_IP", |c| c.max_connections_per_ip = 0),
+            ("DB_MAX_CONNECTIONS", |c| c.db_max_connections = 0),
+            ("PERSISTER_BATCH", |c| c.persister_batch = 0),
+            ("PERSISTER_CLAIM_IDLE_MS", |c| c.persister_claim_idle_ms = 0),
+            ("LUA_BATCH_MAX", |c| c.lua_batch_max = 0),
+            ("LUA_BATCH_MAX", |c| c.lua_batch_max = 1001),
+            ("WORKER_LEASE_TTL_MS", |c| c.worker_lease_ttl_ms = 99),
+            ("REDIS_WAIT_TIMEOUT_MS", |c| {
+                c.redis_wait_replicas = 1;
+                c.redis_wait_timeout_ms = 0;
+            }),
+            ("REDIS_WAIT_TIMEOUT_MS", |c| {
+                c.redis_wait_replicas = 1;
+                c.redis_wait_timeout_ms = 1_950;
+                c.redis_timeout_ms = 2_000;
+            }),
+        ];
+        for (env, tweak) in bad {
+            let mut config = Config::defaults();
+            tweak(&mut config);
+            let err = config.validate().expect_err(env);
+            assert_eq!(err.env, *env, "{err}");
+            let flag = env.to_lowercase().replace('_', "-");
+            assert!(
+                err.to_string().starts_with(&format!("{env} (--{flag}) = ")),
+                "{err}"
+            );
+        }
+    }
+
+    /// Values whose 0 documents "off", and bounds the tests rely on, pass.
+    #[test]
+    fn documented_off_values_and_tight_test_bounds_pass() {
+        type Tweak = fn(&mut Config);
+        let fine: &[Tweak] = &[
+            |c| c.redis_wait_replicas = 0,
+            |c| c.max_live_streams = 0,
+            |c| c.optimistic_max_retries = 0,
+            |c| c.persister_gather_ms = 0,
+            |c| c.persister_drain_ms = 0,
+            |c| c.race_window_ms = 0,
+            // The request timeout answers first; it still bounds the request.
+            |c| {
+                c.request_timeout_ms = 1_000;
+                c.redis_timeout_ms = 30_000;
+            },
+            |c| c.worker_lease_ttl_ms = 100,
+            |c| c.lua_batch_max = 1000,
+            |c| {
+                c.redis_wait_replicas = 1;
+                c.redis_wait_timeout_ms = 1_899;
+            },
+        ];
+        for tweak in fine {
+            let mut config = Config::defaults();
+            tweak(&mut config);
+            config.validate().unwrap();
+        }
     }
 }

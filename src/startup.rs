@@ -80,9 +80,10 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to the Redis (or Redis Cluster) of `target` and builds
-    /// everything the handlers need.
+    /// Validates `config` ([`Config::validate`]), connects to the Redis (or
+    /// Redis Cluster) of `target` and builds everything the handlers need.
     pub async fn build(config: &Config, target: &RedisTarget) -> anyhow::Result<Self> {
+        config.validate()?;
         let timeout = config.redis_timeout();
         let redis = target
             .connect(Timeouts {
@@ -95,14 +96,6 @@ impl App {
 
         let pool = target.pool(config.redis_pool_size, timeout)?;
         let replicas = config.replica_wait();
-        // A `WAIT` is a reply like any other: the Redis timeout must outlast
-        // it, or every slow confirmation would end as a dropped connection.
-        anyhow::ensure!(
-            replicas.replicas == 0 || replicas.timeout + Duration::from_millis(100) < timeout,
-            "REDIS_WAIT_TIMEOUT_MS ({} ms) must be at least 100 ms below REDIS_TIMEOUT_MS ({} ms)",
-            replicas.timeout.as_millis(),
-            timeout.as_millis()
-        );
 
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
         if config.sql_for_update && db.backend() != crate::orders::db::Backend::Postgres {
@@ -122,7 +115,7 @@ impl App {
         let lease = WorkerLease::acquire(
             redis.clone(),
             LeaseConfig::new(
-                Duration::from_millis(config.worker_lease_ttl_ms.max(30)),
+                Duration::from_millis(config.worker_lease_ttl_ms),
                 config.worker_id,
             ),
         )
@@ -142,7 +135,7 @@ impl App {
                 timeout,
                 db.clone(),
                 PersisterConfig {
-                    batch: config.persister_batch.max(1),
+                    batch: config.persister_batch,
                     block: Duration::from_millis(500),
                     claim_idle: Duration::from_millis(config.persister_claim_idle_ms),
                     drain_timeout: Duration::from_millis(config.persister_drain_ms),
@@ -193,8 +186,10 @@ impl App {
             admin,
             persister: persister.as_ref().map(Persister::handle),
             request_timeout: config.request_timeout(),
-            header_timeout: Duration::from_millis(config.header_timeout_ms.max(1)),
+            header_timeout: Duration::from_millis(config.header_timeout_ms),
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
             max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
             live_streams: Arc::new(tokio::sync::Semaphore::new(config.max_live_streams)),
             closing: watch::channel(false).0,
             live: live_rx,
@@ -237,6 +232,8 @@ impl App {
 /// SIGTERM, then stops background work and the private Redis, if any.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::infra::telemetry::init(config.log_format);
+    // Before the private Redis starts: a refused setting starts nothing.
+    config.validate()?;
 
     // Declared first so it is dropped (killed) last, after everything using it.
     let mut embedded = None;

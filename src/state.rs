@@ -59,8 +59,13 @@ pub struct Shared {
     pub request_timeout: Duration,
     /// Time a connection has to send a whole request head (idle included).
     pub header_timeout: Duration,
+    /// How long a response's write may make no progress before its
+    /// connection is closed.
+    pub write_timeout: Duration,
     /// Open connections served at once.
     pub max_connections: usize,
+    /// Open connections served at once for one peer IP.
+    pub max_connections_per_ip: usize,
     /// Live-feed streams open at once.
     pub live_streams: Arc<tokio::sync::Semaphore>,
     /// Set when shutdown starts, so endless responses (the SSE feed) end and

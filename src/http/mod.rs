@@ -11,9 +11,11 @@ mod live;
 pub mod live_feed;
 pub mod openapi;
 mod orders;
+mod per_peer;
 mod purchase;
 pub mod server;
 mod timeout;
+mod write_timeout;
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection};

@@ -8,8 +8,14 @@
 //!   within this time is closed. hyper starts this timer whenever it waits
 //!   for a head, so it bounds a half-sent request and an idle keep-alive
 //!   connection alike;
+//! - `WRITE_TIMEOUT_MS`: a response whose write has made no progress for
+//!   this long (the client stopped reading) fails, which ends the
+//!   connection and frees its slot ([`super::write_timeout`]);
 //! - `MAX_CONNECTIONS`: connections past it wait in the listen backlog until
 //!   one closes;
+//! - `MAX_CONNECTIONS_PER_IP`: a new connection from a peer that has this
+//!   many open is closed at once, unread ([`super::per_peer`]), so one host
+//!   cannot take every slot while the others wait in the backlog;
 //! - shutdown: stop accepting, let each connection finish its request, and
 //!   close whatever is still open after `REQUEST_TIMEOUT_MS`, so a client
 //!   that never finishes cannot hold the process (and its persister's drain)
@@ -27,6 +33,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use super::per_peer::PerPeer;
+use super::write_timeout::WriteTimeout;
 use crate::state::AppState;
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets in-flight
@@ -38,7 +46,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     state.race.set_address(listener.local_addr()?);
     let closing = state.closing.clone();
-    let (header_timeout, grace) = (state.header_timeout, state.request_timeout);
+    let (header_timeout, write_timeout, grace) = (
+        state.header_timeout,
+        state.write_timeout,
+        state.request_timeout,
+    );
+    let peers = PerPeer::new(state.max_connections_per_ip);
     let max_connections = within_open_file_limit(state.max_connections);
     let permits = Arc::new(Semaphore::new(max_connections));
     let app = crate::http::router(state);
@@ -62,10 +75,17 @@ pub async fn run(
                 }
             },
         };
+        let Some(peer_slot) = peers.admit(peer.ip()) else {
+            // Closed unread: answering would mean reading its request and
+            // writing to it, on a connection of the one host we refuse to
+            // spend on. Its global permit returns with `permit`.
+            tracing::debug!(%peer, "MAX_CONNECTIONS_PER_IP reached; connection closed");
+            continue;
+        };
         while connections.try_join_next().is_some() {}
         let (app, mut stopping) = (app.clone(), stopping.clone());
         connections.spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, peer_slot);
             let _ = stream.set_nodelay(true);
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -76,7 +96,10 @@ pub async fn run(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection(
+                TokioIo::new(WriteTimeout::new(stream, write_timeout)),
+                service,
+            );
             tokio::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,
@@ -125,7 +148,7 @@ fn within_open_file_limit(wanted: usize) -> usize {
     // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
     let soft = unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return wanted.max(1);
+            return wanted;
         }
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit {
@@ -149,5 +172,5 @@ fn within_open_file_limit(wanted: usize) -> usize {
             "MAX_CONNECTIONS lowered to what the open-file limit leaves room for"
         );
     }
-    wanted.min(room).max(1)
+    wanted.min(room)
 }

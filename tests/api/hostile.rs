@@ -199,8 +199,7 @@ async fn a_race_names_each_strategy_once_runs_alone_and_can_be_cancelled() {
 
 /// A raw connection to the app, for clients no HTTP library would be.
 async fn raw(app: &crate::helpers::TestApp) -> tokio::net::TcpStream {
-    let address = app.address.trim_start_matches("http://");
-    tokio::net::TcpStream::connect(address).await.unwrap()
+    raw_from(app, "127.0.0.1", None).await
 }
 
 /// Reads until the server closes the connection; panics if it has not within
@@ -476,5 +475,104 @@ async fn a_stock_redis_cannot_decrement_fails_before_the_order_is_appended() {
                 "{strategy} with stock {stock:?} wrote before failing"
             );
         }
+    }
+}
+
+/// A raw connection from the loopback address `from` (all of 127.0.0.0/8 is
+/// this host), receiving into a buffer of about `recv_buffer` bytes, or the
+/// system's default.
+async fn raw_from(
+    app: &crate::helpers::TestApp,
+    from: &str,
+    recv_buffer: Option<u32>,
+) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let address = app.address.trim_start_matches("http://");
+    socket.connect(address.parse().unwrap()).await.unwrap()
+}
+
+/// Clients that pipeline requests for a large answer and never read, with a
+/// small receive buffer, as many as `MAX_CONNECTIONS`: each is cut off once
+/// its response has made no progress for `WRITE_TIMEOUT_MS`, and `/healthz`
+/// is answered. Without the timeout they hold every slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_are_cut_off_and_free_their_slots() {
+    use tokio::io::AsyncWriteExt;
+    const CLIENTS: usize = 20;
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.max_connections = CLIENTS;
+        c.write_timeout_ms = 500;
+    })
+    .await;
+    let requests = "GET /api/openapi.json HTTP/1.1\r\nHost: a\r\n\r\n".repeat(500);
+    let mut hostile = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut stream = raw_from(&app, "127.0.0.1", Some(4096)).await;
+        // The server reads its requests while the answers fit in the socket
+        // buffers; the rest stay unread in ours, which is fine.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            stream.write_all(requests.as_bytes()),
+        )
+        .await;
+        hostile.push(stream);
+    }
+    let answered = tokio::time::timeout(Duration::from_secs(20), reqwest::get(app.url("/healthz")))
+        .await
+        .expect("/healthz answered while the non-readers were connected");
+    assert_eq!(answered.unwrap().status(), 200);
+    drop(hostile);
+}
+
+/// One host at `MAX_CONNECTIONS_PER_IP` has its next connection closed at
+/// once, while another host is served; a closed connection gives its slot
+/// back.
+#[tokio::test]
+async fn a_peer_at_its_connection_cap_is_closed_and_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.max_connections_per_ip = 2;
+        c.header_timeout_ms = 60_000;
+    })
+    .await;
+    let first = raw(&app).await;
+    let _second = raw(&app).await;
+    let mut third = raw(&app).await;
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let refused = closed_by_server(&mut third, Duration::from_secs(5)).await;
+    assert!(refused.is_empty(), "served past the cap: {refused}");
+
+    let mut other = raw_from(&app, "127.0.0.2", None).await;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let served = closed_by_server(&mut other, Duration::from_secs(5)).await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = raw(&app).await;
+        let _ = again
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await;
+        if closed_by_server(&mut again, Duration::from_secs(5))
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed connection's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -152,3 +152,31 @@ async fn refusals_are_not_kept() {
         status_and_json(app.purchase_with_key(&item, "u1", "lua", "flood-0").await).await;
     assert_eq!(status, 201, "the repeat asked again: {body}");
 }
+
+/// `IDEMPOTENCY_TTL_S=0` would delete each key's record as it is written, so
+/// a repeated key would buy again: the binary refuses to start, naming the
+/// setting, before it starts or connects to anything.
+#[tokio::test]
+async fn the_binary_refuses_a_zero_idempotency_ttl_by_name() {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "LISTEN",
+            format!("127.0.0.1:{}", crate::process::free_port()),
+        )
+        .env("REDIS_URL", crate::helpers::shared_redis().url())
+        .env("IDEMPOTENCY_TTL_S", "0")
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("the binary exits instead of serving")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("IDEMPOTENCY_TTL_S (--idempotency-ttl-s) = 0"),
+        "{stderr}"
+    );
+}
