@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seckill::infra::redis_server::RedisServer;
 use seckill::orders::snowflake::OrderId;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -40,7 +39,7 @@ async fn buy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_lease_distinct_workers_and_never_oversell_together() {
-    let redis = RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     // Only three numbers free: distinct numbers must come from the lease
     // refusing held ones, not from three random starts that happen to differ.
     let free = [600, 601, 602];
@@ -120,7 +119,7 @@ async fn three_instances_lease_distinct_workers_and_never_oversell_together() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_that_is_not_renewed_expires_and_can_be_taken_over() {
-    let redis = RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     let database = sqlite_url();
     let paused = start(&redis.url(), &database, &[("WORKER_LEASE_TTL_MS", "600")]).await;
     let client = reqwest::Client::new();
