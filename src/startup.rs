@@ -18,7 +18,7 @@ use crate::http::server::run;
 use crate::infra::redis_conn::{RedisConn, RedisTarget, Timeouts};
 use crate::infra::redis_server::{RedisServer, RedisServerOptions};
 use crate::orders::db::Db;
-use crate::orders::lease::{LeaseConfig, WorkerLease};
+use crate::orders::lease::{LeaseConfig, WorkerLease, seed_fresh_horizons};
 use crate::orders::lookup::OrderLookup;
 use crate::orders::persister::{Persister, PersisterConfig};
 use crate::sale::Sales;
@@ -71,6 +71,18 @@ async fn refuse_evicting_redis(redis: &mut RedisConn, allow: bool) -> anyhow::Re
     )
 }
 
+/// The shared connection to `target`, with `REDIS_TIMEOUT_MS` for both
+/// connecting and each reply.
+async fn connect(config: &Config, target: &RedisTarget) -> anyhow::Result<RedisConn> {
+    let timeout = config.redis_timeout();
+    target
+        .connect(Timeouts {
+            response: timeout,
+            connect: timeout,
+        })
+        .await
+}
+
 /// The state plus what must be stopped cleanly on shutdown.
 pub struct App {
     pub state: AppState,
@@ -85,12 +97,7 @@ impl App {
     pub async fn build(config: &Config, target: &RedisTarget) -> anyhow::Result<Self> {
         config.validate()?;
         let timeout = config.redis_timeout();
-        let redis = target
-            .connect(Timeouts {
-                response: timeout,
-                connect: timeout,
-            })
-            .await?;
+        let redis = connect(config, target).await?;
 
         refuse_evicting_redis(&mut redis.clone(), config.allow_evicting_redis).await?;
 
@@ -258,6 +265,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             );
             let target = RedisTarget::Single(server.url());
             embedded = Some(server);
+            // Known fresh, as far as worker numbers go: it listens on a
+            // random loopback port for this process alone, and the data
+            // directory's lock proves every earlier seckill on these files
+            // has exited, so no holder of a number can still be minting.
+            // A horizon its append-only file kept stays (`SET NX`); one it
+            // lost needs no wait (see `orders::lease`).
+            seed_fresh_horizons(&connect(&config, &target).await?).await?;
             target
         }
     };

@@ -391,6 +391,17 @@ impl SpawnedServer {
                 (RedisTarget::Single(server.url()), (Some(server), None))
             }
         };
+        if !matches!(private, (None, None)) {
+            // Started empty just now, for this run alone: known fresh, so
+            // the server takes its worker number without waiting.
+            let conn = redis
+                .connect(crate::infra::redis_conn::Timeouts {
+                    response: Duration::from_secs(5),
+                    connect: Duration::from_secs(5),
+                })
+                .await?;
+            crate::orders::lease::seed_fresh_horizons(&conn).await?;
+        }
         let (redis_var, redis_value) = match &redis {
             RedisTarget::Single(url) => ("REDIS_URL", url.clone()),
             RedisTarget::Cluster(urls) => ("REDIS_CLUSTER_URLS", urls.join(",")),

@@ -32,12 +32,32 @@
 //! the margin: a number taken over after its lease expired needs about the
 //! margin); a longer one is refused as a clock problem instead, the number
 //! given back and another tried.
+//!
+//! # A missing horizon
+//! A number whose horizon key is missing has an unknown past, not an unused
+//! one: the keys may have been lost under a live holder (a Redis restarted
+//! without persistence, a replica promoted before it received them, a
+//! `FLUSHALL`), and that holder mints on until its next renewal finds the
+//! lease gone. Every holder stops within a TTL of its last renewal, so a
+//! taker treats the lost horizon as its own clock plus the TTL, and waits
+//! the TTL plus [`SKEW_MARGIN`] before minting (logged at WARN, with the
+//! number and the wait): at start-up, for a fixed `WORKER_ID` or a leased
+//! number, and when a running instance leases again after a loss. (This
+//! assumes the instances on one Redis share `WORKER_LEASE_TTL_MS`: a holder
+//! with a longer TTL is not waited out.) The wait is within [`max_wait`].
+//!
+//! A brand-new Redis has no horizons either. Whoever knows a Redis is fresh
+//! marks its numbers unused with [`seed_fresh_horizons`], so first starts do
+//! not wait: the embedded Redis of `serve` (see [`crate::startup`]) and the
+//! tests' and benchmark's private ones. Any other Redis (`REDIS_URL`,
+//! `REDIS_CLUSTER_URLS`) is never seeded, so its first start on each number
+//! waits once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::infra::redis_conn::RedisConn;
+use crate::infra::redis_conn::{RedisConn, each};
 use anyhow::{Context, bail};
 use rand::Rng;
 use tokio::sync::watch;
@@ -235,6 +255,27 @@ impl Drop for WorkerLease {
     }
 }
 
+/// Marks every worker number that has no horizon as never used (`0`), so the
+/// first takes on this Redis need no wait: ONLY for a Redis known to be fresh
+/// (just started empty by whoever calls this, with no instance on it yet,
+/// or one whose every earlier user is known to have exited). On any other
+/// Redis a missing horizon may be one lost with its data while a holder
+/// still mints: marking it unused would let a taker repeat that holder's
+/// ids, the very thing the wait guards against. `SET NX`: a horizon Redis
+/// kept (an append-only file reloaded) stays. One command per number, sent
+/// all at once, so on a cluster each goes to its own slot's master.
+pub async fn seed_fresh_horizons(redis: &RedisConn) -> anyhow::Result<()> {
+    let seeds = (0..=MAX_WORKER).map(|n| {
+        let mut set = redis::cmd("SET");
+        set.arg(keys::worker_horizon(n)).arg(0).arg("NX");
+        set
+    });
+    for seeded in each::<Option<String>>(redis, seeds).await {
+        seeded.context("cannot seed the worker horizons of a fresh Redis")?;
+    }
+    Ok(())
+}
+
 /// The longest a taker waits for its clock to pass a number's horizon.
 pub fn max_wait(ttl: Duration) -> Duration {
     ttl + 2 * SKEW_MARGIN
@@ -311,9 +352,17 @@ impl Leaser {
         )
         .await
         .context("cannot lease a snowflake worker number")?;
-        let Some(horizon) = horizon else {
+        let Some(stored) = horizon else {
             return Ok(None);
         };
+        let now = self.config.clock.now_ms();
+        // A missing horizon is unknown, not "never used": the key may have
+        // been lost with Redis's data while a holder of `n` still mints (its
+        // lease key went with it). That holder stops by its next renewal, and
+        // mints nothing past its own horizon: at most a TTL from now. So that
+        // bound stands in for the lost horizon, and the wait below runs a
+        // TTL plus the skew margin.
+        let horizon = stored.unwrap_or(now + self.ttl_ms());
         // The horizon an older version kept for `n`, in another slot (see
         // keys::legacy_worker_horizon); it too bounds what `n` has minted.
         let legacy: redis::RedisResult<Option<u64>> = redis::cmd("GET")
@@ -333,8 +382,14 @@ impl Leaser {
         } else {
             (horizon + SKEW_MARGIN.as_millis() as u64).max(not_before_ms)
         };
-        let now = self.config.clock.now_ms();
         let wait = Duration::from_millis(floor.saturating_sub(now));
+        if stored.is_none() {
+            tracing::warn!(
+                worker = n,
+                wait_ms = wait.as_millis() as u64,
+                "worker number {n} has no horizon in Redis (its data was lost, or this Redis was never seeded as fresh): waiting the lease TTL plus the skew margin, so any earlier holder has stopped minting"
+            );
+        }
         if wait > self.max_wait() {
             tracing::error!(
                 worker = n,

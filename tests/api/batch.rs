@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use seckill::infra::redis_server::RedisServer;
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -58,7 +57,7 @@ async fn script_calls(app: &TestApp) -> u64 {
 /// purchase counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_buyers_share_script_calls() {
-    let redis = RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     let app = Arc::new(spawn_app_on(&redis.url(), |_| {}).await);
     let item = unique("coalesce");
     let created = app
@@ -88,7 +87,7 @@ async fn concurrent_buyers_share_script_calls() {
 async fn a_failed_batch_fails_every_buyer_and_writes_nothing() {
     // A Redis of its own: the poisoned order log would break every other
     // test's item list on the shared one.
-    let redis_server = RedisServer::start(Default::default()).unwrap();
+    let redis_server = crate::helpers::fresh_redis();
     let app = Arc::new(spawn_app_on(&redis_server.url(), |_| {}).await);
     let item = unique("badlog");
     let created = app
@@ -186,7 +185,7 @@ async fn a_bad_value_fails_the_batch_before_any_write() {
 /// is a 201: no buyer was told "nothing bought" about a purchase that happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buyers_who_give_up_in_the_queue_buy_nothing() {
-    let redis_server = RedisServer::start(Default::default()).unwrap();
+    let redis_server = crate::helpers::fresh_redis();
     let app = Arc::new(
         spawn_app_on(&redis_server.url(), |c| {
             c.lock_wait_ms = 200;

@@ -51,6 +51,7 @@ async fn one_node_cluster() -> RedisServer {
         Duration::from_secs(10),
     )
     .await;
+    crate::helpers::seed_fresh(RedisTarget::Cluster(vec![redis.url()]));
     redis
 }
 
@@ -162,10 +163,7 @@ async fn no_command_of_the_service_spans_two_slots() {
 /// Never dropped: its nodes die with the test process (PDEATHSIG).
 fn shared_cluster() -> &'static RedisCluster {
     static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        RedisCluster::start(RedisClusterOptions::default())
-            .expect("tests need redis-server and redis-cli on PATH")
-    })
+    CLUSTER.get_or_init(|| crate::helpers::fresh_cluster(RedisClusterOptions::default()))
 }
 
 fn cluster_target(cluster: &RedisCluster) -> RedisTarget {
@@ -410,7 +408,7 @@ async fn instances_lease_distinct_worker_numbers_on_the_cluster() {
 /// an unreplicated write: `replicas.rs` holds the `WAIT` itself.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_mid_sale_loses_no_confirmed_order() {
-    let mut cluster = RedisCluster::start(RedisClusterOptions::default()).unwrap();
+    let mut cluster = crate::helpers::fresh_cluster(RedisClusterOptions::default());
     // Start-up refuses a cluster where any master may evict keys, not
     // only the one it happens to ask.
     let mut config = seckill::config::Config::defaults();

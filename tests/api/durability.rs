@@ -124,7 +124,7 @@ async fn a_leftover_redis_server_on_the_same_files_is_stopped_first() {
 
 #[tokio::test]
 async fn a_redis_that_may_evict_keys_is_refused_unless_allowed() {
-    let redis = RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     let mut conn = crate::helpers::connect(&redis.url()).await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")

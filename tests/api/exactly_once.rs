@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use seckill::config::Config;
 use seckill::domain::{ItemId, UserId};
-use seckill::infra::redis_server::{RedisServer, RedisServerOptions};
 use seckill::orders::snowflake::OrderId;
 use seckill::sale::ItemSettings;
 use seckill::sale::idempotency::{Idempotency, IdempotencyKey};
@@ -19,8 +18,8 @@ use seckill::strategy::{Outcome, Purchase, StrategyKind};
 use serde_json::Value;
 
 use crate::helpers::{
-    assert_error, connect, keys, shared_redis, single, spawn_app_on, sqlite_url, status_and_json,
-    unique,
+    assert_error, connect, fresh_redis, keys, shared_redis, single, spawn_app_on, sqlite_url,
+    status_and_json, unique,
 };
 use crate::proxy::ReplyDelayProxy;
 
@@ -117,7 +116,7 @@ async fn a_reply_lost_after_the_purchase_ran_is_outcome_unknown_and_a_repeat_rep
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_held_by_a_paused_redis_is_bought_once_per_key() {
     // Private: CLIENT PAUSE would stall every other test's Redis.
-    let redis = RedisServer::start(RedisServerOptions::default()).unwrap();
+    let redis = fresh_redis();
     let app = Arc::new(
         spawn_app_on(&redis.url(), |c| {
             c.redis_timeout_ms = 500;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 use seckill::config::Config;
+use seckill::infra::redis_cluster::{RedisCluster, RedisClusterOptions};
 use seckill::infra::redis_conn::{RedisTarget, Timeouts};
 use seckill::infra::redis_server::{RedisServer, RedisServerOptions};
 use seckill::startup::App;
@@ -24,10 +25,52 @@ use tokio::sync::oneshot;
 /// the test process (the child is spawned with PDEATHSIG).
 pub fn shared_redis() -> &'static RedisServer {
     static REDIS: OnceLock<RedisServer> = OnceLock::new();
-    REDIS.get_or_init(|| {
-        RedisServer::start(RedisServerOptions::default())
-            .expect("tests need `redis-server` on PATH (apt-get install redis-server)")
+    REDIS.get_or_init(fresh_redis)
+}
+
+/// A private Redis of the test's own, started empty.
+pub fn fresh_redis() -> RedisServer {
+    fresh_redis_with(RedisServerOptions::default())
+}
+
+/// A Redis started empty with `options`, its worker horizons seeded (see
+/// [`seed_fresh`]).
+pub fn fresh_redis_with(options: RedisServerOptions) -> RedisServer {
+    let redis = RedisServer::start(options)
+        .expect("tests need `redis-server` on PATH (apt-get install redis-server)");
+    seed_fresh(single(&redis.url()));
+    redis
+}
+
+/// A Redis Cluster started empty, its worker horizons seeded.
+pub fn fresh_cluster(options: RedisClusterOptions) -> RedisCluster {
+    let cluster =
+        RedisCluster::start(options).expect("tests need redis-server and redis-cli on PATH");
+    seed_fresh(RedisTarget::Cluster(cluster.urls()));
+    cluster
+}
+
+/// Marks the worker numbers of `target`, a Redis this test just started
+/// empty, as never used: known fresh, so an app on it takes its number at
+/// once instead of waiting out the lease TTL as after lost data (see
+/// `seckill::orders::lease`). On a thread and runtime of its own: callers
+/// are synchronous (a `OnceLock`) or inside a test's runtime, which a
+/// blocking wait would stall.
+pub fn seed_fresh(target: RedisTarget) {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let conn = target.connect(TIMEOUTS).await.unwrap();
+            seckill::orders::lease::seed_fresh_horizons(&conn)
+                .await
+                .unwrap();
+        });
     })
+    .join()
+    .unwrap();
 }
 
 pub struct TestApp {
@@ -81,7 +124,7 @@ pub async fn spawn_persisting_app(
     database_url: &str,
     tweak: impl FnOnce(&mut Config),
 ) -> (TestApp, RedisServer) {
-    let redis = RedisServer::start(RedisServerOptions::default()).unwrap();
+    let redis = fresh_redis();
     let url = database_url.to_owned();
     let app = spawn_app_on(&redis.url(), |c| {
         c.database_url = url;

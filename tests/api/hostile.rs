@@ -270,7 +270,7 @@ async fn connections_past_the_cap_wait_until_one_closes() {
 /// failure, at the request timeout, not the Redis one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_the_request_timeout_gets_a_json_503() {
-    let redis = seckill::infra::redis_server::RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     let app = crate::helpers::spawn_app_on(&redis.url(), |c| {
         // Room for the item's creation on a loaded machine, far below the
         // Redis timeout.
@@ -350,7 +350,7 @@ async fn live_streams_are_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
     // A private Redis: the bad keys must not reach the other tests' listings.
-    let private = seckill::infra::redis_server::RedisServer::start(Default::default()).unwrap();
+    let private = crate::helpers::fresh_redis();
     let app = crate::helpers::spawn_app_on(&private.url(), |_| {}).await;
     let mut redis = app.redis().await;
     // A buyer's count that is not an integer, under the limit as a number;
@@ -446,7 +446,7 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stock_redis_cannot_decrement_fails_before_the_order_is_appended() {
     // A private Redis: the bad stocks must not reach the other tests' listings.
-    let private = seckill::infra::redis_server::RedisServer::start(Default::default()).unwrap();
+    let private = crate::helpers::fresh_redis();
     let app = crate::helpers::spawn_app_on(&private.url(), |_| {}).await;
     let mut redis = app.redis().await;
     for strategy in ["lua", "lua-batch"] {

@@ -331,7 +331,7 @@ async fn worker_of_purchase(app: &TestApp, item: &str, user: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_lease_only_free_worker_numbers_and_never_the_same() {
-    let redis = RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     hold_all_worker_numbers_but(&redis, &[300, 301]).await;
     let (a, b) = (
         spawn_app_on(&redis.url(), |_| {}).await,
@@ -349,7 +349,7 @@ async fn instances_lease_only_free_worker_numbers_and_never_the_same() {
 
 #[tokio::test]
 async fn a_second_instance_with_the_same_worker_id_refuses_to_start() {
-    let redis = RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     let first = spawn_app_on(&redis.url(), |c| c.worker_id = Some(7)).await;
     let mut config = seckill::config::Config::defaults();
     config.database_url = sqlite_url();
@@ -379,7 +379,7 @@ struct OnlyFive {
 }
 
 async fn only_worker_five_free() -> OnlyFive {
-    let redis = RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     hold_all_worker_numbers_but(&redis, &[5]).await;
     let conn = single(&redis.url()).connect(TIMEOUTS).await.unwrap();
     let t0 = seckill::orders::snowflake::Clock::now_ms(&SystemClock);
@@ -478,7 +478,7 @@ async fn a_worker_number_taken_over_mints_no_repeated_id() {
 /// then leases another number as soon as one is free and resumes with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_lease_stops_purchases_until_another_number_is_leased() {
-    let redis = RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     hold_all_worker_numbers_but(&redis, &[3]).await;
     let app = spawn_app_on(&redis.url(), |c| c.worker_lease_ttl_ms = 300).await;
     let item = unique("lost");
@@ -793,11 +793,13 @@ async fn binding_a_sale_does_not_abort_the_optimistic_buyer_that_binds_it() {
 }
 
 /// Redis loses the lease and the horizon (a Redis without persistence,
-/// restarted) while the clock stands still: the instance leases again, and
-/// its new generator still issues nothing it issued before.
+/// restarted) while the clock stands still: the instance leases again, but
+/// mints only once its clock is a TTL plus the skew margin past the take
+/// (another holder of the number, whose keys went too, may mint until
+/// then), and its new generator still issues nothing it issued before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_retaken_after_redis_forgot_it_repeats_no_id() {
-    let redis = RedisServer::start(Default::default()).unwrap();
+    let redis = crate::helpers::fresh_redis();
     let conn = single(&redis.url()).connect(TIMEOUTS).await.unwrap();
     let t0 = seckill::orders::snowflake::Clock::now_ms(&SystemClock);
     let clock = Arc::new(ManualClock::new(t0));
@@ -825,7 +827,15 @@ async fn a_lease_retaken_after_redis_forgot_it_repeats_no_id() {
             "repeated id {id} after Redis forgot the lease"
         );
     }
+    // Leased again at t0 (the renewal after the flush found the lease gone):
+    // not usable before t0 + TTL + margin.
     clock.set(t0 + 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !minter.is_ready(),
+        "a number whose horizon was lost is used before any earlier holder must have stopped"
+    );
+    clock.set(t0 + 300 + SKEW_MARGIN.as_millis() as u64 + 1);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !minter.is_ready() {
         assert!(Instant::now() < deadline, "never leased again");
@@ -835,6 +845,62 @@ async fn a_lease_retaken_after_redis_forgot_it_repeats_no_id() {
         let id = minter.next().unwrap();
         assert!(!before.contains(&id), "repeated id {id}");
     }
+    lease.release().await;
+}
+
+/// A number whose horizon key is missing (lost with Redis's data, perhaps
+/// under a holder that still mints) is used only once the clock is a lease
+/// TTL plus the skew margin past the take: by then any earlier holder has
+/// stopped. A Redis seeded as fresh (the harness's) costs no wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_without_a_horizon_waits_a_ttl_and_the_margin_unless_seeded_fresh() {
+    let OnlyFive {
+        redis: _redis,
+        conn,
+        t0,
+        clock,
+        config,
+    } = only_worker_five_free().await;
+    // Seeded: taken at once, though the clock stands still.
+    let seeded = tokio::time::timeout(
+        Duration::from_secs(1),
+        WorkerLease::acquire(conn.clone(), config.clone()),
+    )
+    .await
+    .expect("a number of a seeded fresh Redis is taken without a wait")
+    .unwrap();
+    assert_eq!(seeded.worker(), 5);
+    seeded.release().await;
+
+    let mut probe = conn.clone();
+    let _: () = redis::cmd("DEL")
+        .arg(seckill::keys::worker_lease(5))
+        .arg(seckill::keys::worker_horizon(5))
+        .arg(seckill::keys::legacy_worker_horizon(5))
+        .query_async(&mut probe)
+        .await
+        .unwrap();
+    let taking = tokio::spawn(WorkerLease::acquire(conn.clone(), config.clone()));
+    let floor = t0 + config.ttl.as_millis() as u64 + SKEW_MARGIN.as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !taking.is_finished(),
+        "minted with a number of unknown past"
+    );
+    clock.set(floor);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !taking.is_finished(),
+        "the wait must last the whole TTL plus the skew margin"
+    );
+    clock.set(floor + 1);
+    let lease = tokio::time::timeout(Duration::from_secs(5), taking)
+        .await
+        .expect("the taker resumes once its clock passes TTL + margin")
+        .unwrap()
+        .unwrap();
+    let minted = lease.minter().next().unwrap().parts().unix_ms;
+    assert!(minted > floor, "minted at {minted}, before {floor}");
     lease.release().await;
 }
 

@@ -244,7 +244,7 @@ async fn the_orders_api_pages_with_a_stable_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_201_reaches_sql_across_a_kill_9() {
     for database_url in database_urls() {
-        let redis = seckill::infra::redis_server::RedisServer::start(Default::default()).unwrap();
+        let redis = crate::helpers::fresh_redis();
         let redis_url = redis.url();
         let env = [
             ("REDIS_URL", redis_url.as_str()),

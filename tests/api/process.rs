@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,51 +86,78 @@ impl Server {
     }
 }
 
-/// Buys on `server` with 16 clients for `run_for`, each purchase on the next
-/// of `sales` (item, strategy) in turn and from a new user, then kills the
-/// server with SIGKILL in the middle of that load. Returns the order ids
+/// Buys on `server` with 16 clients for `run_for` (see [`Load`]), then kills
+/// the server with SIGKILL in the middle of that load. Returns the order ids
 /// that got a 201 before the kill.
 pub async fn buy_until_killed(
     server: &mut Server,
     sales: &[(String, &'static str)],
     run_for: Duration,
 ) -> HashSet<String> {
-    let client = reqwest::Client::new();
-    let answered = Arc::new(Mutex::new(HashSet::new()));
-    let sales: Arc<[(String, &'static str)]> = sales.into();
-    let mut load = JoinSet::new();
-    for worker in 0..16 {
-        let (client, base, sales, answered) = (
-            client.clone(),
-            server.base.clone(),
-            Arc::clone(&sales),
-            Arc::clone(&answered),
-        );
-        load.spawn(async move {
-            for n in 0.. {
-                let (item, strategy) = &sales[n % sales.len()];
-                let url = format!(
-                    "{base}/api/items/{item}/purchase?user_id=k{worker}x{n}&strategy={strategy}"
-                );
-                let Ok(response) = client.post(url).send().await else {
-                    break;
-                };
-                if response.status() == 201 {
-                    let Ok(body) = response.json::<Value>().await else {
-                        break;
-                    };
-                    answered
-                        .lock()
-                        .unwrap()
-                        .insert(body["order_id"].as_str().unwrap().to_owned());
-                }
-            }
-        });
-    }
+    let mut load = Load::default();
+    load.on(&server.base, sales, "k");
     tokio::time::sleep(run_for).await;
     server.kill();
-    while load.join_next().await.is_some() {}
-    answered.lock().unwrap().clone()
+    load.stop().await.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Purchases under way, until [`Load::stop`]: 16 clients per server, each
+/// purchase on the next of `sales` (item, strategy) in turn and from a new
+/// user. A client whose request fails (its server gone) stops.
+#[derive(Default)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    /// Each 201's order id, with when its request was sent.
+    answered: Arc<Mutex<Vec<(Instant, String)>>>,
+    clients: JoinSet<()>,
+}
+
+impl Load {
+    /// Adds 16 clients buying on `base`, their users named after `tag`.
+    pub fn on(&mut self, base: &str, sales: &[(String, &'static str)], tag: &str) {
+        let client = reqwest::Client::new();
+        let sales: Arc<[(String, &'static str)]> = sales.into();
+        for worker in 0..16 {
+            let (client, base, sales, answered, stop) = (
+                client.clone(),
+                base.to_owned(),
+                Arc::clone(&sales),
+                Arc::clone(&self.answered),
+                Arc::clone(&self.stop),
+            );
+            let tag = tag.to_owned();
+            self.clients.spawn(async move {
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (item, strategy) = &sales[n % sales.len()];
+                    let url = format!(
+                        "{base}/api/items/{item}/purchase?user_id={tag}{worker}x{n}&strategy={strategy}"
+                    );
+                    let sent = Instant::now();
+                    let Ok(response) = client.post(url).send().await else {
+                        break;
+                    };
+                    if response.status() == 201 {
+                        let Ok(body) = response.json::<Value>().await else {
+                            break;
+                        };
+                        let id = body["order_id"].as_str().unwrap().to_owned();
+                        answered.lock().unwrap().push((sent, id));
+                    }
+                }
+            });
+        }
+    }
+
+    /// Stops every client (a request under way is answered first) and
+    /// returns the 201s' order ids, repeats kept, with when each was sent.
+    pub async fn stop(mut self) -> Vec<(Instant, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.clients.join_next().await.is_some() {}
+        std::mem::take(&mut *self.answered.lock().unwrap())
+    }
 }
 
 impl Drop for Server {

@@ -17,7 +17,7 @@ async fn purchases_fail_with_503_while_redis_is_down_and_recover_after() {
         append_only: Some(seckill::infra::redis_server::Fsync::Always),
         ..RedisServerOptions::default()
     };
-    let mut redis = RedisServer::start(options.clone()).unwrap();
+    let mut redis = crate::helpers::fresh_redis_with(options.clone());
     let app = spawn_app_on(&redis.url(), |c| {
         c.redis_timeout_ms = 500;
         c.worker_id = Some(1);

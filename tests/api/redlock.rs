@@ -11,9 +11,7 @@ use tokio::task::JoinSet;
 use crate::helpers::{TestApp, assert_error, spawn_app_with, unique};
 
 fn three_nodes() -> Vec<RedisServer> {
-    (0..3)
-        .map(|_| RedisServer::start(Default::default()).unwrap())
-        .collect()
+    (0..3).map(|_| crate::helpers::fresh_redis()).collect()
 }
 
 async fn redlock_app(nodes: &[RedisServer], lock_wait_ms: u64) -> Arc<TestApp> {

@@ -23,8 +23,8 @@ struct Replicated {
 }
 
 async fn master_with_replica() -> Replicated {
-    let master = RedisServer::start(Default::default()).unwrap();
-    let replica = RedisServer::start(Default::default()).unwrap();
+    let master = crate::helpers::fresh_redis();
+    let replica = crate::helpers::fresh_redis();
     let mut conn = connect(&replica.url()).await;
     let _: () = redis::cmd("REPLICAOF")
         .arg("127.0.0.1")

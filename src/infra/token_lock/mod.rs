@@ -140,22 +140,24 @@ pub fn add_release_unused(pipe: &mut Pipeline, lock: &str, fence: &str, token: &
         .arg(fenced);
 }
 
-/// Takes `key` if free and reads its `horizon` key in the same step: the
-/// horizon (0 if never set) when the lock is now ours, `None` when held.
+/// Takes `key` if free and reads its `horizon` key in the same step: `None`
+/// when held; when the lock is now ours, `Some` of the horizon, itself
+/// `None` when the horizon key is missing (how far it was used is unknown).
 pub async fn take_with_horizon(
     redis: &mut impl ConnectionLike,
     key: &str,
     horizon: &str,
     token: &str,
     ttl: Duration,
-) -> RedisResult<Option<u64>> {
-    TAKE_WITH_HORIZON
+) -> RedisResult<Option<Option<u64>>> {
+    let taken: Option<i64> = TAKE_WITH_HORIZON
         .key(key)
         .key(horizon)
         .arg(token)
         .arg(millis(ttl))
         .invoke_async(redis)
-        .await
+        .await?;
+    Ok(taken.map(|horizon| u64::try_from(horizon).ok()))
 }
 
 /// Extends a lock we still hold and raises its horizon to `horizon_ms`;

@@ -6,10 +6,16 @@
 -- ARGV[2] TTL in milliseconds: long enough for the taker's wait past the horizon
 --
 -- Returns the horizon (Unix ms; 0 when the number was never used) if the
--- number is now ours, false if someone holds it. One script, so the horizon
--- read is the one left by the last holder before us, never an older one.
+-- number is now ours, -1 if it is ours but its horizon key is missing (lost
+-- with Redis's data, or a Redis never seeded: how far it was used is unknown),
+-- false if someone holds it. One script, so the horizon read is the one left
+-- by the last holder before us, never an older one.
 
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return tonumber(redis.call('GET', KEYS[2]) or '0')
+  local horizon = redis.call('GET', KEYS[2])
+  if horizon then
+    return tonumber(horizon)
+  end
+  return -1
 end
 return false
