@@ -1,7 +1,8 @@
 """Exactly N requests over C keep-alive connections, for bench/callgrind/run.sh.
 
-usage: load.py PORT ITEM STRATEGY N C    (STRATEGY `healthz`: GET /healthz)
-Each purchase is a new buyer. Prints the count of each status; exits 1 when
+usage: load.py PORT ITEM STRATEGY N C [keyed]    (STRATEGY `healthz`: GET /healthz)
+Each purchase is a new buyer; with `keyed`, each also carries its own
+Idempotency-Key. Prints the count of each status; exits 1 when
 any request was not answered with its expected status.
 """
 
@@ -11,6 +12,7 @@ import sys
 import threading
 
 port, item, strategy, n, c = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+keyed = sys.argv[6:] == ["keyed"]
 counts = collections.Counter()
 lock = threading.Lock()
 
@@ -21,7 +23,8 @@ def worker(first):
         if strategy == "healthz":
             conn.request("GET", "/healthz")
         else:
-            conn.request("POST", f"/api/items/{item}/purchase?user_id=cg{i}&strategy={strategy}")
+            headers = {"Idempotency-Key": f"cg-{i}"} if keyed else {}
+            conn.request("POST", f"/api/items/{item}/purchase?user_id=cg{i}&strategy={strategy}", headers=headers)
         response = conn.getresponse()
         response.read()
         with lock:

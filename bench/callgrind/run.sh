@@ -5,7 +5,8 @@
 #
 #   bench/callgrind/run.sh BINARY [STRATEGY] [N]
 #
-# STRATEGY: a purchase strategy (default lua), or `healthz`. Runs the server
+# STRATEGY: a purchase strategy (default lua), or `healthz`; KEYED=1 gives
+# each purchase its own Idempotency-Key. Runs the server
 # under callgrind twice on a fresh redis-server and SQLite file, once with no
 # request and once with N (default 4000) over 8 connections, persistence on,
 # RUST_LOG=warn unless set; prints the difference per request. The profile of
@@ -28,7 +29,7 @@ total() { # requests -> instructions of the whole server run
     dir=$(mktemp -d)
     start_sale "$dir" cg valgrind --tool=callgrind \
         --callgrind-out-file="$out_dir/$strategy-$requests.out"
-    python3 "$here/load.py" "$http_port" cg "$strategy" "$requests" 8 >&2
+    python3 "$here/load.py" "$http_port" cg "$strategy" "$requests" 8 ${KEYED:+keyed} >&2
     sleep 2 # the persister catches up
     stop_sale
     grep -h '^summary:' "$out_dir/$strategy-$requests.out" | awk '{print $2}'
