@@ -9,6 +9,13 @@ use clap::Args;
 use crate::infra::redis_conn::ReplicaWait;
 use crate::infra::telemetry::LogFormat;
 
+/// Most purchases per `lua-batch` script call, `LUA_BATCH_MAX`'s upper
+/// bound: each purchase is four arguments, and the script unpacks the users
+/// into one `HMGET` and the buyers with their new counts into one `HSET`
+/// (two values each), within Lua's stack limit (8,000). Here, with the
+/// other bounds of the settings; `strategy::lua_batch` uses it.
+pub const MAX_LUA_BATCH: usize = 1000;
+
 /// Settings for `seckill serve`.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -348,7 +355,7 @@ impl Config {
                 return refuse(env, &value, &format!("must be above 0: {why}"));
             }
         }
-        let max_batch = crate::strategy::lua_batch::MAX_BATCH;
+        let max_batch = MAX_LUA_BATCH;
         if !(1..=max_batch).contains(&self.lua_batch_max) {
             return refuse(
                 "LUA_BATCH_MAX",

@@ -82,10 +82,9 @@ impl From<BatchError> for StrategyError {
 /// bought right now.
 type Queues = Arc<Mutex<HashMap<ItemId, VecDeque<Waiter>>>>;
 
-/// Most purchases per script call: each is four arguments, and the script
-/// unpacks the users into one `HMGET` and the buyers with their new counts
-/// into one `HSET` (two values each), within Lua's stack limit (8,000).
-pub const MAX_BATCH: usize = 1000;
+/// Most purchases per script call (`LUA_BATCH_MAX`'s bound, checked with
+/// the other settings).
+pub use crate::config::MAX_LUA_BATCH as MAX_BATCH;
 
 pub struct LuaBatch {
     redis: RedisConn,
