@@ -176,7 +176,7 @@ impl App {
                 recorder: Recorder::new(Arc::clone(&stats), Arc::clone(&metrics)),
                 pool,
                 replicas,
-                lookup: OrderLookup::new(redis.clone(), db.clone()),
+                lookup: OrderLookup::new(redis.clone(), db.clone(), config.request_timeout()),
                 request_timeout: config.request_timeout(),
             },
         ));

@@ -139,7 +139,7 @@ pub struct OrderStatus {
         (status = 200, description = "The order exists.", body = OrderStatus),
         (status = 400, description = "`invalid_request`: a malformed id or item, or no `item`.", body = ErrorBody),
         (status = 404, description = "`order_not_found`: neither SQL nor the item's order log holds it now. A purchase that answered `outcome_unknown` moments ago may still land (a write held up on its way); a repeat with its Idempotency-Key settles it.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: unknown, because Redis or the database cannot be read (or too many orders were taken since its time to search the log now).", body = ErrorBody),
+        (status = 503, description = "`unavailable`: unknown, because Redis or the database cannot be read (or too many orders were taken around its time to search the log).", body = ErrorBody),
     ),
 )]
 pub async fn get_order(
@@ -157,7 +157,7 @@ pub async fn get_order(
         .as_deref()
         .ok_or_else(|| ApiError::invalid("item is required: the order's item"))
         .and_then(|item| ItemId::parse(item).map_err(ApiError::invalid))?;
-    let lookup = OrderLookup::new(state.redis.clone(), state.db.clone());
+    let lookup = OrderLookup::new(state.redis.clone(), state.db.clone(), state.request_timeout);
     match lookup.find(&item, order_id).await {
         Ok(Some((order, found_in))) => Ok(Json(OrderStatus {
             order_id,

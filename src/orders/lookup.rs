@@ -4,6 +4,8 @@
 //! bought ([`crate::sale::purchase`]), and what `GET /api/orders/{order_id}`
 //! answers.
 
+use std::time::Duration;
+
 use crate::domain::ItemId;
 use crate::infra::redis_conn::RedisConn;
 use crate::keys::ItemKeys;
@@ -28,9 +30,9 @@ pub enum LookupError {
     Database(#[from] sqlx::Error),
     #[error("redis cannot be read")]
     Redis(#[from] redis::RedisError),
-    /// The order's time lies further back in the log than one lookup reads.
-    #[error("too many orders were taken since this order's time to search the log")]
-    TooFarBack,
+    /// More orders stand around this order's time than one lookup reads.
+    #[error("too many orders were taken around this order's time to search the log")]
+    TooMany,
 }
 
 /// Finds orders by id.
@@ -38,11 +40,14 @@ pub enum LookupError {
 pub struct OrderLookup {
     redis: RedisConn,
     db: Db,
+    /// How long after minting its id a purchase may still append its order
+    /// (`REQUEST_TIMEOUT_MS`): the window a log is searched in.
+    late: Duration,
 }
 
 impl OrderLookup {
-    pub fn new(redis: RedisConn, db: Db) -> Self {
-        Self { redis, db }
+    pub fn new(redis: RedisConn, db: Db, late: Duration) -> Self {
+        Self { redis, db, late }
     }
 
     /// The Redis it reads.
@@ -67,20 +72,20 @@ impl OrderLookup {
             .arg(&keys.archives)
             .query_async(&mut redis)
             .await?;
-        let mut too_far_back = false;
+        let mut too_many = false;
         for log in std::iter::once(&keys.orders).chain(&archives) {
-            match order_log::find(&mut redis, item, log, order_id).await? {
+            match order_log::find(&mut redis, item, log, order_id, self.late).await? {
                 Found::Order(order) => return Ok(Some((order, Place::OrderLog))),
                 Found::Absent => {}
-                Found::TooFarBack => too_far_back = true,
+                Found::TooMany => too_many = true,
             }
         }
         // The persister may have moved it to SQL while the logs were read.
         if let Some(order) = self.db.orders_by_id(&[order_id]).await?.pop() {
             return Ok(Some((order, Place::Sql)));
         }
-        if too_far_back {
-            return Err(LookupError::TooFarBack);
+        if too_many {
+            return Err(LookupError::TooMany);
         }
         Ok(None)
     }

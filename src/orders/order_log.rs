@@ -201,9 +201,9 @@ fn unexpected(what: &str, got: &Value) -> ParsingError {
 /// How far before an order id's own time its entry may stand in a log:
 /// entry ids are Redis's clock, order ids the minting instance's, and the
 /// worker lease already assumes the two agree within this margin.
-const LOOKBACK_MS: u64 = crate::orders::lease::SKEW_MARGIN.as_millis() as u64;
-/// Entries read per `XREVRANGE` page, and pages at most per search: a
-/// bound on what one lookup costs Redis, however old the id it is given.
+const SKEW_MS: u64 = crate::orders::lease::SKEW_MARGIN.as_millis() as u64;
+/// Entries read per `XRANGE` page, and pages at most per search: a bound on
+/// what one lookup costs Redis, whatever id it is given.
 const FIND_PAGE: usize = 1000;
 const FIND_PAGES: usize = 20;
 
@@ -211,36 +211,41 @@ const FIND_PAGES: usize = 20;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Found {
     Order(OrderRecord),
-    /// Read to the order's time: it is not there.
+    /// Read through the order's window: it is not there.
     Absent,
-    /// More entries stand between now and the order's time than one search
-    /// reads ([`FIND_PAGES`] × [`FIND_PAGE`]): it cannot say.
-    TooFarBack,
+    /// More entries stand in the order's window than one search reads
+    /// ([`FIND_PAGES`] × [`FIND_PAGE`]): it cannot say.
+    TooMany,
 }
 
-/// Looks for `order_id` in the log at `key` (of `item`), newest first, down
-/// to the order's own time less [`LOOKBACK_MS`]: a purchase just made is on
-/// the first page. Without a consumer group or an index, this is how a log
-/// answers "is this order here" (see `http::orders`).
+/// Looks for `order_id` in the log at `key` (of `item`), oldest first,
+/// within the window its entry can stand in: from the order's own time less
+/// the clock skew to `late` after it (how long after minting a purchase
+/// may still append: its request's time) plus the skew. An entry appended
+/// later than that (a write held up past its request) is found in SQL once
+/// the persister has it. Without an index of ids, this is how a log
+/// answers "is this order here"; a purchase just made is on the first page.
 pub async fn find(
     redis: &mut impl redis::aio::ConnectionLike,
     item: &ItemId,
     key: &str,
     order_id: OrderId,
+    late: std::time::Duration,
 ) -> redis::RedisResult<Found> {
-    let floor = order_id.parts().unix_ms.saturating_sub(LOOKBACK_MS);
-    let mut end = "+".to_owned();
+    let minted = order_id.parts().unix_ms;
+    let last_ms = minted.saturating_add(late.as_millis() as u64 + SKEW_MS);
+    let mut start = format!("{}-0", minted.saturating_sub(SKEW_MS));
     for _ in 0..FIND_PAGES {
-        let page: Value = redis::cmd("XREVRANGE")
+        let page: Value = redis::cmd("XRANGE")
             .arg(key)
-            .arg(&end)
-            .arg(format!("{floor}-0"))
+            .arg(&start)
+            .arg(last_ms)
             .arg("COUNT")
             .arg(FIND_PAGE)
             .query_async(redis)
             .await?;
         let entries = entries_of(page).map_err(|err| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "XREVRANGE reply", err.to_string()))
+            redis::RedisError::from((redis::ErrorKind::Parse, "XRANGE reply", err.to_string()))
         })?;
         for entry in &entries {
             if let Ok(order) = parse(item, entry)
@@ -249,16 +254,15 @@ pub async fn find(
                 return Ok(Found::Order(order));
             }
         }
-        let Some(last) = entries.last() else {
-            return Ok(Found::Absent);
-        };
-        if entries.len() < FIND_PAGE {
-            return Ok(Found::Absent);
+        match entries.last() {
+            Some(last) if entries.len() == FIND_PAGE => {
+                // Exclusive: the next page starts after the last entry read.
+                start = format!("({}", last.id);
+            }
+            _ => return Ok(Found::Absent),
         }
-        // Exclusive: the next page starts below the last entry read.
-        end = format!("({}", last.id);
     }
-    Ok(Found::TooFarBack)
+    Ok(Found::TooMany)
 }
 
 /// Reads an entry of `item`'s order log back into an order.

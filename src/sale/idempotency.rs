@@ -30,6 +30,17 @@
 //! claim (nothing was bought; a repeat simply asks again), which also keeps
 //! hostile keys from filling Redis: records outlive their claim only for
 //! keys that bought. No record is made for an item that does not exist.
+//!
+//! # Limits
+//! - A purchase whose write is held up on its way (a paused Redis) for
+//!   longer than `IDEMPOTENCY_TTL_S` lands after the record that would have
+//!   refused it expired: the TTL must stay far above any such stall (24 h by
+//!   default; the settings check only requires it to outlast the request).
+//! - Upgrading from a version before the commit-point record: stop every
+//!   instance of the earlier version first. Those check no key at their
+//!   commit, and release a failed claim by deleting the record whatever it
+//!   holds, a record this version wrote included. Their `done` records
+//!   (with the 201's `body`) are read and replayed by this version.
 
 use std::time::Duration;
 

@@ -8,17 +8,22 @@
 //!
 //! # An answer for every outcome
 //! The strategy marks its purchase just before it sends the step that
-//! commits ([`Purchase::committing`]). An error after that which says
-//! nothing about whether the step ran (a timeout, a connection dropped
-//! mid-reply), or a purchase still running when its share of the request
-//! timeout is spent, leaves the outcome unknown to the strategy. The order
-//! id was minted before the write, so the purchase then looks for it (the
-//! key's record, SQL, the item's order log) within what is left of the
-//! request's time: found, it is a 201; not found or not readable, a 503
-//! `outcome_unknown` carrying the order id, which `GET /api/orders/{id}`
-//! answers later (and a repeat with the same Idempotency-Key resolves:
-//! replayed, or bought exactly once). An error before the commit step was
-//! sent, or an error reply, means nothing was bought: 503 `unavailable`.
+//! commits ([`Purchase::committing`]). An error after that which carries no
+//! answer (a timeout, a connection dropped mid-reply), any error of a step
+//! of several commands (the lock's write and release, a `MULTI`: one can
+//! commit and the next fail), or a purchase still running when its share of
+//! the request's time is spent, leaves the outcome unknown to the strategy.
+//! The order id was minted before the write, so the purchase then looks for
+//! it (the key's record, SQL, the item's order log) within what is left of
+//! the request's time: found, it is a 201. Not found after an error reply,
+//! nothing was bought (503 `unavailable`); not found after no answer, or
+//! not readable, a 503 `outcome_unknown` carrying the order id, which
+//! `GET /api/orders/{id}` answers later (and a repeat with the same
+//! Idempotency-Key resolves: replayed, or bought exactly once). An error
+//! before the commit step was sent means nothing was bought: `unavailable`.
+//! The purchase's whole time is counted from the request's arrival and ends
+//! a tenth before `REQUEST_TIMEOUT_MS`, whose own 503 would say nothing was
+//! bought.
 //!
 //! The handler in `http::purchase` only reads the request into an item, a
 //! user and a strategy name, calls [`Purchases`], and turns the result or the
@@ -40,7 +45,8 @@ use crate::sale::metrics::Metrics;
 use crate::sale::stats::Stats;
 use crate::strategy::key_record::{Bought, KeyedPurchase};
 use crate::strategy::{
-    Attempt, Decides, Outcome, Purchase, Registry, Strategy, StrategyError, StrategyKind,
+    Attempt, Committing, Decides, Outcome, Purchase, Registry, Strategy, StrategyError,
+    StrategyKind,
 };
 
 /// A purchase that went through: the body of the 201.
@@ -169,12 +175,19 @@ pub struct Purchases {
     replicas: ReplicaWait,
     /// Where a purchase whose answer was lost looks for its order.
     lookup: OrderLookup,
-    /// How long the strategy may take, and how long the look-up after a
-    /// lost answer may take: together within `REQUEST_TIMEOUT_MS`, so the
-    /// purchase answers itself instead of the request timeout's 503.
-    attempt_time: Duration,
+    /// How long after its request arrived a purchase must have answered:
+    /// inside `REQUEST_TIMEOUT_MS` by [`DEADLINE_MARGIN`], so that the
+    /// purchase answers itself instead of the request timeout's 503
+    /// (which says nothing was bought).
+    deadline: Duration,
+    /// The last part of it, kept for the look-up after a lost answer.
     resolve_time: Duration,
 }
+
+/// What is left of the request's time after the purchase's deadline: its
+/// replica `WAIT` (`REDIS_WAIT_TIMEOUT_MS`, below the Redis timeout) and
+/// the response.
+const DEADLINE_MARGIN: u32 = 10;
 
 /// What [`Purchases`] is built from, beside the strategies.
 pub struct PurchaseWiring {
@@ -196,6 +209,7 @@ impl Purchases {
         // A quarter of the request's time is kept for the look-up; the
         // strategy's own waits (lock, queue, Redis timeout) are shorter by
         // default, so it rarely comes to that.
+        let deadline = wiring.request_timeout * (DEADLINE_MARGIN - 1) / DEADLINE_MARGIN;
         let resolve_time = wiring.request_timeout / 4;
         Self {
             strategies,
@@ -206,7 +220,7 @@ impl Purchases {
             pool: wiring.pool,
             replicas: wiring.replicas,
             lookup: wiring.lookup,
-            attempt_time: wiring.request_timeout - resolve_time,
+            deadline,
             resolve_time,
         }
     }
@@ -266,25 +280,61 @@ impl Purchases {
         let order_id = self.ids.next().map_err(PurchaseError::Ids)?;
         let mut purchase = Purchase::new(item, user, order_id, kind);
         purchase.keyed = keyed;
-        let tried = tokio::time::timeout(self.attempt_time, strategy.purchase(&purchase)).await;
+        // Measured from the request's arrival: the claim and the id took
+        // some of its time already.
+        let deadline = started + self.deadline;
+        let attempt_until = deadline.checked_sub(self.resolve_time).unwrap_or(deadline);
+        let tried =
+            tokio::time::timeout_at(attempt_until.into(), strategy.purchase(&purchase)).await;
+        let committing = purchase.commit_state();
         let attempt = match tried {
             Ok(Ok(attempt)) => attempt,
-            Ok(Err(err)) if !(purchase.may_have_committed() && err.may_have_run()) => {
+            Ok(Err(err))
+                if committing == Committing::No
+                    || (committing == Committing::Atomically && !err.may_have_run()) =>
+            {
                 self.recorder.error(&purchase.item, kind, started.elapsed());
                 return Err(err.into());
             }
-            Err(_) if !purchase.may_have_committed() => {
+            Err(_) if committing == Committing::No => {
                 self.recorder.error(&purchase.item, kind, started.elapsed());
                 return Err(PurchaseError::TimedOut(purchase.item));
             }
+            // An error with no answer, or even an error reply to a step of
+            // several commands (the lock's write and release, a `MULTI`),
+            // which can commit and fail on the next.
             Ok(Err(err)) => {
-                tracing::warn!(order_id = %order_id, error = ?err, "a purchase's commit step got no answer; looking for its order");
-                self.resolve(&purchase, kind, started).await?
+                tracing::warn!(order_id = %order_id, error = ?err, "a purchase's commit step failed; looking for its order");
+                let answered = !err.may_have_run();
+                match self.resolve(&purchase, deadline, answered).await {
+                    Ok(attempt) => attempt,
+                    Err(Unresolved::NotBought) => {
+                        self.recorder.error(&purchase.item, kind, started.elapsed());
+                        return Err(err.into());
+                    }
+                    Err(Unresolved::Unknown) => return Err(self.unknown(&purchase, kind, started)),
+                }
             }
             Err(_) => {
                 tracing::warn!(order_id = %order_id, "a purchase ran out of time after its commit step was sent; looking for its order");
-                self.resolve(&purchase, kind, started).await?
+                match self.resolve(&purchase, deadline, false).await {
+                    Ok(attempt) => attempt,
+                    Err(_) => return Err(self.unknown(&purchase, kind, started)),
+                }
             }
+        };
+        let attempt = match (&attempt.outcome, &purchase.keyed) {
+            // A refusal read before the commit step's own check of the key
+            // (the snapshot of a read-check-write strategy): a key that
+            // bought is answered with that purchase, not with the refusal.
+            (
+                Outcome::SoldOut | Outcome::LimitReached { .. } | Outcome::SaleRestarted,
+                Some(keyed),
+            ) => match self.idempotency.bought(keyed).await {
+                Ok(Some(bought)) => Attempt::new(Outcome::KeyBought(bought)),
+                _ => attempt,
+            },
+            _ => attempt,
         };
         if !matches!(
             attempt.outcome,
@@ -325,19 +375,20 @@ impl Purchases {
         }
     }
 
-    /// What became of a purchase whose commit step got no answer: looked
-    /// for within [`Self::resolve_time`]. Its key's record first (written
-    /// with the purchase, so it is the answer for a keyed purchase made by
-    /// a Redis strategy), then SQL and the item's order log. Not found, or
-    /// not readable: `OutcomeUnknown` (counted as an error), since a write
-    /// held up on its way may still land.
+    /// What became of a purchase whose commit step got no answer (or an
+    /// error reply), looked for until `deadline`: its key's record first
+    /// (written with the purchase, so it is the answer for a keyed purchase
+    /// made by a Redis strategy), then SQL and the item's order log. Not
+    /// found is [`Unresolved::NotBought`] only when the step `answered`
+    /// (its error reply came after it ran to the end); otherwise a write
+    /// held up on its way may still land: [`Unresolved::Unknown`].
     async fn resolve(
         &self,
         purchase: &Purchase,
-        kind: StrategyKind,
-        started: Instant,
-    ) -> Result<Attempt, PurchaseError> {
-        let found = tokio::time::timeout(self.resolve_time, async {
+        deadline: Instant,
+        answered: bool,
+    ) -> Result<Attempt, Unresolved> {
+        let found = tokio::time::timeout_at(deadline.into(), async {
             if let Some(keyed) = &purchase.keyed
                 && let Some(bought) = self.idempotency.bought(keyed).await?
             {
@@ -372,20 +423,24 @@ impl Purchases {
                 tracing::info!(order_id = %purchase.order_id, outcome = outcome.label(), "found what became of a purchase whose answer was lost");
                 Ok(Attempt::new(outcome))
             }
-            Ok(Ok(None)) => Err(self.unknown(purchase, kind, started, "not found")),
-            Ok(Err(err)) => Err(self.unknown(purchase, kind, started, &format!("{err:#}"))),
-            Err(_) => Err(self.unknown(purchase, kind, started, "the look-up ran out of time")),
+            Ok(Ok(None)) if answered => Err(Unresolved::NotBought),
+            Ok(Ok(None)) => {
+                tracing::warn!(order_id = %purchase.order_id, "a purchase whose answer was lost is not found (yet)");
+                Err(Unresolved::Unknown)
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(order_id = %purchase.order_id, error = format!("{err:#}"), "cannot look for a purchase whose answer was lost");
+                Err(Unresolved::Unknown)
+            }
+            Err(_) => {
+                tracing::warn!(order_id = %purchase.order_id, "the look-up for a purchase whose answer was lost ran out of time");
+                Err(Unresolved::Unknown)
+            }
         }
     }
 
-    fn unknown(
-        &self,
-        purchase: &Purchase,
-        kind: StrategyKind,
-        started: Instant,
-        why: &str,
-    ) -> PurchaseError {
-        tracing::warn!(order_id = %purchase.order_id, why, "a purchase's outcome is unknown");
+    /// `OutcomeUnknown`, counted as an error.
+    fn unknown(&self, purchase: &Purchase, kind: StrategyKind, started: Instant) -> PurchaseError {
         self.recorder.error(&purchase.item, kind, started.elapsed());
         PurchaseError::OutcomeUnknown {
             item: purchase.item.clone(),
@@ -532,6 +587,14 @@ fn replay_body(
         remaining: bought.remaining,
     })
     .map_err(|err| format!("cannot encode a replayed purchase: {err}"))
+}
+
+/// Why [`Purchases::resolve`] found no purchase.
+enum Unresolved {
+    /// Its commit step answered, and it is not there: nothing was bought.
+    NotBought,
+    /// It may still land, or the stores could not be read.
+    Unknown,
 }
 
 /// What a purchase attempt came to, when it was not a refusal.

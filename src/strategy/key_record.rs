@@ -11,12 +11,13 @@ use crate::domain::UserId;
 use crate::orders::snowflake::OrderId;
 use crate::strategy::StrategyKind;
 
-/// KEYS[1] the record: `idem_bought`'s reply, or nil. `optimistic` reads
+/// KEYS[1] the record: `idem_bought`'s reply, or nil (a Lua nil: `false`
+/// would reach a RESP3 client as a boolean). `optimistic` reads
 /// the record with it beside its other reads (under its `WATCH`), and a
 /// purchase whose answer was lost reads it to learn what became of it.
 pub const READ_LUA: &str = concat!(
     include_str!("key_record.lua"),
-    "return idem_bought(KEYS[1]) or false"
+    "return idem_bought(KEYS[1])"
 );
 /// KEYS[1] the record, KEYS[2] the stock; ARGV[1] the order id, ARGV[2] the
 /// fingerprint, ARGV[3] the TTL (ms). `optimistic` commits the record with

@@ -147,7 +147,7 @@ impl Strategy for Lock {
         let wrote = matches!(outcome, Outcome::Purchased { .. });
         let (written, released): (Option<redis::Value>, i64) = if wrote {
             token_lock::add_unlock(&mut pipe, &keys.lock, &token);
-            purchase.committing();
+            purchase.committing_in_steps();
             pipe.query_async(&mut redis).await?
         } else {
             token_lock::add_release_unused(&mut pipe, &keys.lock, &keys.fence, &token, fence);

@@ -72,7 +72,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::domain::{ItemId, UserId};
 use crate::keys::ItemKeys;
@@ -130,7 +130,26 @@ pub struct Purchase {
     /// Set by the strategy just before it sends the step that commits (and
     /// cleared when that step answered that it did not): after this, an
     /// error without an answer, or a purchase cut short, may have bought.
-    committing: AtomicBool,
+    committing: AtomicU8,
+}
+
+/// [`Purchase::committing`]'s states.
+const NOT_COMMITTING: u8 = 0;
+/// One script or transaction commit: an error reply means it wrote nothing.
+const COMMITTING_ATOMICALLY: u8 = 1;
+/// Several commands (a pipeline, a `MULTI`): one can commit and the next
+/// fail, so even an error reply leaves the outcome to be looked up.
+const COMMITTING_IN_STEPS: u8 = 2;
+
+/// What a purchase's commit step may have done, as the strategy marked it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committing {
+    /// Not sent (or answered that it did not commit).
+    No,
+    /// One atomic step was sent: an error reply means nothing was written.
+    Atomically,
+    /// Several commands were sent: any error may follow a commit.
+    InSteps,
 }
 
 impl Purchase {
@@ -142,25 +161,37 @@ impl Purchase {
             order_id,
             strategy,
             keyed: None,
-            committing: AtomicBool::new(false),
+            committing: AtomicU8::new(NOT_COMMITTING),
         }
     }
 
-    /// The commit step is about to be sent: from here on its outcome may be
-    /// unknown.
+    /// The commit step, one atomic script or transaction commit, is about
+    /// to be sent: from here on its outcome may be unknown.
     pub fn committing(&self) {
-        self.committing.store(true, Ordering::Release);
+        self.committing
+            .store(COMMITTING_ATOMICALLY, Ordering::Release);
+    }
+
+    /// The commit step, several commands of which one may commit and a
+    /// later one fail, is about to be sent.
+    pub fn committing_in_steps(&self) {
+        self.committing
+            .store(COMMITTING_IN_STEPS, Ordering::Release);
     }
 
     /// The commit step answered that it did not commit (an aborted
     /// `MULTI`, retried): nothing is in flight any more.
     pub fn not_committed(&self) {
-        self.committing.store(false, Ordering::Release);
+        self.committing.store(NOT_COMMITTING, Ordering::Release);
     }
 
-    /// Whether a commit step may have run without its answer reaching us.
-    pub fn may_have_committed(&self) -> bool {
-        self.committing.load(Ordering::Acquire)
+    /// What the commit step may have done without its answer reaching us.
+    pub fn commit_state(&self) -> Committing {
+        match self.committing.load(Ordering::Acquire) {
+            NOT_COMMITTING => Committing::No,
+            COMMITTING_ATOMICALLY => Committing::Atomically,
+            _ => Committing::InSteps,
+        }
     }
 
     /// Adds the buyer count and the order append to a `MULTI` (`optimistic`,
@@ -449,8 +480,8 @@ impl StrategyError {
     /// Whether the request may have reached its server and run there
     /// without its answer reaching us: a timeout, a connection dropped
     /// mid-reply, a reply we could not read. A refused connection, an
-    /// empty pool and an error reply all mean the command did not run (our
-    /// scripts check before their first write).
+    /// empty pool and an error reply all mean the command is not running
+    /// any more (whether it wrote, a look-up then tells).
     pub fn may_have_run(&self) -> bool {
         match self {
             Self::Redis(err) => err.is_io_error() && !err.is_connection_refusal(),

@@ -114,7 +114,7 @@ impl Optimistic {
             write.atomic().cmd("DECR").arg(&keys.stock);
             purchase.add_buyer_and_order(&mut write, snapshot.generation);
             purchase.add_key_commit(&mut write);
-            purchase.committing();
+            purchase.committing_in_steps();
             let committed: Option<(i64,)> = write.query_async(conn).await?;
             if committed.is_none() {
                 purchase.not_committed();

@@ -152,10 +152,17 @@ impl Sql {
         .await?
         .rows_affected();
         if counted == 0 {
+            // As on the stock's refusal: a purchase with this key may have
+            // committed while this one waited (Postgres reads each
+            // statement afresh).
+            let outcome = match key_bought(&mut tx, purchase).await? {
+                Some(bought) => Outcome::KeyBought(bought),
+                None => Outcome::LimitReached {
+                    limit: limit.max(0) as u64,
+                },
+            };
             tx.rollback().await?;
-            return Ok(Err(Outcome::LimitReached {
-                limit: limit.max(0) as u64,
-            }));
+            return Ok(Err(outcome));
         }
 
         let order = OrderRecord {

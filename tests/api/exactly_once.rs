@@ -131,8 +131,17 @@ async fn a_write_held_by_a_paused_redis_is_bought_once_per_key() {
         let (app, item) = (Arc::clone(&app), item.clone());
         tokio::spawn(async move { app.purchase_with_key(&item, "alice", "lock", "K1").await })
     };
-    // The holder is in its race window: pause writes past its write.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the holder has the lock it is in its race window: pause writes
+    // past its write.
+    let mut redis_conn = connect(&redis.url()).await;
+    while !redis::cmd("EXISTS")
+        .arg(&keys(&item).lock)
+        .query_async::<bool>(&mut redis_conn)
+        .await
+        .unwrap()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(2500)
@@ -154,7 +163,8 @@ async fn a_write_held_by_a_paused_redis_is_bought_once_per_key() {
 /// The case 2, for every strategy that reads before it writes: the
 /// claim vanishes (expired, or released) while the first purchase still
 /// runs, and the same request comes again. Whichever commits second finds
-/// the key bought: one unit, one order, and both answers name it.
+/// the key bought: one unit, one order, and both answers name it, though
+/// the second read the buyer at the per-user limit of 1 before its write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_lost_under_a_running_purchase_cannot_buy_twice() {
     let redis = shared_redis();
@@ -162,7 +172,7 @@ async fn a_claim_lost_under_a_running_purchase_cannot_buy_twice() {
     let mut runs = Vec::new();
     for strategy in ["naive", "optimistic", "lock", "redlock", "sql"] {
         let item = unique("lost-claim");
-        app.create_item(&item, 10, 2).await;
+        app.create_item(&item, 10, 1).await;
         let (app, url) = (Arc::clone(&app), redis.url());
         runs.push(tokio::spawn(async move {
             let first = {
@@ -171,12 +181,17 @@ async fn a_claim_lost_under_a_running_purchase_cannot_buy_twice() {
                     async move { app.purchase_with_key(&item, "alice", strategy, "K1").await },
                 )
             };
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let claims: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", keys(&item).idempotency("")))
-                .query_async(&mut connect(&url).await)
-                .await
-                .unwrap();
+            let claims = loop {
+                let claims: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", keys(&item).idempotency("")))
+                    .query_async(&mut connect(&url).await)
+                    .await
+                    .unwrap();
+                if !claims.is_empty() {
+                    break claims;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
             assert_eq!(claims.len(), 1, "{strategy}: the first purchase's claim");
             let () = redis::cmd("DEL")
                 .arg(&claims)
