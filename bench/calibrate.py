@@ -8,7 +8,7 @@ Each round, on one private redis-server (no AOF): the reference, then one
 seckill server (a fresh SQLite file) for `lua` and then `lua-batch`, each on
 a fresh item that never sells out. Before each load, `wrk -t2 -c64 -d5s
 /healthz` of that server (its ceiling); then `wrk -t2 -c64 -d10s` with
-bench/reference.lua or bench/purchase.lua (a new buyer per request). CPU
+bench/wrk/reference-buy.lua or bench/wrk/purchase-new-buyers.lua (a new buyer per request). CPU
 per request of the server and of Redis comes from /proc, for seckill until
 SQL had every order (`lag` 0). One row per run, as a Markdown table. Peak
 RSS is the process's lifetime peak: `lua-batch`'s includes `lua`'s run.
@@ -127,7 +127,7 @@ def reference_run(redis_port, redis_pid):
         ceiling = wrk(base + "/healthz", 5)[0]
 
         def load():
-            rps, requests, _ = wrk(base + "/buy", 10, f"{ROOT}/bench/reference.lua")
+            rps, requests, _ = wrk(base + "/buy", 10, f"{ROOT}/bench/wrk/reference-buy.lua")
             time.sleep(0.5)
             return rps, requests
 
@@ -159,7 +159,7 @@ def seckill_runs(directory, redis_port, redis_pid, round_no):
 
             def load():
                 rps, _, created = wrk(f"{base}/api/items/{item}/purchase?strategy={strategy}",
-                                      10, f"{ROOT}/bench/purchase.lua")
+                                      10, f"{ROOT}/bench/wrk/purchase-new-buyers.lua")
                 return rps, created
 
             def settle():

@@ -7,7 +7,7 @@
 //!
 //! ```sh
 //! cargo run --release --example reference -- 127.0.0.1:18081 redis://127.0.0.1:6379
-//! wrk -t2 -c64 -d10s -s bench/reference.lua http://127.0.0.1:18081
+//! wrk -t2 -c64 -d10s -s bench/wrk/reference-buy.lua http://127.0.0.1:18081
 //! ```
 
 use axum::Router;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 // glibc's malloc and free were a quarter of the server's instructions per
-// purchase under callgrind; with mimalloc a purchase takes 16% fewer (README,
-// "The allocator, `lua-batch`'s writes, and Redis's floor").
+// purchase under callgrind; with mimalloc a purchase takes 16% fewer (bench/results/
+// 2026-11-27-cost/README.md, "The allocator, `lua-batch`'s writes, and
+// Redis's floor").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -9,7 +9,7 @@
 #   bench/redis/commandstats.sh BINARY [STRATEGY] [SECONDS]
 #
 # STRATEGY defaults to lua, SECONDS to 10; wrk -t2 -c64 with
-# bench/purchase.lua (a new buyer per request), persistence on. The load
+# bench/wrk/purchase-new-buyers.lua (a new buyer per request), persistence on. The load
 # generator, the server and Redis share the machine's cores. Needs wrk,
 # redis-server, redis-cli, curl, awk.
 set -euo pipefail
@@ -26,7 +26,7 @@ ticks() { awk -v f="$2" '{print f == "user" ? $14 : $14 + $15}' "/proc/$1/stat";
 hz=$(getconf CLK_TCK)
 redis-cli -p "$redis_port" config resetstat >/dev/null
 user0=$(ticks "$server" user) server0=$(ticks "$server" all) redis0=$(ticks "$redis_pid" all)
-wrk -t2 -c64 -d"${seconds}s" -s "$here/purchase.lua" \
+wrk -t2 -c64 -d"${seconds}s" -s "$here/wrk/purchase-new-buyers.lua" \
     "http://127.0.0.1:$http_port/api/items/cs/purchase?strategy=$strategy" | tee "$dir/wrk.txt"
 sleep 1.5 # the persister catches up: its reads and acknowledgements count
 user1=$(ticks "$server" user) server1=$(ticks "$server" all) redis1=$(ticks "$redis_pid" all)

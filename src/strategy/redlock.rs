@@ -27,7 +27,8 @@
 //! between read and write, as in `lock`.
 //!
 //! Its caveats (clock drift, failover without fsync, pauses longer than the
-//! TTL, and why a fencing token is the real fix) are in the README.
+//! TTL, and why a fencing token is the real fix) are in docs/strategies.md,
+//! "Redlock's caveats".
 
 use std::time::{Duration, Instant};
 

@@ -1,10 +1,10 @@
--- bench/purchase.lua: wrk script for the purchase endpoint.
+-- bench/wrk/purchase-new-buyers.lua: wrk script for the purchase endpoint.
 --
 -- Sends POST with a distinct user_id on every request (so the per-user limit
 -- never hides the strategy's cost), appended to the URL's query string, and
 -- prints the count of each HTTP status at the end.
 --
---   wrk -t2 -c64 -d10s -s bench/purchase.lua \
+--   wrk -t2 -c64 -d10s -s bench/wrk/purchase-new-buyers.lua \
 --       "http://127.0.0.1:8080/api/items/ITEM/purchase?strategy=lua"
 --
 -- The per-response callback costs wrk a little CPU; compare like with like.
