@@ -267,7 +267,9 @@ async fn connections_past_the_cap_wait_until_one_closes() {
 
 /// A request held up past `REQUEST_TIMEOUT_MS` (its Redis frozen, with a
 /// longer Redis timeout) is answered with the JSON 503 of every other
-/// failure, at the request timeout, not the Redis one.
+/// failure, at the request timeout, not the Redis one. A purchase answers
+/// for itself before that: its script was sent, so it cannot say it bought
+/// nothing, and says `outcome_unknown` with the order id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_the_request_timeout_gets_a_json_503() {
     let redis = crate::helpers::fresh_redis();
@@ -282,10 +284,16 @@ async fn a_request_past_the_request_timeout_gets_a_json_503() {
     app.create_item(&item, 5, 1).await;
     redis.pause();
     let started = std::time::Instant::now();
-    let response = app.purchase(&item, "u1", "lua").await;
+    let view = app
+        .client
+        .get(app.url(&format!("/api/items/{item}")))
+        .send()
+        .await
+        .unwrap();
+    let purchase = app.purchase(&item, "u1", "lua").await;
     let took = started.elapsed();
     redis.resume();
-    let body = assert_error(response, 503, "unavailable").await;
+    let body = assert_error(view, 503, "unavailable").await;
     assert!(
         took < Duration::from_secs(20),
         "answered after {took:?}: by the Redis timeout, not the request's: {body}"
@@ -297,6 +305,8 @@ async fn a_request_past_the_request_timeout_gets_a_json_503() {
             .is_some_and(|m| m.starts_with("the service is unavailable")),
         "{body}"
     );
+    let body = assert_error(purchase, 503, "outcome_unknown").await;
+    assert!(body["error"]["order_id"].is_string(), "{body}");
 }
 
 /// Shutdown with a client that never finishes its request: the process does
