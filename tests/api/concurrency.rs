@@ -310,8 +310,11 @@ async fn a_stale_lock_holders_write_is_refused_by_the_fencing_token() {
 async fn the_watchdog_keeps_a_slow_holders_lock() {
     let app = Arc::new(
         spawn_app_with(|c| {
-            c.lock_ttl_ms = 50;
-            c.race_window_ms = 200;
+            // A renewal every 100 ms leaves 200 ms for a late one on a
+            // loaded machine (at 50 ms, one late renewal lost the lock);
+            // the holder still sleeps three TTLs past the lock's life.
+            c.lock_ttl_ms = 300;
+            c.race_window_ms = 900;
             c.lock_watchdog = true;
         })
         .await,
