@@ -132,6 +132,11 @@ pub struct BenchArgs {
     /// Write results.json, results.md and chart.svg here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+
+    /// Print every column (about 400 characters wide), as results.md has
+    /// them; by default the terminal gets the ones that decide, within 120.
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// What a run measures.
@@ -235,7 +240,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let machine = report::Machine::here();
 
     println!();
-    println!("{}", report::table(&report, &rss));
+    println!("{}", report::table(&report, &rss, args.wide));
     if let Some(ceiling) = report.ceiling_spread() {
         println!(
             "HTTP ceiling (/healthz, c={}, before each run): median {:.0} req/s ({:.0}-{:.0}). Total {:.1} s.",

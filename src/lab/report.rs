@@ -170,9 +170,70 @@ fn summary_rows(report: &RaceReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
     (headers, rows)
 }
 
+/// The terminal's default table: what decides a strategy, within 120
+/// columns. The full table is `--wide`, and always in the reports' files.
+const COMPACT: [&str; 9] = [
+    "strategy",
+    "run",
+    "req/s",
+    "x ceiling",
+    "p99 ms",
+    "sold",
+    "oversold",
+    "verdict",
+    "server us/req",
+];
+
+fn compact_row(r: &StrategyResult) -> Vec<String> {
+    let lost = r.lost_in_log.unwrap_or(0) + r.lost_in_sql.unwrap_or(0);
+    vec![
+        r.strategy.to_string(),
+        r.run.to_string(),
+        format!("{:.0}", r.requests_per_s),
+        format!("{:.3}", r.ceiling_ratio),
+        format!("{:.2}", r.latency.p99_ms),
+        r.sold.to_string(),
+        r.oversold.to_string(),
+        verdict(r.oversold, r.drift, r.history.linearizable, lost),
+        r.server_cpu_us_per_request
+            .map_or("n/a".to_owned(), |us| format!("{us:.1}")),
+    ]
+}
+
+/// A run's judgement in words, its worst finding: what a reader of the
+/// terminal needs before any figure.
+fn verdict(oversold: u64, drift: i64, linearizable: bool, lost: u64) -> String {
+    let mut findings = Vec::new();
+    if oversold > 0 {
+        findings.push(format!("OVERSOLD {oversold}"));
+    }
+    if lost > 0 {
+        findings.push(format!("LOST {lost}"));
+    }
+    if !linearizable {
+        findings.push("not linearizable".to_owned());
+    }
+    if drift != 0 {
+        findings.push(format!("drift {drift}"));
+    }
+    // The worst one, and how many more: the full list is in results.md.
+    match findings.len() {
+        0 => "exact, linearizable".to_owned(),
+        1 => findings.remove(0),
+        n => format!("{} (+{} more)", findings.remove(0), n - 1),
+    }
+}
+
 /// A fixed-width table for the terminal: every run, then (with more than
-/// one run per strategy) the medians and ranges.
-pub fn table(report: &RaceReport, rss: &BTreeMap<StrategyKind, f64>) -> String {
+/// one run per strategy) the medians and ranges. `wide`: every column;
+/// otherwise the ones that decide ([`COMPACT`]), within 120 columns.
+pub fn table(report: &RaceReport, rss: &BTreeMap<StrategyKind, f64>, wide: bool) -> String {
+    if !wide {
+        return fixed_width((
+            COMPACT.to_vec(),
+            report.results.iter().map(compact_row).collect(),
+        ));
+    }
     let mut out = fixed_width(rows(report, rss));
     if report.plan.runs > 1 {
         out.push('\n');
@@ -344,6 +405,44 @@ pub fn write_files(
 mod tests {
     use super::*;
     use crate::lab::loadgen::StrategySummary;
+
+    #[test]
+    fn the_verdict_names_the_worst_finding() {
+        assert_eq!(verdict(0, 0, true, 0), "exact, linearizable");
+        assert_eq!(verdict(3, -3, false, 0), "OVERSOLD 3 (+2 more)");
+        assert_eq!(verdict(0, 0, false, 0), "not linearizable");
+        assert_eq!(verdict(0, 0, true, 2), "LOST 2");
+    }
+
+    /// The longest strategy name, every finding at once and wide figures
+    /// still fit a 120-column terminal.
+    #[test]
+    fn the_default_table_fits_120_columns() {
+        let longest = StrategyKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .max_by_key(|name| name.len())
+            .unwrap_or_default();
+        let row = vec![
+            longest.to_owned(),
+            "10".into(),
+            "1234567".into(),
+            "1.000".into(),
+            "12345.67".into(),
+            "1000000".into(),
+            "1000000".into(),
+            verdict(1_000_000, -1_000_000, false, 1_000_000),
+            "12345.6".into(),
+        ];
+        let table = fixed_width((COMPACT.to_vec(), vec![row]));
+        for line in table.lines() {
+            assert!(
+                line.chars().count() <= 120,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+    }
 
     #[test]
     fn every_summary_column_names_a_figure_the_summary_has() {
