@@ -122,24 +122,7 @@ macro_rules! outcomes {
                     $(Self::$variant => label!($label, $code),)+
                 }
             }
-
-            /// The name of the per-strategy counter it is counted in.
-            pub const fn counter(self) -> Option<&'static str> {
-                match self {
-                    $(Self::$variant => counter!($count),)+
-                }
-            }
         }
-    };
-}
-
-/// The `count` column, by name.
-macro_rules! counter {
-    (_) => {
-        None
-    };
-    ($field:ident) => {
-        Some(stringify!($field))
     };
 }
 
