@@ -248,25 +248,33 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// [`Config`] as a whole command (it is only `Args`).
+#[derive(clap::Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    config: Config,
+}
+
 impl Config {
     /// The defaults, as `seckill serve` with no flags and no environment would
     /// see them. Tests start from this and override fields.
     pub fn defaults() -> Self {
-        use clap::{FromArgMatches, Parser};
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: Config,
-        }
+        use clap::FromArgMatches;
         // Parsing an empty command line cannot fail: every field has a default
         // or is optional. Env vars are ignored here on purpose (`no_env`), so a
         // test's config does not depend on the shell it runs in.
-        let matches = <Wrapper as clap::CommandFactory>::command()
+        let matches = Self::command()
             .mut_args(|arg| arg.env(None::<&str>))
             .get_matches_from(["seckill"]);
         Wrapper::from_arg_matches(&matches)
             .expect("defaults parse")
             .config
+    }
+
+    /// The settings as a command of their own: their flags, variables and
+    /// defaults, as clap reads them.
+    fn command() -> clap::Command {
+        <Wrapper as clap::CommandFactory>::command()
     }
 
     /// Refuses a setting that would turn its feature off or make it
@@ -452,6 +460,60 @@ mod tests {
         assert_eq!(config.optimistic_max_retries, 100);
         assert_eq!(config.database_url, "sqlite://data/seckill.db");
         assert!(config.persister && !config.sql_for_update);
+    }
+
+    /// `.env.sample` lists every variable the settings read and no other;
+    /// a value it sets is clap's default, and the others are commented out
+    /// (examples).
+    #[test]
+    fn the_env_sample_is_the_settings() {
+        let sample = include_str!("../.env.sample");
+        let mut listed = std::collections::BTreeMap::new();
+        for line in sample.lines() {
+            let (commented, line) = match line.strip_prefix("# ") {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
+            let Some((name, value)) = line.split_once('=') else {
+                continue;
+            };
+            let is_name = name.starts_with(|c: char| c.is_ascii_uppercase())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if is_name {
+                let earlier = listed.insert(name.to_owned(), (commented, value.to_owned()));
+                assert!(earlier.is_none(), "{name} is listed twice");
+            }
+        }
+        let mut read = std::collections::BTreeMap::new();
+        for arg in Config::command().get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            let default = (!defaults.is_empty()).then(|| defaults.join(","));
+            read.insert(env.to_string_lossy().into_owned(), default);
+        }
+        // Read by the tracing subscriber (`infra::telemetry`), not by clap.
+        read.insert("RUST_LOG".to_owned(), Some("info".to_owned()));
+        assert_eq!(
+            listed.keys().collect::<Vec<_>>(),
+            read.keys().collect::<Vec<_>>(),
+            ".env.sample against Config"
+        );
+        for (name, default) in &read {
+            let (commented, value) = &listed[name];
+            if !commented {
+                assert_eq!(
+                    Some(value),
+                    default.as_ref(),
+                    "{name}: a value .env.sample sets is clap's default (else comment it out, an example)"
+                );
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,9 @@
 //! - At the root: [`cli`] and [`config`] (every setting, as a flag and an
 //!   environment variable), [`startup`] (builds the state, stops it in
 //!   order), [`state`] (what handlers share), [`domain`] (validated ids) and
-//!   [`keys`] (the Redis key schema).
+//!   [`keys`] (the Redis key schema), and [`outcome`] (the outcome
+//!   catalogue: one line per way a purchase ends, its code, status,
+//!   counter and label).
 //!
 //! Dependencies point one way: `http` and `lab` call `sale` and `orders`;
 //! `sale` calls `strategy`; `strategy` writes the order log of `orders`;
@@ -55,6 +57,7 @@ pub mod infra;
 pub mod keys;
 pub mod lab;
 pub mod orders;
+pub mod outcome;
 pub mod sale;
 pub mod startup;
 pub mod state;

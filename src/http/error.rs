@@ -3,6 +3,7 @@
 //! variant's doc names. Internal causes are logged whole and never shown.
 
 use crate::domain::{ErrorBody, ErrorDetail};
+use crate::outcome::Code;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -132,57 +133,57 @@ impl ApiError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    /// Where the variant's code and status come from: a purchase outcome
+    /// is the outcome catalogue's ([`crate::outcome`]); the rest are the
+    /// API's own, written here. No wildcard: a new variant must say which.
+    fn wire(&self) -> Wire {
+        use Wire::{Outcome, Own};
         match self {
-            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::ItemNotFound(_) | Self::RouteNotFound(_) | Self::OrderNotFound { .. } => {
-                StatusCode::NOT_FOUND
+            Self::InvalidRequest(_) => Own("invalid_request", StatusCode::BAD_REQUEST),
+            Self::PayloadTooLarge { .. } => Own("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            Self::Unauthorized => Own("unauthorized", StatusCode::UNAUTHORIZED),
+            Self::Forbidden(_) => Own("forbidden", StatusCode::FORBIDDEN),
+            Self::UnsupportedMediaType => {
+                Own("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
             }
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::SoldOut(_)
-            | Self::LimitReached { .. }
-            | Self::StrategyMismatch { .. }
-            | Self::SaleRestarted(_)
-            | Self::IdempotencyInFlight
-            | Self::RaceRunning => StatusCode::CONFLICT,
-            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Contention { .. }
-            | Self::Unconfirmed { .. }
-            | Self::OutcomeUnknown { .. }
-            | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RouteNotFound(_) => Own("not_found", StatusCode::NOT_FOUND),
+            Self::MethodNotAllowed => Own("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+            Self::RaceRunning => Own("race_running", StatusCode::CONFLICT),
+            Self::OrderNotFound { .. } => Own("order_not_found", StatusCode::NOT_FOUND),
+            Self::Internal(_) => Own("internal", StatusCode::INTERNAL_SERVER_ERROR),
+            Self::ItemNotFound(_) => Outcome(Code::ItemNotFound),
+            Self::SoldOut(_) => Outcome(Code::SoldOut),
+            Self::LimitReached { .. } => Outcome(Code::LimitReached),
+            Self::StrategyMismatch { .. } => Outcome(Code::StrategyMismatch),
+            Self::SaleRestarted(_) => Outcome(Code::SaleRestarted),
+            Self::IdempotencyKeyReused => Outcome(Code::IdempotencyKeyReused),
+            Self::IdempotencyInFlight => Outcome(Code::IdempotencyInFlight),
+            Self::Contention { .. } => Outcome(Code::Contention),
+            Self::Unconfirmed { .. } => Outcome(Code::Unconfirmed),
+            Self::OutcomeUnknown { .. } => Outcome(Code::OutcomeUnknown),
+            Self::Unavailable { .. } => Outcome(Code::Unavailable),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.wire() {
+            Wire::Outcome(code) => code.status(),
+            Wire::Own(_, status) => status,
         }
     }
 
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::InvalidRequest(_) => "invalid_request",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::ItemNotFound(_) => "item_not_found",
-            Self::RouteNotFound(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::SoldOut(_) => "sold_out",
-            Self::LimitReached { .. } => "limit_reached",
-            Self::StrategyMismatch { .. } => "strategy_mismatch",
-            Self::SaleRestarted(_) => "sale_restarted",
-            Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::IdempotencyInFlight => "idempotency_in_flight",
-            Self::RaceRunning => "race_running",
-            Self::Contention { .. } => "contention",
-            Self::Unconfirmed { .. } => "unconfirmed",
-            Self::OutcomeUnknown { .. } => "outcome_unknown",
-            Self::OrderNotFound { .. } => "order_not_found",
-            Self::Unavailable { .. } => "unavailable",
-            Self::Internal(_) => "internal",
+        match self.wire() {
+            Wire::Outcome(code) => code.as_str(),
+            Wire::Own(code, _) => code,
         }
     }
+}
+
+/// An [`ApiError`]'s code and status: a purchase outcome's, or its own.
+enum Wire {
+    Outcome(Code),
+    Own(&'static str, StatusCode),
 }
 
 impl From<crate::sale::SaleError> for ApiError {
@@ -240,17 +241,134 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
 
+    /// One of each variant. The match in [`index`] has no wildcard, so a
+    /// new variant does not compile until it is numbered there, and then
+    /// fails the test until it is sampled here.
+    fn samples() -> Vec<ApiError> {
+        let s = || "a".to_owned();
+        vec![
+            ApiError::InvalidRequest(s()),
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::Unauthorized,
+            ApiError::Forbidden("no"),
+            ApiError::UnsupportedMediaType,
+            ApiError::ItemNotFound(s()),
+            ApiError::RouteNotFound(s()),
+            ApiError::MethodNotAllowed,
+            ApiError::SoldOut(s()),
+            ApiError::LimitReached {
+                item: s(),
+                user: s(),
+                limit: 1,
+            },
+            ApiError::StrategyMismatch {
+                item: s(),
+                requested: s(),
+                bound: s(),
+            },
+            ApiError::SaleRestarted(s()),
+            ApiError::IdempotencyKeyReused,
+            ApiError::IdempotencyInFlight,
+            ApiError::RaceRunning,
+            ApiError::Contention {
+                item: s(),
+                detail: s(),
+            },
+            ApiError::Unconfirmed {
+                item: s(),
+                order_id: s(),
+            },
+            ApiError::OutcomeUnknown {
+                item: s(),
+                order_id: s(),
+            },
+            ApiError::OrderNotFound {
+                item: s(),
+                order_id: s(),
+            },
+            ApiError::redis(anyhow::anyhow!("connection refused")),
+            ApiError::Internal(anyhow::anyhow!("a bug")),
+        ]
+    }
+
+    const VARIANTS: usize = 21;
+
+    fn index(err: &ApiError) -> usize {
+        match err {
+            ApiError::InvalidRequest(_) => 0,
+            ApiError::PayloadTooLarge { .. } => 1,
+            ApiError::Unauthorized => 2,
+            ApiError::Forbidden(_) => 3,
+            ApiError::UnsupportedMediaType => 4,
+            ApiError::ItemNotFound(_) => 5,
+            ApiError::RouteNotFound(_) => 6,
+            ApiError::MethodNotAllowed => 7,
+            ApiError::SoldOut(_) => 8,
+            ApiError::LimitReached { .. } => 9,
+            ApiError::StrategyMismatch { .. } => 10,
+            ApiError::SaleRestarted(_) => 11,
+            ApiError::IdempotencyKeyReused => 12,
+            ApiError::IdempotencyInFlight => 13,
+            ApiError::RaceRunning => 14,
+            ApiError::Contention { .. } => 15,
+            ApiError::Unconfirmed { .. } => 16,
+            ApiError::OutcomeUnknown { .. } => 17,
+            ApiError::OrderNotFound { .. } => 18,
+            ApiError::Unavailable { .. } => 19,
+            ApiError::Internal(_) => 20,
+        }
+    }
+
+    /// The codes and statuses clients match on that are not purchase
+    /// outcomes: the API's own, so written here too.
+    const OWN: [(&str, StatusCode); 10] = [
+        ("invalid_request", StatusCode::BAD_REQUEST),
+        ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+        ("unauthorized", StatusCode::UNAUTHORIZED),
+        ("forbidden", StatusCode::FORBIDDEN),
+        ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ("not_found", StatusCode::NOT_FOUND),
+        ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+        ("race_running", StatusCode::CONFLICT),
+        ("order_not_found", StatusCode::NOT_FOUND),
+        ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+    ];
+
     #[test]
     fn every_variant_has_a_stable_code_and_status() {
-        let err = ApiError::SoldOut("a".into());
+        let samples = samples();
+        let mut seen = [false; VARIANTS];
+        for err in &samples {
+            seen[index(err)] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "sample every variant: {seen:?}");
+        let answered: Vec<(&str, StatusCode)> =
+            samples.iter().map(|e| (e.code(), e.status())).collect();
+        // Every refusal of the outcome catalogue has its variant, with the
+        // catalogue's code and status.
+        for code in Code::ALL.into_iter().filter(|c| c.is_refusal()) {
+            assert!(
+                answered.contains(&(code.as_str(), code.status())),
+                "no variant answers {code} ({})",
+                code.status()
+            );
+        }
+        // And every other variant is one of the API's own, unchanged.
+        for pair in &answered {
+            let from_catalogue = Code::parse(pair.1, pair.0).is_some();
+            assert!(
+                from_catalogue || OWN.contains(pair),
+                "{pair:?} is neither an outcome nor one of the API's own codes"
+            );
+        }
         assert_eq!(
-            (err.status(), err.code()),
-            (StatusCode::CONFLICT, "sold_out")
+            answered.len(),
+            Code::ALL.iter().filter(|c| c.is_refusal()).count() + OWN.len(),
+            "each code has one variant: {answered:?}"
         );
-        let err = ApiError::redis(anyhow::anyhow!("connection refused"));
-        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let unavailable = ApiError::redis(anyhow::anyhow!("connection refused"));
         assert!(
-            !err.to_string().contains("refused"),
+            !unavailable.to_string().contains("refused"),
             "causes stay in the log"
         );
     }

@@ -18,6 +18,10 @@ use utoipa::openapi::{Ref, RefOr, Required};
 
 use super::{PAGE, STATIC_FILES, health, ids, items, live, orders, purchase};
 use crate::http::error::ApiError;
+use crate::outcome::Code;
+
+/// The purchase endpoint's path, as its `#[utoipa::path]` names it.
+const PURCHASE: &str = "/api/items/{item}/purchase";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,7 +49,7 @@ use crate::http::error::ApiError;
         health::metrics,
         openapi_json,
     ),
-    modifiers(&AdminToken, &PageRoutes, &AnyRoute),
+    modifiers(&AdminToken, &PageRoutes, &PurchaseRefusals, &AnyRoute),
     tags(
         (name = "purchase", description = "Buying, and the strategies a purchase may name."),
         (name = "items", description = "Items and the truths of their sales; restocks are admin."),
@@ -118,6 +122,52 @@ impl utoipa::Modify for PageRoutes {
                 .paths
                 .paths
                 .insert(path.to_owned(), PathItem::new(HttpMethod::Get, operation));
+        }
+    }
+}
+
+/// The purchase's refusals, one response per status, each listing the
+/// outcome catalogue's codes with what they mean ([`Code::describe`]).
+struct PurchaseRefusals;
+
+impl utoipa::Modify for PurchaseRefusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(operation) = openapi
+            .paths
+            .paths
+            .get_mut(PURCHASE)
+            .and_then(|item| item.post.as_mut())
+        else {
+            return;
+        };
+        let responses = &mut operation.responses.responses;
+        for status in Code::refusal_statuses() {
+            let Some(description) = Code::describe(status) else {
+                continue;
+            };
+            // The example is a real answer: its body as the API writes it.
+            let example = (status == Code::StrategyMismatch.status())
+                .then(|| {
+                    serde_json::to_value(
+                        ApiError::StrategyMismatch {
+                            item: "iphone".into(),
+                            requested: "naive".into(),
+                            bound: "lua".into(),
+                        }
+                        .body(),
+                    )
+                    .ok()
+                })
+                .flatten();
+            let content = ContentBuilder::new()
+                .schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))))
+                .example(example)
+                .build();
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content("application/json", content)
+                .build();
+            responses.insert(status.as_u16().to_string(), response.into());
         }
     }
 }
@@ -227,18 +277,14 @@ mod tests {
     fn the_purchase_documents_its_refusals() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
-        let purchase = &doc["paths"]["/api/items/{item}/purchase"]["post"];
-        let responses = purchase["responses"].to_string();
-        for code in [
-            "sold_out",
-            "strategy_mismatch",
-            "limit_reached",
-            "sale_restarted",
-            "item_not_found",
-            "contention",
-            "idempotency_key_reused",
-        ] {
-            assert!(responses.contains(code), "{code} missing: {responses}");
+        let purchase = &doc["paths"][PURCHASE]["post"];
+        for code in Code::ALL.into_iter().filter(|c| c.is_refusal()) {
+            let status = code.status().as_u16().to_string();
+            let described = purchase["responses"][&status]["description"].to_string();
+            assert!(
+                described.contains(&format!("`{code}`")),
+                "{code} missing from {status}: {described}"
+            );
         }
         let strategy = &doc["components"]["schemas"]["StrategyKind"]["enum"];
         assert_eq!(

@@ -82,12 +82,9 @@ fn one_of(
     responses(
         (status = 201, description = "Bought. With an Idempotency-Key, a replay carries `Idempotency-Replayed: true`.", body = Purchased),
         (status = 400, description = "`invalid_request`: a malformed id, an unknown strategy, a field in both places with different values, an unknown field.", body = ErrorBody),
-        (status = 404, description = "`item_not_found`.", body = ErrorBody),
-        (status = 409, description = "`sold_out`; `limit_reached` (the user holds the per-user limit); `strategy_mismatch` (the sale is bound to another strategy, which the message names); `sale_restarted` (restocked mid-purchase, nothing bought); `idempotency_in_flight`.", body = ErrorBody,
-            example = json!({"error": {"code": "strategy_mismatch", "message": "the sale of `iphone` is bound to strategy `lua`; this purchase named `naive`. Buy with `lua`, or restock the item to start a sale under another strategy"}})),
         (status = 413, description = "`payload_too_large`.", body = ErrorBody),
-        (status = 422, description = "`idempotency_key_reused`: the key was used with another user or strategy.", body = ErrorBody),
-        (status = 503, description = "`contention` (the strategy gave up, nothing bought; `Retry-After`); `unconfirmed` (bought, `error.order_id`, but fewer than `REDIS_WAIT_REPLICAS` replicas confirmed it in time; ask again with the same Idempotency-Key); `outcome_unknown` (the purchase's write was sent but its answer was lost, and its order `error.order_id` could not be found in time: it may exist; ask `GET /api/orders/{order_id}?item=`, or repeat with the same Idempotency-Key, which replays it or buys exactly once); or `unavailable` (Redis, the database or the order-id lease failed before anything was written: nothing bought).", body = ErrorBody),
+        // 404, 409, 422 and 503: the outcome catalogue's refusals, added
+        // by `openapi::PurchaseRefusals`.
     ),
 )]
 pub async fn purchase(

@@ -110,7 +110,9 @@ pub struct PersisterReport {
     /// Entries that could not be read as orders; each is in its item's
     /// dead-letter stream.
     pub unreadable: u64,
-    /// Failed steps (each retried); logged at warn level.
+    /// Failed steps (each retried); logged at warn level. A log replaced
+    /// by a restock under a read of it is no failure: not counted, logged
+    /// at debug level.
     pub errors: u64,
     /// The message of the latest of `errors`.
     pub last_error: Option<String>,
@@ -289,6 +291,15 @@ async fn run(
                     }
                 }
             }
+            // A restock replaced a log under a read of it: expected, and
+            // no failure. Its groups are made afresh on the next step.
+            Err(err) if step_met_replaced_log(&err) => {
+                tracing::debug!(
+                    error = format!("{err:#}"),
+                    "an order log was replaced under the persister; reading again"
+                );
+                worker.grouped.clear();
+            }
             Err(err) => {
                 let message = format!("{err:#}");
                 tracing::warn!(error = %message, "persister step failed; retrying");
@@ -315,6 +326,25 @@ async fn run(
     }
     status.running.store(false, Ordering::SeqCst);
     tracing::info!("persister stopped");
+}
+
+/// Whether `err` says the order log read was replaced by a restock (renamed
+/// aside and made anew): `NOGROUP`, its group is gone with it, or
+/// `UNBLOCKED`, it went while a blocking `XREADGROUP` waited on it. The
+/// sale goes on in the new log; nothing failed.
+fn log_replaced(err: &redis::RedisError) -> bool {
+    matches!(err.code(), Some("NOGROUP" | "UNBLOCKED"))
+}
+
+/// Whether a step failed only on a log replaced under it ([`log_replaced`]
+/// anywhere in its causes): an `XAUTOCLAIM` of a log renamed aside since
+/// the step listed it, a blocking read's reply.
+fn step_met_replaced_log(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<redis::RedisError>()
+            .is_some_and(log_replaced)
+    })
 }
 
 struct Worker {
@@ -433,7 +463,7 @@ impl Worker {
 
     /// Persists the entries of `XREADGROUP` replies; remembers the last log
     /// that had any as the one to wait on. A log replaced since we grouped
-    /// it (`NOGROUP`) counts as work, so a drain looks again, with fresh
+    /// it ([`log_replaced`]) counts as work, so a drain looks again, with fresh
     /// groups, instead of stopping there; any other error fails the step,
     /// after the other logs' entries are stored.
     async fn persist_replies(
@@ -446,7 +476,7 @@ impl Worker {
         for reply in replies {
             let reply = match reply {
                 Ok(reply) => reply,
-                Err(err) if err.code() == Some("NOGROUP") => {
+                Err(err) if log_replaced(&err) => {
                     self.grouped.clear();
                     handled += 1;
                     continue;
@@ -1001,4 +1031,31 @@ fn dead_letter_fields(
     .into_iter()
     .map(|(name, value)| (name.to_owned(), value))
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A step's error as the persister sees it: a server's error reply,
+    /// with the step's context.
+    fn step_error(reply: &[u8]) -> anyhow::Error {
+        let err = redis::parse_redis_value(reply)
+            .and_then(redis::Value::extract_error)
+            .expect_err("an error reply");
+        anyhow::Error::new(err).context("XAUTOCLAIM seckill:{a}:orders")
+    }
+
+    #[test]
+    fn a_replaced_log_is_told_by_the_error_code() {
+        for replaced in [
+            &b"-NOGROUP No such key 'k' or consumer group 'g'\r\n"[..],
+            b"-UNBLOCKED the stream key no longer exists\r\n",
+        ] {
+            assert!(super::step_met_replaced_log(&step_error(replaced)));
+        }
+        let other = step_error(b"-ERR no NOGROUP here\r\n");
+        assert!(
+            !super::step_met_replaced_log(&other),
+            "by code, not by text"
+        );
+    }
 }

@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::orders::persister::PersisterReport;
+use crate::outcome::Code;
 use crate::sale::ItemView;
 use crate::strategy::StrategyKind;
 
@@ -154,12 +155,15 @@ impl Metrics {
         }
     }
 
-    /// Counts and times one purchase request.
-    pub fn record_purchase(&self, strategy: StrategyKind, outcome: &'static str, took: Duration) {
+    /// Counts (under the outcome's catalogue label, if it has one) and
+    /// times one purchase request.
+    pub fn record_purchase(&self, strategy: StrategyKind, outcome: Code, took: Duration) {
         let strategy = strategy.as_str();
-        self.purchases
-            .get_or_create(&PurchaseLabels { strategy, outcome })
-            .inc();
+        if let Some(outcome) = outcome.label() {
+            self.purchases
+                .get_or_create(&PurchaseLabels { strategy, outcome })
+                .inc();
+        }
         self.latency
             .get_or_create(&StrategyLabels { strategy })
             .observe(took.as_secs_f64());

@@ -40,6 +40,7 @@ use crate::keys::ItemKeys;
 use crate::orders::lease::{IdMinter, MintError};
 use crate::orders::lookup::OrderLookup;
 use crate::orders::snowflake::OrderId;
+use crate::outcome::Code;
 use crate::sale::idempotency::{Claim, Idempotency, IdempotencyKey};
 use crate::sale::metrics::Metrics;
 use crate::sale::stats::Stats;
@@ -147,7 +148,7 @@ impl Recorder {
     fn attempt(&self, item: &ItemId, kind: StrategyKind, attempt: &Attempt, took: Duration) {
         self.stats.record(item, kind, attempt, took);
         self.metrics
-            .record_purchase(kind, attempt.outcome.label(), took);
+            .record_purchase(kind, attempt.outcome.code(), took);
     }
 
     /// A purchase its replicas did not confirm in time.
@@ -159,7 +160,7 @@ impl Recorder {
     /// An attempt that could not be made (Redis or the database down).
     fn error(&self, item: &ItemId, kind: StrategyKind, took: Duration) {
         self.stats.record_error(item, kind);
-        self.metrics.record_purchase(kind, "error", took);
+        self.metrics.record_purchase(kind, Code::Unavailable, took);
     }
 }
 
@@ -420,7 +421,7 @@ impl Purchases {
         .await;
         match found {
             Ok(Ok(Some(outcome))) => {
-                tracing::info!(order_id = %purchase.order_id, outcome = outcome.label(), "found what became of a purchase whose answer was lost");
+                tracing::info!(order_id = %purchase.order_id, outcome = %outcome.code(), "found what became of a purchase whose answer was lost");
                 Ok(Attempt::new(outcome))
             }
             Ok(Ok(None)) if answered => Err(Unresolved::NotBought),

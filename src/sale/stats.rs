@@ -22,76 +22,86 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::domain::ItemId;
+use crate::outcome::Code;
 use crate::strategy::{Attempt, Outcome, StrategyKind};
 
-#[derive(Debug, Default)]
-struct Counters {
-    attempts: AtomicU64,
-    purchased: AtomicU64,
-    sold_out: AtomicU64,
-    limit_reached: AtomicU64,
-    contention: AtomicU64,
-    strategy_mismatch: AtomicU64,
-    sale_restarted: AtomicU64,
-    retries: AtomicU64,
-    errors: AtomicU64,
-    lock_expired: AtomicU64,
-    fenced: AtomicU64,
-    refused_with_stock: AtomicU64,
-    unconfirmed: AtomicU64,
-}
-
-/// A point-in-time copy of one strategy's counters on one item.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-pub struct CounterSnapshot {
-    pub attempts: u64,
-    pub purchased: u64,
-    pub sold_out: u64,
-    pub limit_reached: u64,
-    pub contention: u64,
-    /// Refused: the sale is bound to another strategy.
-    pub strategy_mismatch: u64,
-    /// Refused: the item was restocked while the purchase was in flight.
-    pub sale_restarted: u64,
-    pub retries: u64,
-    pub errors: u64,
-    pub lock_expired: u64,
-    /// Stale writes refused by the fencing token.
-    pub fenced: u64,
-    /// Refusals that were no answer about the stock (`contention`, errors)
-    /// before this instance saw the sale empty (a `sold_out`, or a purchase
-    /// that took the last unit): buyers turned away while units remained.
-    pub refused_with_stock: u64,
-    /// Purchases (counted in `purchased` too) that fewer than
-    /// `REDIS_WAIT_REPLICAS` replicas confirmed in time: answered 503
-    /// `unconfirmed`, and lost if a failover comes before they replicate.
-    /// Read as 0 from a server that predates it.
-    #[serde(default)]
-    pub unconfirmed: u64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> CounterSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        CounterSnapshot {
-            attempts: get(&self.attempts),
-            purchased: get(&self.purchased),
-            sold_out: get(&self.sold_out),
-            limit_reached: get(&self.limit_reached),
-            contention: get(&self.contention),
-            strategy_mismatch: get(&self.strategy_mismatch),
-            sale_restarted: get(&self.sale_restarted),
-            retries: get(&self.retries),
-            errors: get(&self.errors),
-            lock_expired: get(&self.lock_expired),
-            fenced: get(&self.fenced),
-            refused_with_stock: get(&self.refused_with_stock),
-            unconfirmed: get(&self.unconfirmed),
+/// Declares [`Counters`] and [`CounterSnapshot`]: the effort counters
+/// written here, then one counter per outcome with a `count` column in the
+/// outcome catalogue ([`crate::outcome`]), named by it.
+macro_rules! counters {
+    (@fields [$($variant:ident $field:ident $code:literal $doc:literal)*]) => {
+        #[derive(Debug, Default)]
+        struct Counters {
+            attempts: AtomicU64,
+            retries: AtomicU64,
+            lock_expired: AtomicU64,
+            fenced: AtomicU64,
+            refused_with_stock: AtomicU64,
+            $($field: AtomicU64,)*
         }
-    }
+
+        /// A point-in-time copy of one strategy's counters on one item.
+        #[derive(
+            Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize,
+            utoipa::ToSchema,
+        )]
+        pub struct CounterSnapshot {
+            pub attempts: u64,
+            pub retries: u64,
+            pub lock_expired: u64,
+            /// Stale writes refused by the fencing token.
+            pub fenced: u64,
+            /// Refusals that were no answer about the stock (`contention`,
+            /// errors) before this instance saw the sale empty (a
+            /// `sold_out`, or a purchase that took the last unit): buyers
+            /// turned away while units remained.
+            pub refused_with_stock: u64,
+            $(
+                #[doc = concat!("Answered `", $code, "`: ", $doc)]
+                /// (Read as 0 from a server that does not count it.)
+                #[serde(default)]
+                pub $field: u64,
+            )*
+        }
+
+        impl Counters {
+            fn snapshot(&self) -> CounterSnapshot {
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                CounterSnapshot {
+                    attempts: get(&self.attempts),
+                    retries: get(&self.retries),
+                    lock_expired: get(&self.lock_expired),
+                    fenced: get(&self.fenced),
+                    refused_with_stock: get(&self.refused_with_stock),
+                    $($field: get(&self.$field),)*
+                }
+            }
+
+            /// The counter an outcome is counted in, if the catalogue
+            /// gives it one.
+            fn of(&self, code: Code) -> Option<&AtomicU64> {
+                match code {
+                    $(Code::$variant => Some(&self.$field),)*
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+        }
+    };
+    (@fields [$($done:tt)*] $variant:ident = $code:literal, $status:ident, lua $lua:tt,
+        count _, label $label:tt, $doc:literal; $($rest:tt)*) => {
+        counters!(@fields [$($done)*] $($rest)*);
+    };
+    (@fields [$($done:tt)*] $variant:ident = $code:literal, $status:ident, lua $lua:tt,
+        count $field:ident, label $label:tt, $doc:literal; $($rest:tt)*) => {
+        counters!(@fields [$($done)* $variant $field $code $doc] $($rest)*);
+    };
+    ($($line:tt)*) => {
+        counters!(@fields [] $($line)*);
+    };
 }
+
+crate::outcome::table!(counters);
 
 /// Latencies recorded since the live feed last took them.
 type Latencies = Mutex<Option<Histogram<u32>>>;
@@ -224,16 +234,9 @@ impl Stats {
             Outcome::Contended { .. } => counters.refused(c),
             _ => {}
         }
-        let field = match attempt.outcome {
-            Outcome::Purchased { .. } => &c.purchased,
-            Outcome::SoldOut => &c.sold_out,
-            Outcome::LimitReached { .. } => &c.limit_reached,
-            Outcome::ItemNotFound | Outcome::KeyBought(_) => return,
-            Outcome::StrategyMismatch { .. } => &c.strategy_mismatch,
-            Outcome::SaleRestarted => &c.sale_restarted,
-            Outcome::Contended { .. } => &c.contention,
-        };
-        field.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = c.of(attempt.outcome.code()) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts one attempt that failed (Redis unreachable and the like), for

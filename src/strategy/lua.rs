@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::{Attempt, Outcome, Purchase, Strategy, StrategyError, StrategyKind};
+use crate::outcome::Code;
 use crate::strategy::key_record::Bought;
 
 pub struct Lua {
@@ -74,23 +75,29 @@ pub(super) fn outcome(code: i64, value: &redis::Value) -> Result<Outcome, Strate
     let number = || -> Result<i64, StrategyError> {
         redis::from_redis_value_ref(value).map_err(parse_error)
     };
-    Ok(match code {
-        0 => Outcome::Purchased {
+    let unknown = || StrategyError::Protocol(format!("purchase script returned code {code}"));
+    Ok(match Code::from_lua(code).ok_or_else(unknown)? {
+        Code::Purchased => Outcome::Purchased {
             remaining: number()?,
         },
-        1 => Outcome::SoldOut,
-        2 => Outcome::LimitReached {
+        Code::SoldOut => Outcome::SoldOut,
+        Code::LimitReached => Outcome::LimitReached {
             limit: number()?.max(0) as u64,
         },
-        3 => Outcome::ItemNotFound,
-        4 => Outcome::StrategyMismatch {
+        Code::ItemNotFound => Outcome::ItemNotFound,
+        Code::StrategyMismatch => Outcome::StrategyMismatch {
             bound: redis::from_redis_value_ref(value).map_err(parse_error)?,
         },
-        5 => Outcome::KeyBought(Bought::from_reply(value).map_err(StrategyError::Protocol)?),
-        other => {
-            return Err(StrategyError::Protocol(format!(
-                "purchase script returned code {other}"
-            )));
+        Code::Replayed => {
+            Outcome::KeyBought(Bought::from_reply(value).map_err(StrategyError::Protocol)?)
         }
+        // Codes the catalogue gives no script code.
+        Code::SaleRestarted
+        | Code::IdempotencyInFlight
+        | Code::IdempotencyKeyReused
+        | Code::Contention
+        | Code::Unconfirmed
+        | Code::OutcomeUnknown
+        | Code::Unavailable => return Err(unknown()),
     })
 }

@@ -77,6 +77,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use crate::domain::{ItemId, UserId};
 use crate::keys::ItemKeys;
 use crate::orders::snowflake::OrderId;
+use crate::outcome::Code;
 use key_record::{Bought, KeyedPurchase};
 
 pub use catalogue::{Decides, Registry, StrategyKind, Wiring};
@@ -417,17 +418,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A short stable name, for metrics labels.
-    pub fn label(&self) -> &'static str {
+    /// Its line of the outcome catalogue.
+    pub fn code(&self) -> Code {
         match self {
-            Self::Purchased { .. } => "purchased",
-            Self::SoldOut => "sold_out",
-            Self::LimitReached { .. } => "limit_reached",
-            Self::ItemNotFound => "item_not_found",
-            Self::StrategyMismatch { .. } => "strategy_mismatch",
-            Self::SaleRestarted => "sale_restarted",
-            Self::Contended { .. } => "contention",
-            Self::KeyBought(_) => "replayed",
+            Self::Purchased { .. } => Code::Purchased,
+            Self::SoldOut => Code::SoldOut,
+            Self::LimitReached { .. } => Code::LimitReached,
+            Self::ItemNotFound => Code::ItemNotFound,
+            Self::StrategyMismatch { .. } => Code::StrategyMismatch,
+            Self::SaleRestarted => Code::SaleRestarted,
+            Self::Contended { .. } => Code::Contention,
+            Self::KeyBought(_) => Code::Replayed,
         }
     }
 }

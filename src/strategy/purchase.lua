@@ -16,7 +16,7 @@
 -- ARGV[4] the order id    ARGV[5] the request's fingerprint
 -- ARGV[6] how long the record is kept (ms)
 --
--- Returns {code, value}:
+-- Returns {code, value} (the `lua` column of src/outcome.rs):
 --   {0, remaining}     purchased: stock decremented, buyer counted, order appended
 --   {1, 0}             sold out
 --   {2, limit}         the user already holds `limit` units

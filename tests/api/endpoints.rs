@@ -93,8 +93,10 @@ async fn the_strategy_defaults_to_lua_and_the_query_string_works_alone() {
     assert_eq!(response.status(), 201);
 }
 
-/// The catalogue: every strategy the code knows, in order, each served here.
-/// A strategy missing from the registry would show `enabled: false`.
+/// The catalogue: every strategy the code knows, in order, and each one it
+/// says this instance serves does serve a purchase under its own name (a
+/// catalogue that said `enabled` of a strategy the registry could not hand
+/// out would fail here).
 #[tokio::test]
 async fn the_strategy_catalogue_lists_every_strategy_and_the_default() {
     let app = spawn_app().await;
@@ -107,11 +109,18 @@ async fn the_strategy_catalogue_lists_every_strategy_and_the_default() {
         .collect();
     assert_eq!(names, crate::helpers::all_strategies().to_vec());
     for strategy in catalogue["strategies"].as_array().unwrap() {
-        assert_eq!(strategy["enabled"], true, "{strategy}");
         assert!(
             !strategy["guard"].as_str().unwrap().is_empty(),
             "{strategy}"
         );
+        if strategy["enabled"] != true {
+            continue;
+        }
+        let name = strategy["name"].as_str().unwrap();
+        let item = unique(name);
+        app.create_item(&item, 1, 1).await;
+        let (status, body) = status_and_json(app.purchase(&item, "u1", name).await).await;
+        assert_eq!((status.as_u16(), &body["strategy"]), (201, &json!(name)));
     }
     assert_eq!(catalogue["default"], "lua");
 }

@@ -334,3 +334,29 @@ async fn a_replaced_order_log_holds_up_neither_itself_nor_the_others() {
     wait_until_persisted(&app, &steady, 2).await;
     wait_until_persisted(&app, &replaced, 1).await;
 }
+
+/// A restock replaces the log the persister waits on (a blocking
+/// `XREADGROUP` answered `UNBLOCKED`, a read of the old group `NOGROUP`):
+/// an expected event, not a failed step in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restock_under_the_persisters_wait_is_no_error() {
+    // Reclaims at every step too, so an `XAUTOCLAIM` meets a replaced log.
+    let (app, _redis) = spawn_persisting_app(&database_urls().remove(0), |c| {
+        c.persister_claim_idle_ms = 50
+    })
+    .await;
+    let item = unique("unblocked");
+    app.create_item(&item, 10, 1).await;
+    for round in 1..=5 {
+        let user = format!("u{round}");
+        assert_eq!(app.purchase(&item, &user, "lua").await.status(), 201);
+        // Caught up: the persister is blocked on this log, its sale's.
+        wait_until_persisted(&app, &item, 1).await;
+        tokio::time::sleep(Duration::from_millis(20 * round)).await;
+        app.create_item(&item, 10, 1).await;
+    }
+    assert_eq!(app.purchase(&item, "last", "lua").await.status(), 201);
+    wait_until_persisted(&app, &item, 1).await;
+    let report: Value = app.get_json("/api/persister").await;
+    assert_eq!(report["errors"], 0, "{report}");
+}

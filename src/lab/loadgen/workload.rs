@@ -18,6 +18,7 @@ use super::{
     Ceiling, LATE_AFTER, Latency, Observer, Owned, Progress, RacePlan, RaceReport, Rate,
     StatusCounts, StrategyResult, TICK, Target, buyer_name, new_histogram, record,
 };
+use crate::outcome::Code;
 use crate::strategy::StrategyKind;
 
 /// Races each strategy on its own fresh item, `plan.runs` times over, the
@@ -517,13 +518,15 @@ async fn buy(
         }
         PurchaseReply::Refused { status, code } => (status, code),
     };
-    call.outcome = match (status, code.as_str()) {
-        (StatusCode::CONFLICT, "sold_out") => CallOutcome::SoldOut,
-        (StatusCode::CONFLICT, "limit_reached") => CallOutcome::LimitReached,
-        (StatusCode::SERVICE_UNAVAILABLE, "contention") => CallOutcome::Contention,
-        (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown") => CallOutcome::OutcomeUnknown,
-        (StatusCode::SERVICE_UNAVAILABLE, _) => CallOutcome::Unavailable,
-        (status, _) => CallOutcome::Other(status.as_u16()),
+    // Read with the server's own catalogue: a code only counts with its
+    // status.
+    call.outcome = match Code::parse(status, &code) {
+        Some(Code::SoldOut) => CallOutcome::SoldOut,
+        Some(Code::LimitReached) => CallOutcome::LimitReached,
+        Some(Code::Contention) => CallOutcome::Contention,
+        Some(Code::OutcomeUnknown) => CallOutcome::OutcomeUnknown,
+        _ if status == StatusCode::SERVICE_UNAVAILABLE => CallOutcome::Unavailable,
+        _ => CallOutcome::Other(status.as_u16()),
     };
     outcome.calls.push(call);
     match call.outcome {
