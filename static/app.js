@@ -7,6 +7,8 @@ let STRATEGIES = [];
 // Checked at first: the control group, the fast path, and a gated lock.
 const FEATURED = new Set(["naive", "lua", "lock-gated"]);
 const TOKEN_KEY = "seckill-admin-token";
+// The last snapshot, drawn again when a view setting changes.
+let lastSnapshot = null;
 
 const $ = (selector) => document.querySelector(selector);
 const esc = (value) => String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -28,7 +30,8 @@ function connect() {
   source.onopen = () => setConnection("live");
   source.addEventListener("stats", (event) => {
     setConnection("live");
-    render(JSON.parse(event.data));
+    lastSnapshot = JSON.parse(event.data);
+    render(lastSnapshot);
   });
   source.onerror = () => {
     setConnection("down");
@@ -47,7 +50,7 @@ function render(snapshot) {
   banner.hidden = !snapshot.error;
   banner.textContent = snapshot.error ? `The server says: ${snapshot.error}` : "";
   renderRace(snapshot.race);
-  const items = snapshot.items || [];
+  const items = shownItems(snapshot.items || [], snapshot.race);
   const container = $("#items");
   if (items.length === 0) {
     container.innerHTML = '<p class="empty">No items yet: restock one, or start a race.</p>';
@@ -60,6 +63,25 @@ function render(snapshot) {
       if (canvas) sparkline(canvas, live.history || []);
     }
   }
+}
+
+// Each race adds one item per strategy. The items of earlier races are
+// hidden unless asked for, so the page shows the sale at hand and the race
+// just run, not every race since the server started.
+function shownItems(items, race) {
+  const prefix = race && race.item_prefix ? `${race.item_prefix}-` : null;
+  const current = new Set(
+    [...((race && race.results) || []).map((r) => r.item), race && race.item].filter(Boolean),
+  );
+  const earlier = prefix
+    ? items.filter((i) => i.item_id.startsWith(prefix) && !current.has(i.item_id))
+    : [];
+  const toggle = $("#earlier-races");
+  toggle.hidden = earlier.length === 0;
+  $("#earlier-count").textContent = num(earlier.length);
+  if ($("#show-earlier").checked) return items;
+  const hidden = new Set(earlier.map((i) => i.item_id));
+  return items.filter((i) => !hidden.has(i.item_id));
 }
 
 function itemCard(item) {
@@ -137,11 +159,11 @@ function renderRace(race) {
   const rows = race.results
     .map((r) => `<tr><td>${esc(r.strategy)}</td><td>${num(r.requests_per_s)}</td><td>${num(r.ceiling_ratio, 3)}</td>
       <td>${num(r.p99_ms, 1)}</td><td>${r.oversold > 0 ? `${num(r.oversold)} OVERSOLD` : "0"}</td><td>${num(r.undersold)}</td>
-      <td class="${r.linearizable ? "" : "warn"}" title="${esc(r.violation || "")}">${r.linearizable ? "yes" : `NO: ${esc(r.violation || "")}`}</td>
+      <td class="verdict ${r.linearizable ? "" : "warn"}" title="${esc(r.violation || "")}">${r.linearizable ? "yes" : `NO: ${esc(r.violation || "")}`}</td>
       <td>${num(r.refused_with_stock)}</td><td>${num(r.phantom_sold_out)}</td></tr>`)
     .join("");
   box.innerHTML = progress + (rows
-    ? `<table><thead><tr><th>strategy</th><th>req/s</th><th>× /healthz</th><th>p99 ms</th><th>oversold</th><th>undersold</th><th>linearizable</th><th>refused with stock</th><th>phantom sold-outs</th></tr></thead><tbody>${rows}</tbody></table>`
+    ? `<div class="table-wrap"><table><thead><tr><th>strategy</th><th>req/s</th><th>× /healthz</th><th>p99 ms</th><th>oversold</th><th>undersold</th><th>linearizable</th><th>refused with stock</th><th>phantom sold-outs</th></tr></thead><tbody>${rows}</tbody></table></div>`
     : "");
 }
 
@@ -171,6 +193,10 @@ async function describe(response) {
     return `${response.status}`;
   }
 }
+
+$("#show-earlier").addEventListener("change", () => {
+  if (lastSnapshot) render(lastSnapshot);
+});
 
 $("#restock").addEventListener("submit", async (event) => {
   event.preventDefault();

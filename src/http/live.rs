@@ -170,7 +170,7 @@ pub async fn start_race(
         until_sold_out: true,
         repeat_buyers: false,
         ceiling_duration: Duration::from_secs(1),
-        item_prefix: "race".into(),
+        item_prefix: crate::lab::race::ITEM_PREFIX.into(),
         rate: None,
         runs: 1,
     };

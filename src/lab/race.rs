@@ -15,18 +15,43 @@ use serde::Serialize;
 use crate::lab::loadgen::{self, Progress, RacePlan, Target};
 
 /// What the page shows about the current or last race.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RaceStatus {
     pub running: bool,
     pub phase: String,
     #[schema(value_type = Option<crate::strategy::StrategyKind>)]
     pub strategy: Option<String>,
+    /// The item the running strategy sells.
+    pub item: Option<String>,
+    /// Every race item's name starts with this and a dash: the page tells
+    /// earlier races' items from this one's.
+    pub item_prefix: &'static str,
     pub requests: u64,
     pub purchased: u64,
     pub stock: u64,
     /// One line per finished strategy.
     pub results: Vec<RaceLine>,
     pub error: Option<String>,
+}
+
+/// What a race's items are named by: `race-<strategy>-<random>`.
+pub const ITEM_PREFIX: &str = "race";
+
+impl Default for RaceStatus {
+    fn default() -> Self {
+        Self {
+            running: false,
+            phase: String::new(),
+            strategy: None,
+            item: None,
+            item_prefix: ITEM_PREFIX,
+            requests: 0,
+            purchased: 0,
+            stock: 0,
+            results: Vec::new(),
+            error: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -134,9 +159,10 @@ impl RaceControl {
                 let mut s = observer_status.lock().unwrap_or_else(|e| e.into_inner());
                 match event {
                     Progress::Ceiling { .. } => {}
-                    Progress::Started { strategy, .. } => {
+                    Progress::Started { strategy, item } => {
                         s.phase = format!("racing {strategy}");
                         s.strategy = Some(strategy.to_string());
+                        s.item = Some(item.clone());
                         s.requests = 0;
                         s.purchased = 0;
                     }

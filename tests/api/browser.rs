@@ -196,3 +196,111 @@ async fn the_page_shows_the_counters_the_api_reports() {
 
     browser.close().await.unwrap();
 }
+
+/// Races from the page's API: the results table fits its card at 1280 px
+/// (its last column, the verdict, inside the card's edge) and the page has
+/// no sideways scroll at 390 px; the items of an earlier race are hidden
+/// until asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: cargo test --test api browser -- --ignored"]
+async fn race_results_fit_the_card_and_earlier_races_are_put_away() {
+    // naive with a race window oversells: its row carries a counterexample.
+    let app = spawn_app_with(|c| c.race_window_ms = 5).await;
+    // The feed's snapshot lags a little: a race is done once it reports a
+    // finished item other than the previous race's.
+    let app = &app;
+    let race = |previous: Option<String>| async move {
+        let started = app
+            .client
+            .post(app.url("/api/race"))
+            .json(
+                &json!({"strategies": ["naive"], "stock": 30, "concurrency": 16, "duration_s": 2}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), 202);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stats: Value = app.get_json("/api/stats").await;
+            let item = stats["race"]["results"][0]["item"].as_str();
+            if stats["race"]["phase"] == "done"
+                && let Some(item) = item
+                && Some(item) != previous.as_deref()
+            {
+                return item.to_owned();
+            }
+            assert!(Instant::now() < deadline, "race not done: {stats}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let first = race(None).await;
+    let second = race(Some(first.clone())).await;
+
+    let (_driver, browser) = start_browser().await;
+    browser.goto(&app.url("/")).await.unwrap();
+    wait_text(&browser, "#connection", "live").await;
+    wait_text(
+        &browser,
+        &field(&second, "sold"),
+        &app.item(&second).await["sold"].to_string(),
+    )
+    .await;
+    let count = |selector: String| {
+        let browser = &browser;
+        async move {
+            browser
+                .find_all(Locator::Css(&selector))
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(
+        count(format!(r#"article[data-item="{first}"]"#)).await,
+        0,
+        "earlier race shown"
+    );
+    wait_text(&browser, "#earlier-count", "1").await;
+
+    // The verdict column's right edge stays inside the race panel.
+    let fits = |script: &'static str| {
+        let browser = &browser;
+        async move { browser.execute(script, vec![]).await.unwrap() }
+    };
+    let inside = fits(
+        "const panel = document.querySelector('#race');
+         const cell = document.querySelector('#race-status td.verdict');
+         return cell !== null
+           && cell.getBoundingClientRect().right <= panel.getBoundingClientRect().right + 0.5;",
+    )
+    .await;
+    assert_eq!(inside, json!(true), "the verdict is cut off at 1280 px");
+    screenshot(&browser, "race-1280.png").await;
+
+    // Earlier races on request.
+    browser
+        .find(Locator::Css("#show-earlier"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(
+        &browser,
+        &field(&first, "sold"),
+        &app.item(&first).await["sold"].to_string(),
+    )
+    .await;
+
+    browser.set_window_size(390, 1800).await.unwrap();
+    let overflow =
+        fits("return document.documentElement.scrollWidth > window.innerWidth + 1;").await;
+    assert_eq!(
+        overflow,
+        json!(false),
+        "no sideways scrolling at phone width"
+    );
+    screenshot(&browser, "race-390.png").await;
+    browser.close().await.unwrap();
+}
