@@ -19,9 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::future::join_all;
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
@@ -114,12 +112,15 @@ impl RedisTarget {
         };
         Ok(match self {
             Self::Single(url) => {
-                let client = redis::Client::open(url.as_str())
-                    .with_context(|| format!("invalid Redis URL `{url}`"))?;
+                // deadpool-redis's manager, given our timeouts: its
+                // recycle (`UNWATCH`, `PING`) finds a broken connection,
+                // which to one Redis does not reconnect by itself.
                 let connection = redis::AsyncConnectionConfig::new()
                     .set_response_timeout(Some(timeouts.response))
                     .set_connection_timeout(Some(timeouts.connect));
-                RedisPool::Single(build(SingleManager { client, connection }, config)?)
+                let manager = deadpool_redis::Manager::new_with_config(url.as_str(), connection)
+                    .with_context(|| format!("invalid Redis URL `{url}`"))?;
+                RedisPool::Single(build(manager, config)?)
             }
             Self::Cluster(urls) => RedisPool::Cluster(build(
                 ClusterManager(cluster_client(urls, timeouts)?),
@@ -312,40 +313,12 @@ pub async fn each<T: FromRedisValue>(
 /// Dedicated connections: one Redis's, or cluster connections of their own.
 #[derive(Clone)]
 pub enum RedisPool {
-    Single(deadpool::managed::Pool<SingleManager>),
+    Single(deadpool::managed::Pool<deadpool_redis::Manager>),
     Cluster(deadpool::managed::Pool<ClusterManager>),
 }
 
 /// Why no dedicated connection could be had.
 pub type PoolError = deadpool::managed::PoolError<redis::RedisError>;
-
-/// Makes the pool's connections to one Redis, with our timeouts.
-pub struct SingleManager {
-    client: redis::Client,
-    connection: redis::AsyncConnectionConfig,
-}
-
-impl deadpool::managed::Manager for SingleManager {
-    type Type = MultiplexedConnection;
-    type Error = redis::RedisError;
-
-    async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
-        self.client
-            .get_multiplexed_async_connection_with_config(&self.connection)
-            .await
-    }
-
-    /// A connection to one Redis does not reconnect by itself: a broken one
-    /// is found here and replaced.
-    async fn recycle(
-        &self,
-        conn: &mut MultiplexedConnection,
-        _: &deadpool::managed::Metrics,
-    ) -> deadpool::managed::RecycleResult<redis::RedisError> {
-        redis::cmd("PING").exec_async(conn).await?;
-        Ok(())
-    }
-}
 
 /// Makes the pool's cluster connections from our own client (timeouts, no
 /// retries).
@@ -386,7 +359,7 @@ impl RedisPool {
 /// `WATCH`, the reads and the `MULTI` transaction of one item all route to
 /// the master of the item's slot.
 pub enum PooledConn {
-    Single(deadpool::managed::Object<SingleManager>),
+    Single(deadpool::managed::Object<deadpool_redis::Manager>),
     Cluster(deadpool::managed::Object<ClusterManager>),
 }
 
