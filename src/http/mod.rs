@@ -255,7 +255,11 @@ fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parses a JSON body whatever its content type (`curl -d` sends a form type),
-/// mapping every failure to our error shape. An empty body is `None`.
+/// mapping every failure to our error shape. An empty body is `None`, and so
+/// is JSON `null`: the document marks optional bodies nullable (utoipa's
+/// `Option<T>` body), and a client sending `null` means "nothing". Anything
+/// else must be an object, as the document says: serde would also read a
+/// struct from an array of its fields in order (`[null, null]`).
 fn json_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Option<T>, ApiError> {
@@ -266,10 +270,14 @@ fn json_body<T: DeserializeOwned>(
             ApiError::invalid(rejection.body_text())
         }
     })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(None);
+    };
+    // Only the first byte is looked at: a malformed object is serde's to
+    // report, with its position.
+    if !matches!(first, b'{' | b'n') {
+        return Err(ApiError::invalid("the JSON body must be an object"));
     }
     serde_json::from_slice(&body)
-        .map(Some)
         .map_err(|err| ApiError::invalid(format!("invalid JSON body: {err}")))
 }

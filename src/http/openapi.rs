@@ -11,13 +11,15 @@ use utoipa::OpenApi;
 use utoipa::openapi::path::{
     HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
 };
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, ResponseBuilder};
 use utoipa::openapi::{Ref, RefOr, Required};
 
 use super::{PAGE, STATIC_FILES, health, ids, items, live, orders, purchase};
 use crate::http::error::ApiError;
+use crate::orders::db::Direction;
+use crate::sale::idempotency::IdempotencyKey;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,6 +47,7 @@ use crate::http::error::ApiError;
         health::metrics,
         openapi_json,
     ),
+    components(schemas(Direction, IdempotencyKey)),
     modifiers(&AdminToken, &PageRoutes, &AnyRoute),
     tags(
         (name = "purchase", description = "Buying, and the strategies a purchase may name."),
@@ -57,7 +60,10 @@ use crate::http::error::ApiError;
 pub struct ApiDoc;
 
 /// Admin endpoints take `Authorization: Bearer <ADMIN_TOKEN>`; without a
-/// token configured, only requests from this machine.
+/// token configured, only requests from this machine. Each admin operation
+/// lists two alternatives, `admin_token` and `{}`: the empty one is the
+/// token-less mode, so a validator does not call a served loopback request
+/// without a token non-conforming.
 struct AdminToken;
 
 impl utoipa::Modify for AdminToken {
@@ -71,7 +77,7 @@ impl utoipa::Modify for AdminToken {
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
                         .description(Some(
-                            "ADMIN_TOKEN. Without one configured, admin is allowed only from this machine, unproxied.",
+                            "Admin operations (`PUT /api/items/{item}`, `POST` and `DELETE /api/race`) accept either of two security requirements, and which one applies is the server's configuration. With `ADMIN_TOKEN` set: `admin_token`, i.e. `Authorization: Bearer <ADMIN_TOKEN>`; without it 401 `unauthorized`. With no `ADMIN_TOKEN`: the empty requirement `{}`, no credentials, but only while the server listens on loopback and only for a request from this machine, naming a loopback `Host`, with no `Forwarded`, `X-Forwarded-For` or `X-Real-IP` header; otherwise 403 `forbidden`.",
                         ))
                         .build(),
                 ),
@@ -106,7 +112,10 @@ impl utoipa::Modify for PageRoutes {
                 .description(summary)
                 .content(content_type, ContentBuilder::new().build())
                 .build();
-            let missing = ResponseBuilder::new().description("No such file.").build();
+            let missing = ResponseBuilder::new()
+                .description("`not_found`: no such file, or a name the file system cannot hold (too long, a NUL byte).")
+                .content("application/json", error_content())
+                .build();
             let operation = OperationBuilder::new()
                 .summary(Some(summary))
                 .tag("status page")
@@ -122,15 +131,20 @@ impl utoipa::Modify for PageRoutes {
     }
 }
 
+/// The JSON error body, `{"error": {"code", "message"}}`.
+fn error_content() -> utoipa::openapi::Content {
+    ContentBuilder::new()
+        .schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))))
+        .build()
+}
+
 /// What any route may also answer: the documented statuses of each
 /// operation are its own; these come from the router's layers.
 struct AnyRoute;
 
 impl utoipa::Modify for AnyRoute {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let error = ContentBuilder::new()
-            .schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))))
-            .build();
+        let error = error_content();
         let other = ResponseBuilder::new()
             .description(
                 "Any other status carries the error body: `method_not_allowed` (405), `internal` (500: a bug, logged), `unavailable` (503: the request ran out of time, with Retry-After).",
@@ -155,6 +169,29 @@ impl utoipa::Modify for AnyRoute {
             }
         }
     }
+}
+
+/// An integer from `min` to `max`, both inclusive: the schema of a field
+/// whose handler checks those bounds, built from the handler's own consts
+/// (utoipa's `minimum`/`maximum` attributes take literals only).
+pub(crate) fn integer_in(min: u64, max: u64, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(min))
+        .maximum(Some(max))
+        .description(Some(description))
+        .build()
+}
+
+/// [`integer_in`], or JSON `null` (what an absent optional body field may
+/// also be sent as: serde reads it as absent).
+pub(crate) fn integer_in_or_null(min: u64, max: u64, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+        .minimum(Some(min))
+        .maximum(Some(max))
+        .description(Some(description))
+        .build()
 }
 
 /// Built once: the document does not change while the process runs.

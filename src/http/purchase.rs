@@ -73,15 +73,15 @@ fn one_of(
     tag = "purchase",
     params(
         ("item" = ItemId, Path, description = "The item to buy."),
-        ("Idempotency-Key" = Option<String>, Header,
-            description = "1 to 64 printable ASCII characters: the purchase takes effect at most once per key (IETF draft)."),
+        ("Idempotency-Key" = Option<IdempotencyKey>, Header,
+            description = "The purchase takes effect at most once per key (IETF draft)."),
         PurchaseInput,
     ),
     request_body(content = Option<PurchaseInput>, content_type = "application/json",
         description = "Optional: the same fields as the query string."),
     responses(
         (status = 201, description = "Bought. With an Idempotency-Key, a replay carries `Idempotency-Replayed: true`.", body = Purchased),
-        (status = 400, description = "`invalid_request`: a malformed id, an unknown strategy, a field in both places with different values, an unknown field.", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: a malformed id or Idempotency-Key, an unknown strategy, a field in both places with different values, an unknown field, a body that is not JSON.", body = ErrorBody),
         (status = 404, description = "`item_not_found`.", body = ErrorBody),
         (status = 409, description = "`sold_out`; `limit_reached` (the user holds the per-user limit); `strategy_mismatch` (the sale is bound to another strategy, which the message names); `sale_restarted` (restocked mid-purchase, nothing bought); `idempotency_in_flight`.", body = ErrorBody,
             example = json!({"error": {"code": "strategy_mismatch", "message": "the sale of `iphone` is bound to strategy `lua`; this purchase named `naive`. Buy with `lua`, or restock the item to start a sale under another strategy"}})),
