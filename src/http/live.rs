@@ -117,9 +117,9 @@ impl utoipa::PartialSchema for StatsEvent {
 impl utoipa::ToSchema for StatsEvent {}
 
 /// Limits that keep a race from the page a demonstration, not a siege.
-pub const MAX_RACE_STOCK: u64 = 1_000_000;
-pub const MAX_RACE_CONCURRENCY: usize = 256;
-pub const MAX_RACE_SECONDS: u64 = 120;
+const MAX_RACE_STOCK: u64 = 1_000_000;
+const MAX_RACE_CONCURRENCY: usize = 256;
+const MAX_RACE_SECONDS: u64 = 120;
 
 /// What to race; every field may be left out.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -24,7 +24,7 @@ use crate::state::AppState;
 /// Page size when none is asked for.
 const DEFAULT_LIMIT: u32 = 50;
 /// Largest page: keeps one request's work and response bounded.
-pub const MAX_LIMIT: u32 = 1000;
+const MAX_LIMIT: u32 = 1000;
 
 fn limit_schema() -> Object {
     integer_in(
