@@ -75,6 +75,98 @@ impl fmt::Display for UserId {
     }
 }
 
+/// Whole-number fields as JSON Schema's `integer` admits them: `3`, and also
+/// `3.0` (a number with a zero fraction is an integer to JSON Schema, and to
+/// JavaScript), and in a query string `3` or `3.0`. serde's own integer
+/// types refuse `3.0`, so a schema-valid request would be refused.
+/// `#[serde(deserialize_with = "whole::required")]` for a required JSON
+/// field, `#[serde(default, deserialize_with = "whole::optional")]` for an
+/// optional one (JSON `null` is absent), `whole::in_query` for a query
+/// parameter (where every value is text; in JSON, text is not a number).
+pub mod whole {
+    use serde::de::{Deserializer, Error, Visitor};
+    use std::fmt;
+
+    /// `text`: whether a string holding a number is one (query strings).
+    struct Whole {
+        text: bool,
+    }
+
+    impl Visitor<'_> for Whole {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative whole number")
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is negative")))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            // 2^64 as f64 is exact; below it every whole f64 converts exactly.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(Some(v as u64))
+            } else {
+                Err(E::custom(format!("{v} is not a non-negative whole number")))
+            }
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            if !self.text {
+                return Err(E::custom(format!("`{v}` is text, not a number")));
+            }
+            if let Ok(n) = v.parse::<u64>() {
+                return self.visit_u64(n);
+            }
+            match v.parse::<f64>() {
+                Ok(f) if v.bytes().all(|b| b.is_ascii_digit() || b == b'.') => self.visit_f64(f),
+                _ => Err(E::custom(format!("`{v}` is not a whole number"))),
+            }
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    fn narrow<T: TryFrom<u64>, E: Error>(v: u64) -> Result<T, E> {
+        T::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        d.deserialize_any(Whole { text: false })?
+            .map(narrow)
+            .transpose()
+    }
+
+    pub fn in_query<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        d.deserialize_any(Whole { text: true })?
+            .map(narrow)
+            .transpose()
+    }
+
+    pub fn required<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        d.deserialize_any(Whole { text: false })?
+            .ok_or_else(|| D::Error::custom("a whole number is required"))
+            .and_then(narrow)
+    }
+}
+
 /// The JSON body every error response carries:
 /// `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]

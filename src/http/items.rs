@@ -7,10 +7,13 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::Deserialize;
 
+use utoipa::openapi::schema::Object;
+
 use super::admin::Admin;
+use super::openapi::integer_in;
 use super::{item_id, json_body, require_json_type};
 use crate::domain::ErrorBody;
-use crate::domain::ItemId;
+use crate::domain::{ItemId, whole};
 use crate::http::error::ApiError;
 use crate::sale::{ItemSettings, ItemView, MAX_PER_USER_LIMIT, MAX_STOCK};
 use crate::state::AppState;
@@ -20,10 +23,11 @@ use crate::strategy::StrategyKind;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemInput {
-    /// Units on sale.
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(schema_with = stock_schema)]
     stock: u64,
-    /// Units one user may hold; 1 when absent.
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole::required")]
+    #[schema(schema_with = per_user_limit_schema)]
     per_user_limit: u64,
     /// Binds the new sale to this strategy; absent, its first purchase does.
     #[schema(value_type = Option<StrategyKind>)]
@@ -32,6 +36,18 @@ pub struct ItemInput {
 
 fn one() -> u64 {
     1
+}
+
+fn stock_schema() -> Object {
+    integer_in(0, MAX_STOCK, "Units on sale.")
+}
+
+fn per_user_limit_schema() -> Object {
+    integer_in(
+        1,
+        MAX_PER_USER_LIMIT,
+        "Units one user may hold; 1 when absent.",
+    )
 }
 
 impl ItemInput {
@@ -66,7 +82,7 @@ impl ItemInput {
     put,
     path = "/api/items/{item}",
     tag = "items",
-    security(("admin_token" = [])),
+    security(("admin_token" = []), ()),
     params(("item" = ItemId, Path, description = "The item.")),
     request_body(content = ItemInput, content_type = "application/json"),
     responses(

@@ -17,9 +17,15 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 
+use utoipa::openapi::schema::{
+    Array, ArrayBuilder, Object, ObjectBuilder, Schema, SchemaType, Type,
+};
+use utoipa::openapi::{Ref, RefOr};
+
 use super::admin::Admin;
+use super::openapi::integer_in_or_null;
 use super::{json_body, require_json_type};
-use crate::domain::ErrorBody;
+use crate::domain::{ErrorBody, whole};
 use crate::http::error::ApiError;
 use crate::lab::loadgen::RacePlan;
 use crate::lab::race::{RaceError, RaceStatus};
@@ -50,7 +56,7 @@ pub async fn stats(State(state): State<AppState>) -> impl IntoResponse {
     path = "/api/stats/stream",
     tag = "status page",
     responses(
-        (status = 200, description = "Server-Sent Events named `stats`, each one snapshot as `GET /api/stats` returns it.", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "Server-Sent Events named `stats`, each one snapshot as `GET /api/stats` returns it.", body = StatsEvent, content_type = "text/event-stream"),
         (status = 503, description = "`unavailable`: `MAX_LIVE_STREAMS` streams are open.", body = ErrorBody),
     ),
 )]
@@ -85,24 +91,86 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
 
+/// One event of the live feed as a Server-Sent Events reader parses it:
+/// OpenAPI 3.1 has a `text/event-stream` schema describe each event.
+pub struct StatsEvent;
+
+impl utoipa::PartialSchema for StatsEvent {
+    fn schema() -> RefOr<Schema> {
+        let event = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["stats"]));
+        let data = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/json")
+            .description(Some("One snapshot, as `GET /api/stats` returns it."));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("event", event)
+            .property("data", data)
+            .required("event")
+            .required("data")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for StatsEvent {}
+
 /// Limits that keep a race from the page a demonstration, not a siege.
 const MAX_RACE_STOCK: u64 = 1_000_000;
 const MAX_RACE_CONCURRENCY: usize = 256;
 const MAX_RACE_SECONDS: u64 = 120;
 
 /// What to race; every field may be left out.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RaceInput {
-    /// Each at most once; every strategy when absent.
-    #[schema(value_type = Option<Vec<StrategyKind>>)]
+    #[schema(schema_with = race_strategies_schema)]
     strategies: Option<Vec<String>>,
-    /// Units per strategy's item; 2000 when absent.
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(schema_with = race_stock_schema)]
     stock: Option<u64>,
-    /// Buyers at once; 32 when absent.
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(schema_with = race_concurrency_schema)]
     concurrency: Option<usize>,
-    /// Upper bound per strategy, in seconds; 30 when absent.
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(schema_with = race_seconds_schema)]
     duration_s: Option<u64>,
+}
+
+fn race_strategies_schema() -> Array {
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(RefOr::Ref(Ref::from_schema_name("StrategyKind")))
+        .unique_items(true)
+        .description(Some(
+            "Each at most once, each enabled here; every strategy when absent or empty.",
+        ))
+        .build()
+}
+
+fn race_stock_schema() -> Object {
+    integer_in_or_null(
+        1,
+        MAX_RACE_STOCK,
+        "Units per strategy's item; 2000 when absent.",
+    )
+}
+
+fn race_concurrency_schema() -> Object {
+    integer_in_or_null(
+        1,
+        MAX_RACE_CONCURRENCY as u64,
+        "Buyers at once; 32 when absent.",
+    )
+}
+
+fn race_seconds_schema() -> Object {
+    integer_in_or_null(
+        1,
+        MAX_RACE_SECONDS,
+        "Upper bound per strategy, in seconds; 30 when absent.",
+    )
 }
 
 /// `POST /api/race`: fresh identical items, one per strategy, driven by the
@@ -113,11 +181,13 @@ pub struct RaceInput {
     post,
     path = "/api/race",
     tag = "status page",
-    security(("admin_token" = [])),
-    request_body(content = Option<RaceInput>, content_type = "application/json"),
+    security(("admin_token" = []), ()),
+    request_body(content = RaceInput, content_type = "application/json",
+        description = "Required, if only `{}`: an admin request must be sent as `application/json` (415 otherwise), which a cross-site form cannot do."),
     responses(
         (status = 202, description = "Started; watch the live feed.", body = RaceStatus),
-        (status = 400, description = "`invalid_request`: an unknown or repeated strategy, a limit out of range.", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: no body, an unknown, disabled or repeated strategy, a limit out of range.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`.", body = ErrorBody),
         (status = 401, description = "`unauthorized`.", body = ErrorBody),
         (status = 403, description = "`forbidden`.", body = ErrorBody),
         (status = 409, description = "`race_running`: one race at a time.", body = ErrorBody),
@@ -131,7 +201,10 @@ pub async fn start_race(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RaceStatus>), ApiError> {
     require_json_type(&headers)?;
-    let input: RaceInput = json_body(body)?.unwrap_or_default();
+    // Required, like its content type: the document can only say "JSON
+    // body" of a request that has one.
+    let input: RaceInput = json_body(body)?
+        .ok_or_else(|| ApiError::invalid("a JSON object is required, `{}` for every default"))?;
     let strategies = match input.strategies {
         Some(names) if !names.is_empty() => {
             let kinds = names
@@ -190,7 +263,7 @@ pub async fn start_race(
     delete,
     path = "/api/race",
     tag = "status page",
-    security(("admin_token" = [])),
+    security(("admin_token" = []), ()),
     responses(
         (status = 200, description = "Cancelled (or nothing was running); the status.", body = RaceStatus),
         (status = 401, description = "`unauthorized`.", body = ErrorBody),

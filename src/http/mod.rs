@@ -21,15 +21,18 @@ use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::handler::Handler;
-use axum::http::Method;
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, Uri};
+use std::convert::Infallible;
+
+use axum::extract::Request;
+use axum::http::header::{self, CONTENT_TYPE};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, service_fn};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::services::fs::ServeFileSystemResponseBody as ServeDirBody;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
@@ -103,9 +106,23 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
     let page = state.static_dir.clone();
     let static_prefix = STATIC_FILES.trim_end_matches("/{file}");
+    let index = ServeFile::new(page.join("index.html"));
+    let files = ServeDir::new(&page);
     let mut router = Router::new()
-        .route_service(PAGE, ServeFile::new(page.join("index.html")))
-        .nest_service(static_prefix, ServeDir::new(&page));
+        .route_service(
+            PAGE,
+            service_fn(move |req: Request| {
+                let mut index = index.clone();
+                async move { Ok::<_, Infallible>(file_response(index.try_call(req).await)) }
+            }),
+        )
+        .nest_service(
+            static_prefix,
+            service_fn(move |req: Request| {
+                let mut files = files.clone();
+                async move { Ok::<_, Infallible>(file_response(files.try_call(req).await)) }
+            }),
+        );
     // Routes of one path merge: their methods must differ.
     for Route { path, handler, .. } in routes() {
         router = router.route(path, handler);
@@ -170,6 +187,42 @@ async fn strategies(State(state): State<AppState>) -> axum::Json<Catalogue> {
     })
 }
 
+/// The file server's answer, with its failures as the API's JSON errors.
+/// `try_call` rather than `call`: `call` turns every I/O error into an empty
+/// 500 logged at ERROR, and the usual ones are the client's doing, not the
+/// server's: a name longer than the file system allows (ENAMETOOLONG), or
+/// one it cannot hold (a NUL byte), is no such file.
+fn file_response(
+    served: std::io::Result<axum::http::Response<ServeDirBody>>,
+) -> axum::response::Response {
+    use std::io::ErrorKind;
+    match served {
+        Ok(response) => match response.status() {
+            // ServeDir's own refusals have empty bodies.
+            StatusCode::NOT_FOUND => ApiError::RouteNotFound("no such file".into()).into_response(),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                let mut refusal = ApiError::MethodNotAllowed.into_response();
+                if let Some(allow) = response.headers().get(header::ALLOW) {
+                    refusal.headers_mut().insert(header::ALLOW, allow.clone());
+                }
+                refusal
+            }
+            _ => response.into_response(),
+        },
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::InvalidFilename | ErrorKind::InvalidInput | ErrorKind::NotADirectory
+            ) =>
+        {
+            tracing::debug!(error = %err, "static file name refused by the file system");
+            ApiError::RouteNotFound("no such file".into()).into_response()
+        }
+        Err(err) => ApiError::Internal(anyhow::Error::new(err).context("reading a static file"))
+            .into_response(),
+    }
+}
+
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().to_owned())
 }
@@ -202,21 +255,29 @@ fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parses a JSON body whatever its content type (`curl -d` sends a form type),
-/// mapping every failure to our error shape. An empty body is `None`.
+/// mapping every failure to our error shape. An empty body is `None`, and so
+/// is JSON `null`: the document marks optional bodies nullable (utoipa's
+/// `Option<T>` body), and a client sending `null` means "nothing". Anything
+/// else must be an object, as the document says: serde would also read a
+/// struct from an array of its fields in order (`[null, null]`).
 fn json_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Option<T>, ApiError> {
     let body = body.map_err(|rejection| {
-        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge { limit: BODY_LIMIT }
         } else {
             ApiError::invalid(rejection.body_text())
         }
     })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(None);
+    };
+    // Only the first byte is looked at: a malformed object is serde's to
+    // report, with its position.
+    if !matches!(first, b'{' | b'n') {
+        return Err(ApiError::invalid("the JSON body must be an object"));
     }
     serde_json::from_slice(&body)
-        .map(Some)
         .map_err(|err| ApiError::invalid(format!("invalid JSON body: {err}")))
 }

@@ -11,7 +11,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::path::{
     HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
 };
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, ResponseBuilder};
 use utoipa::openapi::{Ref, RefOr, Required};
@@ -22,6 +22,8 @@ use crate::outcome::Code;
 
 /// The purchase endpoint's path, as its `#[utoipa::path]` names it.
 const PURCHASE: &str = "/api/items/{item}/purchase";
+use crate::orders::db::Direction;
+use crate::sale::idempotency::IdempotencyKey;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,6 +51,7 @@ const PURCHASE: &str = "/api/items/{item}/purchase";
         health::metrics,
         openapi_json,
     ),
+    components(schemas(Direction, IdempotencyKey)),
     modifiers(&AdminToken, &PageRoutes, &PurchaseRefusals, &AnyRoute),
     tags(
         (name = "purchase", description = "Buying, and the strategies a purchase may name."),
@@ -61,7 +64,10 @@ const PURCHASE: &str = "/api/items/{item}/purchase";
 pub struct ApiDoc;
 
 /// Admin endpoints take `Authorization: Bearer <ADMIN_TOKEN>`; without a
-/// token configured, only requests from this machine.
+/// token configured, only requests from this machine. Each admin operation
+/// lists two alternatives, `admin_token` and `{}`: the empty one is the
+/// token-less mode, so a validator does not call a served loopback request
+/// without a token non-conforming.
 struct AdminToken;
 
 impl utoipa::Modify for AdminToken {
@@ -75,7 +81,7 @@ impl utoipa::Modify for AdminToken {
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
                         .description(Some(
-                            "ADMIN_TOKEN. Without one configured, admin is allowed only from this machine, unproxied.",
+                            "Admin operations (`PUT /api/items/{item}`, `POST` and `DELETE /api/race`) accept either of two security requirements, and which one applies is the server's configuration. With `ADMIN_TOKEN` set: `admin_token`, i.e. `Authorization: Bearer <ADMIN_TOKEN>`; without it 401 `unauthorized`. With no `ADMIN_TOKEN`: the empty requirement `{}`, no credentials, but only while the server listens on loopback and only for a request from this machine, naming a loopback `Host`, with no `Forwarded`, `X-Forwarded-For` or `X-Real-IP` header; otherwise 403 `forbidden`.",
                         ))
                         .build(),
                 ),
@@ -110,7 +116,10 @@ impl utoipa::Modify for PageRoutes {
                 .description(summary)
                 .content(content_type, ContentBuilder::new().build())
                 .build();
-            let missing = ResponseBuilder::new().description("No such file.").build();
+            let missing = ResponseBuilder::new()
+                .description("`not_found`: no such file, or a name the file system cannot hold (too long, a NUL byte).")
+                .content("application/json", error_content())
+                .build();
             let operation = OperationBuilder::new()
                 .summary(Some(summary))
                 .tag("status page")
@@ -172,15 +181,20 @@ impl utoipa::Modify for PurchaseRefusals {
     }
 }
 
+/// The JSON error body, `{"error": {"code", "message"}}`.
+fn error_content() -> utoipa::openapi::Content {
+    ContentBuilder::new()
+        .schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))))
+        .build()
+}
+
 /// What any route may also answer: the documented statuses of each
 /// operation are its own; these come from the router's layers.
 struct AnyRoute;
 
 impl utoipa::Modify for AnyRoute {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let error = ContentBuilder::new()
-            .schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))))
-            .build();
+        let error = error_content();
         let other = ResponseBuilder::new()
             .description(
                 "Any other status carries the error body: `method_not_allowed` (405), `internal` (500: a bug, logged), `unavailable` (503: the request ran out of time, with Retry-After).",
@@ -205,6 +219,29 @@ impl utoipa::Modify for AnyRoute {
             }
         }
     }
+}
+
+/// An integer from `min` to `max`, both inclusive: the schema of a field
+/// whose handler checks those bounds, built from the handler's own consts
+/// (utoipa's `minimum`/`maximum` attributes take literals only).
+pub(crate) fn integer_in(min: u64, max: u64, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(min))
+        .maximum(Some(max))
+        .description(Some(description))
+        .build()
+}
+
+/// [`integer_in`], or JSON `null` (what an absent optional body field may
+/// also be sent as: serde reads it as absent).
+pub(crate) fn integer_in_or_null(min: u64, max: u64, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+        .minimum(Some(min))
+        .maximum(Some(max))
+        .description(Some(description))
+        .build()
 }
 
 /// Built once: the document does not change while the process runs.

@@ -9,8 +9,11 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 
+use utoipa::openapi::schema::Object;
+
+use super::openapi::integer_in;
 use crate::domain::ErrorBody;
-use crate::domain::{ItemId, UserId};
+use crate::domain::{ItemId, UserId, whole};
 use crate::http::error::ApiError;
 use crate::orders::db::{Direction, OrderQuery, OrderRecord, OrdersPage};
 use crate::orders::lookup::{LookupError, OrderLookup, Place};
@@ -23,6 +26,14 @@ const DEFAULT_LIMIT: u32 = 50;
 /// Largest page: keeps one request's work and response bounded.
 const MAX_LIMIT: u32 = 1000;
 
+fn limit_schema() -> Object {
+    integer_in(
+        1,
+        MAX_LIMIT.into(),
+        &format!("Page size, 1 to {MAX_LIMIT}; {DEFAULT_LIMIT} when absent."),
+    )
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -33,7 +44,8 @@ pub struct OrdersParams {
     /// Only this user's orders.
     #[param(value_type = Option<UserId>)]
     user: Option<String>,
-    /// Page size, 1 to 1000; 50 when absent.
+    #[serde(default, deserialize_with = "whole::in_query")]
+    #[param(schema_with = limit_schema)]
     limit: Option<u32>,
     /// The cursor: the `next` of the previous page.
     #[param(value_type = Option<OrderId>)]

@@ -73,15 +73,15 @@ fn one_of(
     tag = "purchase",
     params(
         ("item" = ItemId, Path, description = "The item to buy."),
-        ("Idempotency-Key" = Option<String>, Header,
-            description = "1 to 64 printable ASCII characters: the purchase takes effect at most once per key (IETF draft)."),
+        ("Idempotency-Key" = Option<IdempotencyKey>, Header,
+            description = "The purchase takes effect at most once per key (IETF draft)."),
         PurchaseInput,
     ),
     request_body(content = Option<PurchaseInput>, content_type = "application/json",
         description = "Optional: the same fields as the query string."),
     responses(
         (status = 201, description = "Bought. With an Idempotency-Key, a replay carries `Idempotency-Replayed: true`.", body = Purchased),
-        (status = 400, description = "`invalid_request`: a malformed id, an unknown strategy, a field in both places with different values, an unknown field.", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: a malformed id or Idempotency-Key, an unknown strategy, a field in both places with different values, an unknown field, a body that is not JSON.", body = ErrorBody),
         (status = 413, description = "`payload_too_large`.", body = ErrorBody),
         // 404, 409, 422 and 503: the outcome catalogue's refusals, added
         // by `openapi::PurchaseRefusals`.

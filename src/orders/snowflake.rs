@@ -103,15 +103,53 @@ pub enum IdError {
 pub struct OrderId(pub u64);
 
 impl OrderId {
-    /// Parses a decimal id; anything with the sign bit set is not a snowflake.
+    /// Parses a decimal id: 1 to [`Self::MAX_DIGITS`] ASCII digits (no sign,
+    /// unlike `u64::from_str`), at most [`Self::MAX`]: anything with the sign
+    /// bit set is not a snowflake. Exactly what [`Self::pattern`] admits.
     pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty()
+            || raw.len() > Self::MAX_DIGITS
+            || !raw.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(format!(
+                "`{raw}` is not 1 to {} decimal digits",
+                Self::MAX_DIGITS
+            ));
+        }
         let value: u64 = raw
             .parse()
             .map_err(|_| format!("`{raw}` is not a decimal 64-bit integer"))?;
-        if value >> 63 != 0 {
+        if value > Self::MAX {
             return Err(format!("`{raw}` has the sign bit set: not a snowflake id"));
         }
         Ok(Self(value))
+    }
+
+    /// The largest id: the sign bit stays clear (SQL stores ids as BIGINT).
+    pub const MAX: u64 = i64::MAX as u64;
+    /// Digits of [`Self::MAX`].
+    const MAX_DIGITS: usize = Self::MAX.ilog10() as usize + 1;
+
+    /// A regular expression for the decimal strings of 0 to [`Self::MAX`],
+    /// leading zeros allowed: any shorter run of digits, or one of
+    /// [`Self::MAX_DIGITS`] digits that is below the bound at its first
+    /// difference, or the bound itself. For the OpenAPI document, which has
+    /// no numeric bound for a string.
+    pub fn pattern() -> String {
+        let bound = Self::MAX.to_string();
+        let mut branches = vec![format!("[0-9]{{1,{}}}", bound.len() - 1)];
+        for (at, digit) in bound.bytes().enumerate() {
+            if digit > b'0' {
+                let rest = bound.len() - at - 1;
+                branches.push(format!(
+                    "{}[0-{}][0-9]{{{rest}}}",
+                    &bound[..at],
+                    char::from(digit - 1)
+                ));
+            }
+        }
+        branches.push(bound);
+        format!("^(?:{})$", branches.join("|"))
     }
 
     /// Splits the id into its fields.
@@ -140,7 +178,7 @@ impl utoipa::PartialSchema for OrderId {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some("^[0-9]{1,19}$"))
+            .pattern(Some(Self::pattern()))
             .description(Some(
                 "A snowflake order id, as a decimal string (64 bits do not fit a JavaScript number).",
             ))

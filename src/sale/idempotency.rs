@@ -91,11 +91,39 @@ impl IdempotencyKey {
         Ok(Self(inner.to_owned()))
     }
 
+    /// The pattern of every value [`Self::parse`] accepts, for the OpenAPI
+    /// document: 1 to [`MAX_KEY_LEN`] printable ASCII characters except the
+    /// bare `""` (an empty quoted key), or such a key in quotes (so up to two
+    /// characters longer). Exact, so a contract fuzzer's valid keys are all
+    /// accepted and its invalid ones all refused.
+    pub fn pattern() -> String {
+        let max = MAX_KEY_LEN;
+        format!(
+            r#"^(?:[!-~]|[!#-~][!-~]|"[!#-~]|[!-~]{{3,{max}}}|"[!-~]{{{},{max}}}")$"#,
+            max - 1
+        )
+    }
+
     /// Hex, so no byte of the key can touch the key schema's separators.
     fn encoded(&self) -> String {
         self.0.bytes().map(|b| format!("{b:02x}")).collect()
     }
 }
+
+impl utoipa::PartialSchema for IdempotencyKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(Self::pattern()))
+            .description(Some(format!(
+                "1 to {MAX_KEY_LEN} printable ASCII characters, no spaces; bare or as a structured-field string in double quotes."
+            )))
+            .examples(["7f3c2a1e-purchase-1"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for IdempotencyKey {}
 
 /// What an earlier request with the same key came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -293,3 +293,40 @@ async fn without_a_token_admin_is_refused_off_loopback() {
         .json(&json!({"stock": 3}));
     rejected_without_change(&app, &item, request, 403, "forbidden").await;
 }
+
+/// The file server's failures are the API's JSON errors: a name longer than
+/// the file system allows answered an empty 500 (logged at ERROR), and a NUL
+/// byte or a missing file an empty 404. The page and its files still load.
+#[tokio::test]
+async fn bad_static_paths_are_json_404s_and_the_page_still_loads() {
+    let app = spawn_app().await;
+    let long = "x".repeat(300);
+    for path in [
+        format!("/static/{long}"),
+        format!("/static/{long}/app.js"),
+        "/static/a%00b".to_owned(),
+        "/static/no-such-file.js".to_owned(),
+        "/static/app.js/below-a-file".to_owned(),
+    ] {
+        let response = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_error(response, 404, "not_found").await;
+    }
+    let response = app
+        .client
+        .post(app.url("/static/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("allow"), "{response:?}");
+    assert_error(response, 405, "method_not_allowed").await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/static/app.js", "javascript"),
+        ("/static/style.css", "text/css"),
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.contains(kind), "{path}: {content_type}");
+    }
+}

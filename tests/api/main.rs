@@ -6,6 +6,7 @@ mod batch;
 mod browser;
 mod cluster;
 mod concurrency;
+mod contract;
 mod durability;
 mod endpoints;
 mod exactly_once;
