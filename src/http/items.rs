@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::openapi::schema::Object;
 
 use super::admin::Admin;
-use super::openapi::integer_in;
+use super::schema::integer_in;
 use super::{item_id, json_body, require_json_type};
 use crate::domain::ErrorBody;
 use crate::domain::{ItemId, whole};

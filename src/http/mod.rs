@@ -13,6 +13,7 @@ pub mod openapi;
 mod orders;
 mod per_peer;
 mod purchase;
+mod schema;
 pub mod server;
 mod timeout;
 mod write_timeout;

@@ -11,7 +11,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::path::{
     HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
 };
-use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, ResponseBuilder};
 use utoipa::openapi::{Ref, RefOr, Required};
@@ -219,29 +219,6 @@ impl utoipa::Modify for AnyRoute {
             }
         }
     }
-}
-
-/// An integer from `min` to `max`, both inclusive: the schema of a field
-/// whose handler checks those bounds, built from the handler's own consts
-/// (utoipa's `minimum`/`maximum` attributes take literals only).
-pub(crate) fn integer_in(min: u64, max: u64, description: &str) -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::Integer)
-        .minimum(Some(min))
-        .maximum(Some(max))
-        .description(Some(description))
-        .build()
-}
-
-/// [`integer_in`], or JSON `null` (what an absent optional body field may
-/// also be sent as: serde reads it as absent).
-pub(crate) fn integer_in_or_null(min: u64, max: u64, description: &str) -> Object {
-    ObjectBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
-        .minimum(Some(min))
-        .maximum(Some(max))
-        .description(Some(description))
-        .build()
 }
 
 /// Built once: the document does not change while the process runs.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use utoipa::openapi::schema::Object;
 
-use super::openapi::integer_in;
+use super::schema::integer_in;
 use crate::domain::ErrorBody;
 use crate::domain::{ItemId, UserId, whole};
 use crate::http::error::ApiError;
