@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::admin::Admin;
-use super::{item_id, json_body, require_json_type};
+use super::request::{item_id, json_body, require_json_type};
 use crate::domain::ErrorBody;
 use crate::domain::ItemId;
 use crate::http::error::ApiError;

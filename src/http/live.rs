@@ -18,7 +18,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use super::admin::Admin;
-use super::{json_body, require_json_type};
+use super::request::{json_body, require_json_type};
 use crate::domain::ErrorBody;
 use crate::http::error::ApiError;
 use crate::lab::loadgen::RacePlan;
