@@ -15,13 +15,15 @@ mod per_peer;
 mod purchase;
 mod request;
 pub mod server;
+mod strategies;
 mod timeout;
 mod write_timeout;
 
 pub use request::BODY_LIMIT;
+pub use strategies::{Catalogue, CatalogueEntry};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::Method;
 use axum::http::Uri;
@@ -34,7 +36,6 @@ use tower_http::trace::TraceLayer;
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::strategy::StrategyKind;
 
 /// The status page.
 const PAGE: &str = "/";
@@ -77,7 +78,7 @@ fn routes() -> Vec<Route> {
         route(Method::GET, "/readyz", health::readyz),
         route(Method::GET, "/metrics", health::metrics),
         route(Method::GET, "/api/openapi.json", openapi::openapi_json),
-        route(Method::GET, "/api/strategies", strategies),
+        route(Method::GET, "/api/strategies", strategies::strategies),
         route(Method::GET, "/api/items", items::list_items),
         route(Method::GET, "/api/items/{item}", items::get_item),
         route(Method::PUT, "/api/items/{item}", items::put_item),
@@ -121,48 +122,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware)
         .with_state(state)
-}
-
-/// The strategy catalogue as `GET /api/strategies` shows it.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Catalogue {
-    /// Every strategy, in the catalogue's order.
-    pub strategies: Vec<CatalogueEntry>,
-    /// What a purchase naming none gets.
-    pub default: StrategyKind,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct CatalogueEntry {
-    pub name: StrategyKind,
-    /// What keeps two buyers apart.
-    pub guard: &'static str,
-    /// Whether this instance serves it.
-    pub enabled: bool,
-}
-
-/// `GET /api/strategies`: the catalogue, in order: each strategy's name, what
-/// guards it, and whether this instance serves it; and the default. The
-/// status page builds its race controls from it.
-#[utoipa::path(
-    get,
-    path = "/api/strategies",
-    tag = "purchase",
-    responses((status = 200, description = "The strategy catalogue.", body = Catalogue)),
-)]
-async fn strategies(State(state): State<AppState>) -> axum::Json<Catalogue> {
-    let enabled = state.strategies.names();
-    axum::Json(Catalogue {
-        strategies: StrategyKind::ALL
-            .iter()
-            .map(|&kind| CatalogueEntry {
-                name: kind,
-                guard: kind.guard(),
-                enabled: enabled.contains(&kind.as_str()),
-            })
-            .collect(),
-        default: state.default_strategy,
-    })
 }
 
 async fn not_found(uri: Uri) -> ApiError {
