@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::infra::redis_conn::ReplicaWait;
+use crate::infra::replica_wait::ReplicaWait;
 use crate::infra::telemetry::LogFormat;
 
 /// Most purchases per `lua-batch` script call, `LUA_BATCH_MAX`'s upper

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use utoipa::openapi::schema::Object;
 
 use super::admin::Admin;
+use super::request::{item_id, json_body, require_json_type};
 use super::schema::integer_in;
-use super::{item_id, json_body, require_json_type};
 use crate::domain::ErrorBody;
 use crate::domain::{ItemId, whole};
 use crate::http::error::ApiError;

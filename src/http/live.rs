@@ -23,8 +23,8 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::{Ref, RefOr};
 
 use super::admin::Admin;
+use super::request::{json_body, require_json_type};
 use super::schema::integer_in_or_null;
-use super::{json_body, require_json_type};
 use crate::domain::{ErrorBody, whole};
 use crate::http::error::ApiError;
 use crate::lab::loadgen::RacePlan;

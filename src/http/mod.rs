@@ -13,37 +13,33 @@ pub mod openapi;
 mod orders;
 mod per_peer;
 mod purchase;
+mod request;
 mod schema;
 pub mod server;
+mod strategies;
 mod timeout;
 mod write_timeout;
 
-use axum::Router;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::handler::Handler;
+pub use request::BODY_LIMIT;
+pub use strategies::{Catalogue, CatalogueEntry};
+
 use std::convert::Infallible;
 
-use axum::extract::Request;
-use axum::http::header::{self, CONTENT_TYPE};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::handler::Handler;
+use axum::http::header;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
-use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use tower::{ServiceBuilder, service_fn};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::services::fs::ServeFileSystemResponseBody as ServeDirBody;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
-use crate::domain::ItemId;
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::strategy::StrategyKind;
-
-/// Bodies are a few dozen bytes; 16 KiB leaves room and stops abuse early.
-pub const BODY_LIMIT: usize = 16 * 1024;
 
 /// The status page.
 const PAGE: &str = "/";
@@ -86,7 +82,7 @@ fn routes() -> Vec<Route> {
         route(Method::GET, "/readyz", health::readyz),
         route(Method::GET, "/metrics", health::metrics),
         route(Method::GET, "/api/openapi.json", openapi::openapi_json),
-        route(Method::GET, "/api/strategies", strategies),
+        route(Method::GET, "/api/strategies", strategies::strategies),
         route(Method::GET, "/api/items", items::list_items),
         route(Method::GET, "/api/items/{item}", items::get_item),
         route(Method::PUT, "/api/items/{item}", items::put_item),
@@ -146,48 +142,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The strategy catalogue as `GET /api/strategies` shows it.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Catalogue {
-    /// Every strategy, in the catalogue's order.
-    pub strategies: Vec<CatalogueEntry>,
-    /// What a purchase naming none gets.
-    pub default: StrategyKind,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct CatalogueEntry {
-    pub name: StrategyKind,
-    /// What keeps two buyers apart.
-    pub guard: &'static str,
-    /// Whether this instance serves it.
-    pub enabled: bool,
-}
-
-/// `GET /api/strategies`: the catalogue, in order: each strategy's name, what
-/// guards it, and whether this instance serves it; and the default. The
-/// status page builds its race controls from it.
-#[utoipa::path(
-    get,
-    path = "/api/strategies",
-    tag = "purchase",
-    responses((status = 200, description = "The strategy catalogue.", body = Catalogue)),
-)]
-async fn strategies(State(state): State<AppState>) -> axum::Json<Catalogue> {
-    let enabled = state.strategies.names();
-    axum::Json(Catalogue {
-        strategies: StrategyKind::ALL
-            .iter()
-            .map(|&kind| CatalogueEntry {
-                name: kind,
-                guard: kind.guard(),
-                enabled: enabled.contains(&kind.as_str()),
-            })
-            .collect(),
-        default: state.default_strategy,
-    })
-}
-
 /// The file server's answer, with its failures as the API's JSON errors.
 /// `try_call` rather than `call`: `call` turns every I/O error into an empty
 /// 500 logged at ERROR, and the usual ones are the client's doing, not the
@@ -230,55 +184,4 @@ async fn not_found(uri: Uri) -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-/// The `{item}` path segment as a validated id.
-fn item_id(path: Result<Path<String>, PathRejection>) -> Result<ItemId, ApiError> {
-    let Path(raw) = path.map_err(|r| ApiError::invalid(r.body_text()))?;
-    ItemId::parse(&raw).map_err(ApiError::invalid)
-}
-
-/// An admin request must say its body is JSON, even an empty one: browsers
-/// send `application/json` only after a CORS preflight this service never
-/// grants, so a cross-site form or a no-cors `fetch` (`text/plain`, form
-/// types, no body) cannot reach an admin endpoint.
-fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if json {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType)
-    }
-}
-
-/// Parses a JSON body whatever its content type (`curl -d` sends a form type),
-/// mapping every failure to our error shape. An empty body is `None`, and so
-/// is JSON `null`: the document marks optional bodies nullable (utoipa's
-/// `Option<T>` body), and a client sending `null` means "nothing". Anything
-/// else must be an object, as the document says: serde would also read a
-/// struct from an array of its fields in order (`[null, null]`).
-fn json_body<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Option<T>, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge { limit: BODY_LIMIT }
-        } else {
-            ApiError::invalid(rejection.body_text())
-        }
-    })?;
-    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
-        return Ok(None);
-    };
-    // Only the first byte is looked at: a malformed object is serde's to
-    // report, with its position.
-    if !matches!(first, b'{' | b'n') {
-        return Err(ApiError::invalid("the JSON body must be an object"));
-    }
-    serde_json::from_slice(&body)
-        .map_err(|err| ApiError::invalid(format!("invalid JSON body: {err}")))
 }

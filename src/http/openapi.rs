@@ -16,7 +16,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, ResponseBuilder};
 use utoipa::openapi::{Ref, RefOr, Required};
 
-use super::{PAGE, STATIC_FILES, health, ids, items, live, orders, purchase};
+use super::{PAGE, STATIC_FILES, health, ids, items, live, orders, purchase, strategies};
 use crate::http::error::ApiError;
 use crate::outcome::Code;
 
@@ -34,7 +34,7 @@ use crate::sale::idempotency::IdempotencyKey;
     ),
     paths(
         purchase::purchase,
-        super::strategies,
+        strategies::strategies,
         items::list_items,
         items::get_item,
         items::put_item,

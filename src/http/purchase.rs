@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tracing::Instrument;
 
-use super::{item_id, json_body};
+use super::request::{item_id, json_body};
 use crate::domain::ErrorBody;
 use crate::domain::{ItemId, UserId};
 use crate::http::error::ApiError;

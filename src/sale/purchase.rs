@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ItemId, UserId};
-use crate::infra::redis_conn::{RedisPool, ReplicaWait};
+use crate::infra::redis_conn::RedisPool;
+use crate::infra::replica_wait::ReplicaWait;
 use crate::keys::ItemKeys;
 use crate::orders::lease::{IdMinter, MintError};
 use crate::orders::lookup::OrderLookup;

@@ -119,6 +119,32 @@ fn imports(module: &str, code: &str, known: &BTreeSet<String>) -> BTreeSet<Strin
     found
 }
 
+/// The children that may import their parent, each with what it takes:
+/// there the parent holds what its children share by design. `*` is every
+/// child. Any other child reaches its siblings, not its parent (`http`'s
+/// handlers read requests through `http::request`, not the router's module);
+/// [`only_listed_children_import_their_parent`] holds to this list.
+const CHILD_IMPORTS_PARENT: &[(&str, &str, &str)] = &[
+    (
+        "strategy::*",
+        "strategy",
+        "the `Strategy` trait and its outcomes",
+    ),
+    (
+        "lab::loadgen::*",
+        "lab::loadgen",
+        "the target and the buyers' names",
+    ),
+    (
+        "orders::persister::*",
+        "orders::persister",
+        "the worker each concern extends, its status and group",
+    ),
+    ("sale::metrics", "sale", "the item view it renders"),
+    ("http::server", "http", "the router it serves"),
+    ("http::openapi", "http", "the route table it documents"),
+];
+
 /// Whether one module contains the other: a parent declares its children,
 /// and they may use what it holds; that pair is not a circle.
 fn nested(a: &str, b: &str) -> bool {
@@ -153,8 +179,8 @@ fn circle(
     None
 }
 
-/// The module graph of `src/`, parent-child pairs left out.
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
+/// Every module of `src/` with the modules it imports.
+fn all_imports() -> BTreeMap<String, BTreeSet<String>> {
     let mut sources = BTreeMap::new();
     modules(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
@@ -165,14 +191,53 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
     assert!(known.contains("sale::purchase"), "{known:?}");
     sources
         .iter()
-        .map(|(module, code)| {
-            let deps = imports(module, code, &known)
+        .map(|(module, code)| (module.clone(), imports(module, code, &known)))
+        .collect()
+}
+
+/// The module graph of `src/`, parent-child pairs left out.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    all_imports()
+        .into_iter()
+        .map(|(module, deps)| {
+            let deps = deps
                 .into_iter()
-                .filter(|dep| dep != module && !nested(module, dep))
+                .filter(|dep| *dep != module && !nested(&module, dep))
                 .collect();
-            (module.clone(), deps)
+            (module, deps)
         })
         .collect()
+}
+
+/// Every import of a module by one it contains (its child, or deeper).
+fn imports_of_parents() -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (module, deps) in all_imports() {
+        for dep in deps {
+            if !dep.is_empty() && module.starts_with(&format!("{dep}::")) {
+                found.push((module.clone(), dep));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn only_listed_children_import_their_parent() {
+    let listed = |child: &str, parent: &str| {
+        CHILD_IMPORTS_PARENT
+            .iter()
+            .any(|(c, p, _)| *p == parent && (*c == child || c.strip_suffix("::*") == Some(parent)))
+    };
+    let unlisted: Vec<String> = imports_of_parents()
+        .into_iter()
+        .filter(|(child, parent)| !listed(child, parent))
+        .map(|(child, parent)| format!("{child} → {parent}"))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "children importing their parent: {unlisted:?}"
+    );
 }
 
 fn assert_no_circle(graph: &BTreeMap<String, BTreeSet<String>>, what: &str) {

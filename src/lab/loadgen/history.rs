@@ -180,28 +180,76 @@ pub struct HistoryCheck {
     pub ambiguous: u64,
 }
 
-/// Checks `calls` (any order) against `spec` and what the server `stored`.
+/// Checks `calls` (any order) against `spec` and what the server `stored`:
+/// each property below in turn, the earliest counterexample kept.
 pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
-    let mut result = HistoryCheck {
-        requests: calls.len() as u64,
-        ambiguous: calls.iter().filter(|c| c.outcome.ambiguous()).count() as u64,
-        ..HistoryCheck::default()
+    let mut verdict = Verdict {
+        check: HistoryCheck {
+            requests: calls.len() as u64,
+            ambiguous: calls.iter().filter(|c| c.outcome.ambiguous()).count() as u64,
+            ..HistoryCheck::default()
+        },
+        first: None,
     };
-    let mut first: Option<Counterexample> = None;
-    let mut found = |example: Counterexample| {
-        if first.as_ref().is_none_or(|f| example.at_us < f.at_us) {
-            first = Some(example);
-        }
-    };
+    let answered = no_id_answered_twice(calls, &mut verdict);
+    if let Some(log) = &stored.log {
+        verdict.check.lost_in_log = Some(every_201_stored(
+            &answered,
+            log,
+            "lost_in_log",
+            &mut verdict,
+        ));
+    }
+    if let Some(sql) = &stored.sql {
+        verdict.check.lost_in_sql = Some(every_201_stored(
+            &answered,
+            sql,
+            "lost_in_sql",
+            &mut verdict,
+        ));
+    }
+    no_id_logged_twice(stored, &mut verdict);
+    let stored_orders = stored_orders(stored);
+    each_order_stored_for_its_buyer(&answered, &stored_orders, &mut verdict);
+    let effects = every_ghost_order_has_a_maker(calls, &answered, &stored_orders, &mut verdict);
+    not_oversold(&answered, &stored_orders, spec, &mut verdict);
+    no_buyer_over_the_limit(&answered, &effects.held, spec, &mut verdict);
+    no_refusal_before_its_time(calls, &effects.calls, spec, &mut verdict);
 
-    // Answered 201s by id; duplicates.
+    let Verdict { mut check, first } = verdict;
+    check.linearizable = first.is_none();
+    check.counterexample = first;
+    check
+}
+
+/// The check's counts so far, and the earliest counterexample found.
+struct Verdict {
+    check: HistoryCheck,
+    first: Option<Counterexample>,
+}
+
+impl Verdict {
+    /// Keeps `example` if it became visible before every one found so far.
+    fn found(&mut self, example: Counterexample) {
+        if self.first.as_ref().is_none_or(|f| example.at_us < f.at_us) {
+            self.first = Some(example);
+        }
+    }
+}
+
+/// **duplicate ids**, among the answers: no two 201s carry one order id.
+/// Returns the answered 201s by order id.
+fn no_id_answered_twice<'a>(
+    calls: &'a [Call],
+    verdict: &mut Verdict,
+) -> HashMap<OrderId, &'a Call> {
     let mut answered: HashMap<OrderId, &Call> = HashMap::new();
     for call in calls {
         if let CallOutcome::Created(id) = call.outcome
             && let Some(earlier) = answered.insert(id, call)
         {
-            result.duplicate_ids += 1;
-            found(Counterexample {
+            verdict.check.duplicate_ids += 1;
+            verdict.found(Counterexample {
                 kind: "duplicate_id",
                 detail: format!("order id {id} answered twice"),
                 calls: vec![earlier.into(), call.into()],
@@ -209,34 +257,39 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
             });
         }
     }
+    answered
+}
 
-    // Lost: answered, not stored.
-    let mut lost = |stored: &HashMap<OrderId, u64>, kind: &'static str| {
-        let mut missing: Vec<&&Call> = answered
-            .iter()
-            .filter(|(id, _)| !stored.contains_key(id))
-            .map(|(_, call)| call)
-            .collect();
-        missing.sort_by_key(|c| (c.done_us, c.id));
-        if let Some(call) = missing.first() {
-            found(Counterexample {
-                kind,
-                detail: format!("{} answered 201s are missing", missing.len()),
-                calls: vec![(**call).into()],
-                at_us: call.done_us,
-            });
-        }
-        missing.len() as u64
-    };
-    if let Some(log) = &stored.log {
-        result.lost_in_log = Some(lost(log, "lost_in_log"));
+/// **lost**: every answered 201 is in `stored` (the order log or SQL, as
+/// `kind` says). Returns how many are missing.
+fn every_201_stored(
+    answered: &HashMap<OrderId, &Call>,
+    stored: &HashMap<OrderId, u64>,
+    kind: &'static str,
+    verdict: &mut Verdict,
+) -> u64 {
+    let mut missing: Vec<&&Call> = answered
+        .iter()
+        .filter(|(id, _)| !stored.contains_key(id))
+        .map(|(_, call)| call)
+        .collect();
+    missing.sort_by_key(|c| (c.done_us, c.id));
+    if let Some(call) = missing.first() {
+        verdict.found(Counterexample {
+            kind,
+            detail: format!("{} answered 201s are missing", missing.len()),
+            calls: vec![(**call).into()],
+            at_us: call.done_us,
+        });
     }
-    if let Some(sql) = &stored.sql {
-        result.lost_in_sql = Some(lost(sql, "lost_in_sql"));
-    }
+    missing.len() as u64
+}
+
+/// **duplicate ids**, in the order log: it holds each order id once.
+fn no_id_logged_twice(stored: &Stored, verdict: &mut Verdict) {
     if stored.log_duplicates > 0 {
-        result.duplicate_ids += stored.log_duplicates;
-        found(Counterexample {
+        verdict.check.duplicate_ids += stored.log_duplicates;
+        verdict.found(Counterexample {
             kind: "duplicate_id",
             detail: format!(
                 "the order log holds {} entries more than it holds order ids",
@@ -246,19 +299,31 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
             at_us: u64::MAX,
         });
     }
+}
 
-    // Every stored order with its buyer, from SQL or the order log.
+/// Every stored order with its buyer, from SQL or the order log.
+fn stored_orders(stored: &Stored) -> BTreeMap<OrderId, u64> {
     let mut stored_orders: BTreeMap<OrderId, u64> = BTreeMap::new();
     for source in [&stored.sql, &stored.log].into_iter().flatten() {
         for (id, buyer) in source {
             stored_orders.entry(*id).or_insert(*buyer);
         }
     }
-    for (id, call) in &answered {
+    stored_orders
+}
+
+/// **wrong buyer**: each answered order is stored, if at all, for the buyer
+/// its 201 went to.
+fn each_order_stored_for_its_buyer(
+    answered: &HashMap<OrderId, &Call>,
+    stored_orders: &BTreeMap<OrderId, u64>,
+    verdict: &mut Verdict,
+) {
+    for (id, call) in answered {
         if let Some(&buyer) = stored_orders.get(id)
             && buyer != call.user
         {
-            found(Counterexample {
+            verdict.found(Counterexample {
                 kind: "wrong_buyer",
                 detail: format!(
                     "order {id} was answered to buyer {} but is stored for buyer {buyer}",
@@ -269,17 +334,32 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
             });
         }
     }
+}
 
-    // Ghosts: stored, never answered. Each needs an ambiguous request of its
-    // buyer to have made it, one request per order; the earliest-sent of
-    // those requests are the ones taken to have taken effect (the reading
-    // most favourable to the sold-out checks below).
+/// The purchases taken to have taken effect, and what each buyer holds.
+struct Effects<'a> {
+    /// Every 201, and for each ghost order the request taken to have made it.
+    calls: Vec<&'a Call>,
+    /// Orders per buyer: answered and ghost.
+    held: HashMap<u64, u64>,
+}
+
+/// **ghost orders**: stored, never answered. Each needs an ambiguous request
+/// of its buyer to have made it, one request per order; the earliest-sent of
+/// those requests are the ones taken to have taken effect (the reading most
+/// favourable to the sold-out checks of [`no_refusal_before_its_time`]).
+fn every_ghost_order_has_a_maker<'a>(
+    calls: &'a [Call],
+    answered: &HashMap<OrderId, &'a Call>,
+    stored_orders: &BTreeMap<OrderId, u64>,
+    verdict: &mut Verdict,
+) -> Effects<'a> {
     let mut ambiguous_by_user: BTreeMap<u64, Vec<&Call>> = BTreeMap::new();
     for call in calls.iter().filter(|c| c.outcome.ambiguous()) {
         ambiguous_by_user.entry(call.user).or_default().push(call);
     }
     let mut ghosts_by_user: BTreeMap<u64, Vec<OrderId>> = BTreeMap::new();
-    for (id, buyer) in &stored_orders {
+    for (id, buyer) in stored_orders {
         if !answered.contains_key(id) {
             ghosts_by_user.entry(*buyer).or_default().push(*id);
         }
@@ -290,15 +370,15 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
         *held.entry(call.user).or_default() += 1;
     }
     for (buyer, ghosts) in &ghosts_by_user {
-        result.ghost_orders += ghosts.len() as u64;
+        verdict.check.ghost_orders += ghosts.len() as u64;
         *held.entry(*buyer).or_default() += ghosts.len() as u64;
         let mut makers = ambiguous_by_user.get(buyer).cloned().unwrap_or_default();
         makers.sort_by_key(|c| (c.sent_us, c.id));
         let explained = ghosts.len().min(makers.len());
         effects.extend(&makers[..explained]);
         if let Some(id) = ghosts.get(explained) {
-            result.unexplained_ghosts += (ghosts.len() - explained) as u64;
-            found(Counterexample {
+            verdict.check.unexplained_ghosts += (ghosts.len() - explained) as u64;
+            verdict.found(Counterexample {
                 kind: "ghost_order",
                 detail: format!(
                     "order {id} of buyer {buyer} is stored, but that buyer has {} stored orders nobody was answered 201 for and only {} requests left without a clear answer",
@@ -310,42 +390,61 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
             });
         }
     }
+    Effects {
+        calls: effects,
+        held,
+    }
+}
+
+/// **oversold**: no more distinct orders (answered or stored) than units.
+/// The witness is the 201 that completed when the answered count passed the
+/// stock.
+fn not_oversold(
+    answered: &HashMap<OrderId, &Call>,
+    stored_orders: &BTreeMap<OrderId, u64>,
+    spec: Spec,
+    verdict: &mut Verdict,
+) {
     let orders: HashSet<OrderId> = answered
         .keys()
         .chain(stored_orders.keys())
         .copied()
         .collect();
-
-    // Oversold: more orders than units. The witness is the 201 that
-    // completed when the answered count passed the stock.
-    result.oversold = (orders.len() as u64).saturating_sub(spec.stock);
-    if result.oversold > 0 {
+    verdict.check.oversold = (orders.len() as u64).saturating_sub(spec.stock);
+    if verdict.check.oversold > 0 {
         let mut created: Vec<&Call> = answered.values().copied().collect();
         created.sort_by_key(|c| (c.done_us, c.id));
         let witness = created.get(spec.stock as usize).or(created.last());
-        found(Counterexample {
+        verdict.found(Counterexample {
             kind: "oversold",
             detail: format!("{} orders for a stock of {}", orders.len(), spec.stock),
             calls: witness.map(|c| vec![(*c).into()]).unwrap_or_default(),
             at_us: witness.map_or(u64::MAX, |c| c.done_us),
         });
     }
+}
 
-    // The per-user limit.
+/// **limit**: no buyer holds (`held`) more orders than the per-user limit.
+fn no_buyer_over_the_limit(
+    answered: &HashMap<OrderId, &Call>,
+    held: &HashMap<u64, u64>,
+    spec: Spec,
+    verdict: &mut Verdict,
+) {
     let mut by_user: HashMap<u64, Vec<&Call>> = HashMap::new();
     for call in answered.values() {
         by_user.entry(call.user).or_default().push(call);
     }
-    for (user, count) in &held {
+    for (user, count) in held {
         if *count > spec.per_user_limit {
-            result.over_limit_buyers += 1;
+            verdict.check.over_limit_buyers += 1;
             let mut theirs = by_user.get(user).cloned().unwrap_or_default();
             theirs.sort_by_key(|c| c.done_us);
             let witness = theirs
                 .get(spec.per_user_limit as usize)
                 .or(theirs.last())
                 .copied();
-            found(Counterexample {
+            verdict.found(Counterexample {
                 kind: "per_user_limit",
                 detail: format!(
                     "buyer {user} holds {count} orders, the limit is {}",
@@ -356,63 +455,112 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
             });
         }
     }
+}
 
-    // What could have taken effect by an instant: purchases sent by then
-    // (201s, and the ambiguous requests taken to have made a ghost order).
-    let mut effect_sends: Vec<u64> = effects.iter().map(|c| c.sent_us).collect();
-    effect_sends.sort_unstable();
-    let sent_by = |t: u64| effect_sends.partition_point(|&s| s <= t) as u64;
-    let mut user_sends: HashMap<u64, Vec<u64>> = HashMap::new();
-    for call in &effects {
-        user_sends.entry(call.user).or_default().push(call.sent_us);
+/// What could have taken effect by an instant: the purchases (`effects`:
+/// 201s, and the ambiguous requests taken to have made a ghost order) sent
+/// by then, in all and per buyer. Only those count as purchases, so a sale
+/// whose orders never reached the stock fails the refusal checks whatever
+/// the timing.
+struct SentBy {
+    /// Every purchase's send, in order.
+    all: Vec<u64>,
+    /// Each buyer's purchases' sends.
+    per_user: HashMap<u64, Vec<u64>>,
+}
+
+impl SentBy {
+    fn new(effects: &[&Call]) -> Self {
+        let mut all: Vec<u64> = effects.iter().map(|c| c.sent_us).collect();
+        all.sort_unstable();
+        let mut per_user: HashMap<u64, Vec<u64>> = HashMap::new();
+        for call in effects {
+            per_user.entry(call.user).or_default().push(call.sent_us);
+        }
+        Self { all, per_user }
     }
-    // Only 201s and matched ghosts count as purchases, so a sale whose
-    // orders never reached the stock fails here whatever the timing.
 
+    /// Purchases sent by `t`.
+    fn all(&self, t: u64) -> u64 {
+        self.all.partition_point(|&s| s <= t) as u64
+    }
+
+    /// `user`'s purchases sent by `t`.
+    fn user(&self, user: u64, t: u64) -> u64 {
+        self.per_user
+            .get(&user)
+            .map_or(0, |sends| sends.iter().filter(|&&s| s <= t).count()) as u64
+    }
+}
+
+/// Each refusal, in the order of `calls`: a `sold_out` or `limit_reached`
+/// must be true at its instant ([`phantom_sold_out`], [`phantom_limit`]);
+/// other refusals while units certainly remained are counted
+/// ([`refused_with_stock`]).
+fn no_refusal_before_its_time(
+    calls: &[Call],
+    effects: &[&Call],
+    spec: Spec,
+    verdict: &mut Verdict,
+) {
+    let sent_by = SentBy::new(effects);
     for call in calls {
         match call.outcome {
             CallOutcome::SoldOut => {
-                let possible = sent_by(call.done_us);
-                if possible < spec.stock {
-                    result.phantom_sold_out += 1;
-                    found(Counterexample {
-                        kind: "phantom_sold_out",
-                        detail: format!(
-                            "sold_out when at most {possible} of {} units could have been bought",
-                            spec.stock
-                        ),
-                        calls: vec![call.into()],
-                        at_us: call.done_us,
-                    });
+                if let Some(example) = phantom_sold_out(call, &sent_by, spec) {
+                    verdict.check.phantom_sold_out += 1;
+                    verdict.found(example);
                 }
             }
             CallOutcome::LimitReached => {
-                let possible = user_sends.get(&call.user).map_or(0, |sends| {
-                    sends.iter().filter(|&&s| s <= call.done_us).count()
-                }) as u64;
-                if possible < spec.per_user_limit {
-                    result.phantom_limit += 1;
-                    found(Counterexample {
-                        kind: "phantom_limit",
-                        detail: format!(
-                            "limit_reached when buyer {} could hold at most {possible} of {}",
-                            call.user, spec.per_user_limit
-                        ),
-                        calls: vec![call.into()],
-                        at_us: call.done_us,
-                    });
+                if let Some(example) = phantom_limit(call, &sent_by, spec) {
+                    verdict.check.phantom_limit += 1;
+                    verdict.found(example);
                 }
             }
-            outcome if outcome.refusal() && sent_by(call.done_us) < spec.stock => {
-                result.refused_with_stock += 1;
+            _ if refused_with_stock(call, &sent_by, spec) => {
+                verdict.check.refused_with_stock += 1;
             }
             _ => {}
         }
     }
+}
 
-    result.linearizable = first.is_none();
-    result.counterexample = first;
-    result
+/// **phantom sold-out**: the `sold_out` `call` completed before `stock`
+/// purchases could have taken effect.
+fn phantom_sold_out(call: &Call, sent_by: &SentBy, spec: Spec) -> Option<Counterexample> {
+    let possible = sent_by.all(call.done_us);
+    (possible < spec.stock).then(|| Counterexample {
+        kind: "phantom_sold_out",
+        detail: format!(
+            "sold_out when at most {possible} of {} units could have been bought",
+            spec.stock
+        ),
+        calls: vec![call.into()],
+        at_us: call.done_us,
+    })
+}
+
+/// **phantom limit**: the `limit_reached` `call` completed before its buyer
+/// had sent `limit` purchases.
+fn phantom_limit(call: &Call, sent_by: &SentBy, spec: Spec) -> Option<Counterexample> {
+    let possible = sent_by.user(call.user, call.done_us);
+    (possible < spec.per_user_limit).then(|| Counterexample {
+        kind: "phantom_limit",
+        detail: format!(
+            "limit_reached when buyer {} could hold at most {possible} of {}",
+            call.user, spec.per_user_limit
+        ),
+        calls: vec![call.into()],
+        at_us: call.done_us,
+    })
+}
+
+/// **refused with stock**: `call` is a refusal that says nothing about the
+/// stock or the limit, and completed while units certainly remained. No
+/// violation, only counted.
+fn refused_with_stock(call: &Call, sent_by: &SentBy, spec: Spec) -> bool {
+    call.outcome.refusal() && sent_by.all(call.done_us) < spec.stock
 }
 
 #[cfg(test)]

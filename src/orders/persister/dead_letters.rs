@@ -1,0 +1,164 @@
+//! Dead letters: what the persister cannot store is acknowledged and kept
+//! in the item's dead-letter stream, in one step (`dead_letter.lua`), never
+//! dropped. The letter's format is written and read here: an unreadable
+//! entry's raw fields, a conflict's two rows, and the one-field order an
+//! earlier version kept as unreadable (which [`super::rescue`] stores).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use redis::Script;
+
+use super::{GROUP, PersisterStatus, Worker};
+use crate::domain::ItemId;
+use crate::keys::ItemKeys;
+use crate::orders::db::OrderRecord;
+use crate::orders::order_log::{self, Entry};
+
+/// Acknowledges one entry and keeps it as a dead letter (its header says how).
+const DEAD_LETTER_LUA: &str = include_str!("dead_letter.lua");
+
+/// A dead letter's field saying why it is one.
+const REASON: &str = "reason";
+/// How the reason of an entry that is not an order begins.
+const UNREADABLE: &str = "unreadable";
+/// A dead letter's fields naming the log and the entry it came from.
+const STREAM: &str = "stream";
+const ENTRY_ID: &str = "entry_id";
+
+/// The dead-letter field keeping an unreadable entry's field `name`.
+fn raw_field(name: &str) -> String {
+    format!("raw_{name}")
+}
+
+/// An order-log entry to keep as a dead letter.
+pub(super) struct NewLetter<'a> {
+    /// Its id in the order log.
+    pub(super) entry_id: &'a str,
+    /// The letter's fields.
+    pub(super) fields: Vec<(String, String)>,
+    /// A conflict, else an unreadable entry: the counter it goes to.
+    pub(super) conflict: bool,
+}
+
+impl Worker {
+    /// Acknowledges each of `letters` (entries of `key`) by keeping it in
+    /// `item`'s dead-letter stream, counted as a conflict or as unreadable.
+    /// Returns the ids handled, which the batch's acknowledgement leaves out.
+    pub(super) async fn keep_dead_letters<'a>(
+        &mut self,
+        key: &str,
+        item: Option<&ItemId>,
+        letters: Vec<NewLetter<'a>>,
+        status: &PersisterStatus,
+    ) -> anyhow::Result<HashSet<&'a str>> {
+        let mut handled = HashSet::new();
+        if !letters.is_empty() {
+            // No item, no dead-letter stream: the entries stay pending in
+            // their log (kept, retried, logged) until someone looks.
+            let dead_letters = item
+                .map(|item| ItemKeys::new(item).dead_letters)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no dead-letter stream for {key}: it names no item")
+                })?;
+            let script = Script::new(DEAD_LETTER_LUA);
+            for NewLetter {
+                entry_id: id,
+                fields,
+                conflict,
+            } in letters
+            {
+                let kept: i64 = script
+                    .key(key)
+                    .key(&dead_letters)
+                    .arg(GROUP)
+                    .arg(id)
+                    .arg(fields)
+                    .invoke_async(&mut self.redis)
+                    .await
+                    .with_context(|| format!("cannot move {id} of {key} to the dead letters"))?;
+                let counter = if conflict {
+                    &status.conflicts
+                } else {
+                    &status.unreadable
+                };
+                counter.fetch_add(kept.max(0) as u64, Ordering::Relaxed);
+                handled.insert(id);
+            }
+        }
+        Ok(handled)
+    }
+}
+
+/// The order in a dead letter exactly as an earlier version keeps a
+/// one-field entry (its reason, the log, the entry id, the raw `order`
+/// field, nothing else), if that field is an order. Anything else, such as
+/// this version's own unreadable letters, is none of the rescue's business.
+pub(super) fn earlier_versions_order(
+    item: &ItemId,
+    fields: &[(Vec<u8>, Vec<u8>)],
+) -> Option<OrderRecord> {
+    let reason = format!(
+        "{UNREADABLE}: missing field `{}`",
+        order_log::legacy::ORDER_ID
+    );
+    let raw_order = raw_field(order_log::ORDER);
+    let mut found = HashMap::new();
+    for (name, value) in fields {
+        let name = std::str::from_utf8(name).ok()?;
+        let value = std::str::from_utf8(value).ok()?;
+        let expected = [REASON, STREAM, ENTRY_ID, raw_order.as_str()];
+        if !expected.contains(&name) || found.insert(name, value).is_some() {
+            return None;
+        }
+    }
+    if found.len() != 4 || found.get(REASON) != Some(&reason.as_str()) {
+        return None;
+    }
+    order_log::parse_value(item, found.get(raw_order.as_str())?).ok()
+}
+
+/// A dead letter for an entry that is not an order: its raw fields.
+pub(super) fn unreadable_fields(stream: &str, entry: &Entry, err: &str) -> Vec<(String, String)> {
+    let mut fields = vec![
+        (REASON.to_owned(), format!("{UNREADABLE}: {err}")),
+        (STREAM.to_owned(), stream.to_owned()),
+        (ENTRY_ID.to_owned(), entry.id.clone()),
+    ];
+    let mut raw: Vec<&(String, redis::Value)> = entry.fields.iter().collect();
+    raw.sort_by_key(|(name, _)| name);
+    for (name, value) in raw {
+        let text =
+            redis::from_redis_value_ref::<String>(value).unwrap_or_else(|_| format!("{value:?}"));
+        fields.push((raw_field(name), text));
+    }
+    fields
+}
+
+/// A dead letter: the log's entry, where it came from, and the row SQL holds.
+pub(super) fn dead_letter_fields(
+    stream: &str,
+    entry_id: &str,
+    order: &OrderRecord,
+    stored: &OrderRecord,
+) -> Vec<(String, String)> {
+    [
+        (REASON, "order id held in SQL by a different order".into()),
+        (STREAM, stream.to_owned()),
+        (ENTRY_ID, entry_id.to_owned()),
+        ("order_id", order.order_id.to_string()),
+        ("user_id", order.user_id.clone()),
+        ("strategy", order.strategy.clone()),
+        ("generation", order.generation.to_string()),
+        ("created_ms", order.created_at.to_string()),
+        ("sql_item_id", stored.item_id.clone()),
+        ("sql_user_id", stored.user_id.clone()),
+        ("sql_strategy", stored.strategy.clone()),
+        ("sql_generation", stored.generation.to_string()),
+        ("sql_created_ms", stored.created_at.to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect()
+}

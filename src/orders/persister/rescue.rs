@@ -1,0 +1,150 @@
+//! The rescue: orders an instance of an earlier version could not read
+//! (the one-field entry) and kept as unreadable dead letters are stored,
+//! then taken out of the letters, so a mixed deployment during an upgrade
+//! loses no order to SQL.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+
+use super::dead_letters::earlier_versions_order;
+use super::{PersisterStatus, Worker, record};
+use crate::domain::ItemId;
+use crate::infra::redis_conn;
+use crate::keys::ItemKeys;
+
+/// A dead letter as `XRANGE` gives it: its id and its fields, as bytes (one
+/// that is no text must not fail the others' reading).
+type Letter = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Letters per dead-letter stream and rescue pass.
+const RESCUE_PAGE: usize = 1000;
+
+impl Worker {
+    /// Orders that an instance of an earlier version, beside this one on
+    /// the same Redis, could not read (it knows only the five-field entry,
+    /// see [`order_log`]) and kept as unreadable dead letters: their raw
+    /// [`order_log::ORDER`] field is an order after all. Each is stored, then
+    /// taken out of the dead letters; one whose id SQL holds with other
+    /// fields stays there, counted and logged as a conflict. Each pass reads
+    /// each item's letters after the last one it looked at, a page at a
+    /// time. Never fails the step: what it cannot read is logged, counted in
+    /// `rescue_errors`, and left.
+    ///
+    /// [`order_log`]: crate::orders::order_log
+    /// [`order_log::ORDER`]: crate::orders::order_log::ORDER
+    pub(super) async fn rescue(&mut self, items: &[ItemId], status: &PersisterStatus) -> usize {
+        let letters: Vec<String> = items
+            .iter()
+            .map(|i| ItemKeys::new(i).dead_letters)
+            .collect();
+        let reads: Vec<redis::RedisResult<Vec<Letter>>> = redis_conn::each(
+            &self.redis,
+            letters.iter().map(|key| {
+                let from = self
+                    .rescued_up_to
+                    .get(key)
+                    .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+                let mut read = redis::cmd("XRANGE");
+                read.arg(key)
+                    .arg(from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(RESCUE_PAGE);
+                read
+            }),
+        )
+        .await;
+        let mut rescued = 0;
+        for ((item, key), read) in items.iter().zip(&letters).zip(reads) {
+            let done = match read {
+                Ok(page) => self.rescue_page(item, key, page, status).await,
+                Err(err) => Err(anyhow::Error::new(err).context(format!("XRANGE {key}"))),
+            };
+            match done {
+                Ok(n) => rescued += n,
+                Err(err) => {
+                    // Not the step's failure (the new orders still flow),
+                    // but orders may be stuck in these letters: the report
+                    // must show it, not only the log.
+                    let message = format!(
+                        "cannot look through {item}'s dead letters for orders an earlier version kept: {err:#}"
+                    );
+                    tracing::warn!(%item, error = %message, "rescue failed");
+                    record(&status.rescue_errors, &status.last_rescue_error, message);
+                }
+            }
+        }
+        status.rescued.fetch_add(rescued as u64, Ordering::Relaxed);
+        rescued
+    }
+
+    /// One page of `key`'s letters: stores the orders among them, deletes
+    /// their letters, and moves the cursor past the page.
+    async fn rescue_page(
+        &mut self,
+        item: &ItemId,
+        key: &str,
+        page: Vec<Letter>,
+        status: &PersisterStatus,
+    ) -> anyhow::Result<usize> {
+        let Some(last) = page.last().map(|(id, _)| id.clone()) else {
+            return Ok(0);
+        };
+        let mut ids = Vec::new();
+        let mut orders = Vec::new();
+        for (id, fields) in &page {
+            if let Some(order) = earlier_versions_order(item, fields) {
+                ids.push(id.as_str());
+                orders.push(order);
+            }
+        }
+        let mut rescued = 0;
+        if !orders.is_empty() {
+            let new = self
+                .db
+                .insert_orders(&orders)
+                .await
+                .context("cannot insert rescued orders")?;
+            let conflicts = self.conflicts(&orders, &new).await?;
+            let conflicting: HashSet<usize> = conflicts.iter().map(|(i, _)| *i).collect();
+            for (index, stored) in &conflicts {
+                tracing::error!(
+                    stream = %key,
+                    letter = ids[*index],
+                    log_order = ?orders[*index],
+                    sql_order = ?stored,
+                    "order id conflict in a dead letter an earlier version kept: SQL holds a different order under this id; the letter stays"
+                );
+            }
+            status
+                .conflicts
+                .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
+            let stored: Vec<&str> = (0..ids.len())
+                .filter(|i| !conflicting.contains(i))
+                .map(|i| ids[i])
+                .collect();
+            if !stored.is_empty() {
+                // Counted by what this call deleted: another instance
+                // rescuing the same letters counts the rest.
+                let deleted: u64 = redis::cmd("XDEL")
+                    .arg(key)
+                    .arg(&stored)
+                    .query_async(&mut self.redis)
+                    .await
+                    .with_context(|| format!("XDEL {key}"))?;
+                rescued = deleted as usize;
+                let inserted = new.iter().filter(|n| **n).count() as u64;
+                status.persisted.fetch_add(inserted, Ordering::Relaxed);
+                tracing::warn!(
+                    %item,
+                    rescued,
+                    "stored orders an earlier version's persister had kept as unreadable dead letters"
+                );
+            }
+        }
+        self.rescued_up_to.insert(key.to_owned(), last);
+        Ok(rescued)
+    }
+}

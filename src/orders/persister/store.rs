@@ -1,0 +1,141 @@
+//! Storing a batch of entries: one SQL transaction, then one
+//! acknowledgement; an entry that is no order, or whose id SQL holds with
+//! another order (told from a harmless redelivery here), goes to the dead
+//! letters instead.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+
+use super::dead_letters::{NewLetter, dead_letter_fields, unreadable_fields};
+use super::{GROUP, PersisterStatus, Worker};
+use crate::keys;
+use crate::orders::db::OrderRecord;
+use crate::orders::order_log::{self, Entry};
+use crate::orders::snowflake::OrderId;
+
+impl Worker {
+    /// Inserts the entries in one transaction, then acknowledges them. Those
+    /// it cannot store (unreadable, or a conflicting id) go to the item's
+    /// dead-letter stream instead, each with its own acknowledgement.
+    pub(super) async fn persist(
+        &mut self,
+        key: &str,
+        entries: &[Entry],
+        status: &PersisterStatus,
+    ) -> anyhow::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Only our own logs are listed, so a key that names no item is a
+        // bug: its entries are kept as dead letters, never stored under a
+        // made-up item.
+        let item = keys::item_of(key);
+        let mut orders = Vec::with_capacity(entries.len());
+        let mut parsed = Vec::with_capacity(entries.len());
+        let mut letters = Vec::new();
+        for entry in entries {
+            let order = item
+                .as_ref()
+                .ok_or_else(|| format!("the order log's key `{key}` names no item"))
+                .and_then(|item| order_log::parse(item, entry));
+            match order {
+                Ok(order) => {
+                    orders.push(order);
+                    parsed.push(entry);
+                }
+                // Only this service writes these streams: an entry it cannot
+                // read is a bug, logged loudly and kept, not a reason to
+                // stall the log.
+                Err(err) => {
+                    tracing::error!(stream = %key, id = %entry.id, %err, "unreadable order-log entry moved to the dead-letter stream");
+                    letters.push(NewLetter {
+                        entry_id: entry.id.as_str(),
+                        fields: unreadable_fields(key, entry, &err),
+                        conflict: false,
+                    });
+                }
+            }
+        }
+        let new = self
+            .db
+            .insert_orders(&orders)
+            .await
+            .context("cannot insert orders")?;
+        let inserted = new.iter().filter(|n| **n).count() as u64;
+        for (index, stored) in self.conflicts(&orders, &new).await? {
+            let (entry, order) = (parsed[index], &orders[index]);
+            tracing::error!(
+                stream = %key,
+                entry = %entry.id,
+                log_order = ?order,
+                sql_order = ?stored,
+                "order id conflict: SQL holds a different order under this id; entry moved to the dead-letter stream"
+            );
+            letters.push(NewLetter {
+                entry_id: entry.id.as_str(),
+                fields: dead_letter_fields(key, &entry.id, order, &stored),
+                conflict: true,
+            });
+        }
+
+        let handled = self
+            .keep_dead_letters(key, item.as_ref(), letters, status)
+            .await?;
+        let ids: Vec<&str> = entries
+            .iter()
+            .map(|e| e.id.as_str())
+            .filter(|id| !handled.contains(id))
+            .collect();
+        if !ids.is_empty() {
+            let _: u64 = redis::cmd("XACK")
+                .arg(key)
+                .arg(GROUP)
+                .arg(&ids)
+                .query_async(&mut self.redis)
+                .await
+                .with_context(|| format!("XACK {key}"))?;
+        }
+        status.persisted.fetch_add(inserted, Ordering::Relaxed);
+        status.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The orders not inserted whose id SQL holds with different fields, by
+    /// index in `orders`, with the stored row. Not inserted but identical is a
+    /// redelivery (a crash between commit and acknowledgement): harmless.
+    pub(super) async fn conflicts(
+        &self,
+        orders: &[OrderRecord],
+        new: &[bool],
+    ) -> anyhow::Result<Vec<(usize, OrderRecord)>> {
+        let skipped: Vec<usize> = (0..orders.len()).filter(|&i| !new[i]).collect();
+        if skipped.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<OrderId> = skipped.iter().map(|&i| orders[i].order_id).collect();
+        let stored: HashMap<OrderId, OrderRecord> = self
+            .db
+            .orders_by_id(&ids)
+            .await
+            .context("cannot read back orders not inserted")?
+            .into_iter()
+            .map(|row| (row.order_id, row))
+            .collect();
+        let mut conflicts = Vec::new();
+        for i in skipped {
+            match stored.get(&orders[i].order_id) {
+                Some(row) if *row == orders[i] => {}
+                Some(row) => conflicts.push((i, row.clone())),
+                // Not inserted, yet not there: only a concurrent delete could
+                // do that, and nothing deletes orders. Refuse to acknowledge.
+                None => anyhow::bail!(
+                    "order {} was neither inserted nor found in SQL",
+                    orders[i].order_id
+                ),
+            }
+        }
+        Ok(conflicts)
+    }
+}
