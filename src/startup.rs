@@ -17,11 +17,11 @@ use crate::config::Config;
 use crate::http::server::run;
 use crate::infra::redis_conn::{RedisConn, RedisTarget, Timeouts};
 use crate::infra::redis_policy::refuse_evicting_redis;
-use crate::infra::redis_server::{RedisServer, RedisServerOptions};
+use crate::infra::redis_server::RedisServer;
 use crate::orders::db::Db;
 use crate::orders::lease::{LeaseConfig, WorkerLease, seed_fresh_horizons};
 use crate::orders::lookup::OrderLookup;
-use crate::orders::persister::{Persister, PersisterConfig};
+use crate::orders::persister::Persister;
 use crate::sale::Sales;
 use crate::sale::purchase::{PurchaseWiring, Purchases, Recorder};
 use crate::sale::stats::Stats;
@@ -31,7 +31,7 @@ use crate::strategy::{Registry, Wiring};
 /// The shared connection to `target`, with `REDIS_TIMEOUT_MS` for both
 /// connecting and each reply.
 async fn connect(config: &Config, target: &RedisTarget) -> anyhow::Result<RedisConn> {
-    let timeout = config.redis_timeout();
+    let timeout = config.redis.timeout();
     target
         .connect(Timeouts {
             response: timeout,
@@ -53,16 +53,20 @@ impl App {
     /// Redis Cluster) of `target` and builds everything the handlers need.
     pub async fn build(config: &Config, target: &RedisTarget) -> anyhow::Result<Self> {
         config.validate()?;
-        let timeout = config.redis_timeout();
+        let timeout = config.redis.timeout();
         let redis = connect(config, target).await?;
 
-        refuse_evicting_redis(&mut redis.clone(), config.allow_evicting_redis).await?;
+        refuse_evicting_redis(&mut redis.clone(), config.redis.allow_evicting_redis).await?;
 
-        let pool = target.pool(config.redis_pool_size, timeout)?;
-        let replicas = config.replica_wait();
+        let pool = target.pool(config.redis.redis_pool_size, timeout)?;
+        let replicas = config.redis.replica_wait();
 
-        let db = Db::connect(&config.database_url, config.db_max_connections).await?;
-        if config.sql_for_update && db.backend() != crate::orders::db::Backend::Postgres {
+        let db = Db::connect(
+            &config.orders.database_url,
+            config.orders.db_max_connections,
+        )
+        .await?;
+        if config.locks.sql_for_update && db.backend() != crate::orders::db::Backend::Postgres {
             tracing::warn!("SQL_FOR_UPDATE only applies to Postgres; ignored on SQLite");
         }
         let strategies = Registry::build(&Wiring {
@@ -72,43 +76,36 @@ impl App {
             config,
         })?;
         let default_strategy = strategies
-            .get(&config.default_strategy)
+            .get(&config.locks.default_strategy)
             .map_err(|msg| anyhow::anyhow!("DEFAULT_STRATEGY: {msg}"))?
             .kind();
 
         let lease = WorkerLease::acquire(
             redis.clone(),
             LeaseConfig::new(
-                Duration::from_millis(config.worker_lease_ttl_ms),
-                config.worker_id,
+                Duration::from_millis(config.lease.worker_lease_ttl_ms),
+                config.lease.worker_id,
             ),
         )
         .await?;
         let worker = lease.worker();
 
-        let admin = match &config.admin_token {
+        let admin = match &config.http.admin_token {
             Some(token) if !token.is_empty() => AdminPolicy::Token(token.as_str().into()),
             _ => AdminPolicy::LoopbackOnly {
-                bound_to_loopback: config.listen.ip().is_loopback(),
+                bound_to_loopback: config.http.listen.ip().is_loopback(),
             },
         };
 
-        let persister = if config.persister {
+        let persister = if config.orders.persister {
             let persister = Persister::start(
                 target,
                 timeout,
                 db.clone(),
-                PersisterConfig {
-                    batch: config.persister_batch,
-                    block: Duration::from_millis(500),
-                    claim_idle: Duration::from_millis(config.persister_claim_idle_ms),
-                    drain_timeout: Duration::from_millis(config.persister_drain_ms),
-                    gather: Duration::from_millis(config.persister_gather_ms),
-                    consumer: format!(
-                        "w{worker}-{}",
-                        &uuid::Uuid::new_v4().simple().to_string()[..8]
-                    ),
-                },
+                config.orders.persister(format!(
+                    "w{worker}-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                )),
             )
             .await?;
             Some(persister)
@@ -127,14 +124,14 @@ impl App {
                 ids: lease.minter(),
                 idempotency: crate::sale::idempotency::Idempotency::new(
                     redis.clone(),
-                    config.request_timeout(),
-                    Duration::from_secs(config.idempotency_ttl_s),
+                    config.http.request_timeout(),
+                    Duration::from_secs(config.orders.idempotency_ttl_s),
                 ),
                 recorder: Recorder::new(Arc::clone(&stats), Arc::clone(&metrics)),
                 pool,
                 replicas,
-                lookup: OrderLookup::new(redis.clone(), db.clone(), config.request_timeout()),
-                request_timeout: config.request_timeout(),
+                lookup: OrderLookup::new(redis.clone(), db.clone(), config.http.request_timeout()),
+                request_timeout: config.http.request_timeout(),
             },
         ));
         let state = AppState(Arc::new(Shared {
@@ -149,16 +146,16 @@ impl App {
             ids: lease.minter(),
             admin,
             persister: persister.as_ref().map(Persister::handle),
-            request_timeout: config.request_timeout(),
-            header_timeout: Duration::from_millis(config.header_timeout_ms),
-            write_timeout: Duration::from_millis(config.write_timeout_ms),
-            max_connections: config.max_connections,
-            max_connections_per_ip: config.max_connections_per_ip,
-            live_streams: Arc::new(tokio::sync::Semaphore::new(config.max_live_streams)),
+            request_timeout: config.http.request_timeout(),
+            header_timeout: Duration::from_millis(config.http.header_timeout_ms),
+            write_timeout: Duration::from_millis(config.http.write_timeout_ms),
+            max_connections: config.http.max_connections,
+            max_connections_per_ip: config.http.max_connections_per_ip,
+            live_streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_live_streams)),
             closing: watch::channel(false).0,
             live: live_rx,
             race: crate::lab::race::RaceControl::default(),
-            static_dir: config.static_dir.clone(),
+            static_dir: config.http.static_dir.clone(),
         }));
         let live = crate::http::live_feed::spawn(state.clone(), live_tx);
         Ok(Self {
@@ -201,23 +198,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     // Declared first so it is dropped (killed) last, after everything using it.
     let mut embedded = None;
-    let target = match &config.redis_url {
-        _ if !config.redis_cluster_urls.is_empty() => {
-            RedisTarget::Cluster(config.redis_cluster_urls.clone())
+    let target = match &config.redis.redis_url {
+        _ if !config.redis.redis_cluster_urls.is_empty() => {
+            RedisTarget::Cluster(config.redis.redis_cluster_urls.clone())
         }
         Some(url) => RedisTarget::Single(url.clone()),
         None => {
-            let server = RedisServer::start(RedisServerOptions {
-                bin: config.redis_server_bin.clone(),
-                dir: Some(config.embedded_redis_dir.clone()),
-                append_only: Some(config.embedded_redis_fsync),
-                maxmemory: config.embedded_redis_maxmemory.clone(),
-                ..RedisServerOptions::default()
-            })?;
+            let server = RedisServer::start(config.redis.embedded())?;
             tracing::info!(
                 url = %server.url(),
-                dir = %config.embedded_redis_dir.display(),
-                fsync = ?config.embedded_redis_fsync,
+                dir = %config.redis.embedded_redis_dir.display(),
+                fsync = ?config.redis.embedded_redis_fsync,
                 "no REDIS_URL: started a private redis-server (append-only file; stopped on exit)"
             );
             let target = RedisTarget::Single(server.url());
@@ -234,9 +225,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
 
     let app = App::build(&config, &target).await?;
-    let listener = TcpListener::bind(config.listen)
+    let listener = TcpListener::bind(config.http.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     tracing::info!(
         address = %listener.local_addr()?,
         worker = app.state.ids.worker(),

@@ -30,13 +30,13 @@ pub struct Wiring<'a> {
 
 impl Wiring<'_> {
     fn race_window(&self) -> Duration {
-        Duration::from_millis(self.config.race_window_ms)
+        Duration::from_millis(self.config.lab.race_window_ms)
     }
 
     fn optimistic(&self) -> Arc<dyn Strategy> {
         Arc::new(optimistic::Optimistic::new(
             self.pool.clone(),
-            self.config.optimistic_max_retries,
+            self.config.locks.optimistic_max_retries,
             self.race_window(),
         ))
     }
@@ -44,23 +44,23 @@ impl Wiring<'_> {
     fn lock(&self) -> Arc<dyn Strategy> {
         Arc::new(lock::Lock::new(
             self.redis.clone(),
-            self.config.lock_ttl(),
-            self.config.lock_wait(),
+            self.config.locks.lock_ttl(),
+            self.config.locks.lock_wait(),
             self.race_window(),
-            self.config.lock_watchdog,
+            self.config.locks.lock_watchdog,
         ))
     }
 
     fn gated(&self, kind: StrategyKind, inner: Arc<dyn Strategy>) -> Arc<dyn Strategy> {
-        Arc::new(gate::Gated::new(kind, inner, self.config.lock_wait()))
+        Arc::new(gate::Gated::new(kind, inner, self.config.locks.lock_wait()))
     }
 
     fn redlock(&self) -> anyhow::Result<Arc<dyn Strategy>> {
         Ok(Arc::new(redlock::Redlock::new(
             self.redis.clone(),
-            &self.config.redlock_urls,
-            self.config.lock_ttl(),
-            self.config.lock_wait(),
+            &self.config.locks.redlock_urls,
+            self.config.locks.lock_ttl(),
+            self.config.locks.lock_wait(),
             self.race_window(),
         )?))
     }
@@ -154,14 +154,14 @@ catalogue! {
     Lua = "lua", "one atomic Lua script",
         true, InOneScript, |w| Ok(Arc::new(lua::Lua::new(w.redis.clone())));
     LuaBatch = "lua-batch", "one atomic Lua script per batch of an item's queued purchases",
-        true, InOneScript, |w| Ok(Arc::new(lua_batch::LuaBatch::new(w.redis.clone(), w.config.lua_batch_max, w.config.lock_wait())));
+        true, InOneScript, |w| Ok(Arc::new(lua_batch::LuaBatch::new(w.redis.clone(), w.config.locks.lua_batch_max, w.config.locks.lock_wait())));
     Redlock = "redlock", "a quorum lock over several Redis nodes around read-check-write",
         true, BetweenReadAndWrite, |w| w.redlock();
     Sql = "sql", "a database transaction with a conditional UPDATE",
         true, InSql, |w| Ok(Arc::new(sql::Sql::new(
             w.db.clone(),
             w.redis.clone(),
-            w.config.sql_for_update,
+            w.config.locks.sql_for_update,
             w.race_window(),
         )));
 }

@@ -242,7 +242,7 @@ async fn bad_restocks_are_400_and_change_nothing() {
 
 #[tokio::test]
 async fn with_an_admin_token_restocks_need_it() {
-    let app = spawn_app_with(|c| c.admin_token = Some("s3cret".into())).await;
+    let app = spawn_app_with(|c| c.http.admin_token = Some("s3cret".into())).await;
     let item = unique("admin");
     let url = app.url(&format!("/api/items/{item}"));
     let body = json!({"stock": 3});
@@ -285,7 +285,7 @@ async fn with_an_admin_token_restocks_need_it() {
 async fn without_a_token_admin_is_refused_off_loopback() {
     // The policy follows the configured bind address; the test still listens
     // on loopback so it can reach the server.
-    let app = spawn_app_with(|c| c.listen = "0.0.0.0:0".parse().unwrap()).await;
+    let app = spawn_app_with(|c| c.http.listen = "0.0.0.0:0".parse().unwrap()).await;
     let item = unique("open");
     let request = app
         .client

@@ -188,8 +188,8 @@ async fn buyers_who_give_up_in_the_queue_buy_nothing() {
     let redis_server = crate::helpers::fresh_redis();
     let app = Arc::new(
         spawn_app_on(&redis_server.url(), |c| {
-            c.lock_wait_ms = 200;
-            c.redis_timeout_ms = 5_000;
+            c.locks.lock_wait_ms = 200;
+            c.redis.redis_timeout_ms = 5_000;
         })
         .await,
     );

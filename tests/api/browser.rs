@@ -112,7 +112,7 @@ async fn screenshot(browser: &Client, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromedriver: cargo test --test api browser -- --ignored"]
 async fn the_page_shows_the_counters_the_api_reports() {
-    let app = spawn_app_with(|c| c.race_window_ms = 200).await;
+    let app = spawn_app_with(|c| c.lab.race_window_ms = 200).await;
     let (_driver, browser) = start_browser().await;
 
     let safe = unique("page-lua");
@@ -205,7 +205,7 @@ async fn the_page_shows_the_counters_the_api_reports() {
 #[ignore = "needs chromium and chromedriver: cargo test --test api browser -- --ignored"]
 async fn race_results_fit_the_card_and_earlier_races_are_put_away() {
     // naive with a race window oversells: its row carries a counterexample.
-    let app = spawn_app_with(|c| c.race_window_ms = 5).await;
+    let app = spawn_app_with(|c| c.lab.race_window_ms = 5).await;
     // The feed's snapshot lags a little: a race is done once it reports a
     // finished item other than the previous race's.
     let app = &app;

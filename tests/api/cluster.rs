@@ -70,8 +70,8 @@ async fn no_command_of_the_service_spans_two_slots() {
 
     let database = database_urls().remove(0);
     let app = spawn_app_on(&redis.url(), |c| {
-        c.database_url = database;
-        c.persister = true;
+        c.orders.database_url = database;
+        c.orders.persister = true;
     })
     .await;
     let mut items = Vec::new();
@@ -229,8 +229,8 @@ async fn items_on_three_masters_sell_exactly_under_every_strategy() {
     let database = database_urls().remove(0);
     let app = Arc::new(
         spawn_app_at(&cluster_target(cluster), |c| {
-            c.database_url = database;
-            c.persister = true;
+            c.orders.database_url = database;
+            c.orders.persister = true;
         })
         .await,
     );
@@ -324,8 +324,8 @@ async fn instances_lease_distinct_worker_numbers_on_the_cluster() {
     for _ in 0..3 {
         let database = database.clone();
         let app = spawn_app_at(&cluster_target(cluster), |c| {
-            c.database_url = database;
-            c.persister = true;
+            c.orders.database_url = database;
+            c.orders.persister = true;
         })
         .await;
         let ready: serde_json::Value = app.get_json("/readyz").await;
@@ -412,7 +412,7 @@ async fn a_master_killed_mid_sale_loses_no_confirmed_order() {
     // Start-up refuses a cluster where any master may evict keys, not
     // only the one it happens to ask.
     let mut config = seckill::config::Config::defaults();
-    config.database_url = crate::helpers::sqlite_url();
+    config.orders.database_url = crate::helpers::sqlite_url();
     let masters: Vec<u16> = cluster
         .ports()
         .into_iter()
@@ -434,11 +434,11 @@ async fn a_master_killed_mid_sale_loses_no_confirmed_order() {
     let database = database_urls().remove(0);
     let app = Arc::new(
         spawn_app_at(&cluster_target(&cluster), |c| {
-            c.database_url = database;
-            c.persister = true;
-            c.persister_claim_idle_ms = 1_000;
-            c.redis_wait_replicas = 1;
-            c.redis_wait_timeout_ms = 200;
+            c.orders.database_url = database;
+            c.orders.persister = true;
+            c.orders.persister_claim_idle_ms = 1_000;
+            c.redis.redis_wait_replicas = 1;
+            c.redis.redis_wait_timeout_ms = 200;
         })
         .await,
     );

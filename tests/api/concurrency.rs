@@ -188,7 +188,7 @@ async fn every_guarded_strategy_sells_exactly_the_stock_to_concurrent_buyers() {
 /// stock before anyone writes: the oversell is certain, not probable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_harness_catches_naive_overselling() {
-    let app = Arc::new(spawn_app_with(|c| c.race_window_ms = 300).await);
+    let app = Arc::new(spawn_app_with(|c| c.lab.race_window_ms = 300).await);
     let report = race(&app, "naive", 50, 1, distinct_users(200)).await;
     let found = violations(&report);
     assert!(
@@ -241,8 +241,8 @@ async fn one_user_hammering_gets_no_more_than_the_limit() {
 async fn a_lock_that_expires_under_its_holder_is_counted() {
     let app = Arc::new(
         spawn_app_with(|c| {
-            c.lock_ttl_ms = 50;
-            c.race_window_ms = 200;
+            c.locks.lock_ttl_ms = 50;
+            c.lab.race_window_ms = 200;
         })
         .await,
     );
@@ -261,8 +261,8 @@ async fn a_lock_that_expires_under_its_holder_is_counted() {
 async fn a_stale_lock_holders_write_is_refused_by_the_fencing_token() {
     let app = Arc::new(
         spawn_app_with(|c| {
-            c.lock_ttl_ms = 50;
-            c.race_window_ms = 200; // the pause, between read and write
+            c.locks.lock_ttl_ms = 50;
+            c.lab.race_window_ms = 200; // the pause, between read and write
         })
         .await,
     );
@@ -313,9 +313,9 @@ async fn the_watchdog_keeps_a_slow_holders_lock() {
             // A renewal every 100 ms leaves 200 ms for a late one on a
             // loaded machine (at 50 ms, one late renewal lost the lock);
             // the holder still sleeps three TTLs past the lock's life.
-            c.lock_ttl_ms = 300;
-            c.race_window_ms = 900;
-            c.lock_watchdog = true;
+            c.locks.lock_ttl_ms = 300;
+            c.lab.race_window_ms = 900;
+            c.locks.lock_watchdog = true;
         })
         .await,
     );
@@ -335,7 +335,7 @@ async fn the_watchdog_keeps_a_slow_holders_lock() {
 /// the stock left at the end (which is 0 at every sell-out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undersold_counts_buyers_refused_while_units_remained_even_after_sell_out() {
-    let app = spawn_app_with(|c| c.lock_wait_ms = 50).await;
+    let app = spawn_app_with(|c| c.locks.lock_wait_ms = 50).await;
     let item = unique("undersold");
     let created = app
         .put_item(&item, json!({"stock": 3, "strategy": "lock"}))

@@ -134,8 +134,8 @@ async fn a_redis_that_may_evict_keys_is_refused_unless_allowed() {
         .await
         .unwrap();
     let mut config = seckill::config::Config::defaults();
-    config.database_url = sqlite_url();
-    config.persister = false;
+    config.orders.database_url = sqlite_url();
+    config.orders.persister = false;
     let refused =
         seckill::startup::App::build(&config, &crate::helpers::single(&redis.url())).await;
     let err = format!("{:#}", refused.err().expect("an evicting Redis is refused"));
@@ -144,7 +144,7 @@ async fn a_redis_that_may_evict_keys_is_refused_unless_allowed() {
         "{err}"
     );
 
-    config.allow_evicting_redis = true;
+    config.redis.allow_evicting_redis = true;
     let allowed =
         seckill::startup::App::build(&config, &crate::helpers::single(&redis.url())).await;
     assert!(allowed.is_ok(), "{:?}", allowed.err());
@@ -180,7 +180,7 @@ async fn buy_lua(app: &crate::helpers::TestApp, item: &str, n: usize) -> HashSet
 async fn a_drain_against_a_locked_database_gives_up_at_its_bound_and_loses_nothing() {
     let database_url = sqlite_url();
     let (app, redis) = crate::helpers::spawn_persisting_app(&database_url, |c| {
-        c.persister_drain_ms = 1_500;
+        c.orders.persister_drain_ms = 1_500;
     })
     .await;
     let item = unique("locked");
@@ -194,9 +194,9 @@ async fn a_drain_against_a_locked_database_gives_up_at_its_bound_and_loses_nothi
     drop(lock);
 
     let _restarted = crate::helpers::spawn_app_on(&redis.url(), |c| {
-        c.database_url = database_url.clone();
-        c.persister = true;
-        c.persister_claim_idle_ms = 500;
+        c.orders.database_url = database_url.clone();
+        c.orders.persister = true;
+        c.orders.persister_claim_idle_ms = 500;
     })
     .await;
     wait_in_sql(
@@ -214,7 +214,7 @@ async fn a_drain_against_a_locked_database_gives_up_at_its_bound_and_loses_nothi
 async fn entries_that_failed_to_insert_are_retried_without_waiting_for_a_reclaim() {
     let database_url = sqlite_url();
     let (app, _redis) = crate::helpers::spawn_persisting_app(&database_url, |c| {
-        c.persister_claim_idle_ms = 30_000;
+        c.orders.persister_claim_idle_ms = 30_000;
     })
     .await;
     let item = unique("blip");

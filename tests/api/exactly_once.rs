@@ -57,7 +57,7 @@ fn order_id_of(error: &Value) -> String {
 async fn a_reply_lost_after_the_purchase_ran_is_outcome_unknown_and_a_repeat_replays_it() {
     let redis = shared_redis();
     let proxy = ReplyDelayProxy::start(redis.port()).await;
-    let app = spawn_app_on(&proxy.url, |c| c.redis_timeout_ms = 500).await;
+    let app = spawn_app_on(&proxy.url, |c| c.redis.redis_timeout_ms = 500).await;
     for strategy in ["lua", "lua-batch"] {
         let item = unique("lost-reply");
         app.create_item(&item, 10, 2).await;
@@ -119,9 +119,9 @@ async fn a_write_held_by_a_paused_redis_is_bought_once_per_key() {
     let redis = fresh_redis();
     let app = Arc::new(
         spawn_app_on(&redis.url(), |c| {
-            c.redis_timeout_ms = 500;
-            c.race_window_ms = 1000;
-            c.lock_ttl_ms = 20_000;
+            c.redis.redis_timeout_ms = 500;
+            c.lab.race_window_ms = 1000;
+            c.locks.lock_ttl_ms = 20_000;
         })
         .await,
     );
@@ -168,7 +168,7 @@ async fn a_write_held_by_a_paused_redis_is_bought_once_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_lost_under_a_running_purchase_cannot_buy_twice() {
     let redis = shared_redis();
-    let app = Arc::new(spawn_app_on(&redis.url(), |c| c.race_window_ms = 600).await);
+    let app = Arc::new(spawn_app_on(&redis.url(), |c| c.lab.race_window_ms = 600).await);
     let mut runs = Vec::new();
     for strategy in ["naive", "optimistic", "lock", "redlock", "sql"] {
         let item = unique("lost-claim");
@@ -222,8 +222,8 @@ async fn a_claim_lost_under_a_running_purchase_cannot_buy_twice() {
 async fn every_strategys_commit_step_refuses_a_key_that_bought() {
     let redis = shared_redis();
     let mut config = Config::defaults();
-    config.database_url = sqlite_url();
-    config.persister = false;
+    config.orders.database_url = sqlite_url();
+    config.orders.persister = false;
     let app = App::build(&config, &single(&redis.url())).await.unwrap();
     let state = &app.state;
     let idempotency = Idempotency::new(
@@ -280,9 +280,9 @@ async fn every_strategys_commit_step_refuses_a_key_that_bought() {
 async fn a_purchase_out_of_time_before_its_write_never_buys() {
     let redis = shared_redis();
     let app = spawn_app_on(&redis.url(), |c| {
-        c.request_timeout_ms = 1000;
-        c.race_window_ms = 2000;
-        c.redis_timeout_ms = 500;
+        c.http.request_timeout_ms = 1000;
+        c.lab.race_window_ms = 2000;
+        c.redis.redis_timeout_ms = 500;
     })
     .await;
     let item = unique("out-of-time");

@@ -35,7 +35,7 @@ async fn a_wrong_method_is_a_json_405() {
 
 #[tokio::test]
 async fn metrics_count_purchases_by_strategy_and_show_item_gauges() {
-    let app = crate::helpers::spawn_app_with(|c| c.race_window_ms = 100).await;
+    let app = crate::helpers::spawn_app_with(|c| c.lab.race_window_ms = 100).await;
     let item = crate::helpers::unique("metered");
     app.create_item(&item, 1, 1).await;
     // Two naive buyers inside the race window: both succeed, one oversold.

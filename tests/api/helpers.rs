@@ -127,8 +127,8 @@ pub async fn spawn_persisting_app(
     let redis = fresh_redis();
     let url = database_url.to_owned();
     let app = spawn_app_on(&redis.url(), |c| {
-        c.database_url = url;
-        c.persister = true;
+        c.orders.database_url = url;
+        c.orders.persister = true;
         tweak(c);
     })
     .await;
@@ -156,8 +156,8 @@ pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> T
 pub async fn spawn_app_at(target: &RedisTarget, tweak: impl FnOnce(&mut Config)) -> TestApp {
     seckill::infra::telemetry::init(seckill::infra::telemetry::LogFormat::Pretty);
     let mut config = Config::defaults();
-    config.database_url = sqlite_url();
-    config.persister = false;
+    config.orders.database_url = sqlite_url();
+    config.orders.persister = false;
     tweak(&mut config);
     let app = App::build(&config, target)
         .await

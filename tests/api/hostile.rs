@@ -224,7 +224,7 @@ async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) 
 #[tokio::test]
 async fn half_sent_requests_and_idle_connections_are_closed() {
     use tokio::io::AsyncWriteExt;
-    let app = crate::helpers::spawn_app_with(|c| c.header_timeout_ms = 300).await;
+    let app = crate::helpers::spawn_app_with(|c| c.http.header_timeout_ms = 300).await;
     let mut half = raw(&app).await;
     half.write_all(b"POST /api/items/x/purchase HTTP/1.1\r\nHost: a\r\n")
         .await
@@ -243,8 +243,8 @@ async fn half_sent_requests_and_idle_connections_are_closed() {
 async fn connections_past_the_cap_wait_until_one_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = crate::helpers::spawn_app_with(|c| {
-        c.max_connections = 2;
-        c.header_timeout_ms = 60_000;
+        c.http.max_connections = 2;
+        c.http.header_timeout_ms = 60_000;
     })
     .await;
     let first = raw(&app).await;
@@ -276,8 +276,8 @@ async fn a_request_past_the_request_timeout_gets_a_json_503() {
     let app = crate::helpers::spawn_app_on(&redis.url(), |c| {
         // Room for the item's creation on a loaded machine, far below the
         // Redis timeout.
-        c.request_timeout_ms = 2_000;
-        c.redis_timeout_ms = 30_000;
+        c.http.request_timeout_ms = 2_000;
+        c.redis.redis_timeout_ms = 30_000;
     })
     .await;
     let item = unique("slow");
@@ -315,8 +315,8 @@ async fn a_request_past_the_request_timeout_gets_a_json_503() {
 async fn shutdown_does_not_wait_for_a_half_sent_request() {
     use tokio::io::AsyncWriteExt;
     let app = crate::helpers::spawn_app_with(|c| {
-        c.request_timeout_ms = 1_000;
-        c.header_timeout_ms = 600_000;
+        c.http.request_timeout_ms = 1_000;
+        c.http.header_timeout_ms = 600_000;
     })
     .await;
     let mut half = raw(&app).await;
@@ -331,7 +331,7 @@ async fn shutdown_does_not_wait_for_a_half_sent_request() {
 
 #[tokio::test]
 async fn live_streams_are_capped() {
-    let app = crate::helpers::spawn_app_with(|c| c.max_live_streams = 2).await;
+    let app = crate::helpers::spawn_app_with(|c| c.http.max_live_streams = 2).await;
     let open = || app.client.get(app.url("/api/stats/stream")).send();
     let first = open().await.unwrap();
     let _second = open().await.unwrap();
@@ -514,8 +514,8 @@ async fn clients_that_never_read_are_cut_off_and_free_their_slots() {
     use tokio::io::AsyncWriteExt;
     const CLIENTS: usize = 20;
     let app = crate::helpers::spawn_app_with(|c| {
-        c.max_connections = CLIENTS;
-        c.write_timeout_ms = 500;
+        c.http.max_connections = CLIENTS;
+        c.http.write_timeout_ms = 500;
     })
     .await;
     let requests = "GET /api/openapi.json HTTP/1.1\r\nHost: a\r\n\r\n".repeat(500);
@@ -545,8 +545,8 @@ async fn clients_that_never_read_are_cut_off_and_free_their_slots() {
 async fn a_peer_at_its_connection_cap_is_closed_and_others_are_served() {
     use tokio::io::AsyncWriteExt;
     let app = crate::helpers::spawn_app_with(|c| {
-        c.max_connections_per_ip = 2;
-        c.header_timeout_ms = 60_000;
+        c.http.max_connections_per_ip = 2;
+        c.http.header_timeout_ms = 60_000;
     })
     .await;
     let first = raw(&app).await;

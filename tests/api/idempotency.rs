@@ -70,7 +70,7 @@ async fn a_key_reused_with_another_body_is_refused_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_while_the_first_is_in_flight_is_told_so() {
-    let app = Arc::new(spawn_app_with(|c| c.race_window_ms = 400).await);
+    let app = Arc::new(spawn_app_with(|c| c.lab.race_window_ms = 400).await);
     let item = unique("idem-flight");
     app.create_item(&item, 10, 1).await;
     let first = {

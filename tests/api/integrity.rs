@@ -87,7 +87,7 @@ async fn a_purchase_naming_another_strategy_than_the_sales_is_refused_and_change
 /// this sold 202 units.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_naive_client_cannot_oversell_a_lua_sale() {
-    let app = Arc::new(spawn_app_with(|c| c.race_window_ms = 50).await);
+    let app = Arc::new(spawn_app_with(|c| c.lab.race_window_ms = 50).await);
     let item = unique("hostile");
     app.create_item(&item, 200, 1).await;
     assert_eq!(app.purchase(&item, "opener", "lua").await.status(), 201);
@@ -138,8 +138,8 @@ async fn a_hostile_naive_client_cannot_oversell_a_lua_sale() {
 async fn concurrent_first_purchases_bind_the_sale_to_exactly_one_strategy_across_instances() {
     let database = sqlite_url();
     let apps = [
-        Arc::new(spawn_app_with(|c| c.database_url = database.clone()).await),
-        Arc::new(spawn_app_with(|c| c.database_url = database.clone()).await),
+        Arc::new(spawn_app_with(|c| c.orders.database_url = database.clone()).await),
+        Arc::new(spawn_app_with(|c| c.orders.database_url = database.clone()).await),
     ];
     for round in 0..6 {
         let item = unique("first");
@@ -238,7 +238,7 @@ async fn new_sale_untouched(app: &TestApp, item: &str, strategy: &str) -> Value 
 /// a restock: it must not write into the new sale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restock_during_a_held_purchase_leaves_the_new_sale_untouched() {
-    let app = Arc::new(spawn_app_with(|c| c.race_window_ms = 300).await);
+    let app = Arc::new(spawn_app_with(|c| c.lab.race_window_ms = 300).await);
     // Every strategy that decides between a read and a write: the window a
     // restock can fall into.
     for strategy in
@@ -287,7 +287,7 @@ async fn a_restock_during_a_held_purchase_leaves_the_new_sale_untouched() {
 ///   commits in the old sale and keeps its 201.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restock_during_an_sql_purchase_never_sells_into_the_new_sale() {
-    let app = Arc::new(spawn_app_with(|c| c.race_window_ms = 300).await);
+    let app = Arc::new(spawn_app_with(|c| c.lab.race_window_ms = 300).await);
     for (restock_after_ms, new_strategy, expected) in [(100, "lua", 409), (450, "sql", 201)] {
         let item = unique("sql-restocked");
         let restock = |stock: u64, strategy: &'static str| {
@@ -350,11 +350,11 @@ async fn instances_lease_only_free_worker_numbers_and_never_the_same() {
 #[tokio::test]
 async fn a_second_instance_with_the_same_worker_id_refuses_to_start() {
     let redis = crate::helpers::fresh_redis();
-    let first = spawn_app_on(&redis.url(), |c| c.worker_id = Some(7)).await;
+    let first = spawn_app_on(&redis.url(), |c| c.lease.worker_id = Some(7)).await;
     let mut config = seckill::config::Config::defaults();
-    config.database_url = sqlite_url();
-    config.persister = false;
-    config.worker_id = Some(7);
+    config.orders.database_url = sqlite_url();
+    config.orders.persister = false;
+    config.lease.worker_id = Some(7);
     let refused = seckill::startup::App::build(&config, &single(&redis.url())).await;
     let err = format!(
         "{:#}",
@@ -480,7 +480,7 @@ async fn a_worker_number_taken_over_mints_no_repeated_id() {
 async fn a_lost_lease_stops_purchases_until_another_number_is_leased() {
     let redis = crate::helpers::fresh_redis();
     hold_all_worker_numbers_but(&redis, &[3]).await;
-    let app = spawn_app_on(&redis.url(), |c| c.worker_lease_ttl_ms = 300).await;
+    let app = spawn_app_on(&redis.url(), |c| c.lease.worker_lease_ttl_ms = 300).await;
     let item = unique("lost");
     app.create_item(&item, 10, 1).await;
     assert_eq!(worker_of_purchase(&app, &item, "u0").await, 3);
@@ -537,7 +537,7 @@ async fn a_lost_lease_stops_purchases_until_another_number_is_leased() {
 async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
     for database_url in crate::helpers::database_urls() {
         let (app, _redis) = spawn_persisting_app(&database_url, |c| {
-            c.persister_claim_idle_ms = 400;
+            c.orders.persister_claim_idle_ms = 400;
         })
         .await;
         let item = unique("rescue");
@@ -636,7 +636,7 @@ async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rescue_that_cannot_read_the_dead_letters_shows_in_the_persister_report() {
     let (app, _redis) = spawn_persisting_app(&crate::helpers::sqlite_url(), |c| {
-        c.persister_claim_idle_ms = 400;
+        c.orders.persister_claim_idle_ms = 400;
     })
     .await;
     let item = unique("rescue-bad");
@@ -777,7 +777,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
 /// buyer that bound it must not be aborted by its own binding.
 #[tokio::test]
 async fn binding_a_sale_does_not_abort_the_optimistic_buyer_that_binds_it() {
-    let app = spawn_app_with(|c| c.optimistic_max_retries = 0).await;
+    let app = spawn_app_with(|c| c.locks.optimistic_max_retries = 0).await;
     for strategy in ["optimistic", "optimistic-gated"] {
         let item = unique("bind-optimistic");
         app.create_item(&item, 5, 1).await;

@@ -84,7 +84,7 @@ async fn the_stream_carries_each_items_truths_and_live_figures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_race_from_the_page_sells_each_strategys_item_and_catches_naive() {
-    let app = spawn_app_with(|c| c.race_window_ms = 5).await;
+    let app = spawn_app_with(|c| c.lab.race_window_ms = 5).await;
     let response = app
         .client
         .post(app.url("/api/race"))
@@ -133,7 +133,7 @@ async fn a_race_from_the_page_sells_each_strategys_item_and_catches_naive() {
 
 #[tokio::test]
 async fn races_obey_the_admin_rules_and_validate_input() {
-    let app = spawn_app_with(|c| c.admin_token = Some("t0ken".into())).await;
+    let app = spawn_app_with(|c| c.http.admin_token = Some("t0ken".into())).await;
     let unauthorised = app
         .client
         .post(app.url("/api/race"))

@@ -15,7 +15,7 @@ use crate::helpers::{database_urls, spawn_persisting_app};
 /// order-log check).
 async fn persisting_target() -> (crate::helpers::TestApp, RedisServer, Target) {
     let (app, redis) =
-        spawn_persisting_app(&database_urls().remove(0), |c| c.race_window_ms = 20).await;
+        spawn_persisting_app(&database_urls().remove(0), |c| c.lab.race_window_ms = 20).await;
     let target = Target::from_url(
         &app.address,
         None,

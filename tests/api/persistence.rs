@@ -123,7 +123,8 @@ async fn a_graceful_stop_drains_the_order_log_into_sql() {
     for database_url in database_urls() {
         // One entry per transaction makes the persister slow enough that the
         // stop comes while most of the log is still unpersisted.
-        let (app, _redis) = spawn_persisting_app(&database_url, |c| c.persister_batch = 1).await;
+        let (app, _redis) =
+            spawn_persisting_app(&database_url, |c| c.orders.persister_batch = 1).await;
         let app = Arc::new(app);
         let item = unique("drain");
         app.create_item(&item, 150, 1).await;
@@ -142,7 +143,7 @@ async fn a_graceful_stop_drains_the_order_log_into_sql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restocked_sales_old_log_is_persisted_then_removed() {
     let database_url = database_urls().remove(0);
-    let (app, _redis) = spawn_persisting_app(&database_url, |c| c.persister = false).await;
+    let (app, _redis) = spawn_persisting_app(&database_url, |c| c.orders.persister = false).await;
     let item = unique("archive");
     app.create_item(&item, 5, 1).await;
     let app = Arc::new(app);
@@ -152,8 +153,8 @@ async fn a_restocked_sales_old_log_is_persisted_then_removed() {
 
     // A second instance with a persister, on the same Redis and database.
     let persisting = crate::helpers::spawn_app_on(&redis_url, |c| {
-        c.database_url = database_url.clone();
-        c.persister = true;
+        c.orders.database_url = database_url.clone();
+        c.orders.persister = true;
     })
     .await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -342,7 +343,7 @@ async fn a_replaced_order_log_holds_up_neither_itself_nor_the_others() {
 async fn a_restock_under_the_persisters_wait_is_no_error() {
     // Reclaims at every step too, so an `XAUTOCLAIM` meets a replaced log.
     let (app, _redis) = spawn_persisting_app(&database_urls().remove(0), |c| {
-        c.persister_claim_idle_ms = 50
+        c.orders.persister_claim_idle_ms = 50
     })
     .await;
     let item = unique("unblocked");

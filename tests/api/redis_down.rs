@@ -19,8 +19,8 @@ async fn purchases_fail_with_503_while_redis_is_down_and_recover_after() {
     };
     let mut redis = crate::helpers::fresh_redis_with(options.clone());
     let app = spawn_app_on(&redis.url(), |c| {
-        c.redis_timeout_ms = 500;
-        c.worker_id = Some(1);
+        c.redis.redis_timeout_ms = 500;
+        c.lease.worker_id = Some(1);
     })
     .await;
     // One item per strategy: a sale is bound to one.

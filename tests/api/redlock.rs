@@ -18,9 +18,9 @@ async fn redlock_app(nodes: &[RedisServer], lock_wait_ms: u64) -> Arc<TestApp> {
     let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
     Arc::new(
         spawn_app_with(|c| {
-            c.redlock_urls = urls;
-            c.lock_wait_ms = lock_wait_ms;
-            c.request_timeout_ms = c.request_timeout_ms.max(lock_wait_ms + 10_000);
+            c.locks.redlock_urls = urls;
+            c.locks.lock_wait_ms = lock_wait_ms;
+            c.http.request_timeout_ms = c.http.request_timeout_ms.max(lock_wait_ms + 10_000);
         })
         .await,
     )

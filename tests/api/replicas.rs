@@ -66,9 +66,9 @@ impl Replicated {
 
     async fn app(&self) -> TestApp {
         spawn_app_on(&self.master.url(), |c| {
-            c.redis_wait_replicas = 1;
+            c.redis.redis_wait_replicas = 1;
             // Long enough for a replica just thawed on a loaded machine.
-            c.redis_wait_timeout_ms = 400;
+            c.redis.redis_wait_timeout_ms = 400;
         })
         .await
     }
@@ -193,9 +193,9 @@ async fn a_sql_purchase_waits_for_no_redis_replica_but_its_key_record_does() {
 async fn a_wait_longer_than_the_redis_timeout_is_refused_at_start_up() {
     let redis = crate::helpers::shared_redis();
     let mut config = seckill::config::Config::defaults();
-    config.database_url = crate::helpers::sqlite_url();
-    config.redis_wait_replicas = 1;
-    config.redis_wait_timeout_ms = config.redis_timeout_ms;
+    config.orders.database_url = crate::helpers::sqlite_url();
+    config.redis.redis_wait_replicas = 1;
+    config.redis.redis_wait_timeout_ms = config.redis.redis_timeout_ms;
     let refused =
         seckill::startup::App::build(&config, &crate::helpers::single(&redis.url())).await;
     let err = refused.err().expect("refused");
