@@ -6,6 +6,10 @@
 //! builds what its concern needs (its durations, the embedded Redis's
 //! options, the persister's tuning), and [`Config::validate`] checks them
 //! all before anything connects.
+//!
+//! One file on purpose: it is the one table of settings (each with its flag,
+//! variable, default and why), their groups and their validation, about
+//! 500 lines, with the tests of that validation after them.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -28,6 +28,10 @@
 //! The handler in `http::purchase` only reads the request into an item, a
 //! user and a strategy name, calls [`Purchases`], and turns the result or the
 //! [`PurchaseError`] into a response.
+//!
+//! One concern: the path of one purchase, from the minted id to its answer,
+//! including the look-up after a lost answer; the look-up itself
+//! (`orders::lookup`) and the key's record (`sale::idempotency`) live apart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
