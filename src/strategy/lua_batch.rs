@@ -192,11 +192,13 @@ struct Queued<'a> {
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        let left = self
-            .state
-            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if !left {
+        // Still queued: it leaves, never sent. Taken: a batch sent it.
+        // Abandoned already (the buyer's own wait ran out): nothing sent.
+        let taken =
+            self.state
+                .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                == Err(TAKEN);
+        if taken {
             self.purchase.committing();
         }
     }
