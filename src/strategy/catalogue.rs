@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::infra::redis_conn::{RedisConn, RedisPool};
 
-use super::{Strategy, gate, lock, lua, lua_batch, naive, optimistic, redlock, sql};
+use super::{Strategy, gate, lock, lock_unfenced, lua, lua_batch, naive, optimistic, redlock, sql};
 use crate::config::Config;
 use crate::orders::db::Db;
 
@@ -151,6 +151,13 @@ catalogue! {
         true, BetweenReadAndWrite, |w| Ok(w.lock());
     LockGated = "lock-gated", "lock behind an in-process FIFO gate per item",
         true, BetweenReadAndWrite, |w| Ok(w.gated(StrategyKind::LockGated, w.lock()));
+    LockUnfenced = "lock-unfenced", "a SET NX PX lock around read-check-write, with no fencing token (the control group for fencing: oversells when a holder outlives its lock)",
+        true, BetweenReadAndWrite, |w| Ok(Arc::new(lock_unfenced::LockUnfenced::new(
+            w.redis.clone(),
+            w.config.locks.lock_ttl(),
+            w.config.locks.lock_wait(),
+            w.race_window(),
+        )));
     Lua = "lua", "one atomic Lua script",
         true, InOneScript, |w| Ok(Arc::new(lua::Lua::new(w.redis.clone())));
     LuaBatch = "lua-batch", "one atomic Lua script per batch of an item's queued purchases",

@@ -10,6 +10,8 @@
 //!
 //! The catalogue names each with its guard; the files:
 //! [`naive`] (the control group: it oversells), [`optimistic`], [`lock`],
+//! [`lock_unfenced`] (`lock` without its fencing token: the control group
+//! for fencing),
 //! [`lua`], [`lua_batch`] (`lua` coalesced per item), [`redlock`], [`sql`],
 //! and the in-process [`gate`] in front of `lock` and `optimistic`.
 //!
@@ -46,6 +48,7 @@ mod catalogue;
 pub mod gate;
 pub mod key_record;
 pub mod lock;
+pub mod lock_unfenced;
 pub mod lua;
 pub mod lua_batch;
 pub mod naive;
@@ -520,7 +523,7 @@ mod tests {
         let err = "fast".parse::<StrategyKind>().unwrap_err();
         assert!(
             err.contains(
-                "naive, optimistic, optimistic-gated, lock, lock-gated, lua, lua-batch, redlock, sql"
+                "naive, optimistic, optimistic-gated, lock, lock-gated, lock-unfenced, lua, lua-batch, redlock, sql"
             ),
             "{err}"
         );

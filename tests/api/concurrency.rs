@@ -304,6 +304,43 @@ async fn a_stale_lock_holders_write_is_refused_by_the_fencing_token() {
     );
 }
 
+/// The lab's lesson about fencing: the same stalled holder as above, under
+/// `lock-unfenced`. Its lock expires at 50 ms, the next buyer takes it and
+/// reads the same last unit, and both writes land: one unit, two orders.
+/// (`lock` refuses the stale write: the test above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fencing_a_holder_stalled_past_the_ttl_oversells() {
+    let app = Arc::new(
+        spawn_app_with(|c| {
+            c.locks.lock_ttl_ms = 50;
+            c.lab.race_window_ms = 300; // the stall, between read and write
+        })
+        .await,
+    );
+    let item = unique("unfenced");
+    app.create_item(&item, 1, 1).await;
+    let stale = {
+        let (app, item) = (Arc::clone(&app), item.clone());
+        tokio::spawn(async move { app.purchase(&item, "stalled", "lock-unfenced").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let fresh = app.purchase(&item, "next", "lock-unfenced").await;
+    assert_eq!(fresh.status(), 201);
+    assert_eq!(stale.await.unwrap().status(), 201);
+
+    let view = app.item(&item).await;
+    assert_eq!(
+        (view["sold"].as_u64(), view["oversold"].as_u64()),
+        (Some(2), Some(1)),
+        "{view}"
+    );
+    let counters = &view["strategies"]["lock-unfenced"];
+    assert!(
+        counters["lock_expired"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
+}
+
 /// With the watchdog a slow holder keeps its lock: nobody else gets in, no
 /// expiry, no refused write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
