@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{
-    Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
-};
+use super::{Attempt, Outcome, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
 use crate::infra::redis_conn::RedisConn;
 use crate::infra::token_lock::{self, Backoff};
 
@@ -80,18 +78,11 @@ impl Strategy for LockUnfenced {
             if let Some(rejection) = snapshot.rejection(purchase.strategy) {
                 return Ok::<_, StrategyError>(rejection);
             }
-            if !self.race_window.is_zero() {
-                tokio::time::sleep(self.race_window).await;
-            }
             // The value computed under a lock that may have expired: nothing
             // checks that it is still ours.
-            let remaining = snapshot.stock - 1;
-            let written = purchase
-                .guarded_write(&mut redis, snapshot.generation, StockWrite::Set(remaining))
-                .await?;
-            Ok(written
-                .refusal()
-                .unwrap_or(Outcome::Purchased { remaining }))
+            purchase
+                .write_as_read(&mut redis, &snapshot, self.race_window)
+                .await
         };
         let outcome = section.await;
         let released = token_lock::unlock(&mut redis, &keys.lock, &token).await;

@@ -236,6 +236,29 @@ impl Purchase {
         pipe.arg(self.guarded_write_args(generation, fence, stock));
     }
 
+    /// The unguarded tail of a read-check-write: after the lab's race window,
+    /// store the stock `snapshot` read less one, whatever happened since
+    /// (`write.lua` without a token: only a restock or the key's record
+    /// refuses it). `naive` runs it with no guard, `lock-unfenced` under a
+    /// lock that may have expired: the lost update both exist to show.
+    pub(crate) async fn write_as_read(
+        &self,
+        redis: &mut impl redis::aio::ConnectionLike,
+        snapshot: &Snapshot,
+        race_window: std::time::Duration,
+    ) -> Result<Outcome, StrategyError> {
+        if !race_window.is_zero() {
+            tokio::time::sleep(race_window).await;
+        }
+        let remaining = snapshot.stock - 1;
+        let written = self
+            .guarded_write(redis, snapshot.generation, StockWrite::Set(remaining))
+            .await?;
+        Ok(written
+            .refusal()
+            .unwrap_or(Outcome::Purchased { remaining }))
+    }
+
     /// `write.lua` on its own (`EVALSHA`): what [`Self::add_guarded_write`]
     /// adds to a pipeline.
     pub async fn guarded_write(

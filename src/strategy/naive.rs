@@ -17,9 +17,7 @@ use std::time::Duration;
 use crate::infra::redis_conn::RedisConn;
 use async_trait::async_trait;
 
-use super::{
-    Attempt, Outcome, Purchase, Snapshot, StockWrite, Strategy, StrategyError, StrategyKind,
-};
+use super::{Attempt, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
 
 pub struct Naive {
     redis: RedisConn,
@@ -45,19 +43,11 @@ impl Strategy for Naive {
             return Ok(Attempt::new(rejection));
         }
 
-        if !self.race_window.is_zero() {
-            tokio::time::sleep(self.race_window).await;
-        }
-
         // The value computed from the read, whatever happened since: the lost
         // update this strategy exists to show.
-        let remaining = snapshot.stock - 1;
-        let written = purchase
-            .guarded_write(&mut redis, snapshot.generation, StockWrite::Set(remaining))
+        let outcome = purchase
+            .write_as_read(&mut redis, &snapshot, self.race_window)
             .await?;
-        if let Some(refusal) = written.refusal() {
-            return Ok(Attempt::new(refusal));
-        }
-        Ok(Attempt::new(Outcome::Purchased { remaining }))
+        Ok(Attempt::new(outcome))
     }
 }
