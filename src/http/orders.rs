@@ -16,7 +16,7 @@ use crate::domain::ErrorBody;
 use crate::domain::{ItemId, UserId, whole};
 use crate::http::error::ApiError;
 use crate::orders::db::{Direction, OrderQuery, OrderRecord, OrdersPage};
-use crate::orders::lookup::{LookupError, OrderLookup, Place};
+use crate::orders::lookup::{LookupError, Place};
 use crate::orders::persister::PersisterReport;
 use crate::orders::snowflake::OrderId;
 use crate::state::AppState;
@@ -169,8 +169,7 @@ pub async fn get_order(
         .as_deref()
         .ok_or_else(|| ApiError::invalid("item is required: the order's item"))
         .and_then(|item| ItemId::parse(item).map_err(ApiError::invalid))?;
-    let lookup = OrderLookup::new(state.redis.clone(), state.db.clone(), state.request_timeout);
-    match lookup.find(&item, order_id).await {
+    match state.purchases.lookup().find(&item, order_id).await {
         Ok(Some((order, found_in))) => Ok(Json(OrderStatus {
             order_id,
             status: "committed",

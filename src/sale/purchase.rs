@@ -231,6 +231,12 @@ impl Purchases {
         }
     }
 
+    /// Where orders are looked for by id: the purchases' own look-up, which
+    /// `GET /api/orders/{order_id}` answers with too.
+    pub fn lookup(&self) -> &OrderLookup {
+        &self.lookup
+    }
+
     /// The strategy named `name`, or the default one.
     pub fn strategy(&self, name: Option<&str>) -> Result<Arc<dyn Strategy>, PurchaseError> {
         match name {
