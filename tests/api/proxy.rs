@@ -13,17 +13,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-/// What the proxy does with replies now.
-#[derive(Default)]
-struct Rule {
-    /// Hold replies once a request carries these bytes.
-    marker: Option<Vec<u8>>,
-}
+/// Hold replies once a request carries these bytes (none: never).
+type Marker = Arc<Mutex<Option<Vec<u8>>>>;
 
 pub struct ReplyDelayProxy {
     /// `redis://` URL of the proxy, for the app.
     pub url: String,
-    rule: Arc<Mutex<Rule>>,
+    marker: Marker,
     /// True while replies are held.
     holding: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -34,9 +30,9 @@ impl ReplyDelayProxy {
     pub async fn start(port: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("redis://{}", listener.local_addr().unwrap());
-        let rule = Arc::new(Mutex::new(Rule::default()));
+        let marker = Marker::default();
         let (holding, _) = watch::channel(false);
-        let (for_accept, rule_for_accept) = (holding.clone(), Arc::clone(&rule));
+        let (for_accept, marker_for_accept) = (holding.clone(), Arc::clone(&marker));
         let accept = tokio::spawn(async move {
             // Dropped with the accept task: every connection ends with it.
             let mut connections = JoinSet::new();
@@ -46,11 +42,11 @@ impl ReplyDelayProxy {
                 };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                let rule = Arc::clone(&rule_for_accept);
+                let marker = Arc::clone(&marker_for_accept);
                 connections.spawn(requests(
                     client_read,
                     server_write,
-                    rule,
+                    marker,
                     for_accept.clone(),
                 ));
                 connections.spawn(replies(server_read, client_write, for_accept.subscribe()));
@@ -58,7 +54,7 @@ impl ReplyDelayProxy {
         });
         Self {
             url,
-            rule,
+            marker,
             holding,
             accept,
         }
@@ -67,12 +63,12 @@ impl ReplyDelayProxy {
     /// Holds every reply, on every connection, from the first request that
     /// carries `marker` on, until [`Self::release`].
     pub fn hold_replies_after(&self, marker: &[u8]) {
-        self.rule.lock().unwrap().marker = Some(marker.to_vec());
+        *self.marker.lock().unwrap() = Some(marker.to_vec());
     }
 
     /// Lets the held replies through, and the ones after them.
     pub fn release(&self) {
-        self.rule.lock().unwrap().marker = None;
+        *self.marker.lock().unwrap() = None;
         self.holding.send_replace(false);
     }
 }
@@ -86,7 +82,7 @@ impl Drop for ReplyDelayProxy {
 async fn requests(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    rule: Arc<Mutex<Rule>>,
+    marker: Marker,
     holding: watch::Sender<bool>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -96,10 +92,9 @@ async fn requests(
             Ok(n) => n,
         };
         let chunk = &buf[..n];
-        let marked = rule
+        let marked = marker
             .lock()
             .unwrap()
-            .marker
             .as_ref()
             .is_some_and(|m| chunk.windows(m.len()).any(|w| w == m.as_slice()));
         if marked {
