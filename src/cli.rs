@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::lab::bench::BenchArgs;
+use crate::lab::faults::FaultArgs;
 
 /// seckill: a flash-sale service and concurrency lab.
 #[derive(Debug, Parser)]
@@ -26,6 +27,11 @@ pub enum Command {
     /// truths of each sale (oversold, undersold, lost orders), with the HTTP
     /// ceiling measured in the same run. Starts its own server unless `--url`.
     Bench(BenchArgs),
+    /// The fault lab: each strategy under each fault (a paused lock holder,
+    /// a paused or restarted Redis, a failover, a partition, a slow link, a
+    /// clock jump, a killed instance) on a private topology, every cell
+    /// history-checked and judged. Exits non-zero if a fault did not happen.
+    Faults(FaultArgs),
 }
 
 /// Runs the chosen subcommand to completion.
@@ -33,6 +39,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Serve(config)) => crate::startup::serve(config).await,
         Some(Command::Bench(args)) => crate::lab::bench::run(args).await,
+        Some(Command::Faults(args)) => crate::lab::faults::run(args).await,
         None => crate::startup::serve(cli.serve).await,
     }
 }

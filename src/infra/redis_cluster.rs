@@ -87,6 +87,11 @@ impl RedisCluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// The process id of the node on `port`.
+    pub fn pid_of(&self, port: u16) -> Option<u32> {
+        self.nodes.get(&port).map(RedisServer::pid)
+    }
+
     /// The node on `port`, to kill or inspect.
     pub fn node_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
         self.nodes.get_mut(&port)

@@ -285,6 +285,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The child's process id (a restarted server has a new one).
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
     /// Leaves the server running without a parent, as a parent killed before
     /// it could stop it would: the directory's lock is released, and the
     /// server is neither stopped nor reaped by us. For tests.

@@ -22,6 +22,7 @@ use crate::infra::redis_server::{RedisServer, RedisServerOptions};
 use crate::lab::cpu::{self, Pids};
 use crate::lab::loadgen::{self, Progress, RacePlan, Rate, Target};
 use crate::lab::report;
+use crate::lab::scratch::{TempDir, stop_child};
 use crate::sale::MAX_STOCK;
 use crate::strategy::StrategyKind;
 
@@ -150,18 +151,7 @@ pub enum Mode {
 
 /// Runs the bench and prints the table.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let strategies = if args.strategies.is_empty() {
-        StrategyKind::ALL.to_vec()
-    } else {
-        args.strategies
-            .iter()
-            .map(|name| {
-                name.trim()
-                    .parse::<StrategyKind>()
-                    .map_err(anyhow::Error::msg)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
+    let strategies = StrategyKind::named_or_all(&args.strategies).map_err(anyhow::Error::msg)?;
     if args.concurrency == 0 || args.stock == 0 || args.runs == 0 {
         bail!("--concurrency, --stock and --runs must be at least 1");
     }
@@ -380,7 +370,7 @@ struct SpawnedServer {
 
 impl SpawnedServer {
     async fn start(args: &BenchArgs) -> anyhow::Result<Self> {
-        let dir = TempDir::new()?;
+        let dir = TempDir::new("bench")?;
         let (redis, private) = match given_redis(args) {
             Some(redis) => (redis, (None, None)),
             None if args.redis_cluster => {
@@ -473,37 +463,7 @@ impl SpawnedServer {
 
 impl Drop for SpawnedServer {
     fn drop(&mut self) {
-        // SIGTERM for a graceful stop (persister drain), then wait briefly.
-        // SAFETY: plain syscall on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("seckill-bench-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // A graceful stop (the persister drains), then SIGKILL.
+        stop_child(&mut self.child);
     }
 }

@@ -116,6 +116,17 @@ impl FromStr for StrategyKind {
     }
 }
 
+impl StrategyKind {
+    /// The strategies a command line names (each trimmed), or every one in
+    /// the catalogue's order when it names none.
+    pub fn named_or_all(names: &[String]) -> Result<Vec<Self>, String> {
+        if names.is_empty() {
+            return Ok(Self::ALL.to_vec());
+        }
+        names.iter().map(|name| name.trim().parse()).collect()
+    }
+}
+
 /// One purchase to attempt. The order id is minted before the attempt so that
 /// retries inside a strategy append the same order, and so that a purchase
 /// whose answer is lost can be looked for.

@@ -10,6 +10,7 @@ mod contract;
 mod durability;
 mod endpoints;
 mod exactly_once;
+mod faults;
 mod health;
 mod helpers;
 mod hostile;

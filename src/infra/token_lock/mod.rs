@@ -42,9 +42,19 @@ static RENEW_WITH_HORIZON: LazyLock<Script> =
 static RELEASE_WITH_HORIZON: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("release_with_horizon.lua")));
 
-/// A fresh owner token: random, so no two takers ever share one.
+/// A fresh owner token: random, so no two takers ever share one, after the
+/// taker's process id, so an operator (or the fault lab) reading a held
+/// lock with `GET` can tell which process holds it, as Redisson's
+/// `<client>:<thread>` values do. Nothing compares tokens but for equality.
 pub fn new_token() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple())
+}
+
+/// The process id in a [`new_token`]'s token; `None` for any other value.
+pub fn holder_pid(token: &str) -> Option<u32> {
+    let (pid, random) = token.split_once('-')?;
+    (random.len() == 32).then_some(())?;
+    pid.parse().ok()
 }
 
 fn millis(ttl: Duration) -> u64 {
@@ -212,4 +222,18 @@ pub async fn release_with_horizon(
         .invoke_async(redis)
         .await?;
     Ok(released == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_names_its_holders_process_and_is_never_reused() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert_eq!(holder_pid(&a), Some(std::process::id()));
+        assert_eq!(holder_pid("not-a-token"), None);
+        assert_eq!(holder_pid(""), None);
+    }
 }

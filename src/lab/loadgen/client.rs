@@ -77,11 +77,27 @@ impl Conn {
         target: &Target,
         path: &str,
     ) -> anyhow::Result<T> {
+        self.get_unless_missing(target, path)
+            .await?
+            .with_context(|| format!("GET {path}: 404 Not Found"))
+    }
+
+    /// As [`Conn::get`], but a 404 is `None`.
+    pub async fn get_unless_missing<T: DeserializeOwned>(
+        &mut self,
+        target: &Target,
+        path: &str,
+    ) -> anyhow::Result<Option<T>> {
         let (status, body) = self.send(target, Method::GET, path, Bytes::new()).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         if !status.is_success() {
             bail!("GET {path}: {status} {}", String::from_utf8_lossy(&body));
         }
-        serde_json::from_slice(&body).with_context(|| format!("GET {path}: not the expected JSON"))
+        serde_json::from_slice(&body)
+            .map(Some)
+            .with_context(|| format!("GET {path}: not the expected JSON"))
     }
 
     /// One purchase by `user` of `item` under `strategy`. A 201 is read as

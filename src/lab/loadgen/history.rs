@@ -98,6 +98,9 @@ pub struct Call {
     pub id: u64,
     /// The buyer's number (`b<user>` on the wire).
     pub user: u64,
+    /// Which server it was sent to, by its place in the run's list (the
+    /// fault lab runs several; 0 when there is one).
+    pub via: u16,
     /// When the schedule meant to send it (open loop); the send otherwise.
     pub intended_us: u64,
     pub sent_us: u64,
@@ -581,6 +584,7 @@ mod tests {
         Call {
             id,
             user,
+            via: 0,
             intended_us: sent,
             sent_us: sent,
             done_us: done,

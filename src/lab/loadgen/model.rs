@@ -217,8 +217,9 @@ impl StatusCounts {
 /// counted late (the timer itself is good to about 1 ms).
 pub const LATE_AFTER: Duration = Duration::from_millis(2);
 
-/// `/healthz` at the race's concurrency: the HTTP ceiling.
-#[derive(Debug, Clone, Serialize)]
+/// `/healthz` at the race's concurrency: the HTTP ceiling (all zero when
+/// not measured, as in the fault lab).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Ceiling {
     pub requests: u64,
     pub elapsed_s: f64,
@@ -266,6 +267,10 @@ pub struct StrategyResult {
     pub drift: i64,
     pub undersold: u64,
     pub persisted: u64,
+    /// The server no longer knew the item when the run ended (its Redis
+    /// restarted empty): the figures above it are zero, and only SQL and
+    /// the answers are left to check.
+    pub vanished: bool,
     /// 201 order ids missing from the item's order log (`None`: Redis not reachable from here).
     /// From the history check, as is `lost_in_sql`.
     pub lost_in_log: Option<u64>,

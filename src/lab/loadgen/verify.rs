@@ -21,7 +21,9 @@ use crate::sale::stats::CounterSnapshot;
 use crate::strategy::StrategyKind;
 
 pub(super) struct Truths {
-    pub view: ItemView,
+    /// `None`: the server no longer knows the item (its Redis restarted
+    /// empty); what SQL holds is still read.
+    pub view: Option<ItemView>,
     /// The server's counters for the raced strategy (`None`: it counted
     /// nothing on this item).
     pub counters: Option<CounterSnapshot>,
@@ -55,17 +57,26 @@ pub(super) async fn read_truths(
         };
     let load_ended = Instant::now();
     let view = loop {
-        let view: ItemView = conn.get(target, &format!("/api/items/{item}")).await?;
+        let Some(view) = conn
+            .get_unless_missing::<ItemView>(target, &format!("/api/items/{item}"))
+            .await?
+        else {
+            break None;
+        };
         if view.lag == 0 || Instant::now() >= deadline {
-            break view;
+            break Some(view);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let cpu_when_settled = (view.lag == 0 || !persisting).then(|| target.pids.sample());
-    let settle_s = (persisting && view.lag == 0).then(|| load_ended.elapsed().as_secs_f64());
-    let counters = view.strategies.get(&strategy).copied();
+    // A vanished sale has nothing left to persist: SQL holds what it holds.
+    let settled = view.as_ref().is_none_or(|v| v.lag == 0);
+    let cpu_when_settled = (settled || !persisting).then(|| target.pids.sample());
+    let settle_s = (persisting && settled).then(|| load_ended.elapsed().as_secs_f64());
+    let counters = view
+        .as_ref()
+        .and_then(|v| v.strategies.get(&strategy).copied());
 
-    let sql = if view.lag == 0 {
+    let sql = if settled {
         let mut in_sql = HashMap::new();
         let mut after: Option<OrderId> = None;
         loop {

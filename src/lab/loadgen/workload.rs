@@ -34,7 +34,9 @@ pub async fn race(
         for &strategy in &plan.strategies {
             let ceiling =
                 measure_ceiling(target, plan.concurrency, plan.ceiling_duration, &observe).await?;
-            let mut result = race_one(target, plan, strategy, &ceiling, &observe).await?;
+            let targets = std::slice::from_ref(target);
+            let (mut result, _, ()) =
+                run_sale(targets, plan, strategy, &ceiling, &observe, |_| async {}).await?;
             result.run = run;
             observe(Progress::Finished(Box::new(result.clone())));
             results.push(result);
@@ -106,7 +108,8 @@ pub async fn measure_ceiling(
 
 /// Shared between the workers of one strategy's run.
 struct RunShared {
-    target: Target,
+    /// Worker `n` sends to `targets[n % len]`.
+    targets: Vec<Target>,
     item: String,
     strategy: StrategyKind,
     plan: RacePlan,
@@ -125,6 +128,28 @@ struct RunShared {
     /// with a limit above one) comes back, so the run is not over while any
     /// is out.
     in_flight: AtomicU64,
+    /// Requests sent and not yet answered, per target.
+    load: Arc<Load>,
+}
+
+/// What a sale's load is doing right now, for whatever runs beside it (the
+/// fault lab picks an instance with purchases in flight to stop).
+#[derive(Debug)]
+pub struct Load {
+    /// When the load started: the history's times count from here.
+    pub start: Instant,
+    /// The sale's item.
+    pub item: String,
+    in_flight: Vec<AtomicU64>,
+}
+
+impl Load {
+    /// Requests sent to `targets[index]` and not yet answered.
+    pub fn in_flight(&self, index: usize) -> u64 {
+        self.in_flight
+            .get(index)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
 }
 
 impl RunShared {
@@ -196,11 +221,11 @@ enum Next {
 }
 
 /// Each connection sends its next request when the last is answered.
-async fn closed_loop(shared: Arc<RunShared>) -> WorkerOutcome {
+async fn closed_loop(shared: Arc<RunShared>, via: usize) -> WorkerOutcome {
     let mut conn = Conn::default();
     let mut outcome = WorkerOutcome::new();
     while !shared.stop.load(Ordering::Relaxed) {
-        if let Next::Stop = buy(&shared, &mut conn, &mut outcome, Instant::now()).await {
+        if let Next::Stop = buy(&shared, via, &mut conn, &mut outcome, Instant::now()).await {
             break;
         }
     }
@@ -212,6 +237,7 @@ async fn closed_loop(shared: Arc<RunShared>) -> WorkerOutcome {
 /// corrected latency counts that wait.
 async fn open_loop(
     shared: Arc<RunShared>,
+    via: usize,
     queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Instant>>>,
 ) -> WorkerOutcome {
     let mut conn = Conn::default();
@@ -226,7 +252,7 @@ async fn open_loop(
             record(&mut outcome.corrected, intended, Instant::now());
             break;
         }
-        if let Next::Stop = buy(&shared, &mut conn, &mut outcome, intended).await {
+        if let Next::Stop = buy(&shared, via, &mut conn, &mut outcome, intended).await {
             break;
         }
     }
@@ -268,13 +294,26 @@ async fn dispatch(
     (scheduled, dropped)
 }
 
-async fn race_one(
-    target: &Target,
+/// One strategy's run on a fresh item, its workers spread over `targets`
+/// (the truths are read through the first), with `beside` run from the
+/// load's start alongside it: the fault lab's faults. The run's truths are
+/// read once both are over. Returns the result, every request (for the
+/// fault lab's phases) and what `beside` returned.
+pub async fn run_sale<F, Fut, T>(
+    targets: &[Target],
     plan: &RacePlan,
     strategy: StrategyKind,
     ceiling: &Ceiling,
     observe: &Observer,
-) -> anyhow::Result<StrategyResult> {
+    beside: F,
+) -> anyhow::Result<(StrategyResult, Vec<Call>, T)>
+where
+    F: FnOnce(Arc<Load>) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let Some(target) = targets.first() else {
+        bail!("a sale needs a server to send its load to");
+    };
     let ceiling_rps = ceiling.requests_per_s;
     let item = format!(
         "{}-{strategy}-{}",
@@ -288,8 +327,13 @@ async fn race_one(
         item: item.clone(),
     });
 
+    let load = Arc::new(Load {
+        start: Instant::now(),
+        item: item.clone(),
+        in_flight: targets.iter().map(|_| AtomicU64::new(0)).collect(),
+    });
     let shared = Arc::new(RunShared {
-        target: target.clone(),
+        targets: targets.to_vec(),
         item: item.clone(),
         strategy,
         plan: plan.clone(),
@@ -298,10 +342,11 @@ async fn race_one(
         retry: Mutex::new(VecDeque::new()),
         requests: AtomicU64::new(0),
         purchased: AtomicU64::new(0),
-        start: Instant::now(),
+        start: load.start,
         sold_out_at_us: AtomicU64::new(0),
         next_call: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
+        load: Arc::clone(&load),
     });
     // The open loop's schedule, feeding the workers; it counts what it
     // could not queue. What is still queued when the run ends was never sent.
@@ -310,7 +355,7 @@ async fn race_one(
         None => (
             Owned(
                 (0..plan.concurrency)
-                    .map(|_| tokio::spawn(closed_loop(Arc::clone(&shared))))
+                    .map(|n| tokio::spawn(closed_loop(Arc::clone(&shared), n % targets.len())))
                     .collect(),
             ),
             None,
@@ -324,7 +369,13 @@ async fn race_one(
             leftovers = Some(Arc::clone(&queue));
             let workers = Owned(
                 (0..plan.concurrency)
-                    .map(|_| tokio::spawn(open_loop(Arc::clone(&shared), Arc::clone(&queue))))
+                    .map(|n| {
+                        tokio::spawn(open_loop(
+                            Arc::clone(&shared),
+                            n % targets.len(),
+                            Arc::clone(&queue),
+                        ))
+                    })
                     .collect(),
             );
             let dispatcher = Owned(vec![tokio::spawn(dispatch(
@@ -353,10 +404,16 @@ async fn race_one(
         })])
     };
 
-    let (scheduled, mut dropped) = match dispatcher {
-        Some(dispatcher) => dispatcher
-            .join_all()
-            .await?
+    let load_ends = async {
+        let scheduled = match dispatcher {
+            Some(dispatcher) => Some(dispatcher.join_all().await),
+            None => None,
+        };
+        (scheduled, workers.join_all().await)
+    };
+    let ((scheduled, outcomes), besides) = tokio::join!(load_ends, beside(Arc::clone(&load)));
+    let (scheduled, mut dropped) = match scheduled.transpose()? {
+        Some(done) => done
             .into_iter()
             .fold((0, 0), |(s, d), (s2, d2)| (s + s2, d + d2)),
         None => (0, 0),
@@ -366,7 +423,7 @@ async fn race_one(
     let mut statuses = StatusCounts::default();
     let mut calls = Vec::new();
     let mut late = 0;
-    for outcome in workers.join_all().await? {
+    for outcome in outcomes? {
         histogram
             .add(outcome.histogram)
             .context("merging histograms")?;
@@ -406,7 +463,7 @@ async fn race_one(
     let (server_cpu, redis_cpu) = truths.cpu_when_settled.map_or((None, None), |settled| {
         cpu_at_start.per_request_us(&settled, requests)
     });
-    Ok(StrategyResult {
+    let result = StrategyResult {
         strategy,
         run: 1,
         ceiling: ceiling.clone(),
@@ -428,11 +485,12 @@ async fn race_one(
         statuses,
         retries_per_success: retries as f64 / statuses.created_201.max(1) as f64,
         time_to_sell_out_s: (sold_out_at > 0).then(|| sold_out_at as f64 / 1e6),
-        sold: truths.view.sold,
-        oversold: truths.view.oversold,
-        drift: truths.view.drift,
-        undersold: truths.view.undersold,
-        persisted: truths.view.persisted,
+        sold: truths.view.as_ref().map_or(0, |v| v.sold),
+        oversold: truths.view.as_ref().map_or(0, |v| v.oversold),
+        drift: truths.view.as_ref().map_or(0, |v| v.drift),
+        undersold: truths.view.as_ref().map_or(0, |v| v.undersold),
+        persisted: truths.view.as_ref().map_or(0, |v| v.persisted),
+        vanished: truths.view.is_none(),
         lost_in_log: history.lost_in_log,
         lost_in_sql: history.lost_in_sql,
         history,
@@ -440,13 +498,15 @@ async fn race_one(
         server_cpu_us_per_request: server_cpu,
         redis_cpu_us_per_request: redis_cpu,
         settle_s: truths.settle_s,
-    })
+    };
+    Ok((result, calls, besides))
 }
 
 /// One purchase by the next buyer, scheduled for `intended` (the send, in
 /// the closed loop): recorded in the worker's histograms, counts and history.
 async fn buy(
     shared: &RunShared,
+    via: usize,
     conn: &mut Conn,
     outcome: &mut WorkerOutcome,
     intended: Instant,
@@ -470,20 +530,24 @@ async fn buy(
     if sent.saturating_duration_since(intended) > LATE_AFTER {
         outcome.late += 1;
     }
+    let in_flight = &shared.load.in_flight[via];
+    in_flight.fetch_add(1, Ordering::Relaxed);
     let reply = conn
         .purchase(
-            &shared.target,
+            &shared.targets[via],
             &shared.item,
             &buyer_name(user),
             shared.strategy,
         )
         .await;
+    in_flight.fetch_sub(1, Ordering::Relaxed);
     let done = Instant::now();
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let since_start = |at: Instant| at.saturating_duration_since(shared.start).as_micros() as u64;
     let mut call = Call {
         id: shared.next_call.fetch_add(1, Ordering::Relaxed),
         user,
+        via: via as u16,
         intended_us: since_start(intended),
         sent_us: since_start(sent),
         done_us: since_start(done),

@@ -1,0 +1,381 @@
+//! One cell of the matrix: a strategy under a fault. Starts its own
+//! topology, keeps an open-loop load on every instance before, during and
+//! after the fault, history-checks the sale, and judges it.
+
+use std::time::Duration;
+
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::fault::{self, Fault, Injected, Timing};
+use super::topology::{Shape, Topology};
+use crate::lab::loadgen::history::{Call, CallOutcome, Counterexample};
+use crate::lab::loadgen::{self, Ceiling, Observer, RacePlan, Rate};
+use crate::strategy::StrategyKind;
+
+/// What every cell of a run shares.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    /// Requests a second, across the instances (open loop).
+    pub rate: f64,
+    pub concurrency: usize,
+    pub instances: usize,
+    pub before: Duration,
+    pub hold: Duration,
+    pub after: Duration,
+    pub lock_ttl: Duration,
+    pub seed: u64,
+    pub bin: std::path::PathBuf,
+}
+
+impl Lab {
+    /// Units on sale: what the load would buy in the phase before the fault
+    /// and half the phase after it, so that the sale sells out after the
+    /// fault (a unit sold twice shows as oversold only once the stock is
+    /// out), whatever the fault let through.
+    pub fn stock(&self) -> u64 {
+        ((self.before + self.after / 2).as_secs_f64() * self.rate).max(1.0) as u64
+    }
+}
+
+/// How a cell came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Judgement {
+    /// Linearizable, nothing oversold, lost or duplicated.
+    Exact,
+    /// A promise broke: the words say which.
+    Broken,
+    /// The fault did not happen, or the cell could not run: no verdict.
+    Error,
+}
+
+/// A cell's verdict and every figure behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    pub strategy: StrategyKind,
+    pub fault: String,
+    pub judgement: Judgement,
+    /// The verdict in a few words, as the matrix shows it.
+    pub words: String,
+    pub linearizable: Option<bool>,
+    pub counterexample: Option<Counterexample>,
+    /// Units sold beyond the stock, counting units a lost update put back
+    /// on the shelf (`drift` below zero: they sell twice).
+    pub oversold: Option<u64>,
+    /// 201s whose order is not in SQL once the run settled (`None`: SQL
+    /// did not catch up, which is itself reported).
+    pub lost_201s: Option<u64>,
+    pub duplicate_ids: Option<u64>,
+    /// The server's `(initial − stock) − sold`: below zero, lost updates;
+    /// above, units the counter took with no order.
+    pub drift: Option<i64>,
+    /// Of the requests sent during the fault, the share answered correctly
+    /// (201, `sold_out`, `limit_reached`). Phases go by when a request was
+    /// sent, not when the schedule meant it: a strategy slower than the
+    /// schedule would otherwise push its requests into later phases.
+    pub served_during: Option<f64>,
+    /// The same, for the requests sent after it was undone.
+    pub served_after: Option<f64>,
+    /// From the fault's end to the first quarter second in which 90% of
+    /// requests were served (`None`: never within the run).
+    pub recovery_s: Option<f64>,
+    /// p99 of requests sent during the fault, from their send.
+    pub p99_during_ms: Option<f64>,
+    pub requests: u64,
+    /// Every answer by meaning, over the whole run.
+    pub statuses: Option<loadgen::StatusCounts>,
+    /// Scheduled requests never sent (no connection came free in time).
+    pub dropped: u64,
+    pub stock: u64,
+    pub fault_record: Option<Injected>,
+    /// Why the cell has no verdict, when it has none.
+    pub error: Option<String>,
+    /// The one command that runs this cell again, seeded.
+    pub repro: String,
+}
+
+/// The window the recovery is measured in.
+const RECOVERY_WINDOW_US: u64 = 250_000;
+
+/// Runs `strategy` under `fault`.
+pub async fn run(
+    lab: &Lab,
+    strategy: StrategyKind,
+    fault: Fault,
+    observe: &Observer,
+    repro: String,
+) -> Cell {
+    let stock = lab.stock();
+    match run_checked(lab, strategy, fault, observe).await {
+        Ok((result, calls, injected)) => {
+            judge(strategy, fault, stock, &result, &calls, injected, repro)
+        }
+        Err(why) => Cell {
+            error: Some(format!("{why:#}")),
+            ..Cell::empty(strategy, fault, stock, "error: the cell did not run", repro)
+        },
+    }
+}
+
+async fn run_checked(
+    lab: &Lab,
+    strategy: StrategyKind,
+    fault: Fault,
+    observe: &Observer,
+) -> anyhow::Result<(loadgen::StrategyResult, Vec<Call>, Injected)> {
+    let mut env = vec![
+        (
+            "LOCK_TTL_MS".to_owned(),
+            lab.lock_ttl.as_millis().to_string(),
+        ),
+        ("DEFAULT_STRATEGY".to_owned(), strategy.to_string()),
+    ];
+    env.extend(fault.env());
+    let shape = Shape {
+        store: fault.store(),
+        instances: lab.instances,
+        env,
+        fake_clock: fault.fake_clock(),
+        bin: lab.bin.clone(),
+        seed: lab.seed,
+    };
+    let mut topology = Topology::start(&shape).await?;
+    let targets = topology.targets();
+    let duration = lab.before + fault.span(lab.hold) + lab.after;
+    let plan = RacePlan {
+        strategies: vec![strategy],
+        stock: lab.stock(),
+        per_user_limit: 1,
+        users: u64::MAX,
+        concurrency: lab.concurrency,
+        duration,
+        until_sold_out: false,
+        repeat_buyers: false,
+        ceiling_duration: Duration::ZERO,
+        item_prefix: "fault".into(),
+        rate: Some(Rate::new(lab.rate, None)?),
+        runs: 1,
+    };
+    let timing = Timing {
+        before: lab.before,
+        hold: lab.hold,
+        lock_ttl: lab.lock_ttl,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(lab.seed);
+    let topology_ref = &mut topology;
+    let (result, calls, injected) =
+        loadgen::run_sale(
+            &targets,
+            &plan,
+            strategy,
+            &Ceiling::default(),
+            observe,
+            |load| async move {
+                fault::inject(fault, strategy, topology_ref, load, timing, &mut rng).await
+            },
+        )
+        .await?;
+    drop(topology);
+    Ok((result, calls, injected))
+}
+
+impl Cell {
+    fn empty(strategy: StrategyKind, fault: Fault, stock: u64, words: &str, repro: String) -> Self {
+        Self {
+            strategy,
+            fault: fault.to_string(),
+            judgement: Judgement::Error,
+            words: words.into(),
+            linearizable: None,
+            counterexample: None,
+            oversold: None,
+            lost_201s: None,
+            duplicate_ids: None,
+            drift: None,
+            served_during: None,
+            served_after: None,
+            recovery_s: None,
+            p99_during_ms: None,
+            requests: 0,
+            statuses: None,
+            dropped: 0,
+            stock,
+            fault_record: None,
+            error: None,
+            repro,
+        }
+    }
+}
+
+/// An answer a buyer can act on, and that the history check holds true.
+fn served(outcome: CallOutcome) -> bool {
+    matches!(
+        outcome,
+        CallOutcome::Created(_) | CallOutcome::SoldOut | CallOutcome::LimitReached
+    )
+}
+
+fn share(calls: &[&Call]) -> Option<f64> {
+    (!calls.is_empty())
+        .then(|| calls.iter().filter(|c| served(c.outcome)).count() as f64 / calls.len() as f64)
+}
+
+fn judge(
+    strategy: StrategyKind,
+    fault: Fault,
+    stock: u64,
+    result: &loadgen::StrategyResult,
+    calls: &[Call],
+    injected: Injected,
+    repro: String,
+) -> Cell {
+    let from_us = (injected.from_ms * 1e3) as u64;
+    let to_us = (injected.to_ms * 1e3) as u64;
+    let during: Vec<&Call> = calls
+        .iter()
+        .filter(|c| (from_us..to_us).contains(&c.sent_us))
+        .collect();
+    let after: Vec<&Call> = calls.iter().filter(|c| c.sent_us >= to_us).collect();
+    let mut latencies: Vec<u64> = during
+        .iter()
+        .map(|c| c.done_us.saturating_sub(c.sent_us))
+        .collect();
+    latencies.sort_unstable();
+    let p99_during_ms = (!latencies.is_empty())
+        .then(|| latencies[((latencies.len() - 1) as f64 * 0.99).round() as usize] as f64 / 1e3);
+    let recovery_s = recovery(&after, to_us);
+    let history = &result.history;
+    // A lost update puts a sold unit back on the shelf (drift below zero):
+    // it sells again, so it is oversold whether or not the sale ran out
+    // before the run ended.
+    let oversold = history.oversold.max((-result.drift).max(0) as u64);
+    let mut cell = Cell {
+        linearizable: Some(history.linearizable),
+        counterexample: history.counterexample.clone(),
+        oversold: Some(oversold),
+        lost_201s: history.lost_in_sql,
+        duplicate_ids: Some(history.duplicate_ids),
+        drift: Some(result.drift),
+        served_during: share(&during),
+        served_after: share(&after),
+        recovery_s,
+        p99_during_ms,
+        requests: result.requests,
+        statuses: Some(result.statuses),
+        dropped: result.dropped,
+        ..Cell::empty(strategy, fault, stock, "", repro)
+    };
+    if !injected.happened {
+        cell.words = "error: fault not injected".into();
+        cell.error = Some(injected.evidence.clone());
+        cell.fault_record = Some(injected);
+        return cell;
+    }
+    cell.fault_record = Some(injected);
+    let mut broken = Vec::new();
+    if result.vanished {
+        broken.push("sale vanished".to_owned());
+    }
+    if oversold > 0 {
+        broken.push(format!("oversold {oversold}"));
+    }
+    match history.lost_in_sql {
+        Some(0) => {}
+        Some(lost) => broken.push(format!("lost {lost}")),
+        None => broken.push("SQL never caught up".into()),
+    }
+    if history.duplicate_ids > 0 {
+        broken.push(format!("{} duplicate ids", history.duplicate_ids));
+    }
+    if result.drift > 0 {
+        // Units the counter took with no order to show for them.
+        broken.push(format!("{} units vanished", result.drift));
+    }
+    if !history.linearizable && broken.is_empty() {
+        let kind = history
+            .counterexample
+            .as_ref()
+            .map_or("not linearizable", |c| c.kind);
+        broken.push(kind.replace('_', " "));
+    }
+    if broken.is_empty() {
+        cell.judgement = Judgement::Exact;
+        cell.words = "exact".into();
+    } else {
+        cell.judgement = Judgement::Broken;
+        cell.words = broken.join(", ");
+    }
+    cell
+}
+
+/// Seconds from `end_us` to the start of the first window in which 90% of
+/// the requests sent were served.
+fn recovery(after: &[&Call], end_us: u64) -> Option<f64> {
+    let last = after.iter().map(|c| c.sent_us).max()?;
+    let mut start = end_us;
+    while start <= last {
+        let window: Vec<&Call> = after
+            .iter()
+            .copied()
+            .filter(|c| (start..start + RECOVERY_WINDOW_US).contains(&c.sent_us))
+            .collect();
+        if share(&window).is_some_and(|s| s >= 0.9) {
+            return Some((start - end_us) as f64 / 1e6);
+        }
+        start += RECOVERY_WINDOW_US;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orders::snowflake::OrderId;
+
+    fn call(id: u64, at_us: u64, outcome: CallOutcome) -> Call {
+        Call {
+            id,
+            user: id,
+            via: 0,
+            intended_us: at_us,
+            sent_us: at_us,
+            done_us: at_us + 1_000,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn recovery_is_the_first_quarter_second_mostly_served() {
+        // Failing for the first half second after the fault, served after.
+        let calls: Vec<Call> = (0..40)
+            .map(|n| {
+                let at = 1_000_000 + n * 25_000;
+                let outcome = if at < 1_500_000 {
+                    CallOutcome::Unavailable
+                } else {
+                    CallOutcome::Created(OrderId(n))
+                };
+                call(n, at, outcome)
+            })
+            .collect();
+        let after: Vec<&Call> = calls.iter().collect();
+        assert_eq!(recovery(&after, 1_000_000), Some(0.5));
+        let never: Vec<Call> = (0..4)
+            .map(|n| call(n, 1_000_000 + n, CallOutcome::Transport))
+            .collect();
+        assert_eq!(recovery(&never.iter().collect::<Vec<_>>(), 1_000_000), None);
+    }
+
+    #[test]
+    fn only_answers_a_buyer_can_act_on_count_as_served() {
+        let calls = [
+            call(1, 0, CallOutcome::SoldOut),
+            call(2, 0, CallOutcome::Contention),
+            call(3, 0, CallOutcome::OutcomeUnknown),
+            call(4, 0, CallOutcome::LimitReached),
+        ];
+        assert_eq!(share(&calls.iter().collect::<Vec<_>>()), Some(0.5));
+        assert_eq!(share(&[]), None);
+    }
+}
