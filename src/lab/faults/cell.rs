@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rand::SeedableRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fault::{self, Fault, Injected, Timing};
 use super::topology::{Shape, Topology};
@@ -39,7 +39,7 @@ impl Lab {
 }
 
 /// How a cell came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Judgement {
     /// Linearizable, nothing oversold, lost or duplicated.
@@ -93,6 +93,57 @@ pub struct Cell {
     pub error: Option<String>,
     /// The one command that runs this cell again, seeded.
     pub repro: String,
+}
+
+/// A cell as `seckill faults --progress ndjson` prints it, one JSON line
+/// each, and as the status page's fault control reads it back from the
+/// lab's stdout ([`crate::lab::fault_control`]): the verdict, the figures
+/// behind it, how the lab knows the fault happened, and the repro. One type
+/// writes and parses the line; the whole record is in `--out`'s faults.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CellLine {
+    pub strategy: StrategyKind,
+    /// The fault's name ([`Fault::name`]).
+    pub fault: String,
+    pub judgement: Judgement,
+    /// The verdict in a few words: `exact`, the broken promises, or why
+    /// there is no verdict.
+    pub words: String,
+    pub oversold: Option<u64>,
+    pub lost_201s: Option<u64>,
+    pub duplicate_ids: Option<u64>,
+    pub served_during: Option<f64>,
+    pub served_after: Option<f64>,
+    pub recovery_s: Option<f64>,
+    pub p99_during_ms: Option<f64>,
+    /// How the lab knows the fault happened, or why it did not.
+    pub evidence: Option<String>,
+    /// Why the cell has no verdict, when it has none.
+    pub error: Option<String>,
+    /// The one command that runs this cell again, seeded.
+    pub repro: String,
+}
+
+impl Cell {
+    /// This cell as its progress line.
+    pub fn line(&self) -> CellLine {
+        CellLine {
+            strategy: self.strategy,
+            fault: self.fault.clone(),
+            judgement: self.judgement,
+            words: self.words.clone(),
+            oversold: self.oversold,
+            lost_201s: self.lost_201s,
+            duplicate_ids: self.duplicate_ids,
+            served_during: self.served_during,
+            served_after: self.served_after,
+            recovery_s: self.recovery_s,
+            p99_during_ms: self.p99_during_ms,
+            evidence: self.fault_record.as_ref().map(|f| f.evidence.clone()),
+            error: self.error.clone(),
+            repro: self.repro.clone(),
+        }
+    }
 }
 
 /// The window the recovery is measured in.
@@ -365,6 +416,30 @@ mod tests {
             .map(|n| call(n, 1_000_000 + n, CallOutcome::Transport))
             .collect();
         assert_eq!(recovery(&never.iter().collect::<Vec<_>>(), 1_000_000), None);
+    }
+
+    #[test]
+    fn a_progress_line_reads_back_as_written() {
+        let mut cell = Cell::empty(
+            StrategyKind::Lua,
+            Fault::RedisPause,
+            10,
+            "exact",
+            "seckill faults --seed 1".into(),
+        );
+        cell.judgement = Judgement::Exact;
+        cell.served_during = Some(0.25);
+        cell.fault_record = Some(Injected {
+            happened: true,
+            evidence: "redis stopped".into(),
+            from_ms: 1.0,
+            to_ms: 2.0,
+        });
+        let line = serde_json::to_string(&cell.line()).unwrap();
+        assert!(!line.contains('\n'), "one line: {line}");
+        let read: CellLine = serde_json::from_str(&line).unwrap();
+        assert_eq!(read, cell.line());
+        assert_eq!(read.evidence.as_deref(), Some("redis stopped"));
     }
 
     #[test]

@@ -21,8 +21,10 @@ use crate::keys::ItemKeys;
 use crate::lab::loadgen::Load;
 use crate::strategy::StrategyKind;
 
-/// A fault, by the name the command line and the reports use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A fault, by the name the command line and the reports use (and JSON:
+/// its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "&'static str")]
 pub enum Fault {
     /// SIGSTOP the instance holding the item's lock, past its TTL.
     HolderPause,
@@ -91,17 +93,18 @@ impl Fault {
                 .filter(|f| matches!(f, Fault::RedisRestart(_)))
                 .collect());
         }
-        Self::ALL
-            .into_iter()
-            .find(|f| f.name() == name)
-            .map(|f| vec![f])
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
-                format!(
-                    "unknown fault `{name}`: one of {}, or redis-restart for its three",
-                    names.join(", ")
-                )
-            })
+        Self::named(name).map(|f| vec![f]).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
+            format!(
+                "unknown fault `{name}`: one of {}, or redis-restart for its three",
+                names.join(", ")
+            )
+        })
+    }
+
+    /// The fault of this exact name, if any (no group names).
+    pub fn named(name: &str) -> Option<Fault> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
     }
 
     /// What Redis the fault needs.
@@ -142,6 +145,27 @@ impl Fault {
         (self == Fault::ClockJump).then_some(0)
     }
 }
+
+impl From<Fault> for &'static str {
+    fn from(fault: Fault) -> Self {
+        fault.name()
+    }
+}
+
+/// In the OpenAPI document a fault is its name, one of [`Fault::ALL`]'s.
+impl utoipa::PartialSchema for Fault {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Self::ALL.map(Self::name)))
+            .description(Some(
+                "A fault of `seckill faults`, by name (docs/faults.md).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Fault {}
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

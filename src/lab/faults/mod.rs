@@ -78,9 +78,25 @@ pub struct FaultArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
 
+    /// Progress on stdout: `ndjson` prints each finished cell as one JSON
+    /// line (strategy, fault, judgement, words, figures, evidence, repro)
+    /// and sends the final table to stderr, so stdout is the lines alone.
+    /// The status page's fault control reads them.
+    #[arg(long, value_enum, default_value = "none")]
+    pub progress: ProgressFormat,
+
     /// The `seckill` binary the instances run (default: this one).
     #[arg(long, hide = true)]
     pub serve_bin: Option<PathBuf>,
+}
+
+/// What `--progress` prints on stdout as each cell finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressFormat {
+    /// Nothing: the table at the end.
+    None,
+    /// One JSON line per cell ([`cell::CellLine`]); the table on stderr.
+    Ndjson,
 }
 
 impl FaultArgs {
@@ -155,22 +171,33 @@ pub async fn run(args: FaultArgs) -> anyhow::Result<()> {
         lab.stock(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
+    let ndjson = args.progress == ProgressFormat::Ndjson;
     let matrix = tokio::select! {
         matrix = run_matrix(&args, &lab, &strategies, &faults, |cell| {
             eprintln!("  {:<18} {:<24} {}", cell.strategy.as_str(), cell.fault, cell.words);
+            if ndjson {
+                print_line(cell);
+            }
         }) => matrix,
         // Dropping the matrix's future drops the cell's topology, which
         // undoes the fault and stops every process it started.
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted: every fault undone, every process stopped"),
     };
-    println!();
-    println!("{}", report::table(&matrix));
+    // With `--progress ndjson`, stdout is the cells' lines alone.
+    let say = |text: String| {
+        if ndjson {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    };
+    say(format!("\n{}", report::table(&matrix)));
     if let Some(dir) = &args.out {
         report::write_files(dir, &matrix)?;
-        println!(
+        say(format!(
             "wrote {0}/faults.json, {0}/faults.md, {0}/faults.svg",
             dir.display()
-        );
+        ));
     }
     let errors = matrix.errors();
     anyhow::ensure!(
@@ -178,6 +205,20 @@ pub async fn run(args: FaultArgs) -> anyhow::Result<()> {
         "{errors} cells have no verdict (a fault that did not happen, or a cell that could not run): see above"
     );
     Ok(())
+}
+
+/// `cell` as one line on stdout, flushed at once: a reader acts on each
+/// cell as it ends, not when a buffer fills. A stdout that is gone (the
+/// reader stopped) is no reason to stop the lab, whose cleanup matters more.
+fn print_line(cell: &Cell) {
+    use std::io::Write;
+    match serde_json::to_string(&cell.line()) {
+        Ok(line) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        }
+        Err(err) => eprintln!("cannot write the cell's progress line: {err}"),
+    }
 }
 
 /// Every cell, faults outer (a column at a time), reported as each ends.
