@@ -265,6 +265,16 @@ pub struct LabSettings {
     /// holding the lock (above `LOCK_TTL_MS` it shows what lock expiry does).
     #[arg(long, env = "RACE_WINDOW_MS", default_value_t = 0)]
     pub race_window_ms: u64,
+    /// Whether `POST /api/faults` may run the fault lab (`seckill faults`
+    /// as a child process: per cell its own Redis and two instances, CPU for
+    /// minutes). false: it answers 404 `fault_lab_disabled`; the contract
+    /// fuzzer runs with false.
+    #[arg(long, env = "FAULT_LAB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fault_lab: bool,
+    /// The `seckill` binary the fault lab runs (default: this one). For
+    /// tests, whose process is the test harness.
+    #[arg(long, hide = true)]
+    pub fault_lab_bin: Option<std::path::PathBuf>,
 }
 
 /// [`Config`] as a whole command (it is only `Args`).
@@ -637,6 +647,7 @@ mod tests {
             |c| c.orders.persister_gather_ms = 0,
             |c| c.orders.persister_drain_ms = 0,
             |c| c.lab.race_window_ms = 0,
+            |c| c.lab.fault_lab = false,
             // The request timeout answers first; it still bounds the request.
             |c| {
                 c.http.request_timeout_ms = 1_000;

@@ -18,8 +18,8 @@
 //!   ([`orders::snowflake`], [`orders::lease`]), the order log
 //!   ([`orders::order_log`]), the [`orders::persister`] and SQL
 //!   ([`orders::db`]).
-//! - [`lab`]: the load generator, `seckill bench` and its report, the status
-//!   page's race control.
+//! - [`lab`]: the load generator, `seckill bench` and its report,
+//!   `seckill faults`, the status page's race control and fault lab control.
 //! - [`infra`]: the private `redis-server`, token locks, logging.
 //! - At the root: [`cli`] and [`config`] (every setting, as a flag and an
 //!   environment variable), [`startup`] (builds the state, stops it in

@@ -155,6 +155,10 @@ impl App {
             closing: watch::channel(false).0,
             live: live_rx,
             race: crate::lab::race::RaceControl::default(),
+            faults: crate::lab::fault_control::FaultControl::new(
+                config.lab.fault_lab,
+                config.lab.fault_lab_bin.clone(),
+            ),
             static_dir: config.http.static_dir.clone(),
         }));
         let live = crate::http::live_feed::spawn(state.clone(), live_tx);
@@ -173,6 +177,12 @@ impl App {
         self.state
             .race
             .cancel("stopped: the server is shutting down");
+        // Waited for (bounded): the lab's Redis and instances must be gone
+        // before this process is.
+        self.state
+            .faults
+            .stop("stopped: the server is shutting down")
+            .await;
         // The live task ends at its next tick; one stuck on a database that
         // stopped answering is not waited for.
         let mut live = self.live;

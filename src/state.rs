@@ -74,6 +74,7 @@ pub struct Shared {
     /// The latest live snapshot (JSON), see [`crate::http::live_feed`].
     pub live: watch::Receiver<Arc<str>>,
     pub race: crate::lab::race::RaceControl,
+    pub faults: crate::lab::fault_control::FaultControl,
     /// The status page's files.
     pub static_dir: std::path::PathBuf,
 }

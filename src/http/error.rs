@@ -74,6 +74,15 @@ pub enum ApiError {
     /// 409 `race_running`: the page's race control is busy.
     #[error("a race is already running; wait for it to finish")]
     RaceRunning,
+    /// 409 `faults_running`: the page's fault lab is busy.
+    #[error("a fault lab run is already running; wait for it to finish, or DELETE /api/faults")]
+    FaultsRunning,
+    /// 404 `fault_lab_disabled`: this server does not run the fault lab
+    /// (`FAULT_LAB=false`).
+    #[error(
+        "this server does not run the fault lab (FAULT_LAB=false); run `seckill faults` instead"
+    )]
+    FaultLabDisabled,
     /// 503 `contention` with `Retry-After`: the strategy gave up (lock wait or
     /// retries exhausted). Nothing was bought; trying again may succeed.
     #[error("too much contention on `{item}` ({detail}); try again")]
@@ -149,6 +158,8 @@ impl ApiError {
             Self::RouteNotFound(_) => Own("not_found", StatusCode::NOT_FOUND),
             Self::MethodNotAllowed => Own("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
             Self::RaceRunning => Own("race_running", StatusCode::CONFLICT),
+            Self::FaultsRunning => Own("faults_running", StatusCode::CONFLICT),
+            Self::FaultLabDisabled => Own("fault_lab_disabled", StatusCode::NOT_FOUND),
             Self::OrderNotFound { .. } => Own("order_not_found", StatusCode::NOT_FOUND),
             Self::Internal(_) => Own("internal", StatusCode::INTERNAL_SERVER_ERROR),
             Self::ItemNotFound(_) => Outcome(Code::ItemNotFound),
@@ -270,6 +281,8 @@ mod tests {
             ApiError::IdempotencyKeyReused,
             ApiError::IdempotencyInFlight,
             ApiError::RaceRunning,
+            ApiError::FaultsRunning,
+            ApiError::FaultLabDisabled,
             ApiError::Contention {
                 item: s(),
                 detail: s(),
@@ -291,7 +304,7 @@ mod tests {
         ]
     }
 
-    const VARIANTS: usize = 21;
+    const VARIANTS: usize = 23;
 
     fn index(err: &ApiError) -> usize {
         match err {
@@ -316,12 +329,14 @@ mod tests {
             ApiError::OrderNotFound { .. } => 18,
             ApiError::Unavailable { .. } => 19,
             ApiError::Internal(_) => 20,
+            ApiError::FaultsRunning => 21,
+            ApiError::FaultLabDisabled => 22,
         }
     }
 
     /// The codes and statuses clients match on that are not purchase
     /// outcomes: the API's own, so written here too.
-    const OWN: [(&str, StatusCode); 10] = [
+    const OWN: [(&str, StatusCode); 12] = [
         ("invalid_request", StatusCode::BAD_REQUEST),
         ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
         ("unauthorized", StatusCode::UNAUTHORIZED),
@@ -330,6 +345,8 @@ mod tests {
         ("not_found", StatusCode::NOT_FOUND),
         ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
         ("race_running", StatusCode::CONFLICT),
+        ("faults_running", StatusCode::CONFLICT),
+        ("fault_lab_disabled", StatusCode::NOT_FOUND),
         ("order_not_found", StatusCode::NOT_FOUND),
         ("internal", StatusCode::INTERNAL_SERVER_ERROR),
     ];

@@ -1,7 +1,8 @@
 //! The status page's endpoints: the latest snapshot (`GET /api/stats`), the
 //! live feed (`GET /api/stats/stream`, Server-Sent Events, about twice a
 //! second), and the race control (`POST /api/race` to start one, `DELETE
-//! /api/race` to cancel it; admin).
+//! /api/race` to cancel it; admin). The fault lab's control is
+//! [`super::faults`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,14 +18,12 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 
-use utoipa::openapi::schema::{
-    Array, ArrayBuilder, Object, ObjectBuilder, Schema, SchemaType, Type,
-};
-use utoipa::openapi::{Ref, RefOr};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{Array, Object, ObjectBuilder, Schema, Type};
 
 use super::admin::Admin;
 use super::request::{json_body, require_json_type};
-use super::schema::integer_in_or_null;
+use super::schema::{integer_in_or_null, unique_list_or_null};
 use crate::domain::{ErrorBody, whole};
 use crate::http::error::ApiError;
 use crate::lab::loadgen::RacePlan;
@@ -139,14 +138,10 @@ pub struct RaceInput {
 }
 
 fn race_strategies_schema() -> Array {
-    ArrayBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
-        .items(RefOr::Ref(Ref::from_schema_name("StrategyKind")))
-        .unique_items(true)
-        .description(Some(
-            "Each at most once, each enabled here; every strategy when absent or empty.",
-        ))
-        .build()
+    unique_list_or_null(
+        "StrategyKind",
+        "Each at most once, each enabled here; every strategy when absent or empty.",
+    )
 }
 
 fn race_stock_schema() -> Object {
@@ -171,6 +166,29 @@ fn race_seconds_schema() -> Object {
         MAX_RACE_SECONDS,
         "Upper bound per strategy, in seconds; 30 when absent.",
     )
+}
+
+/// The strategies a body's `strategies` names, each enabled here and named
+/// once; `None` when it names none (absent or empty): the caller's default.
+pub(super) fn enabled_strategies(
+    state: &AppState,
+    names: Option<&[String]>,
+) -> Result<Option<Vec<StrategyKind>>, ApiError> {
+    let Some(names) = names.filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    let kinds = names
+        .iter()
+        .map(|n| state.strategies.get(n).map(|s| s.kind()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::invalid)?;
+    let distinct: std::collections::BTreeSet<_> = kinds.iter().collect();
+    if distinct.len() != kinds.len() {
+        return Err(ApiError::invalid(
+            "`strategies` names a strategy more than once; each runs once",
+        ));
+    }
+    Ok(Some(kinds))
 }
 
 /// `POST /api/race`: fresh identical items, one per strategy, driven by the
@@ -205,23 +223,8 @@ pub async fn start_race(
     // body" of a request that has one.
     let input: RaceInput = json_body(body)?
         .ok_or_else(|| ApiError::invalid("a JSON object is required, `{}` for every default"))?;
-    let strategies = match input.strategies {
-        Some(names) if !names.is_empty() => {
-            let kinds = names
-                .iter()
-                .map(|n| state.strategies.get(n).map(|s| s.kind()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(ApiError::invalid)?;
-            let distinct: std::collections::BTreeSet<_> = kinds.iter().collect();
-            if distinct.len() != kinds.len() {
-                return Err(ApiError::invalid(
-                    "`strategies` names a strategy more than once; each races once",
-                ));
-            }
-            kinds
-        }
-        _ => StrategyKind::ALL.to_vec(),
-    };
+    let strategies = enabled_strategies(&state, input.strategies.as_deref())?
+        .unwrap_or_else(|| StrategyKind::ALL.to_vec());
     let stock = input.stock.unwrap_or(2_000);
     let concurrency = input.concurrency.unwrap_or(32);
     let duration = input.duration_s.unwrap_or(30);

@@ -99,6 +99,7 @@ async fn build(state: &AppState, windows: &mut HashMap<(ItemId, StrategyKind), W
         "error": error,
         "persister": state.persister.as_ref().map(|p| p.report()),
         "race": state.race.status(),
+        "faults": state.faults.status(),
     })
 }
 

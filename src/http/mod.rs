@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod error;
+mod faults;
 mod health;
 mod ids;
 mod items;
@@ -78,6 +79,8 @@ fn routes() -> Vec<Route> {
         route(Method::GET, "/api/stats/stream", live::stream),
         route(Method::POST, "/api/race", live::start_race),
         route(Method::DELETE, "/api/race", live::cancel_race),
+        route(Method::POST, "/api/faults", faults::start_faults),
+        route(Method::DELETE, "/api/faults", faults::cancel_faults),
         route(Method::GET, "/healthz", health::healthz),
         route(Method::GET, "/readyz", health::readyz),
         route(Method::GET, "/metrics", health::metrics),

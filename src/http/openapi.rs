@@ -16,7 +16,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, ResponseBuilder};
 use utoipa::openapi::{Ref, RefOr, Required};
 
-use super::{PAGE, STATIC_FILES, health, ids, items, live, orders, purchase, strategies};
+use super::{PAGE, STATIC_FILES, faults, health, ids, items, live, orders, purchase, strategies};
 use crate::http::error::ApiError;
 use crate::outcome::Code;
 
@@ -46,6 +46,8 @@ use crate::sale::idempotency::IdempotencyKey;
         live::stream,
         live::start_race,
         live::cancel_race,
+        faults::start_faults,
+        faults::cancel_faults,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -57,7 +59,7 @@ use crate::sale::idempotency::IdempotencyKey;
         (name = "purchase", description = "Buying, and the strategies a purchase may name."),
         (name = "items", description = "Items and the truths of their sales; restocks are admin."),
         (name = "orders", description = "Persisted orders, order ids and the persister."),
-        (name = "status page", description = "The live feed and the race control."),
+        (name = "status page", description = "The live feed, the race control and the fault lab's control."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
     ),
 )]
@@ -81,7 +83,7 @@ impl utoipa::Modify for AdminToken {
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
                         .description(Some(
-                            "Admin operations (`PUT /api/items/{item}`, `POST` and `DELETE /api/race`) accept either of two security requirements, and which one applies is the server's configuration. With `ADMIN_TOKEN` set: `admin_token`, i.e. `Authorization: Bearer <ADMIN_TOKEN>`; without it 401 `unauthorized`. With no `ADMIN_TOKEN`: the empty requirement `{}`, no credentials, but only while the server listens on loopback and only for a request from this machine, naming a loopback `Host`, with no `Forwarded`, `X-Forwarded-For` or `X-Real-IP` header; otherwise 403 `forbidden`.",
+                            "Admin operations (`PUT /api/items/{item}`, `POST` and `DELETE` of `/api/race` and `/api/faults`) accept either of two security requirements, and which one applies is the server's configuration. With `ADMIN_TOKEN` set: `admin_token`, i.e. `Authorization: Bearer <ADMIN_TOKEN>`; without it 401 `unauthorized`. With no `ADMIN_TOKEN`: the empty requirement `{}`, no credentials, but only while the server listens on loopback and only for a request from this machine, naming a loopback `Host`, with no `Forwarded`, `X-Forwarded-For` or `X-Real-IP` header; otherwise 403 `forbidden`.",
                         ))
                         .build(),
                 ),

@@ -90,6 +90,8 @@ async fn every_reference_resolves_and_admin_auth_has_both_modes() {
         ("/api/items/{item}", "put"),
         ("/api/race", "post"),
         ("/api/race", "delete"),
+        ("/api/faults", "post"),
+        ("/api/faults", "delete"),
     ] {
         assert_eq!(
             doc["paths"][path][method]["security"],
@@ -149,23 +151,41 @@ async fn the_documented_bounds_are_the_enforced_ones() {
         accepted_or_refused(response, ok.then_some(200), &format!("limit {limit}")).await;
     }
 
-    // Past each race bound is refused (at the bound a race would start).
-    let race = &schemas["RaceInput"]["properties"];
-    for field in ["stock", "concurrency", "duration_s"] {
-        let (min, max) = bounds(&race[field]);
-        assert_eq!(min, 1, "{field}");
-        for past in [min - 1, max + 1] {
-            let response = app
-                .client
-                .post(app.url("/api/race"))
-                .json(&json!({ field: past }))
-                .send()
-                .await
-                .unwrap();
-            assert_error(response, 400, "invalid_request").await;
+    // Past each bound of a race and of a fault lab run is refused (at the
+    // bound one would start).
+    for (path, schema, fields, lists) in [
+        (
+            "/api/race",
+            "RaceInput",
+            &["stock", "concurrency", "duration_s"][..],
+            &["strategies"][..],
+        ),
+        (
+            "/api/faults",
+            "FaultInput",
+            &["before_s", "hold_s", "after_s"][..],
+            &["strategies", "faults"][..],
+        ),
+    ] {
+        let properties = &schemas[schema]["properties"];
+        for field in fields {
+            let (min, max) = bounds(&properties[field]);
+            assert!(min >= 1, "{schema}.{field}");
+            for past in [min - 1, max + 1] {
+                let response = app
+                    .client
+                    .post(app.url(path))
+                    .json(&json!({ *field: past }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_error(response, 400, "invalid_request").await;
+            }
+        }
+        for list in lists {
+            assert_eq!(properties[list]["uniqueItems"], true, "{schema}.{list}");
         }
     }
-    assert_eq!(race["strategies"]["uniqueItems"], true);
 
     // Ids: the lengths and characters `domain.rs` checks.
     for name in ["ItemId", "UserId"] {

@@ -79,7 +79,7 @@ async fn a_paused_lock_holder_oversells_without_fencing_and_not_with_it() {
 
 /// Every process the lab started, with its children: `/proc/*/stat`'s
 /// parent ids.
-fn descendants(root: u32) -> HashSet<u32> {
+pub fn descendants(root: u32) -> HashSet<u32> {
     let mut parents = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -114,11 +114,11 @@ fn descendants(root: u32) -> HashSet<u32> {
 
 /// Alive (a zombie has been let go by its parent, not waited for: alive
 /// enough to count).
-fn exists(pid: u32) -> bool {
+pub fn exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn stopped(pid: u32) -> bool {
+pub fn stopped(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

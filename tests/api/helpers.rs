@@ -158,6 +158,8 @@ pub async fn spawn_app_at(target: &RedisTarget, tweak: impl FnOnce(&mut Config))
     let mut config = Config::defaults();
     config.orders.database_url = sqlite_url();
     config.orders.persister = false;
+    // The fault lab is this crate's binary; the test process is the harness.
+    config.lab.fault_lab_bin = Some(env!("CARGO_BIN_EXE_seckill").into());
     tweak(&mut config);
     let app = App::build(&config, target)
         .await

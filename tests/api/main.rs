@@ -11,6 +11,7 @@ mod durability;
 mod endpoints;
 mod exactly_once;
 mod faults;
+mod faults_page;
 mod health;
 mod helpers;
 mod hostile;
