@@ -1,5 +1,6 @@
 // seckill status page: follows /api/stats/stream (Server-Sent Events) and
-// renders every item's sale; restock and race controls call the admin API.
+// renders every item's sale; restock, race and fault lab controls call the
+// admin API.
 "use strict";
 
 // Filled from GET /api/strategies, the server's catalogue.
@@ -50,6 +51,7 @@ function render(snapshot) {
   banner.hidden = !snapshot.error;
   banner.textContent = snapshot.error ? `The server says: ${snapshot.error}` : "";
   renderRace(snapshot.race);
+  renderFaults(snapshot.faults);
   const items = shownItems(snapshot.items || [], snapshot.race);
   const container = $("#items");
   if (items.length === 0) {
@@ -167,6 +169,78 @@ function renderRace(race) {
     : "");
 }
 
+// ---- fault lab --------------------------------------------------------------
+
+// The fault choices are drawn once, from the first snapshot (the faults the
+// server knows and its defaults) and the strategy catalogue, so a refresh of
+// the feed does not undo what the user ticked.
+let faultChoicesDrawn = false;
+
+function drawFaultChoices(status) {
+  if (faultChoicesDrawn || !status || STRATEGIES.length === 0) return;
+  faultChoicesDrawn = true;
+  const box = (group, name, checked, title = "") =>
+    `<label title="${esc(title)}"><input type="checkbox" name="${group}-${esc(name)}" ${checked ? "checked" : ""}> ${esc(name)}</label>`;
+  const strategies = new Set(status.default_strategies);
+  $("#faults-strategies").insertAdjacentHTML(
+    "beforeend",
+    STRATEGIES.map((s) => box("fs", s, strategies.has(s))).join(" "),
+  );
+  const faults = new Set(status.default_faults);
+  $("#faults-faults").insertAdjacentHTML(
+    "beforeend",
+    status.available_faults.map((f) => box("ff", f, faults.has(f))).join(" "),
+  );
+}
+
+const percent = (share) => (share === null || share === undefined ? "–" : `${num(100 * share)}%`);
+
+// What a cell's tooltip says: how the lab knows the fault happened, the
+// figures behind the verdict, and the command that runs the cell again.
+function cellTitle(cell) {
+  return [
+    cell.evidence && `evidence: ${cell.evidence}`,
+    cell.error && `error: ${cell.error}`,
+    `oversold ${num(cell.oversold)}, lost 201s ${num(cell.lost_201s)}, duplicate ids ${num(cell.duplicate_ids)}`,
+    `served during ${percent(cell.served_during)}, after ${percent(cell.served_after)}; recovery ${num(cell.recovery_s, 2)} s; p99 during ${num(cell.p99_during_ms, 1)} ms`,
+    `repro: ${cell.repro}`,
+  ].filter(Boolean).join("\n");
+}
+
+function renderFaults(status) {
+  drawFaultChoices(status);
+  const box = $("#faults-status");
+  const start = $("#faults button[type=submit]");
+  if (!status) return;
+  start.disabled = !status.enabled || status.running;
+  $("#faults-cancel").disabled = !status.running;
+  if (!status.enabled) {
+    box.innerHTML = '<p class="hint">The fault lab is off on this server (FAULT_LAB=false).</p>';
+    return;
+  }
+  if (!status.phase) {
+    box.innerHTML = "";
+    return;
+  }
+  const cells = new Map(status.cells.map((c) => [`${c.strategy}|${c.fault}`, c]));
+  const head = status.faults.map((f) => `<th scope="col">${esc(f)}</th>`).join("");
+  const rows = status.strategies
+    .map((s) => {
+      const tds = status.faults
+        .map((f) => {
+          const cell = cells.get(`${s}|${f}`);
+          const where = `data-strategy="${esc(s)}" data-fault="${esc(f)}"`;
+          if (!cell) return `<td class="cell pending" ${where}>${status.running ? "…" : "–"}</td>`;
+          return `<td class="cell ${esc(cell.judgement)}" ${where} title="${esc(cellTitle(cell))}">${esc(cell.words)}</td>`;
+        })
+        .join("");
+      return `<tr><th scope="row">${esc(s)}</th>${tds}</tr>`;
+    })
+    .join("");
+  box.innerHTML = `<p class="hint">${esc(status.phase)}${status.error ? `: ${esc(status.error)}` : ""}</p>
+    <div class="table-wrap"><table><thead><tr><th></th>${head}</tr></thead><tbody>${rows}</tbody></table></div>`;
+}
+
 // ---- admin calls ----------------------------------------------------------
 
 async function admin(method, path, body) {
@@ -222,6 +296,22 @@ $("#race").addEventListener("submit", async (event) => {
   if (!response.ok) $("#race-status").textContent = await describe(response);
 });
 
+$("#faults").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const status = lastSnapshot && lastSnapshot.faults;
+  const response = await admin("POST", "/api/faults", {
+    strategies: STRATEGIES.filter((s) => form.get(`fs-${s}`)),
+    faults: ((status && status.available_faults) || []).filter((f) => form.get(`ff-${f}`)),
+  });
+  $("#faults-message").textContent = response.ok ? "" : await describe(response);
+});
+
+$("#faults-cancel").addEventListener("click", async () => {
+  const response = await admin("DELETE", "/api/faults");
+  $("#faults-message").textContent = response.ok ? "" : await describe(response);
+});
+
 async function loadStrategies() {
   try {
     const response = await fetch("/api/strategies");
@@ -234,6 +324,7 @@ async function loadStrategies() {
         .map((s) => `<label title="${esc(s.guard)}"><input type="checkbox" name="s-${esc(s.name)}" ${FEATURED.has(s.name) ? "checked" : ""}> ${esc(s.name)}</label>`)
         .join(" "),
     );
+    if (lastSnapshot) drawFaultChoices(lastSnapshot.faults);
   } catch (err) {
     $("#race-status").textContent = "cannot load the strategies; reload the page";
   }

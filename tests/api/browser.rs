@@ -102,6 +102,21 @@ async fn page_matches_api(browser: &Client, app: &TestApp, item: &str) -> Value 
     view
 }
 
+async fn assert_no_sideways_scroll(browser: &Client) {
+    let overflow: Value = browser
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        overflow,
+        json!(false),
+        "no sideways scrolling at phone width"
+    );
+}
+
 async fn screenshot(browser: &Client, name: &str) {
     let png = browser.screenshot().await.unwrap();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
@@ -162,18 +177,7 @@ async fn the_page_shows_the_counters_the_api_reports() {
 
     browser.set_window_size(390, 1800).await.unwrap();
     wait_text(&browser, &field(&unsafe_item, "oversold"), "1").await;
-    let overflow: Value = browser
-        .execute(
-            "return document.documentElement.scrollWidth > window.innerWidth + 1;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        overflow,
-        json!(false),
-        "no sideways scrolling at phone width"
-    );
+    assert_no_sideways_scroll(&browser).await;
     screenshot(&browser, "status-page-390.png").await;
 
     // Restocking from the page's form.
@@ -294,13 +298,98 @@ async fn race_results_fit_the_card_and_earlier_races_are_put_away() {
     .await;
 
     browser.set_window_size(390, 1800).await.unwrap();
-    let overflow =
-        fits("return document.documentElement.scrollWidth > window.innerWidth + 1;").await;
-    assert_eq!(
-        overflow,
-        json!(false),
-        "no sideways scrolling at phone width"
-    );
+    assert_no_sideways_scroll(&browser).await;
     screenshot(&browser, "race-390.png").await;
+    browser.close().await.unwrap();
+}
+
+/// The Faults panel: its choices come from the server (every fault, the
+/// defaults ticked), its Start button runs the lab with what is ticked, and
+/// the matrix cell fills in with the verdict, the evidence and the repro in
+/// its tooltip, at 1280 px and without sideways scrolling at 390 px.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver: cargo test --test api browser -- --ignored"]
+async fn the_faults_panel_runs_the_lab_and_fills_its_matrix() {
+    let app = spawn_app_with(|_| {}).await;
+    let (_driver, browser) = start_browser().await;
+    browser.goto(&app.url("/")).await.unwrap();
+    wait_text(&browser, "#connection", "live").await;
+    let choices: Value = browser
+        .execute(
+            "return [...document.querySelectorAll('#faults input:checked')].map(i => i.name);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        choices,
+        json!([
+            "fs-lock",
+            "fs-lock-unfenced",
+            "fs-lua",
+            "ff-holder-pause",
+            "ff-redis-pause",
+            "ff-instance-kill"
+        ]),
+        "the server's defaults are ticked, in the catalogue's order"
+    );
+    let boxes = browser
+        .find_all(Locator::Css("#faults-faults input"))
+        .await
+        .unwrap();
+    assert_eq!(boxes.len(), 11, "every fault the lab knows");
+
+    // One cell: lua under redis-pause, the page's default phases.
+    browser
+        .execute(
+            "for (const i of document.querySelectorAll('#faults input')) {
+               i.checked = i.name === 'fs-lua' || i.name === 'ff-redis-pause';
+             }",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#faults button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let cell = r#"#faults-status td[data-strategy="lua"][data-fault="redis-pause"]"#;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if text(&browser, cell).await.as_deref() == Some("exact") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cell never filled in");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let title = browser
+        .find(Locator::Css(cell))
+        .await
+        .unwrap()
+        .attr("title")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        title.contains("evidence:") && title.contains("repro: seckill faults"),
+        "{title}"
+    );
+    let class = browser
+        .find(Locator::Css(cell))
+        .await
+        .unwrap()
+        .attr("class")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(class.contains("exact"), "{class}");
+    screenshot(&browser, "faults-1280.png").await;
+
+    browser.set_window_size(390, 1800).await.unwrap();
+    assert_no_sideways_scroll(&browser).await;
+    screenshot(&browser, "faults-390.png").await;
     browser.close().await.unwrap();
 }
