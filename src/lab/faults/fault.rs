@@ -229,7 +229,7 @@ pub async fn inject(
     let outcome = match fault {
         Fault::HolderPause => {
             let lock = lock_key(strategy, &keys);
-            holder_pause(topology, &load, lock, timing, &mut record).await
+            holder_pause(topology, &load, lock, timing, rng, &mut record).await
         }
         Fault::RedisPause => redis_pause(topology, timing.hold).await,
         Fault::RedisRestart(_) => redis_restart(topology).await,
@@ -262,16 +262,27 @@ fn lock_key(strategy: StrategyKind, keys: &ItemKeys) -> Option<String> {
     }
 }
 
-/// An instance, picked with the seed among those with purchases in flight
-/// (any, if none has).
-fn busy_instance(topology: &Topology, load: &Load, rng: &mut StdRng) -> usize {
-    let busy: Vec<usize> = (0..topology.instances.len())
-        .filter(|&n| load.in_flight(n) > 0)
-        .collect();
-    if busy.is_empty() {
-        rng.random_range(0..topology.instances.len())
-    } else {
-        busy[rng.random_range(0..busy.len())]
+/// An instance caught with purchases in flight, picked with the seed among
+/// those that are; waits up to a second for one (a fast strategy is
+/// between purchases most of the time).
+async fn busy_instance(
+    topology: &Topology,
+    load: &Load,
+    rng: &mut StdRng,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let busy: Vec<usize> = (0..topology.instances.len())
+            .filter(|&n| load.in_flight(n) > 0)
+            .collect();
+        if !busy.is_empty() {
+            return Ok(busy[rng.random_range(0..busy.len())]);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no instance had a purchase in flight within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -280,22 +291,13 @@ async fn holder_pause(
     load: &Load,
     lock_key: Option<String>,
     timing: Timing,
+    rng: &mut StdRng,
     record: &mut Injected,
 ) -> anyhow::Result<String> {
     let pause = timing.hold.max(timing.lock_ttl * 3);
     let Some(key) = lock_key else {
         // No lock to hold: stop an instance in the middle of a purchase.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let n = loop {
-            let busy = (0..topology.instances.len()).find(|&n| load.in_flight(n) > 0);
-            match busy {
-                Some(n) => break n,
-                None if Instant::now() > deadline => {
-                    anyhow::bail!("no instance had a purchase in flight within a second")
-                }
-                None => tokio::time::sleep(Duration::from_millis(1)).await,
-            }
-        };
+        let n = busy_instance(topology, load, rng).await?;
         let instance = &topology.instances[n];
         let stopped = topology::stop(instance.pid()).await;
         // Still unanswered once it is stopped: caught mid-purchase.
@@ -482,7 +484,7 @@ async fn partition(
     hold: Duration,
     rng: &mut StdRng,
 ) -> anyhow::Result<String> {
-    let n = busy_instance(topology, load, rng);
+    let n = busy_instance(topology, load, rng).await?;
     let proxy = topology
         .proxies
         .get(n)
@@ -594,16 +596,19 @@ async fn instance_kill(
     hold: Duration,
     rng: &mut StdRng,
 ) -> anyhow::Result<String> {
-    let n = busy_instance(topology, load, rng);
-    let in_flight = load.in_flight(n);
+    let n = busy_instance(topology, load, rng).await?;
     let instance = &mut topology.instances[n];
     let pid = instance.pid();
     let started = Instant::now();
+    instance.kill();
+    // Still unanswered once it is dead: killed mid-purchase.
+    let in_flight = load.in_flight(n);
     // Down for a third of the hold, as a supervisor's restart delay.
-    instance.kill_and_restart(hold / 3).await?;
+    tokio::time::sleep(hold / 3).await;
+    instance.restart().await?;
     anyhow::ensure!(
         in_flight > 0,
-        "instance {n} had no purchase in flight when it was killed"
+        "instance {n} had answered its purchases before it was killed"
     );
     Ok(format!(
         "instance {n} (pid {pid}) killed (kill -9) with {in_flight} purchases in flight; restarted as pid {}, ready after {} ms",

@@ -332,11 +332,14 @@ impl Instance {
         signal(self.pid(), sig);
     }
 
-    /// kill -9, then the same command again on the same port, until ready.
-    pub async fn kill_and_restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
+    /// kill -9, and reaped.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        tokio::time::sleep(down_for).await;
+    }
+
+    /// The same command again, on the same port, until ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.child = spawn(&self.bin, &self.env, &self.log)?;
         self.wait_ready().await
     }

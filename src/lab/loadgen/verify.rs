@@ -63,13 +63,17 @@ pub(super) async fn read_truths(
         else {
             break None;
         };
-        if view.lag == 0 || Instant::now() >= deadline {
+        if view.lag <= 0 || Instant::now() >= deadline {
             break Some(view);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // A vanished sale has nothing left to persist: SQL holds what it holds.
-    let settled = view.as_ref().is_none_or(|v| v.lag == 0);
+    // Settled once SQL holds at least what the order log does: below zero,
+    // SQL has orders the log lacks (an `sql` order whose mirror failed, or
+    // log entries a failover lost after they were persisted), and the
+    // persister has nothing left to move. A vanished sale has nothing left
+    // to persist either.
+    let settled = view.as_ref().is_none_or(|v| v.lag <= 0);
     let cpu_when_settled = (settled || !persisting).then(|| target.pids.sample());
     let settle_s = (persisting && settled).then(|| load_ended.elapsed().as_secs_f64());
     let counters = view
