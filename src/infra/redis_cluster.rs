@@ -87,6 +87,14 @@ impl RedisCluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// Thaws every node a test or the fault lab stopped (SIGCONT to those
+    /// still running).
+    pub fn resume_all(&self) {
+        for node in self.nodes.values() {
+            node.resume();
+        }
+    }
+
     /// The process id of the node on `port`.
     pub fn pid_of(&self, port: u16) -> Option<u32> {
         self.nodes.get(&port).map(RedisServer::pid)

@@ -218,6 +218,7 @@ impl FaultControl {
         let status = Arc::clone(&self.status);
         let task = tokio::spawn(async move {
             let pid = child.id();
+            let mut group = LabGroup(pid);
             tracing::info!(
                 ?pid,
                 bound_s = bound.as_secs(),
@@ -229,6 +230,8 @@ impl FaultControl {
                 Ending::Exited => wait_bounded(&mut child, STOP_GRACE).await,
                 Ending::Stopped(_) | Ending::TimedOut => interrupt(&mut child).await,
             };
+            // Waited for: its pid (and group id) may now be anyone's.
+            group.0 = None;
             let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
             s.running = false;
             let done = s.cells.len();
@@ -305,9 +308,28 @@ impl FaultControl {
             .stderr(Stdio::piped())
             .process_group(0)
             // Only if this task is dropped unfinished (the runtime goes
-            // away): the lab alone, without its cleanup.
+            // away), beside [`LabGroup`]'s kill of the whole group.
             .kill_on_drop(true);
         Ok(command)
+    }
+}
+
+/// The lab's process group while the lab may run: dropped with its task
+/// unfinished (the runtime going away), it SIGKILLs the whole group, the
+/// lab's Redis and instances with it, where `kill_on_drop` would kill the
+/// lab alone and leave them (a paused one paused) behind.
+struct LabGroup(Option<u32>);
+
+impl Drop for LabGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: a plain syscall; the lab leads its own group
+            // (`process_group(0)`) and has not been waited for (the task
+            // empties this guard once it has), so the id is still its.
+            unsafe {
+                libc::killpg(pid as i32, libc::SIGKILL);
+            }
+        }
     }
 }
 

@@ -63,6 +63,13 @@ async fn a_paused_lock_holder_oversells_without_fencing_and_not_with_it() {
         );
         assert!(cell["repro"].as_str().unwrap().contains("--seed"));
     }
+    // Each stall caught a holder that went on past its lock: the unfenced
+    // one noticed only at its unlock, the fenced one was refused its write.
+    assert!(
+        unfenced["lock_expired"].as_u64().unwrap() >= 1,
+        "{unfenced:#}"
+    );
+    assert!(fenced["fenced"].as_u64().unwrap() >= 1, "{fenced:#}");
     assert_eq!(unfenced["judgement"], "broken", "{unfenced:#}");
     assert!(unfenced["oversold"].as_u64().unwrap() >= 1, "{unfenced:#}");
     assert_eq!(fenced["judgement"], "exact", "{fenced:#}");

@@ -31,9 +31,9 @@ pub struct Lab {
 impl Lab {
     /// Units on sale: what the load would buy in the phase before the fault
     /// and half the phase after it, so that a strategy keeping up with the
-    /// rate sells out after the fault, whatever the fault let through. One
-    /// that does not keep up ends with stock left; a unit it sold twice
-    /// shows as drift, which the verdict counts.
+    /// rate sells out during the fault or after it, whatever the fault let
+    /// through. One that does not keep up ends with stock left; a unit it
+    /// sold twice shows as drift, which the verdict counts.
     pub fn stock(&self) -> u64 {
         ((self.before + self.after / 2).as_secs_f64() * self.rate).max(1.0) as u64
     }
@@ -94,6 +94,14 @@ pub struct Cell {
     pub error: Option<String>,
     /// The one command that runs this cell again, seeded.
     pub repro: String,
+    /// Summed over the instances' own counters for the strategy on the
+    /// item (an instance restarted mid-cell counts from its restart):
+    /// purchases whose holder outlived its lock, and stale writes refused by
+    /// the fencing token. Under `holder-pause`, what shows a stall caught a
+    /// holder that went on to write: a `lock` cell is exact because the
+    /// token refused such writes, not because none was tried.
+    pub lock_expired: Option<u64>,
+    pub fenced: Option<u64>,
 }
 
 /// A cell as `seckill faults --progress ndjson` prints it, one JSON line
@@ -160,9 +168,11 @@ pub async fn run(
 ) -> Cell {
     let stock = lab.stock();
     match run_checked(lab, strategy, fault, observe).await {
-        Ok((result, calls, injected)) => {
-            judge(strategy, fault, stock, &result, &calls, injected, repro)
-        }
+        Ok((result, calls, injected, counters)) => Cell {
+            lock_expired: counters.map(|c| c.0),
+            fenced: counters.map(|c| c.1),
+            ..judge(strategy, fault, stock, &result, &calls, injected, repro)
+        },
         Err(why) => Cell {
             error: Some(format!("{why:#}")),
             ..Cell::empty(strategy, fault, stock, "error: the cell did not run", repro)
@@ -175,7 +185,12 @@ async fn run_checked(
     strategy: StrategyKind,
     fault: Fault,
     observe: &Observer,
-) -> anyhow::Result<(loadgen::StrategyResult, Vec<Call>, Injected)> {
+) -> anyhow::Result<(
+    loadgen::StrategyResult,
+    Vec<Call>,
+    Injected,
+    Option<(u64, u64)>,
+)> {
     let mut env = vec![
         (
             "LOCK_TTL_MS".to_owned(),
@@ -228,8 +243,26 @@ async fn run_checked(
             },
         )
         .await?;
+    let counters = stale_writes(&targets, &result.item, strategy).await;
     drop(topology);
-    Ok((result, calls, injected))
+    Ok((result, calls, injected, counters))
+}
+
+/// Each instance's `lock_expired` and `fenced` for `strategy` on `item`,
+/// summed; `None` when an instance could not be read.
+async fn stale_writes(
+    targets: &[crate::lab::loadgen::Target],
+    item: &str,
+    strategy: StrategyKind,
+) -> Option<(u64, u64)> {
+    let mut sums = (0, 0);
+    for target in targets {
+        let view = loadgen::item_view(target, item).await.ok()??;
+        let counters = view.strategies.get(&strategy).copied().unwrap_or_default();
+        sums.0 += counters.lock_expired;
+        sums.1 += counters.fenced;
+    }
+    Some(sums)
 }
 
 impl Cell {
@@ -256,6 +289,8 @@ impl Cell {
             fault_record: None,
             error: None,
             repro,
+            lock_expired: None,
+            fenced: None,
         }
     }
 }
@@ -374,6 +409,7 @@ fn only_mirror_missing(strategy: StrategyKind, history: &HistoryCheck) -> bool {
         && history.lost_in_log.is_some_and(|n| n > 0)
         && history.oversold == 0
         && history.over_limit_buyers == 0
+        && history.wrong_buyers == 0
         && history.duplicate_ids == 0
         && history.unexplained_ghosts == 0
         && history.phantom_sold_out == 0
@@ -471,11 +507,18 @@ mod tests {
         };
         assert!(only_mirror_missing(StrategyKind::Sql, &missed_mirror));
         assert!(!only_mirror_missing(StrategyKind::Lua, &missed_mirror));
-        let and_more = HistoryCheck {
-            duplicate_ids: 1,
-            ..missed_mirror.clone()
-        };
-        assert!(!only_mirror_missing(StrategyKind::Sql, &and_more));
+        for and_more in [
+            HistoryCheck {
+                duplicate_ids: 1,
+                ..missed_mirror.clone()
+            },
+            HistoryCheck {
+                wrong_buyers: 1,
+                ..missed_mirror.clone()
+            },
+        ] {
+            assert!(!only_mirror_missing(StrategyKind::Sql, &and_more));
+        }
         let lost = HistoryCheck {
             lost_in_sql: Some(1),
             ..missed_mirror

@@ -220,26 +220,28 @@ pub async fn inject(
     };
     tokio::time::sleep_until((load.start + timing.before).into()).await;
     let at = |instant: Instant| instant.saturating_duration_since(load.start).as_secs_f64() * 1e3;
-    let mut record = Injected {
-        happened: false,
-        evidence: String::new(),
-        from_ms: at(Instant::now()),
-        to_ms: 0.0,
-    };
+    // When the fault took hold: a fault that first looks for its target
+    // (an instance mid-purchase, the lock's holder) moves it on.
+    let mut began = Instant::now();
     let outcome = match fault {
         Fault::HolderPause => {
             let lock = lock_key(strategy, &keys);
-            holder_pause(topology, &load, lock, timing, rng, &mut record).await
+            holder_pause(topology, &load, lock, timing, rng, &mut began).await
         }
         Fault::RedisPause => redis_pause(topology, timing.hold).await,
         Fault::RedisRestart(_) => redis_restart(topology).await,
         Fault::Failover { .. } => failover(topology, &keys.stock, timing.hold).await,
-        Fault::Partition => partition(topology, &load, timing.hold, rng).await,
+        Fault::Partition => partition(topology, &load, timing.hold, rng, &mut began).await,
         Fault::SlowNet => slow_net(topology, timing.hold, rng).await,
         Fault::ClockJump => clock_jump(topology, timing.hold).await,
-        Fault::InstanceKill => instance_kill(topology, &load, timing.hold, rng).await,
+        Fault::InstanceKill => instance_kill(topology, &load, timing.hold, rng, &mut began).await,
     };
-    record.to_ms = at(Instant::now());
+    let mut record = Injected {
+        happened: false,
+        evidence: String::new(),
+        from_ms: at(began),
+        to_ms: at(Instant::now()),
+    };
     match outcome {
         Ok(evidence) => {
             record.happened = true;
@@ -292,13 +294,14 @@ async fn holder_pause(
     lock_key: Option<String>,
     timing: Timing,
     rng: &mut StdRng,
-    record: &mut Injected,
+    began: &mut Instant,
 ) -> anyhow::Result<String> {
     let pause = timing.hold.max(timing.lock_ttl * 3);
     let Some(key) = lock_key else {
         // No lock to hold: stop an instance in the middle of a purchase.
         let n = busy_instance(topology, load, rng).await?;
         let instance = &topology.instances[n];
+        *began = Instant::now();
         let stopped = topology::stop(instance.pid()).await;
         // Still unanswered once it is stopped: caught mid-purchase.
         let in_flight = load.in_flight(n);
@@ -325,10 +328,7 @@ async fn holder_pause(
     for _ in 0..stalls {
         let (stopped_at, what) = stall_holder(topology, &mut redis, &key, stall).await?;
         if evidence.is_empty() {
-            record.from_ms = stopped_at
-                .saturating_duration_since(load.start)
-                .as_secs_f64()
-                * 1e3;
+            *began = stopped_at;
         }
         evidence.push(what);
         tokio::time::sleep(STALL_GAP).await;
@@ -483,6 +483,7 @@ async fn partition(
     load: &Load,
     hold: Duration,
     rng: &mut StdRng,
+    began: &mut Instant,
 ) -> anyhow::Result<String> {
     let n = busy_instance(topology, load, rng).await?;
     let proxy = topology
@@ -490,12 +491,23 @@ async fn partition(
         .get(n)
         .ok_or_else(|| anyhow::anyhow!("instance {n} has no proxy"))?;
     proxy.set(Link::Blackhole);
-    let started = Instant::now();
-    // The instance's own readiness check reaches Redis through the cut.
+    *began = Instant::now();
+    let ends = *began + hold;
+    // The instance's own readiness check reaches Redis through the cut;
+    // each probe bounded, so the cut ends on time.
     let mut saw_unready = false;
-    while started.elapsed() < hold {
-        tokio::time::sleep(Duration::from_millis(250).min(hold)).await;
-        if !crate::lab::loadgen::probe(&topology.instances[n].target, "/readyz").await {
+    while Instant::now() < ends {
+        tokio::time::sleep(
+            Duration::from_millis(250).min(ends.saturating_duration_since(Instant::now())),
+        )
+        .await;
+        let target = &topology.instances[n].target;
+        let probe = tokio::time::timeout(
+            ends.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(50)),
+            crate::lab::loadgen::probe(target, "/readyz"),
+        );
+        if !probe.await.unwrap_or(false) {
             saw_unready = true;
         }
     }
@@ -595,11 +607,13 @@ async fn instance_kill(
     load: &Load,
     hold: Duration,
     rng: &mut StdRng,
+    began: &mut Instant,
 ) -> anyhow::Result<String> {
     let n = busy_instance(topology, load, rng).await?;
     let instance = &mut topology.instances[n];
     let pid = instance.pid();
     let started = Instant::now();
+    *began = started;
     instance.kill();
     // Still unanswered once it is dead: killed mid-purchase.
     let in_flight = load.in_flight(n);

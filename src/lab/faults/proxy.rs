@@ -1,23 +1,26 @@
 //! The fault lab's network: one TCP proxy per seckill instance, between it
 //! and Redis, whose link can be made slow or cut from outside the service.
 //!
-//! Its conditions are Toxiproxy's toxics, by the same names and meaning, so
-//! a cell can be reproduced on a real Toxiproxy:
-//! - `latency` (`slow-net`): every chunk, either way, arrives `latency ±
-//!   jitter` after it was sent, in order, as over a slow link (not a sleep
-//!   per chunk, which would add up under load);
-//! - `timeout` with 0 (`partition`, a blackhole): nothing crosses, either
-//!   way, and nothing is dropped: what was sent waits and crosses when the
-//!   link heals, as TCP retransmits across a short partition. Whoever gives
-//!   up first (the client's timeout) closes the connection;
-//! - `reset_peer`: every connection is closed at once, and new ones as they
-//!   come, while it lasts (a closed peer, where a blackhole is a silent one).
+//! Its conditions, modelled on Toxiproxy's toxics (where they differ, it
+//! says how):
+//! - slow (`slow-net`, Toxiproxy's `latency`): every chunk, either way,
+//!   arrives `latency ± jitter` after it was sent, in order, as over a slow
+//!   link (not a sleep per chunk, which would add up under load);
+//! - blackhole (`partition`): nothing crosses, either way, and nothing is
+//!   dropped: what was sent waits and crosses when the link heals, as TCP
+//!   retransmits across a partition shorter than its timeouts. Toxiproxy's
+//!   nearest, `timeout` 0, drops the data and closes the connection when
+//!   removed: a different fault (a partition long enough for TCP to give
+//!   up). Here a connection ends when either side closes it (a client's
+//!   timeout), with what was still held;
+//! - reset (Toxiproxy's `reset_peer`, kept for tests): every connection is
+//!   closed at once, and new ones as they come, while it lasts.
 //!
 //! Why not the `noxious` crate (a Rust port of Toxiproxy) or network
 //! namespaces: `noxious` is a server driven over its own REST API, last
 //! released in 2021 on tokio-util 0.6 and rand 0.8 (a second copy of each
 //! here); namespaces need root and a veth pair per instance. The lab needs
-//! three toxics on loopback, set from the same process that judges the run:
+//! two conditions (three with the reset) on loopback, set from the same process that judges the run:
 //! about a hundred lines, tested below.
 
 use std::time::Duration;
@@ -36,11 +39,11 @@ use tokio::time::Instant;
 pub enum Link {
     /// Passes everything at once.
     Up,
-    /// Toxiproxy's `latency`: each chunk is delayed by `latency ± jitter`.
+    /// As Toxiproxy's `latency`: each chunk is delayed by `latency ± jitter`.
     Slow { latency: Duration, jitter: Duration },
-    /// Toxiproxy's `timeout` with 0: nothing crosses until it heals.
+    /// Nothing crosses until it heals, and nothing is dropped.
     Blackhole,
-    /// Toxiproxy's `reset_peer`: connections are reset, new ones too.
+    /// As Toxiproxy's `reset_peer`: connections are closed, new ones too.
     Reset,
 }
 

@@ -163,6 +163,14 @@ pub fn markdown(matrix: &Matrix) -> String {
         if let Some(error) = &cell.error {
             let _ = writeln!(out, "- Error: {error}");
         }
+        if let (Some(expired), Some(fenced)) = (cell.lock_expired, cell.fenced)
+            && expired + fenced > 0
+        {
+            let _ = writeln!(
+                out,
+                "- Holders that outlived their lock: {expired}; stale writes refused by the fencing token: {fenced}"
+            );
+        }
         if let Some(example) = &cell.counterexample {
             let _ = writeln!(
                 out,

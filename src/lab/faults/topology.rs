@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::proxy::FaultProxy;
+use super::proxy::{FaultProxy, Link};
 use crate::infra::redis_cluster::{RedisCluster, RedisClusterOptions};
 use crate::infra::redis_conn::{RedisTarget, Timeouts};
 use crate::infra::redis_server::{Fsync, RedisServer, RedisServerOptions};
@@ -225,17 +225,16 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // Heal every link first: an instance stopping drains its persister
+        // through its proxy, and a blackhole would hold it to its timeout.
+        for proxy in &self.proxies {
+            proxy.set(Link::Up);
+        }
         // A paused Redis would take a clean stop's whole timeout.
         match &self.redis {
             Redis::Single(Some(server)) => server.resume(),
             Redis::Single(None) => {}
-            Redis::Cluster(cluster) => {
-                for port in cluster.ports() {
-                    if let Some(pid) = cluster.pid_of(port) {
-                        signal(pid, libc::SIGCONT);
-                    }
-                }
-            }
+            Redis::Cluster(cluster) => cluster.resume_all(),
         }
         // The fields then drop in order: instances, proxies, Redis, the
         // directory.
@@ -373,15 +372,18 @@ fn spawn(bin: &Path, env: &[(String, String)], log: &Path) -> anyhow::Result<Chi
         .append(true)
         .open(log)?;
     let mut command = Command::new(bin);
+    // Only what the lab sets, on the defaults for the rest: a setting of
+    // this shell's (or of the server that runs the lab: `REDLOCK_URLS`,
+    // `WORKER_ID`, `PERSISTER`, `REDIS_WAIT_REPLICAS`, ...) would change
+    // every verdict, and no cell's command would say so.
+    command.env_clear();
+    for kept in ["PATH", "HOME", "TMPDIR", "LANG"] {
+        if let Some(value) = std::env::var_os(kept) {
+            command.env(kept, value);
+        }
+    }
     command
         .arg("serve")
-        // Only what the lab sets: a REDIS_URL exported in this shell must
-        // not meet the lab's REDIS_CLUSTER_URLS, nor an ADMIN_TOKEN lock the
-        // lab out of its own instances.
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CLUSTER_URLS")
-        .env_remove("ADMIN_TOKEN")
-        .env_remove("LD_PRELOAD")
         .env(
             "RUST_LOG",
             std::env::var("FAULTS_SERVER_LOG").unwrap_or_else(|_| "warn".into()),

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use super::Target;
 use crate::domain::ErrorBody;
 use crate::orders::snowflake::OrderId;
+use crate::sale::ItemView;
 use crate::sale::purchase::Purchased;
 use crate::strategy::StrategyKind;
 
@@ -24,6 +25,13 @@ pub async fn probe(target: &Target, path: &str) -> bool {
             .await,
         Ok((StatusCode::OK, _))
     )
+}
+
+/// The server's view of `item` (`None`: it does not know the item).
+pub async fn item_view(target: &Target, item: &str) -> anyhow::Result<Option<ItemView>> {
+    Conn::default()
+        .get_unless_missing(target, &format!("/api/items/{item}"))
+        .await
 }
 
 /// Creates (or restocks) `item` through the admin API, its sale bound to

@@ -173,6 +173,8 @@ pub struct HistoryCheck {
     pub oversold: u64,
     /// Buyers holding more than the limit.
     pub over_limit_buyers: u64,
+    /// Answered orders stored for another buyer.
+    pub wrong_buyers: u64,
     pub duplicate_ids: u64,
     pub lost_in_log: Option<u64>,
     pub lost_in_sql: Option<u64>,
@@ -331,6 +333,7 @@ fn each_order_stored_for_its_buyer(
         if let Some(&buyer) = stored_orders.get(id)
             && buyer != call.user
         {
+            verdict.check.wrong_buyers += 1;
             verdict.found(Counterexample {
                 kind: "wrong_buyer",
                 detail: format!(

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-pub use client::{create_item, probe};
+pub use client::{create_item, item_view, probe};
 pub use model::*;
 pub use workload::{Load, measure_ceiling, race, run_sale};
 
