@@ -80,31 +80,6 @@ pub(super) async fn read_truths(
         .as_ref()
         .and_then(|v| v.strategies.get(&strategy).copied());
 
-    let sql = if settled {
-        let mut in_sql = HashMap::new();
-        let mut after: Option<OrderId> = None;
-        loop {
-            let mut path = format!("/api/orders?item={item}&limit=1000");
-            if let Some(cursor) = &after {
-                path.push_str(&format!("&after={cursor}"));
-            }
-            let page: OrdersPage = conn.get(target, &path).await?;
-            in_sql.extend(page.orders.iter().map(|order| {
-                // A buyer that is none of ours cannot own an order of this
-                // fresh item: it stays unexplained.
-                let buyer = buyer_number(&order.user_id).unwrap_or(u64::MAX);
-                (order.order_id, buyer)
-            }));
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
-        Some(in_sql)
-    } else {
-        None
-    };
-
     let (log, log_duplicates) = match &target.redis {
         Some(redis) => {
             let (log, duplicates) = order_log(redis, item).await?;
@@ -112,6 +87,25 @@ pub(super) async fn read_truths(
         }
         None => (None, 0),
     };
+    // The counts settled; the sets may not have: a failover can drop log
+    // entries already in SQL while others still wait for the persister, and
+    // the counts then match early. SQL is read again until it holds every
+    // order of the log, or the wait is over.
+    let sql = if settled {
+        loop {
+            let in_sql = orders_in_sql(&mut conn, target, item).await?;
+            let behind = log
+                .as_ref()
+                .is_some_and(|log| log.keys().any(|id| !in_sql.contains_key(id)));
+            if !behind || Instant::now() >= deadline {
+                break Some(in_sql);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    } else {
+        None
+    };
+
     Ok(Truths {
         view,
         counters,
@@ -123,6 +117,33 @@ pub(super) async fn read_truths(
         cpu_when_settled,
         settle_s,
     })
+}
+
+/// The item's orders in SQL, through the orders API, with their buyers.
+async fn orders_in_sql(
+    conn: &mut Conn,
+    target: &Target,
+    item: &str,
+) -> anyhow::Result<HashMap<OrderId, u64>> {
+    let mut in_sql = HashMap::new();
+    let mut after: Option<OrderId> = None;
+    loop {
+        let mut path = format!("/api/orders?item={item}&limit=1000");
+        if let Some(cursor) = &after {
+            path.push_str(&format!("&after={cursor}"));
+        }
+        let page: OrdersPage = conn.get(target, &path).await?;
+        in_sql.extend(page.orders.iter().map(|order| {
+            // A buyer that is none of ours cannot own an order of this
+            // fresh item: it stays unexplained.
+            let buyer = buyer_number(&order.user_id).unwrap_or(u64::MAX);
+            (order.order_id, buyer)
+        }));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(in_sql),
+        }
+    }
 }
 
 /// The orders in the item's order log, read straight from Redis, with their
