@@ -24,6 +24,7 @@ use crate::lab::fault_control::{
     DEFAULT_FAULTS, DEFAULT_STRATEGIES, FaultError, FaultPlan, FaultStatus,
 };
 use crate::lab::faults::fault::Fault;
+use crate::lab::faults::{AFTER_S, BEFORE_S, HOLD_S};
 use crate::state::AppState;
 
 /// Phase bounds, in seconds: long enough to show a fault (a holder's pause
@@ -68,19 +69,27 @@ fn faults_schema() -> Array {
 }
 
 fn before_schema() -> Object {
-    integer_in_or_null(1, MAX_BEFORE_S, "Load before the fault, s; 2 when absent.")
+    integer_in_or_null(
+        1,
+        MAX_BEFORE_S,
+        &format!("Load before the fault, s; {BEFORE_S} when absent."),
+    )
 }
 
 fn hold_schema() -> Object {
     integer_in_or_null(
         MIN_HOLD_S,
         MAX_HOLD_S,
-        "How long the fault lasts, s; 3 when absent.",
+        &format!("How long the fault lasts, s; {HOLD_S} when absent."),
     )
 }
 
 fn after_schema() -> Object {
-    integer_in_or_null(1, MAX_AFTER_S, "Load after the fault, s; 4 when absent.")
+    integer_in_or_null(
+        1,
+        MAX_AFTER_S,
+        &format!("Load after the fault, s; {AFTER_S} when absent."),
+    )
 }
 
 impl FaultInput {
@@ -109,9 +118,9 @@ impl FaultInput {
                 faults
             }
         };
-        let before = self.before_s.unwrap_or(2);
-        let hold = self.hold_s.unwrap_or(3);
-        let after = self.after_s.unwrap_or(4);
+        let before = self.before_s.unwrap_or(BEFORE_S);
+        let hold = self.hold_s.unwrap_or(HOLD_S);
+        let after = self.after_s.unwrap_or(AFTER_S);
         if !(1..=MAX_BEFORE_S).contains(&before)
             || !(MIN_HOLD_S..=MAX_HOLD_S).contains(&hold)
             || !(1..=MAX_AFTER_S).contains(&after)

@@ -27,6 +27,16 @@ use self::report::Matrix;
 use crate::lab::loadgen::Progress;
 use crate::strategy::StrategyKind;
 
+/// The phases' lengths when none is given, in seconds: the command line's
+/// and the status page's (`POST /api/faults`).
+pub const BEFORE_S: u64 = 2;
+pub const HOLD_S: u64 = 3;
+pub const AFTER_S: u64 = 4;
+
+fn seconds(n: u64) -> humantime::Duration {
+    Duration::from_secs(n).into()
+}
+
 /// `seckill faults` options.
 #[derive(Debug, Clone, Args)]
 pub struct FaultArgs {
@@ -55,16 +65,16 @@ pub struct FaultArgs {
     pub instances: usize,
 
     /// Load before the fault.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub before: Duration,
+    #[arg(long, default_value_t = seconds(BEFORE_S))]
+    pub before: humantime::Duration,
 
     /// How long a fault lasts (a holder's pause: at least three lock TTLs).
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    pub hold: Duration,
+    #[arg(long, default_value_t = seconds(HOLD_S))]
+    pub hold: humantime::Duration,
 
     /// Load after the fault is undone.
-    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
-    pub after: Duration,
+    #[arg(long, default_value_t = seconds(AFTER_S))]
+    pub after: humantime::Duration,
 
     /// The instances' `LOCK_TTL_MS`.
     #[arg(long, default_value_t = 500)]
@@ -131,9 +141,9 @@ impl FaultArgs {
             rate: crate::lab::loadgen::Rate::new(self.rate, None)?.per_s,
             concurrency: self.concurrency,
             instances: self.instances,
-            before: self.before,
-            hold: self.hold,
-            after: self.after,
+            before: *self.before,
+            hold: *self.hold,
+            after: *self.after,
             lock_ttl: Duration::from_millis(self.lock_ttl_ms),
             seed: self.seed,
             bin,
@@ -144,13 +154,15 @@ impl FaultArgs {
     fn repro(&self, strategy: StrategyKind, fault: Fault) -> String {
         format!(
             "seckill faults --strategies {strategy} --faults {fault} --rate {} -c {} --instances {} \
-             --before {} --hold {} --after {} --lock-ttl-ms {} --seed {}",
+             --before {}ms --hold {}ms --after {}ms --lock-ttl-ms {} --seed {}",
             self.rate,
             self.concurrency,
             self.instances,
-            humantime::format_duration(self.before),
-            humantime::format_duration(self.hold),
-            humantime::format_duration(self.after),
+            // In milliseconds: humantime's own form (`1s 500ms`) has a space
+            // a shell would split.
+            self.before.as_millis(),
+            self.hold.as_millis(),
+            self.after.as_millis(),
             self.lock_ttl_ms,
             self.seed
         )
@@ -258,4 +270,33 @@ fn commit() -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> FaultArgs {
+        match Cli::try_parse_from(args).map(|cli| cli.command) {
+            Ok(Some(Command::Faults(args))) => args,
+            other => panic!("not a faults command line: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cells_command_runs_that_cell_again_with_the_same_settings() {
+        let args = parse([
+            "seckill", "faults", "--hold", "1500ms", "--seed", "7", "--rate", "50",
+        ]);
+        let repro = args.repro(StrategyKind::Lock, Fault::HolderPause);
+        let again = parse(repro.split_whitespace());
+        assert_eq!(again.strategies, ["lock"]);
+        assert_eq!(again.faults, ["holder-pause"]);
+        assert_eq!(*again.hold, Duration::from_millis(1500));
+        assert_eq!(*again.before, Duration::from_secs(BEFORE_S));
+        assert_eq!((again.seed, again.rate), (7, 50.0));
+    }
 }
