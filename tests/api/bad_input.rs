@@ -168,16 +168,7 @@ async fn an_unknown_item_is_404_for_every_strategy_and_creates_no_keys() {
         rejected_without_change(&app, &item, request, 404, "item_not_found").await;
     }
     assert!(app.redis_snapshot(&item).await.is_empty());
-    assert_error(
-        app.client
-            .get(app.url(&format!("/api/items/{item}")))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "item_not_found",
-    )
-    .await;
+    assert_error(app.item_response(&item).await, 404, "item_not_found").await;
 }
 
 #[tokio::test]

@@ -493,12 +493,7 @@ async fn a_master_killed_mid_sale_loses_no_confirmed_order() {
     let deadline = Instant::now() + Duration::from_secs(60);
     for (item, _) in &items {
         loop {
-            let view = app
-                .client
-                .get(app.url(&format!("/api/items/{item}")))
-                .send()
-                .await
-                .unwrap();
+            let view = app.item_response(item).await;
             if view.status() == 200 {
                 break;
             }

@@ -265,14 +265,18 @@ impl TestApp {
         get_json(&self.client, &self.url(path)).await
     }
 
-    /// `GET /api/items/{item}` as JSON, asserting 200.
-    pub async fn item(&self, item: &str) -> Value {
-        let response = self
-            .client
+    /// `GET /api/items/{item}`, whatever it answers.
+    pub async fn item_response(&self, item: &str) -> Response {
+        self.client
             .get(self.url(&format!("/api/items/{item}")))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `GET /api/items/{item}` as JSON, asserting 200.
+    pub async fn item(&self, item: &str) -> Value {
+        let response = self.item_response(item).await;
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.unwrap()
     }

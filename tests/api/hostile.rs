@@ -284,12 +284,7 @@ async fn a_request_past_the_request_timeout_gets_a_json_503() {
     app.create_item(&item, 5, 1).await;
     redis.pause();
     let started = std::time::Instant::now();
-    let view = app
-        .client
-        .get(app.url(&format!("/api/items/{item}")))
-        .send()
-        .await
-        .unwrap();
+    let view = app.item_response(&item).await;
     let purchase = app.purchase(&item, "u1", "lua").await;
     let took = started.elapsed();
     redis.resume();
