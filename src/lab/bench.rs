@@ -22,7 +22,7 @@ use crate::infra::redis_server::{RedisServer, RedisServerOptions};
 use crate::lab::cpu::{self, Pids};
 use crate::lab::loadgen::{self, Progress, RacePlan, Rate, Target};
 use crate::lab::report;
-use crate::lab::scratch::{TempDir, stop_child};
+use crate::lab::scratch::{TempDir, stop_child, wait_ready};
 use crate::sale::MAX_STOCK;
 use crate::strategy::StrategyKind;
 
@@ -439,25 +439,15 @@ impl SpawnedServer {
             _redis: private,
             _dir: dir,
         };
-        server.wait_ready().await?;
+        wait_ready(
+            &mut server.child,
+            &server.target,
+            Duration::from_secs(30),
+            "the server",
+        )
+        .await
+        .context("starting the server for the run")?;
         Ok(server)
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("http://{}/readyz", self.target.host);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the server exited at start-up ({status}); see its log");
-            }
-            if loadgen::probe(&self.target, "/readyz").await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the server at {url} was not ready within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 

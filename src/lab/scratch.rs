@@ -1,9 +1,14 @@
 //! What the lab starts and must not leave behind: a temporary directory
-//! removed on drop, and a child process stopped gracefully, then killed.
+//! removed on drop, and a `seckill serve` child waited for until ready,
+//! stopped gracefully, then killed.
 
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use super::loadgen::{self, Target};
 
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -46,4 +51,31 @@ pub fn stop_child(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Waits until `child`, a server at `target`, answers `/readyz`; fails if
+/// it exits first or is not ready `within`. `what` names it in the error.
+pub async fn wait_ready(
+    child: &mut Child,
+    target: &Target,
+    within: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited at start-up ({status})");
+        }
+        if loadgen::probe(target, "/readyz").await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} at http://{}/readyz was not ready within {} s",
+                target.host,
+                within.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -18,8 +18,8 @@ use super::proxy::{FaultProxy, Link};
 use crate::infra::redis_cluster::{RedisCluster, RedisClusterOptions};
 use crate::infra::redis_conn::{RedisTarget, Timeouts};
 use crate::infra::redis_server::{Fsync, RedisServer, RedisServerOptions};
-use crate::lab::loadgen::{self, Target};
-use crate::lab::scratch::{TempDir, stop_child};
+use crate::lab::loadgen::Target;
+use crate::lab::scratch::{TempDir, stop_child, wait_ready};
 
 /// Where libfaketime's preload library sits once Debian's `faketime`
 /// package is installed.
@@ -344,25 +344,14 @@ impl Instance {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "an instance exited at start-up ({status}); its log: {}",
-                    self.log.display()
-                );
-            }
-            if loadgen::probe(&self.target, "/readyz").await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "an instance was not ready within 60 s; its log: {}",
-                    self.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(
+            &mut self.child,
+            &self.target,
+            Duration::from_secs(60),
+            "an instance",
+        )
+        .await
+        .with_context(|| format!("starting an instance (its log: {})", self.log.display()))
     }
 }
 
