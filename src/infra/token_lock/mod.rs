@@ -47,8 +47,12 @@ static RELEASE_WITH_HORIZON: LazyLock<Script> =
 /// lock with `GET` can tell which process holds it, as Redisson's
 /// `<client>:<thread>` values do. Nothing compares tokens but for equality.
 pub fn new_token() -> String {
-    format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple())
+    format!("{}-{}", *PROCESS_ID, uuid::Uuid::new_v4().simple())
 }
+
+/// This process's id, read once: `getpid` is a system call, and a lock is
+/// taken on every purchase of the lock strategies.
+static PROCESS_ID: LazyLock<u32> = LazyLock::new(std::process::id);
 
 /// The process id in a [`new_token`]'s token; `None` for any other value.
 pub fn holder_pid(token: &str) -> Option<u32> {
