@@ -214,22 +214,17 @@ impl Db {
     }
 
     /// Inserts orders in one transaction, skipping ids already there (the
-    /// persister may see an entry twice after a crash). Returns, for each
-    /// order in `orders`, whether this call inserted it: an order not
-    /// inserted had its id in SQL already, or earlier in `orders`.
-    pub async fn insert_orders(&self, orders: &[OrderRecord]) -> sqlx::Result<Vec<bool>> {
+    /// persister may see an entry twice after a crash). Returns how many
+    /// rows it inserted: fewer than `orders` means some id was in SQL
+    /// already, or twice in `orders`, and the caller reads those back
+    /// ([`Db::orders_by_id`]) to tell a redelivery from a conflict.
+    pub async fn insert_orders(&self, orders: &[OrderRecord]) -> sqlx::Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let mut new_ids: std::collections::HashSet<i64> = self
+        let inserted = self
             .write_orders(&mut tx, orders, now_ms(), OnDuplicate::Skip)
-            .await?
-            .into_iter()
-            .collect();
+            .await?;
         tx.commit().await?;
-        // The first occurrence of a returned id is the row inserted.
-        Ok(orders
-            .iter()
-            .map(|order| new_ids.remove(&(order.order_id.0 as i64)))
-            .collect())
+        Ok(inserted)
     }
 
     /// Inserts one order inside `tx` (the `sql` strategy's transaction),
@@ -305,16 +300,19 @@ impl Db {
         Ok(written == 1)
     }
 
-    /// The orders `INSERT`, the only one: rows in chunks, returning the ids
-    /// written.
+    /// The orders `INSERT`, the only one: rows in chunks; how many it wrote.
+    ///
+    /// No `RETURNING`: which rows were skipped is asked only when some were
+    /// (a redelivery, rare). Returning every id cost SQLite an ephemeral
+    /// table of the returned rows and sqlx a row to build per order.
     async fn write_orders(
         &self,
         tx: &mut Transaction<'static, Any>,
         orders: &[OrderRecord],
         persisted_at: i64,
         on_duplicate: OnDuplicate,
-    ) -> sqlx::Result<Vec<i64>> {
-        let mut written = Vec::with_capacity(orders.len());
+    ) -> sqlx::Result<u64> {
+        let mut written = 0;
         for chunk in power_of_two_chunks(orders) {
             let mut sql = String::from(
                 "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at) VALUES ",
@@ -342,8 +340,7 @@ impl Db {
             if on_duplicate == OnDuplicate::Skip {
                 sql.push_str(" ON CONFLICT (order_id) DO NOTHING");
             }
-            sql.push_str(" RETURNING order_id");
-            let mut query = sqlx::query_scalar::<_, i64>(&sql);
+            let mut query = sqlx::query(&sql);
             for order in chunk {
                 query = query
                     .bind(order.order_id.0 as i64)
@@ -354,7 +351,7 @@ impl Db {
                     .bind(order.created_at)
                     .bind(persisted_at);
             }
-            written.extend(query.fetch_all(&mut **tx).await?);
+            written += query.execute(&mut **tx).await?.rows_affected();
         }
         Ok(written)
     }

@@ -102,12 +102,12 @@ impl Worker {
         }
         let mut rescued = 0;
         if !orders.is_empty() {
-            let new = self
+            let inserted = self
                 .db
                 .insert_orders(&orders)
                 .await
                 .context("cannot insert rescued orders")?;
-            let conflicts = self.conflicts(&orders, &new).await?;
+            let conflicts = self.conflicts(&orders, inserted).await?;
             let conflicting: HashSet<usize> = conflicts.iter().map(|(i, _)| *i).collect();
             for (index, stored) in &conflicts {
                 tracing::error!(
@@ -135,7 +135,6 @@ impl Worker {
                     .await
                     .with_context(|| format!("XDEL {key}"))?;
                 rescued = deleted as usize;
-                let inserted = new.iter().filter(|n| **n).count() as u64;
                 status.persisted.fetch_add(inserted, Ordering::Relaxed);
                 tracing::warn!(
                     %item,

@@ -58,13 +58,12 @@ impl Worker {
                 }
             }
         }
-        let new = self
+        let inserted = self
             .db
             .insert_orders(&orders)
             .await
             .context("cannot insert orders")?;
-        let inserted = new.iter().filter(|n| **n).count() as u64;
-        for (index, stored) in self.conflicts(&orders, &new).await? {
+        for (index, stored) in self.conflicts(&orders, inserted).await? {
             let (entry, order) = (parsed[index], &orders[index]);
             tracing::error!(
                 stream = %key,
@@ -102,19 +101,21 @@ impl Worker {
         Ok(())
     }
 
-    /// The orders not inserted whose id SQL holds with different fields, by
-    /// index in `orders`, with the stored row. Not inserted but identical is a
-    /// redelivery (a crash between commit and acknowledgement): harmless.
+    /// The orders whose id SQL holds with different fields, by index in
+    /// `orders`, with the stored row, once an insert wrote `inserted` of
+    /// them. All written: none. Otherwise every order is read back, since the
+    /// insert does not say which it skipped: one stored as it is here was
+    /// written now or is a redelivery (a crash between commit and
+    /// acknowledgement), harmless either way.
     pub(super) async fn conflicts(
         &self,
         orders: &[OrderRecord],
-        new: &[bool],
+        inserted: u64,
     ) -> anyhow::Result<Vec<(usize, OrderRecord)>> {
-        let skipped: Vec<usize> = (0..orders.len()).filter(|&i| !new[i]).collect();
-        if skipped.is_empty() {
+        if inserted == orders.len() as u64 {
             return Ok(Vec::new());
         }
-        let ids: Vec<OrderId> = skipped.iter().map(|&i| orders[i].order_id).collect();
+        let ids: Vec<OrderId> = orders.iter().map(|order| order.order_id).collect();
         let stored: HashMap<OrderId, OrderRecord> = self
             .db
             .orders_by_id(&ids)
@@ -124,15 +125,16 @@ impl Worker {
             .map(|row| (row.order_id, row))
             .collect();
         let mut conflicts = Vec::new();
-        for i in skipped {
-            match stored.get(&orders[i].order_id) {
-                Some(row) if *row == orders[i] => {}
+        for (i, order) in orders.iter().enumerate() {
+            match stored.get(&order.order_id) {
+                Some(row) if row == order => {}
                 Some(row) => conflicts.push((i, row.clone())),
-                // Not inserted, yet not there: only a concurrent delete could
-                // do that, and nothing deletes orders. Refuse to acknowledge.
+                // Written or skipped, yet not there: only a concurrent
+                // delete could do that, and nothing deletes orders. Refuse
+                // to acknowledge.
                 None => anyhow::bail!(
                     "order {} was neither inserted nor found in SQL",
-                    orders[i].order_id
+                    order.order_id
                 ),
             }
         }
