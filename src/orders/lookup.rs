@@ -69,11 +69,11 @@ impl OrderLookup {
         let keys = ItemKeys::new(item);
         let mut redis = self.redis.clone();
         let archives: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&keys.archives)
+            .arg(keys.archives())
             .query_async(&mut redis)
             .await?;
         let mut too_many = false;
-        for log in std::iter::once(&keys.orders).chain(&archives) {
+        for log in std::iter::once(keys.orders()).chain(archives.iter().map(String::as_str)) {
             match order_log::find(&mut redis, item, log, order_id, self.late).await? {
                 Found::Order(order) => return Ok(Some((order, Place::OrderLog))),
                 Found::Absent => {}

@@ -186,7 +186,7 @@ impl Idempotency {
         let reply: Vec<Value> = self
             .begin
             .key(&keyed.record)
-            .key(&keys.meta)
+            .key(keys.meta())
             .arg(&keyed.fingerprint)
             .arg(self.claim_ttl.as_millis() as u64)
             .invoke_async(&mut self.redis.clone())

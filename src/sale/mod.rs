@@ -171,13 +171,13 @@ impl Sales {
             Db::restock_item(&mut tx, item, settings.stock, settings.per_user_limit).await?;
         let (generation, created, _archived): (u64, u8, u8) = self
             .restock
-            .key(&keys.stock)
-            .key(&keys.meta)
-            .key(&keys.buyers)
-            .key(&keys.orders)
-            .key(&keys.lock)
+            .key(keys.stock())
+            .key(keys.meta())
+            .key(keys.buyers())
+            .key(keys.orders())
+            .key(keys.lock())
             .key(keys.new_archive())
-            .key(&keys.archives)
+            .key(keys.archives())
             .arg(settings.stock)
             .arg(settings.per_user_limit)
             .arg(floor)
@@ -200,12 +200,12 @@ impl Sales {
         let keys = ItemKeys::new(item);
         let ((initial, limit, generation, strategy), stock, sold): ViewReplies = redis::pipe()
             .cmd("HMGET")
-            .arg(&keys.meta)
+            .arg(keys.meta())
             .arg(&["initial_stock", "per_user_limit", "generation", "strategy"])
             .cmd("GET")
-            .arg(&keys.stock)
+            .arg(keys.stock())
             .cmd("XLEN")
-            .arg(&keys.orders)
+            .arg(keys.orders())
             .query_async(&mut self.redis.clone())
             .await?;
         let (Some(initial_stock), Some(per_user_limit)) = (initial, limit) else {

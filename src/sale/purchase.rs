@@ -360,7 +360,7 @@ impl Purchases {
         } = purchase;
         match attempt.outcome {
             Outcome::Purchased { remaining } => Ok(Took::Bought(Taken {
-                marker: keys.replicated,
+                marker: keys.replicated().to_owned(),
                 purchased: Purchased {
                     order_id,
                     item_id: item,
@@ -422,7 +422,7 @@ impl Purchases {
             // The stock when the answer was recovered: the log does not
             // keep what the purchase left.
             let stock: Option<i64> = redis::cmd("GET")
-                .arg(&purchase.keys.stock)
+                .arg(purchase.keys.stock())
                 .query_async(&mut self.lookup.redis().clone())
                 .await?;
             Ok(Some(Outcome::Purchased {
@@ -562,7 +562,7 @@ impl Purchases {
         let body = replay_body(bought, item, user, kind).map_err(|msg| {
             PurchaseError::Internal(anyhow::anyhow!("a record of `{item}`: {msg}"))
         })?;
-        if self.replicas.confirmed(&self.pool, &keys.replicated).await {
+        if self.replicas.confirmed(&self.pool, keys.replicated()).await {
             return Ok(Receipt::Replayed {
                 status: CREATED,
                 body,

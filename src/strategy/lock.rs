@@ -99,7 +99,7 @@ impl Strategy for Lock {
 
         let (snapshot, fence, acquired_at) = loop {
             let mut pipe = redis::pipe();
-            token_lock::add_acquire_fenced(&mut pipe, &keys.lock, &keys.fence, &token, self.ttl);
+            token_lock::add_acquire_fenced(&mut pipe, keys.lock(), keys.fence(), &token, self.ttl);
             Snapshot::read(&mut pipe, purchase);
             let (fence, meta, held, stock): (Option<i64>, _, _, _) =
                 pipe.query_async(&mut redis).await?;
@@ -125,7 +125,7 @@ impl Strategy for Lock {
         // watchdog left running would extend a dead holder's lock forever.
         let watchdog = self
             .watchdog
-            .then(|| AbortOnDrop(self.spawn_watchdog(keys.lock.clone(), token.clone())));
+            .then(|| AbortOnDrop(self.spawn_watchdog(keys.lock().to_owned(), token.clone())));
         let mut pipe = redis::pipe();
         let outcome = match snapshot.rejection(purchase.strategy) {
             Some(rejection) => rejection,
@@ -146,11 +146,11 @@ impl Strategy for Lock {
         drop(watchdog);
         let wrote = matches!(outcome, Outcome::Purchased { .. });
         let (written, released): (Option<redis::Value>, i64) = if wrote {
-            token_lock::add_unlock(&mut pipe, &keys.lock, &token);
+            token_lock::add_unlock(&mut pipe, keys.lock(), &token);
             purchase.committing_in_steps();
             pipe.query_async(&mut redis).await?
         } else {
-            token_lock::add_release_unused(&mut pipe, &keys.lock, &keys.fence, &token, fence);
+            token_lock::add_release_unused(&mut pipe, keys.lock(), keys.fence(), &token, fence);
             let (released,): (i64,) = pipe.query_async(&mut redis).await?;
             (None, released)
         };

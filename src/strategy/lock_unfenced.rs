@@ -56,7 +56,7 @@ impl Strategy for LockUnfenced {
         let token = token_lock::new_token();
         let mut backoff = Backoff::new(self.wait);
         let acquired_at = loop {
-            if token_lock::try_take(&mut redis, &keys.lock, &token, self.ttl).await? {
+            if token_lock::try_take(&mut redis, keys.lock(), &token, self.ttl).await? {
                 break Instant::now();
             }
             let mut read = redis::pipe();
@@ -85,7 +85,7 @@ impl Strategy for LockUnfenced {
                 .await
         };
         let outcome = section.await;
-        let released = token_lock::unlock(&mut redis, &keys.lock, &token).await;
+        let released = token_lock::unlock(&mut redis, keys.lock(), &token).await;
         let lock_expired = matches!(released, Ok(false));
         if lock_expired {
             tracing::warn!(

@@ -41,10 +41,10 @@ impl Strategy for Lua {
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
         let keys = &purchase.keys;
         let mut call = self.script.prepare_invoke();
-        call.key(&keys.stock)
-            .key(&keys.meta)
-            .key(&keys.buyers)
-            .key(&keys.orders)
+        call.key(keys.stock())
+            .key(keys.meta())
+            .key(keys.buyers())
+            .key(keys.orders())
             .arg(purchase.user.as_str())
             .arg(order_log::head(
                 purchase.order_id,

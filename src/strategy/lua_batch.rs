@@ -299,10 +299,10 @@ async fn run(
         .iter()
         .find_map(|w| w.keyed.as_ref())
         .map_or(0, |keyed| keyed.ttl_ms);
-    call.key(&keys.stock)
-        .key(&keys.meta)
-        .key(&keys.buyers)
-        .key(&keys.orders)
+    call.key(keys.stock())
+        .key(keys.meta())
+        .key(keys.buyers())
+        .key(keys.orders())
         .arg(StrategyKind::LuaBatch.as_str())
         .arg(record_ttl_ms);
     for waiter in batch {

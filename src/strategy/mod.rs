@@ -211,12 +211,12 @@ impl Purchase {
     /// whose `WATCH` is what keeps the write in the sale it read).
     pub fn add_buyer_and_order(&self, pipe: &mut redis::Pipeline, generation: u64) {
         pipe.cmd("HINCRBY")
-            .arg(&self.keys.buyers)
+            .arg(self.keys.buyers())
             .arg(self.user.as_str())
             .arg(1)
             .ignore()
             .cmd("XADD")
-            .arg(&self.keys.orders)
+            .arg(self.keys.orders())
             .arg("*")
             .arg(&self.order_fields(generation))
             .ignore();
@@ -236,11 +236,11 @@ impl Purchase {
         pipe.cmd("EVAL")
             .arg(WRITE_LUA)
             .arg(if self.keyed.is_some() { 6 } else { 5 })
-            .arg(&self.keys.stock)
-            .arg(&self.keys.meta)
-            .arg(&self.keys.buyers)
-            .arg(&self.keys.orders)
-            .arg(&self.keys.fence);
+            .arg(self.keys.stock())
+            .arg(self.keys.meta())
+            .arg(self.keys.buyers())
+            .arg(self.keys.orders())
+            .arg(self.keys.fence());
         if let Some(keyed) = &self.keyed {
             pipe.arg(&keyed.record);
         }
@@ -279,11 +279,11 @@ impl Purchase {
         stock: StockWrite,
     ) -> Result<Written, StrategyError> {
         let mut call = WRITE_SCRIPT.prepare_invoke();
-        call.key(&self.keys.stock)
-            .key(&self.keys.meta)
-            .key(&self.keys.buyers)
-            .key(&self.keys.orders)
-            .key(&self.keys.fence);
+        call.key(self.keys.stock())
+            .key(self.keys.meta())
+            .key(self.keys.buyers())
+            .key(self.keys.orders())
+            .key(self.keys.fence());
         if let Some(keyed) = &self.keyed {
             call.key(&keyed.record);
         }
@@ -339,7 +339,7 @@ impl Purchase {
                 .arg(key_record::COMMIT_LUA)
                 .arg(2)
                 .arg(&keyed.record)
-                .arg(&self.keys.stock)
+                .arg(self.keys.stock())
                 .arg(self.order_id.to_string())
                 .arg(&keyed.fingerprint)
                 .arg(keyed.ttl_ms)

@@ -65,9 +65,9 @@ impl Optimistic {
         loop {
             let mut read = redis::pipe();
             read.cmd("WATCH")
-                .arg(&keys.stock)
-                .arg(&keys.buyers)
-                .arg(&keys.meta);
+                .arg(keys.stock())
+                .arg(keys.buyers())
+                .arg(keys.meta());
             if let Some(keyed) = &purchase.keyed {
                 // A commit of the key elsewhere aborts our transaction.
                 read.arg(&keyed.record);
@@ -84,14 +84,14 @@ impl Optimistic {
                 (Snapshot::from_replies(replies), redis::Value::Nil)
             };
             if !matches!(bought, redis::Value::Nil) {
-                conn.unwatch(&keys.meta).await?;
+                conn.unwatch(keys.meta()).await?;
                 let bought = Bought::from_reply(&bought).map_err(StrategyError::Protocol)?;
                 return Ok(Attempt::new(Outcome::KeyBought(bought)).with_retries(retries));
             }
             if snapshot.limit.is_some() && snapshot.bound.is_none() {
                 // Bind outside the watch: binding writes the watched meta
                 // hash, which would abort our own transaction.
-                conn.unwatch(&keys.meta).await?;
+                conn.unwatch(keys.meta()).await?;
                 Snapshot::fetch(conn, purchase).await?;
                 continue;
             }
@@ -102,7 +102,7 @@ impl Optimistic {
                 _ => snapshot.rejection(purchase.strategy),
             };
             if let Some(rejection) = rejection {
-                conn.unwatch(&keys.meta).await?;
+                conn.unwatch(keys.meta()).await?;
                 return Ok(Attempt::new(rejection).with_retries(retries));
             }
             sale = Some(snapshot.generation);
@@ -111,7 +111,7 @@ impl Optimistic {
             }
 
             let mut write = redis::pipe();
-            write.atomic().cmd("DECR").arg(&keys.stock);
+            write.atomic().cmd("DECR").arg(keys.stock());
             purchase.add_buyer_and_order(&mut write, snapshot.generation);
             purchase.add_key_commit(&mut write);
             purchase.committing_in_steps();

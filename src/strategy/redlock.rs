@@ -188,7 +188,7 @@ impl Strategy for Redlock {
     }
 
     async fn purchase(&self, purchase: &Purchase) -> Result<Attempt, StrategyError> {
-        let resource = &purchase.keys.redlock;
+        let resource = purchase.keys.redlock();
         let token = token_lock::new_token();
         let mut backoff = Backoff::new(self.wait);
         let (validity, acquired_at) = loop {

@@ -51,13 +51,13 @@ impl Snapshot {
     /// No binding: see [`Snapshot::bound_for`].
     pub fn read(pipe: &mut redis::Pipeline, purchase: &Purchase) {
         pipe.cmd("HMGET")
-            .arg(&purchase.keys.meta)
+            .arg(purchase.keys.meta())
             .arg(&["per_user_limit", "generation", "strategy"])
             .cmd("HGET")
-            .arg(&purchase.keys.buyers)
+            .arg(purchase.keys.buyers())
             .arg(purchase.user.as_str())
             .cmd("GET")
-            .arg(&purchase.keys.stock);
+            .arg(purchase.keys.stock());
     }
 
     pub fn from_replies(((limit, generation, bound), held, stock): SnapshotReplies) -> Self {
@@ -77,9 +77,9 @@ impl Snapshot {
         purchase: &Purchase,
     ) -> Result<Self, StrategyError> {
         let (limit, generation, bound, held, stock): ScriptReply = SNAPSHOT_SCRIPT
-            .key(&purchase.keys.meta)
-            .key(&purchase.keys.buyers)
-            .key(&purchase.keys.stock)
+            .key(purchase.keys.meta())
+            .key(purchase.keys.buyers())
+            .key(purchase.keys.stock())
             .arg(purchase.user.as_str())
             .arg(purchase.strategy.as_str())
             .invoke_async(redis)

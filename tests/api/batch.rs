@@ -97,7 +97,7 @@ async fn a_failed_batch_fails_every_buyer_and_writes_nothing() {
     let keys = keys(&item);
     let mut redis = app.redis().await;
     let _: () = redis::cmd("SET")
-        .arg(&keys.orders)
+        .arg(keys.orders())
         .arg("not a stream")
         .query_async(&mut redis)
         .await
@@ -107,13 +107,13 @@ async fn a_failed_batch_fails_every_buyer_and_writes_nothing() {
         assert_error(response, 503, "unavailable").await;
     }
     let stock: i64 = redis::cmd("GET")
-        .arg(&keys.stock)
+        .arg(keys.stock())
         .query_async(&mut redis)
         .await
         .unwrap();
     assert_eq!(stock, 50, "a failed batch wrote into the stock");
     let buyers: u64 = redis::cmd("HLEN")
-        .arg(&keys.buyers)
+        .arg(keys.buyers())
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -134,7 +134,7 @@ async fn a_sale_without_a_generation_fails_before_any_write() {
         assert_eq!(created.status(), 201);
         let mut redis = app.redis().await;
         let _: () = redis::cmd("HDEL")
-            .arg(keys(&item).meta)
+            .arg(keys(&item).meta())
             .arg("generation")
             .query_async(&mut redis)
             .await
@@ -164,7 +164,7 @@ async fn a_bad_value_fails_the_batch_before_any_write() {
     let keys = keys(&item);
     let mut redis = app.redis().await;
     let _: () = redis::cmd("HSET")
-        .arg(&keys.buyers)
+        .arg(keys.buyers())
         .arg("b39")
         .arg("1.5")
         .query_async(&mut redis)

@@ -192,7 +192,7 @@ fn item_on(cluster: &RedisCluster, prefix: &str, wanted: impl Fn(u16) -> bool) -
 
 /// The port of the master that serves `item`'s keys.
 fn master_of(cluster: &RedisCluster, item: &str) -> u16 {
-    cluster.master_of(&keys(item).stock, None).unwrap()
+    cluster.master_of(keys(item).stock(), None).unwrap()
 }
 
 /// `buyers` distinct users buy one unit each of `item`, all at once: the
@@ -295,7 +295,7 @@ async fn items_on_three_masters_sell_exactly_under_every_strategy() {
     for (item, _) in &sold {
         loop {
             let archives: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(keys(item).archives)
+                .arg(keys(item).archives())
                 .query_async(&mut redis)
                 .await
                 .unwrap();
@@ -586,7 +586,7 @@ async fn a_master_killed_mid_sale_loses_no_confirmed_order() {
     let mut redis = cluster_target(&cluster).connect(TIMEOUTS).await.unwrap();
     for (item, _) in &items {
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(keys(item).orders)
+            .arg(keys(item).orders())
             .arg("-")
             .arg("+")
             .query_async(&mut redis)

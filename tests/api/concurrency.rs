@@ -59,7 +59,7 @@ async fn race(
 
     let mut redis = app.redis().await;
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(crate::helpers::keys(&item).orders)
+        .arg(crate::helpers::keys(&item).orders())
         .arg("-")
         .arg("+")
         .query_async(&mut redis)
@@ -72,7 +72,7 @@ async fn race(
         })
         .collect();
     let held: HashMap<String, u64> = redis::cmd("HGETALL")
-        .arg(crate::helpers::keys(&item).buyers)
+        .arg(crate::helpers::keys(&item).buyers())
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -379,7 +379,7 @@ async fn undersold_counts_buyers_refused_while_units_remained_even_after_sell_ou
         .await;
     assert_eq!(created.status(), 201);
     // Another holder keeps the item's lock: the buyers give up.
-    let lock = crate::helpers::keys(&item).lock;
+    let lock = crate::helpers::keys(&item).lock().to_owned();
     let mut redis = app.redis().await;
     let _: () = redis::cmd("SET")
         .arg(&lock)

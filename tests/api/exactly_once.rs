@@ -26,7 +26,7 @@ use crate::proxy::ReplyDelayProxy;
 /// Units `user` holds of `item`, as the item's buyers hash says.
 async fn held(redis_url: &str, item: &str, user: &str) -> i64 {
     let held: Option<i64> = redis::cmd("HGET")
-        .arg(&keys(item).buyers)
+        .arg(keys(item).buyers())
         .arg(user)
         .query_async(&mut connect(redis_url).await)
         .await
@@ -37,7 +37,7 @@ async fn held(redis_url: &str, item: &str, user: &str) -> i64 {
 /// Entries in `item`'s order log.
 async fn logged(redis_url: &str, item: &str) -> u64 {
     redis::cmd("XLEN")
-        .arg(&keys(item).orders)
+        .arg(keys(item).orders())
         .query_async(&mut connect(redis_url).await)
         .await
         .unwrap()
@@ -135,7 +135,7 @@ async fn a_write_held_by_a_paused_redis_is_bought_once_per_key() {
     // past its write.
     let mut redis_conn = connect(&redis.url()).await;
     while !redis::cmd("EXISTS")
-        .arg(&keys(&item).lock)
+        .arg(keys(&item).lock())
         .query_async::<bool>(&mut redis_conn)
         .await
         .unwrap()

@@ -370,7 +370,7 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
     assert_eq!(created.status(), 201);
     let keys = crate::helpers::keys(&item);
     let _: () = redis::cmd("HSET")
-        .arg(&keys.buyers)
+        .arg(keys.buyers())
         .arg("u1")
         .arg("1.5")
         .query_async(&mut redis)
@@ -384,14 +384,14 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
         "{view}"
     );
     let _: () = redis::cmd("SET")
-        .arg(&keys.stock)
+        .arg(keys.stock())
         .arg("5 ")
         .query_async(&mut redis)
         .await
         .unwrap();
     assert_error(app.purchase(&item, "u2", "lua").await, 503, "unavailable").await;
     let logged: u64 = redis::cmd("XLEN")
-        .arg(&keys.orders)
+        .arg(keys.orders())
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -408,7 +408,7 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
     assert_eq!(created.status(), 201);
     let keys = crate::helpers::keys(&item);
     let _: () = redis::cmd("SET")
-        .arg(&keys.orders)
+        .arg(keys.orders())
         .arg("not a stream")
         .query_async(&mut redis)
         .await
@@ -416,9 +416,9 @@ async fn a_bad_key_or_value_fails_a_lua_purchase_before_any_write() {
     assert_error(app.purchase(&item, "u1", "lua").await, 503, "unavailable").await;
     let (stock, held): (i64, Option<i64>) = redis::pipe()
         .cmd("GET")
-        .arg(&keys.stock)
+        .arg(keys.stock())
         .cmd("HGET")
-        .arg(&keys.buyers)
+        .arg(keys.buyers())
         .arg("u1")
         .query_async(&mut redis)
         .await
@@ -462,7 +462,7 @@ async fn a_stock_redis_cannot_decrement_fails_before_the_order_is_appended() {
                 .await;
             assert_eq!(created.status(), 201);
             let _: () = redis::cmd("SET")
-                .arg(crate::helpers::keys(&item).stock)
+                .arg(crate::helpers::keys(&item).stock())
                 .arg(stock)
                 .query_async(&mut redis)
                 .await

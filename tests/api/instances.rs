@@ -384,7 +384,7 @@ fn repeats(
 /// How many orders sit in `item`'s dead letters (conflicting order ids).
 async fn dead_letters(conn: &mut redis::aio::MultiplexedConnection, item: &str) -> u64 {
     redis::cmd("XLEN")
-        .arg(crate::helpers::keys(item).dead_letters)
+        .arg(crate::helpers::keys(item).dead_letters())
         .query_async(conn)
         .await
         .unwrap()

@@ -558,11 +558,11 @@ async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
         app.create_item(&lone, 10, 1).await;
         let letter = |log: &str, entry_id: &str, raw: String| {
             let mut xadd = redis::cmd("XADD");
-            xadd.arg(crate::helpers::keys(log).dead_letters)
+            xadd.arg(crate::helpers::keys(log).dead_letters())
                 .arg("*")
                 .arg(&[
                     ("reason", "unreadable: missing field `order_id`"),
-                    ("stream", crate::helpers::keys(log).orders.as_str()),
+                    ("stream", crate::helpers::keys(log).orders()),
                     ("entry_id", entry_id),
                     ("raw_order", raw.as_str()),
                 ]);
@@ -619,7 +619,7 @@ async fn orders_an_earlier_version_kept_as_unreadable_are_rescued_into_sql() {
             "{lone_orders}"
         );
         let left: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
-            .arg(&keys.dead_letters)
+            .arg(keys.dead_letters())
             .arg("-")
             .arg("+")
             .query_async(&mut redis)
@@ -644,7 +644,7 @@ async fn a_rescue_that_cannot_read_the_dead_letters_shows_in_the_persister_repor
     let keys = crate::helpers::keys(&item);
     let mut redis = app.redis().await;
     let _: () = redis::cmd("SET")
-        .arg(&keys.dead_letters)
+        .arg(keys.dead_letters())
         .arg("not a stream")
         .query_async(&mut redis)
         .await
@@ -679,7 +679,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
         // one (a log an earlier version wrote): its redelivery in the
         // packed shape is the same order, no conflict.
         let _: String = redis::cmd("XADD")
-            .arg(crate::helpers::keys(&item).orders)
+            .arg(crate::helpers::keys(&item).orders())
             .arg("*")
             .arg(&[
                 (legacy::ORDER_ID, id),
@@ -693,7 +693,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
             .unwrap();
         for user in ["first", "second"] {
             let _: String = redis::cmd("XADD")
-                .arg(crate::helpers::keys(&item).orders)
+                .arg(crate::helpers::keys(&item).orders())
                 .arg("*")
                 .arg(order_log::ORDER)
                 .arg(format!("{id} {user} lua 1764000000000 1"))
@@ -703,7 +703,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
         }
         // And an entry that is no order at all.
         let _: String = redis::cmd("XADD")
-            .arg(crate::helpers::keys(&item).orders)
+            .arg(crate::helpers::keys(&item).orders())
             .arg("*")
             .arg(&[(order_log::ORDER, "not-a-number u lua 1764000000000 1")])
             .query_async(&mut redis)
@@ -717,7 +717,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
         assert_eq!(report["conflicts"], 1, "{report}");
 
         let dead: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
-            .arg(crate::helpers::keys(&item).dead_letters)
+            .arg(crate::helpers::keys(&item).dead_letters())
             .arg("-")
             .arg("+")
             .query_async(&mut redis)
@@ -761,7 +761,7 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
         );
         // Nothing left pending: every entry is accounted for.
         let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-            .arg(crate::helpers::keys(&item).orders)
+            .arg(crate::helpers::keys(&item).orders())
             .arg("persister")
             .query_async(&mut redis)
             .await

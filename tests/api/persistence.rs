@@ -161,7 +161,7 @@ async fn a_restocked_sales_old_log_is_persisted_then_removed() {
     let mut redis = persisting.redis().await;
     loop {
         let archives: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(crate::helpers::keys(&item).archives)
+            .arg(crate::helpers::keys(&item).archives())
             .query_async(&mut redis)
             .await
             .unwrap();

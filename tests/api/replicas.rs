@@ -93,7 +93,7 @@ async fn a_purchase_its_replica_does_not_confirm_is_answered_unconfirmed_with_it
         let body = assert_error(refused, 503, "unconfirmed").await;
         let order_id = body["error"]["order_id"].as_str().unwrap().to_owned();
         let logged: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(keys(&item).orders)
+            .arg(keys(&item).orders())
             .arg("-")
             .arg("+")
             .query_async(&mut master)

@@ -230,7 +230,7 @@ pub async fn inject(
         }
         Fault::RedisPause => redis_pause(topology, timing.hold).await,
         Fault::RedisRestart(_) => redis_restart(topology).await,
-        Fault::Failover { .. } => failover(topology, &keys.stock, timing.hold).await,
+        Fault::Failover { .. } => failover(topology, keys.stock(), timing.hold).await,
         Fault::Partition => partition(topology, &load, timing.hold, rng, &mut began).await,
         Fault::SlowNet => slow_net(topology, timing.hold, rng).await,
         Fault::ClockJump => clock_jump(topology, timing.hold).await,
@@ -257,9 +257,9 @@ pub async fn inject(
 fn lock_key(strategy: StrategyKind, keys: &ItemKeys) -> Option<String> {
     match strategy {
         StrategyKind::Lock | StrategyKind::LockGated | StrategyKind::LockUnfenced => {
-            Some(keys.lock.clone())
+            Some(keys.lock().to_owned())
         }
-        StrategyKind::Redlock => Some(keys.redlock.clone()),
+        StrategyKind::Redlock => Some(keys.redlock().to_owned()),
         _ => None,
     }
 }

@@ -163,7 +163,8 @@ async fn order_log(
     let key = crate::keys::ItemKeys::new(
         &crate::domain::ItemId::parse(item).map_err(anyhow::Error::msg)?,
     )
-    .orders;
+    .orders()
+    .to_owned();
     let mut logged = HashMap::new();
     let mut duplicates = 0;
     let mut start = "-".to_owned();

@@ -44,7 +44,7 @@ impl Worker {
                 if let Some(item) = keys::item_of(key) {
                     forget
                         .cmd("SREM")
-                        .arg(ItemKeys::new(&item).archives)
+                        .arg(ItemKeys::new(&item).archives())
                         .arg(key)
                         .ignore();
                 }

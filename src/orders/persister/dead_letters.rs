@@ -58,7 +58,7 @@ impl Worker {
             // No item, no dead-letter stream: the entries stay pending in
             // their log (kept, retried, logged) until someone looks.
             let dead_letters = item
-                .map(|item| ItemKeys::new(item).dead_letters)
+                .map(|item| ItemKeys::new(item).dead_letters().to_owned())
                 .ok_or_else(|| {
                     anyhow::anyhow!("no dead-letter stream for {key}: it names no item")
                 })?;

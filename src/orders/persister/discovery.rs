@@ -40,7 +40,9 @@ impl Worker {
         let mut archives = legacy.context("cannot list order logs")?;
         let per_item: Vec<redis::RedisResult<Vec<String>>> = redis_conn::each(
             &self.redis,
-            items.iter().map(|keys| smembers(keys.archives.clone())),
+            items
+                .iter()
+                .map(|keys| smembers(keys.archives().to_owned())),
         )
         .await;
         for listed in per_item {
@@ -49,7 +51,7 @@ impl Worker {
         let mut streams = Vec::with_capacity(items.len() + archives.len());
         let candidates = items
             .into_iter()
-            .map(|keys| keys.orders)
+            .map(|keys| keys.orders().to_owned())
             .chain(archives.iter().cloned());
         for key in candidates {
             if self.grouped.contains(&key) || self.create_group(&key).await? {

@@ -107,7 +107,7 @@ impl Worker {
                 // Only a live log gets more orders: an archived one being
                 // caught up is no sale in progress.
                 let live =
-                    keys::item_of(&key).is_some_and(|item| ItemKeys::new(&item).orders == key);
+                    keys::item_of(&key).is_some_and(|item| ItemKeys::new(&item).orders() == key);
                 if live {
                     self.hot = Some(key);
                 }

@@ -37,7 +37,7 @@ impl Worker {
     pub(super) async fn rescue(&mut self, items: &[ItemId], status: &PersisterStatus) -> usize {
         let letters: Vec<String> = items
             .iter()
-            .map(|i| ItemKeys::new(i).dead_letters)
+            .map(|i| ItemKeys::new(i).dead_letters().to_owned())
             .collect();
         let reads: Vec<redis::RedisResult<Vec<Letter>>> = redis_conn::each(
             &self.redis,
