@@ -1,6 +1,7 @@
 """Exactly N requests over C keep-alive connections, for bench/callgrind/run.sh.
 
-usage: load.py PORT ITEM STRATEGY N C [keyed]    (STRATEGY `healthz`: GET /healthz)
+usage: load.py PORT ITEM STRATEGY N C [keyed]    (STRATEGY `healthz`: GET /healthz;
+`reference`: POST /buy, examples/reference.rs's purchase)
 Each purchase is a new buyer; with `keyed`, each also carries its own
 Idempotency-Key. Prints the count of each status; exits 1 when
 any request was not answered with its expected status.
@@ -22,6 +23,8 @@ def worker(first):
     for i in range(first, n, c):
         if strategy == "healthz":
             conn.request("GET", "/healthz")
+        elif strategy == "reference":
+            conn.request("POST", "/buy")
         else:
             headers = {"Idempotency-Key": f"cg-{i}"} if keyed else {}
             conn.request("POST", f"/api/items/{item}/purchase?user_id=cg{i}&strategy={strategy}", headers=headers)
