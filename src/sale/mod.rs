@@ -2,7 +2,9 @@
 //! truths of a sale, each from its own source:
 //!
 //! - `stock`: the stock counter the strategies decrement;
-//! - `sold`: entries in the item's order log (a stream), one per 201;
+//! - `sold`: orders in the item's order log (a stream), one per 201: its
+//!   entries, plus the orders a `lua-batch` entry holds past its first
+//!   ([`order_log::EXTRA_ORDERS`]);
 //! - `oversold` = max(0, sold − initial_stock);
 //! - `drift` = (initial_stock − stock) − sold: zero when every sale moved the
 //!   counter by exactly one; negative when updates were lost (`naive`), which
@@ -39,6 +41,7 @@ use serde::Serialize;
 use crate::domain::ItemId;
 use crate::keys::{self, ItemKeys};
 use crate::orders::db::Db;
+use crate::orders::order_log;
 use crate::sale::stats::{CounterSnapshot, Stats};
 use crate::strategy::StrategyKind;
 
@@ -79,6 +82,7 @@ pub struct ItemView {
     /// `strategy_mismatch`. `None` until the first purchase binds it.
     #[schema(value_type = Option<StrategyKind>)]
     pub strategy: Option<String>,
+    /// Orders in the sale's order log, one per 201.
     pub sold: u64,
     pub oversold: u64,
     pub drift: i64,
@@ -101,9 +105,15 @@ pub struct ItemView {
 }
 
 /// Replies to the view's pipeline: `HMGET meta initial_stock per_user_limit
-/// generation strategy`, `GET stock`, `XLEN orders`.
+/// generation strategy extra_orders`, `GET stock`, `XLEN orders`.
 type ViewReplies = (
-    (Option<u64>, Option<u64>, Option<u64>, Option<String>),
+    (
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        Option<String>,
+        Option<u64>,
+    ),
     Option<i64>,
     u64,
 );
@@ -198,21 +208,31 @@ impl Sales {
     /// The item view, or `None` if the item does not exist.
     pub async fn view(&self, item: &ItemId, stats: &Stats) -> Result<Option<ItemView>, SaleError> {
         let keys = ItemKeys::new(item);
-        let ((initial, limit, generation, strategy), stock, sold): ViewReplies = redis::pipe()
-            .cmd("HMGET")
-            .arg(keys.meta())
-            .arg(&["initial_stock", "per_user_limit", "generation", "strategy"])
-            .cmd("GET")
-            .arg(keys.stock())
-            .cmd("XLEN")
-            .arg(keys.orders())
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let ((initial, limit, generation, strategy, extra), stock, entries): ViewReplies =
+            redis::pipe()
+                .cmd("HMGET")
+                .arg(keys.meta())
+                .arg(&[
+                    "initial_stock",
+                    "per_user_limit",
+                    "generation",
+                    "strategy",
+                    order_log::EXTRA_ORDERS,
+                ])
+                .cmd("GET")
+                .arg(keys.stock())
+                .cmd("XLEN")
+                .arg(keys.orders())
+                .query_async(&mut self.redis.clone())
+                .await?;
         let (Some(initial_stock), Some(per_user_limit)) = (initial, limit) else {
             return Ok(None);
         };
         let stock = stock.unwrap_or(0);
         let generation = generation.unwrap_or(0);
+        // The log's entries, and the orders a batch's entry holds past its
+        // first (order_log::ORDERS).
+        let sold = entries + extra.unwrap_or(0);
         let persisted = self.db.count_orders(item, generation).await?;
         let strategies = stats.snapshot(item);
         let refused: u64 = strategies.values().map(|c| c.refused_with_stock).sum();

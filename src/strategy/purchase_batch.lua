@@ -104,13 +104,19 @@ if not meta[3] then
   redis.call('HSET', KEYS[2], 'strategy', ARGV[1])
 end
 
--- The orders are appended one by one (a stream entry each); the stock and
--- the buyers' counts are kept here and written once at the end, one DECRBY
--- and one HSET for the whole batch: a redis.call costs more than the command
--- it runs, and the script is atomic, so no one sees the counts in between.
--- Appending first, as purchase.lua does, keeps the only writes that remain
--- after it to values already checked to be integers.
+-- The stock and the buyers' counts are kept here and written once at the
+-- end, one DECRBY and one HSET for the whole batch: a redis.call costs more
+-- than the command it runs, and the script is atomic, so no one sees the
+-- counts in between. The orders go to the log as one entry (order_log.rs):
+-- one order as the one field `order`, which every version reads; several as
+-- `orders`, one per line, with the sale's extra_orders raised by the orders
+-- past the first, so the log's length plus that count is what was sold.
+-- Every write here was checked up front (the keys' types, the integers),
+-- so none fails half-way: the Idempotency-Key records are written in the
+-- loop, where a key repeated later in the batch sees its first purchase,
+-- and the entry after it.
 local sold = 0
+local lines = {}
 local bought = {}
 for i = 1, n do
   local user = users[i]
@@ -122,18 +128,24 @@ for i = 1, n do
   elseif stock <= 0 then
     out[2 * i - 1], out[2 * i] = 1, 0
   else
-    redis.call('XADD', KEYS[4], '*', 'order', arg(i, 2) .. meta[2])
     stock = stock - 1
+    sold = sold + 1
+    lines[sold] = arg(i, 2) .. meta[2]
     if records[i] then
       idem_commit(records[i], arg(i, 4), arg(i, 3), stock, ARGV[2])
     end
-    sold = sold + 1
     if held[user] == counts_read[user] then
       bought[#bought + 1] = user
     end
     held[user] = held[user] + 1
     out[2 * i - 1], out[2 * i] = 0, stock
   end
+end
+if sold == 1 then
+  redis.call('XADD', KEYS[4], '*', 'order', lines[1])
+elseif sold > 1 then
+  redis.call('XADD', KEYS[4], '*', 'orders', table.concat(lines, '\n'))
+  redis.call('HINCRBY', KEYS[2], 'extra_orders', sold - 1)
 end
 if sold > 0 then
   redis.call('DECRBY', KEYS[1], sold)

@@ -216,3 +216,74 @@ async fn buyers_who_give_up_in_the_queue_buy_nothing() {
     let view = app.item(&item).await;
     assert_eq!(view["sold"].as_u64(), Some(created as u64), "{view}");
 }
+
+/// A batch that sold several units is one entry of the order log, holding
+/// every order (`orders`), and every truth still counts each order: `sold`
+/// and `drift`, each 201's order found by its id in the log (the persister
+/// is off here, so nothing is in SQL). A restock starts the count of orders
+/// beyond one per entry over with the new log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_log_entry_and_every_truth_counts_its_orders() {
+    let redis = crate::helpers::fresh_redis();
+    let app = Arc::new(spawn_app_on(&redis.url(), |_| {}).await);
+    let item = unique("one-entry");
+    let created = app
+        .put_item(&item, json!({"stock": 1000, "strategy": "lua-batch"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    let mut bought = Vec::new();
+    for response in buy_at_once(&app, &item, 120).await {
+        assert_eq!(response.status(), 201);
+        let body: serde_json::Value = response.json().await.unwrap();
+        bought.push(body["order_id"].as_str().unwrap().to_owned());
+    }
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(keys(&item).orders())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut app.redis().await)
+        .await
+        .unwrap();
+    let mut logged: Vec<String> = entries
+        .iter()
+        .flat_map(|(_, fields)| seckill::orders::order_log::ids_and_buyers(fields))
+        .map(|(id, _)| id.to_owned())
+        .collect();
+    assert!(
+        entries.len() < logged.len(),
+        "{} entries for {} orders: no batch shared an entry",
+        entries.len(),
+        logged.len()
+    );
+    logged.sort();
+    bought.sort();
+    assert_eq!(logged, bought);
+    let view = app.item(&item).await;
+    assert_eq!(
+        (view["sold"].as_u64(), view["drift"].as_i64()),
+        (Some(120), Some(0)),
+        "{view}"
+    );
+    for id in &bought {
+        let found = app
+            .client
+            .get(app.url(&format!("/api/orders/{id}?item={item}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(found.status(), 200, "order {id} not found");
+    }
+
+    let restocked = app
+        .put_item(&item, json!({"stock": 5, "strategy": "lua-batch"}))
+        .await;
+    assert_eq!(restocked.status(), 200);
+    let view = app.item(&item).await;
+    assert_eq!(
+        (view["sold"].as_u64(), view["drift"].as_i64()),
+        (Some(0), Some(0)),
+        "{view}"
+    );
+    assert_eq!(app.purchase(&item, "late", "lua-batch").await.status(), 201);
+    assert_eq!(app.item(&item).await["sold"], 1);
+}

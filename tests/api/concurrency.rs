@@ -67,9 +67,8 @@ async fn race(
         .unwrap();
     let logged_ids = entries
         .iter()
-        .filter_map(|(_, fields)| {
-            seckill::orders::order_log::order_id_of(fields).map(str::to_owned)
-        })
+        .flat_map(|(_, fields)| seckill::orders::order_log::ids_and_buyers(fields))
+        .map(|(id, _)| id.to_owned())
         .collect();
     let held: HashMap<String, u64> = redis::cmd("HGETALL")
         .arg(crate::helpers::keys(&item).buyers())

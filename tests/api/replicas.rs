@@ -101,7 +101,8 @@ async fn a_purchase_its_replica_does_not_confirm_is_answered_unconfirmed_with_it
             .unwrap();
         let logged: Vec<&str> = logged
             .iter()
-            .filter_map(|(_, fields)| seckill::orders::order_log::order_id_of(fields))
+            .flat_map(|(_, fields)| seckill::orders::order_log::ids_and_buyers(fields))
+            .map(|(id, _)| id)
             .collect();
         assert_eq!(logged, [order_id.as_str()], "{strategy}");
 

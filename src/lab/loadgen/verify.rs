@@ -182,10 +182,11 @@ async fn order_log(
         };
         start = format!("({last}");
         for (_, fields) in &entries {
-            if let Some(Ok(id)) = order_log::order_id_of(fields).map(OrderId::parse) {
-                let buyer = order_log::user_id_of(fields)
-                    .and_then(buyer_number)
-                    .unwrap_or(u64::MAX);
+            for (id, buyer) in order_log::ids_and_buyers(fields) {
+                let Ok(id) = OrderId::parse(id) else {
+                    continue;
+                };
+                let buyer = buyer_number(buyer).unwrap_or(u64::MAX);
                 if logged.insert(id, buyer).is_some() {
                     duplicates += 1;
                 }

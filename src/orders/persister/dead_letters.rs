@@ -32,13 +32,14 @@ fn raw_field(name: &str) -> String {
     format!("raw_{name}")
 }
 
-/// An order-log entry to keep as a dead letter.
+/// An order-log entry to keep as dead letters: one, or for a batch's entry
+/// one per conflicting order.
 pub(super) struct NewLetter<'a> {
     /// Its id in the order log.
     pub(super) entry_id: &'a str,
-    /// The letter's fields.
-    pub(super) fields: Vec<(String, String)>,
-    /// A conflict, else an unreadable entry: the counter it goes to.
+    /// Each letter's fields.
+    pub(super) letters: Vec<Vec<(String, String)>>,
+    /// Conflicts, else an unreadable entry: the counter they go to.
     pub(super) conflict: bool,
 }
 
@@ -65,16 +66,16 @@ impl Worker {
             let script = Script::new(DEAD_LETTER_LUA);
             for NewLetter {
                 entry_id: id,
-                fields,
+                letters,
                 conflict,
             } in letters
             {
-                let kept: i64 = script
-                    .key(key)
-                    .key(&dead_letters)
-                    .arg(GROUP)
-                    .arg(id)
-                    .arg(fields)
+                let mut call = script.key(key);
+                call.key(&dead_letters).arg(GROUP).arg(id);
+                for fields in &letters {
+                    call.arg(fields.len() * 2).arg(fields);
+                }
+                let kept: i64 = call
                     .invoke_async(&mut self.redis)
                     .await
                     .with_context(|| format!("cannot move {id} of {key} to the dead letters"))?;
@@ -91,32 +92,47 @@ impl Worker {
     }
 }
 
-/// The order in a dead letter exactly as an earlier version keeps a
-/// one-field entry (its reason, the log, the entry id, the raw `order`
-/// field, nothing else), if that field is an order. Anything else, such as
-/// this version's own unreadable letters, is none of the rescue's business.
-pub(super) fn earlier_versions_order(
+/// The orders in a dead letter exactly as an earlier version keeps an entry
+/// it cannot read, a one-field [`order_log::ORDER`] or [`order_log::ORDERS`]
+/// entry (its reason, the log, the entry id, the raw field, nothing else),
+/// if that field holds orders. Anything else, such as this version's own
+/// unreadable letters, is none of the rescue's business.
+pub(super) fn earlier_versions_orders(
     item: &ItemId,
     fields: &[(Vec<u8>, Vec<u8>)],
-) -> Option<OrderRecord> {
+) -> Option<Vec<OrderRecord>> {
     let reason = format!(
         "{UNREADABLE}: missing field `{}`",
         order_log::legacy::ORDER_ID
     );
-    let raw_order = raw_field(order_log::ORDER);
+    let raw_fields = [order_log::ORDER, order_log::ORDERS].map(raw_field);
     let mut found = HashMap::new();
     for (name, value) in fields {
         let name = std::str::from_utf8(name).ok()?;
         let value = std::str::from_utf8(value).ok()?;
-        let expected = [REASON, STREAM, ENTRY_ID, raw_order.as_str()];
-        if !expected.contains(&name) || found.insert(name, value).is_some() {
+        let expected =
+            [REASON, STREAM, ENTRY_ID].contains(&name) || raw_fields.iter().any(|f| f == name);
+        if !expected || found.insert(name, value).is_some() {
             return None;
         }
     }
     if found.len() != 4 || found.get(REASON) != Some(&reason.as_str()) {
         return None;
     }
-    order_log::parse_value(item, found.get(raw_order.as_str())?).ok()
+    let (field, raw) = [order_log::ORDER, order_log::ORDERS]
+        .into_iter()
+        .zip(&raw_fields)
+        .find_map(|(field, raw)| Some((field, *found.get(raw.as_str())?)))?;
+    let entry = Entry {
+        id: String::new(),
+        fields: vec![(
+            field.to_owned(),
+            redis::Value::BulkString(raw.as_bytes().to_vec()),
+        )],
+    };
+    let mut orders = Vec::new();
+    order_log::parse(item, &entry, &mut orders).ok()?;
+    Some(orders)
 }
 
 /// A dead letter for an entry that is not an order: its raw fields.

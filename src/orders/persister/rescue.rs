@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 
-use super::dead_letters::earlier_versions_order;
+use super::dead_letters::earlier_versions_orders;
 use super::{PersisterStatus, Worker, record};
 use crate::domain::ItemId;
 use crate::infra::redis_conn;
@@ -92,12 +92,16 @@ impl Worker {
         let Some(last) = page.last().map(|(id, _)| id.clone()) else {
             return Ok(0);
         };
+        // The letter each order came from, by index in `orders`; and each
+        // letter with its count of orders (a batch's entry holds several).
         let mut ids = Vec::new();
         let mut orders = Vec::new();
+        let mut letters = Vec::new();
         for (id, fields) in &page {
-            if let Some(order) = earlier_versions_order(item, fields) {
-                ids.push(id.as_str());
-                orders.push(order);
+            if let Some(found) = earlier_versions_orders(item, fields) {
+                ids.extend(std::iter::repeat_n(id.as_str(), found.len()));
+                letters.push((id.as_str(), found.len()));
+                orders.extend(found);
             }
         }
         let mut rescued = 0;
@@ -108,7 +112,8 @@ impl Worker {
                 .await
                 .context("cannot insert rescued orders")?;
             let conflicts = self.conflicts(&orders, inserted).await?;
-            let conflicting: HashSet<usize> = conflicts.iter().map(|(i, _)| *i).collect();
+            // A letter with one conflicting order stays whole.
+            let conflicting: HashSet<&str> = conflicts.iter().map(|(i, _)| ids[*i]).collect();
             for (index, stored) in &conflicts {
                 tracing::error!(
                     stream = %key,
@@ -121,20 +126,25 @@ impl Worker {
             status
                 .conflicts
                 .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
-            let stored: Vec<&str> = (0..ids.len())
-                .filter(|i| !conflicting.contains(i))
-                .map(|i| ids[i])
+            let stored: Vec<(&str, usize)> = letters
+                .into_iter()
+                .filter(|(id, _)| !conflicting.contains(id))
                 .collect();
             if !stored.is_empty() {
                 // Counted by what this call deleted: another instance
-                // rescuing the same letters counts the rest.
-                let deleted: u64 = redis::cmd("XDEL")
-                    .arg(key)
-                    .arg(&stored)
-                    .query_async(&mut self.redis)
-                    .await
-                    .with_context(|| format!("XDEL {key}"))?;
-                rescued = deleted as usize;
+                // rescuing the same letters counts the rest. One XDEL a
+                // letter, to count its orders (a path of upgrades only).
+                for (id, held) in stored {
+                    let deleted: u64 = redis::cmd("XDEL")
+                        .arg(key)
+                        .arg(id)
+                        .query_async(&mut self.redis)
+                        .await
+                        .with_context(|| format!("XDEL {key} {id}"))?;
+                    if deleted == 1 {
+                        rescued += held;
+                    }
+                }
                 status.persisted.fetch_add(inserted, Ordering::Relaxed);
                 tracing::warn!(
                     %item,

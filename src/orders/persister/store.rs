@@ -33,18 +33,16 @@ impl Worker {
         // made-up item.
         let item = keys::item_of(key);
         let mut orders = Vec::with_capacity(entries.len());
-        let mut parsed = Vec::with_capacity(entries.len());
+        // The entry each order came from, by index in `orders`.
+        let mut from = Vec::with_capacity(entries.len());
         let mut letters = Vec::new();
         for entry in entries {
-            let order = item
+            let parsed = item
                 .as_ref()
                 .ok_or_else(|| format!("the order log's key `{key}` names no item"))
-                .and_then(|item| order_log::parse(item, entry));
-            match order {
-                Ok(order) => {
-                    orders.push(order);
-                    parsed.push(entry);
-                }
+                .and_then(|item| order_log::parse(item, entry, &mut orders));
+            match parsed {
+                Ok(()) => from.resize(orders.len(), entry),
                 // Only this service writes these streams: an entry it cannot
                 // read is a bug, logged loudly and kept, not a reason to
                 // stall the log.
@@ -52,7 +50,7 @@ impl Worker {
                     tracing::error!(stream = %key, id = %entry.id, %err, "unreadable order-log entry moved to the dead-letter stream");
                     letters.push(NewLetter {
                         entry_id: entry.id.as_str(),
-                        fields: unreadable_fields(key, entry, &err),
+                        letters: vec![unreadable_fields(key, entry, &err)],
                         conflict: false,
                     });
                 }
@@ -63,8 +61,11 @@ impl Worker {
             .insert_orders(&orders)
             .await
             .context("cannot insert orders")?;
+        // A batch's entry holds several orders: each conflicting one is a
+        // letter, all kept with the entry's one acknowledgement.
+        let mut conflicting: Vec<NewLetter> = Vec::new();
         for (index, stored) in self.conflicts(&orders, inserted).await? {
-            let (entry, order) = (parsed[index], &orders[index]);
+            let (entry, order) = (from[index], &orders[index]);
             tracing::error!(
                 stream = %key,
                 entry = %entry.id,
@@ -72,12 +73,17 @@ impl Worker {
                 sql_order = ?stored,
                 "order id conflict: SQL holds a different order under this id; entry moved to the dead-letter stream"
             );
-            letters.push(NewLetter {
-                entry_id: entry.id.as_str(),
-                fields: dead_letter_fields(key, &entry.id, order, &stored),
-                conflict: true,
-            });
+            let letter = dead_letter_fields(key, &entry.id, order, &stored);
+            match conflicting.last_mut() {
+                Some(last) if last.entry_id == entry.id => last.letters.push(letter),
+                _ => conflicting.push(NewLetter {
+                    entry_id: entry.id.as_str(),
+                    letters: vec![letter],
+                    conflict: true,
+                }),
+            }
         }
+        letters.extend(conflicting);
 
         let handled = self
             .keep_dead_letters(key, item.as_ref(), letters, status)
