@@ -7,6 +7,8 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::task::JoinSet;
 
+use seckill::infra::redis_server::RedisServer;
+
 use crate::helpers::{TestApp, assert_error, keys, spawn_app, spawn_app_on, unique};
 
 /// `n` buyers of `item` at once; their statuses.
@@ -52,18 +54,25 @@ async fn script_calls(app: &TestApp) -> u64 {
         .sum()
 }
 
+/// A `lua-batch` sale of 1,000 units on a Redis of its own (no other
+/// test's scripts or keys), and its app.
+async fn lua_batch_sale(name: &str) -> (Arc<TestApp>, String, RedisServer) {
+    let redis = crate::helpers::fresh_redis();
+    let app = Arc::new(spawn_app_on(&redis.url(), |_| {}).await);
+    let item = unique(name);
+    let created = app
+        .put_item(&item, json!({"stock": 1000, "strategy": "lua-batch"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    (app, item, redis)
+}
+
 /// 120 buyers at once, on a Redis of its own (no other test's scripts
 /// counted): at most half as many script calls as purchases, and every
 /// purchase counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_buyers_share_script_calls() {
-    let redis = crate::helpers::fresh_redis();
-    let app = Arc::new(spawn_app_on(&redis.url(), |_| {}).await);
-    let item = unique("coalesce");
-    let created = app
-        .put_item(&item, json!({"stock": 1000, "strategy": "lua-batch"}))
-        .await;
-    assert_eq!(created.status(), 201);
+    let (app, item, _redis) = lua_batch_sale("coalesce").await;
     let before = script_calls(&app).await;
     let responses = buy_at_once(&app, &item, 120).await;
     let calls = script_calls(&app).await - before;
@@ -224,13 +233,7 @@ async fn buyers_who_give_up_in_the_queue_buy_nothing() {
 /// beyond one per entry over with the new log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_one_log_entry_and_every_truth_counts_its_orders() {
-    let redis = crate::helpers::fresh_redis();
-    let app = Arc::new(spawn_app_on(&redis.url(), |_| {}).await);
-    let item = unique("one-entry");
-    let created = app
-        .put_item(&item, json!({"stock": 1000, "strategy": "lua-batch"}))
-        .await;
-    assert_eq!(created.status(), 201);
+    let (app, item, _redis) = lua_batch_sale("one-entry").await;
     let mut bought = Vec::new();
     for response in buy_at_once(&app, &item, 120).await {
         assert_eq!(response.status(), 201);
@@ -265,12 +268,7 @@ async fn a_batch_is_one_log_entry_and_every_truth_counts_its_orders() {
         "{view}"
     );
     for id in &bought {
-        let found = app
-            .client
-            .get(app.url(&format!("/api/orders/{id}?item={item}")))
-            .send()
-            .await
-            .unwrap();
+        let found = app.get(&format!("/api/orders/{id}?item={item}")).await;
         assert_eq!(found.status(), 200, "order {id} not found");
     }
 

@@ -142,12 +142,7 @@ async fn the_documented_bounds_are_the_enforced_ones() {
 
     let (min, max) = bounds(query_param(&doc, "/api/orders", "get", "limit"));
     for (limit, ok) in [(min - 1, false), (min, true), (max, true), (max + 1, false)] {
-        let response = app
-            .client
-            .get(app.url(&format!("/api/orders?limit={limit}")))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(&format!("/api/orders?limit={limit}")).await;
         accepted_or_refused(response, ok.then_some(200), &format!("limit {limit}")).await;
     }
 
@@ -299,12 +294,7 @@ async fn order_ids_are_the_documented_decimal_strings() {
         ("+5", false),
         ("00000000000000000001", false),
     ] {
-        let response = app
-            .client
-            .get(app.url(&format!("/api/ids/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(&format!("/api/ids/{id}")).await;
         accepted_or_refused(response, ok.then_some(200), id).await;
     }
 }

@@ -265,13 +265,14 @@ impl TestApp {
         get_json(&self.client, &self.url(path)).await
     }
 
+    /// `GET path`, whatever it answers.
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     /// `GET /api/items/{item}`, whatever it answers.
     pub async fn item_response(&self, item: &str) -> Response {
-        self.client
-            .get(self.url(&format!("/api/items/{item}")))
-            .send()
-            .await
-            .unwrap()
+        self.get(&format!("/api/items/{item}")).await
     }
 
     /// `GET /api/items/{item}` as JSON, asserting 200.

@@ -230,12 +230,7 @@ async fn the_orders_api_pages_with_a_stable_cursor() {
         "order=sideways",
         "colour=red",
     ] {
-        let response = app
-            .client
-            .get(app.url(&format!("/api/orders?{bad}")))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(&format!("/api/orders?{bad}")).await;
         crate::helpers::assert_error(response, 400, "invalid_request").await;
     }
 }
