@@ -3,6 +3,7 @@
 
     cargo build --release --bin seckill --example reference
     python3 bench/calibrate.py [ROUNDS]        # default 3
+    SECKILL_BIN=/path/to/an/older/seckill python3 bench/calibrate.py   # another build
 
 Each round, on one private redis-server (no AOF): the reference, then one
 seckill server (a fresh SQLite file) for `lua` and then `lua-batch`, each on
@@ -29,6 +30,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HZ = os.sysconf("SC_CLK_TCK")
+# The seckill build measured: this checkout's release build unless told.
+SECKILL_BIN = os.environ.get("SECKILL_BIN", f"{ROOT}/target/release/seckill")
 
 
 def free_port():
@@ -69,7 +72,10 @@ def wrk(url, seconds, script=None):
 
 
 def wait_for(url):
-    for _ in range(200):
+    # Up to a minute: seckill on a Redis it did not start itself waits out a
+    # worker lease's TTL and the skew margin (31 s) before it serves, since
+    # nothing tells it that Redis is fresh (src/orders/lease.rs).
+    for _ in range(600):
         try:
             urllib.request.urlopen(url, timeout=1)
             return
@@ -142,7 +148,7 @@ def seckill_runs(directory, redis_port, redis_pid, round_no):
     env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}",
                DATABASE_URL=f"sqlite://{directory}/db.sqlite",
                LISTEN=f"127.0.0.1:{port}", RUST_LOG="warn")
-    process = subprocess.Popen([f"{ROOT}/target/release/seckill", "serve"], env=env,
+    process = subprocess.Popen([SECKILL_BIN, "serve"], env=env,
                                stdout=subprocess.DEVNULL,
                                stderr=open(f"{directory}/server.log", "w"))
     rows = []
