@@ -237,7 +237,8 @@ pub struct OrderSettings {
     /// may all run it: they share the work through a consumer group.
     #[arg(long, env = "PERSISTER", default_value_t = true, action = clap::ArgAction::Set)]
     pub persister: bool,
-    /// Persister: entries per read and per SQL transaction. Above 0.
+    /// Persister: orders per read (fewer entries of a `lua-batch` log,
+    /// whose entries hold several) and per SQL transaction. Above 0.
     #[arg(long, env = "PERSISTER_BATCH", default_value_t = 500)]
     pub persister_batch: usize,
     /// Persister: after a read that found less than a batch, wait this long

@@ -111,7 +111,8 @@ impl ItemKeys {
     }
 
     /// Hash: `initial_stock`, `per_user_limit`, `generation` (bumped by each
-    /// restock), `strategy` (the binding).
+    /// restock), `strategy` (the binding), `extra_orders` and
+    /// `extra_orders_generation` ([`crate::orders::order_log::EXTRA_ORDERS`]).
     pub fn meta(&self) -> &str {
         self.key(1)
     }
@@ -121,7 +122,8 @@ impl ItemKeys {
         self.key(2)
     }
 
-    /// Stream: one entry per order of the current sale (the order log).
+    /// Stream: the current sale's orders, an entry each, or one entry for a
+    /// `lua-batch` call's several (the order log).
     pub fn orders(&self) -> &str {
         self.key(3)
     }

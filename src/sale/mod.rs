@@ -104,14 +104,16 @@ pub struct ItemView {
     pub strategies: BTreeMap<StrategyKind, CounterSnapshot>,
 }
 
-/// Replies to the view's pipeline: `HMGET meta initial_stock per_user_limit
-/// generation strategy extra_orders`, `GET stock`, `XLEN orders`.
+/// Replies to the view's transaction: `HMGET meta initial_stock
+/// per_user_limit generation strategy extra_orders extra_orders_generation`,
+/// `GET stock`, `XLEN orders`.
 type ViewReplies = (
     (
         Option<u64>,
         Option<u64>,
         Option<u64>,
         Option<String>,
+        Option<u64>,
         Option<u64>,
     ),
     Option<i64>,
@@ -208,8 +210,11 @@ impl Sales {
     /// The item view, or `None` if the item does not exist.
     pub async fn view(&self, item: &ItemId, stats: &Stats) -> Result<Option<ItemView>, SaleError> {
         let keys = ItemKeys::new(item);
-        let ((initial, limit, generation, strategy, extra), stock, entries): ViewReplies =
+        // One transaction (the keys share a slot): `sold` adds two reads, and a
+        // batch between them would show it short for a moment.
+        let ((initial, limit, generation, strategy, extra, extra_of), stock, entries): ViewReplies =
             redis::pipe()
+                .atomic()
                 .cmd("HMGET")
                 .arg(keys.meta())
                 .arg(&[
@@ -218,6 +223,7 @@ impl Sales {
                     "generation",
                     "strategy",
                     order_log::EXTRA_ORDERS,
+                    order_log::EXTRA_ORDERS_GENERATION,
                 ])
                 .cmd("GET")
                 .arg(keys.stock())
@@ -231,7 +237,8 @@ impl Sales {
         let stock = stock.unwrap_or(0);
         let generation = generation.unwrap_or(0);
         // The log's entries, and the orders a batch's entry holds past its
-        // first (order_log::ORDERS).
+        // first (order_log::ORDERS), if counted for this sale.
+        let extra = extra.filter(|_| extra_of == Some(generation));
         let sold = entries + extra.unwrap_or(0);
         let persisted = self.db.count_orders(item, generation).await?;
         let strategies = stats.snapshot(item);

@@ -29,9 +29,6 @@ if archived == 1 then
   redis.call('RENAME', KEYS[4], KEYS[6])
   redis.call('SADD', KEYS[7], KEYS[6])
 end
--- The new log starts empty: so does the count of its orders beyond one per
--- entry (purchase_batch.lua).
-redis.call('HDEL', KEYS[2], 'extra_orders')
 redis.call('DEL', KEYS[3], KEYS[5])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'initial_stock', ARGV[1], 'per_user_limit', ARGV[2])

@@ -52,7 +52,8 @@ local function all(code, value)
   return out
 end
 
-local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation', 'strategy')
+local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation', 'strategy',
+  'extra_orders', 'extra_orders_generation')
 local limit = tonumber(meta[1])
 if not limit then
   return all(3, 0)
@@ -71,6 +72,19 @@ end
 -- Appended to every entry: checked before the first write.
 if not meta[2] then
   return redis.error_reply('ERR the sale has no generation')
+end
+-- The orders this sale's log holds past one per entry (order_log.rs). A
+-- count of another generation is a previous sale's, left by a restock
+-- (an earlier version's restock knows nothing of it): this sale's starts
+-- at 0. Checked here, as the stock is, so its HINCRBY cannot fail after
+-- the orders are written.
+local extra = 0
+if meta[5] == meta[2] then
+  local bad_extra
+  extra, bad_extra = integer(meta[4], 'the extra orders')
+  if bad_extra then
+    return bad_extra
+  end
 end
 local users = {}
 -- The record of each purchase with a key; every record read once here, so
@@ -110,7 +124,8 @@ end
 -- counts in between. The orders go to the log as one entry (order_log.rs):
 -- one order as the one field `order`, which every version reads; several as
 -- `orders`, one per line, with the sale's extra_orders raised by the orders
--- past the first, so the log's length plus that count is what was sold.
+-- past the first (and tagged with the sale's generation), so the log's
+-- length plus that count is what was sold.
 -- Every write here was checked up front (the keys' types, the integers),
 -- so none fails half-way: the Idempotency-Key records are written in the
 -- loop, where a key repeated later in the batch sees its first purchase,
@@ -145,7 +160,7 @@ if sold == 1 then
   redis.call('XADD', KEYS[4], '*', 'order', lines[1])
 elseif sold > 1 then
   redis.call('XADD', KEYS[4], '*', 'orders', table.concat(lines, '\n'))
-  redis.call('HINCRBY', KEYS[2], 'extra_orders', sold - 1)
+  redis.call('HSET', KEYS[2], 'extra_orders', extra + sold - 1, 'extra_orders_generation', meta[2])
 end
 if sold > 0 then
   redis.call('DECRBY', KEYS[1], sold)

@@ -690,7 +690,10 @@ async fn a_rescue_that_cannot_read_the_dead_letters_shows_in_the_persister_repor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() {
     for database_url in crate::helpers::database_urls() {
-        let (app, _redis) = spawn_persisting_app(&database_url, |_| {}).await;
+        // Two orders a transaction: the batch entry below is stored in two,
+        // its second conflict in the second.
+        let (app, _redis) =
+            spawn_persisting_app(&database_url, |c| c.orders.persister_batch = 2).await;
         let item = unique("conflict");
         app.create_item(&item, 10, 1).await;
         let mut redis = app.redis().await;
@@ -721,15 +724,15 @@ async fn a_conflicting_order_id_goes_to_the_dead_letter_stream_and_is_counted() 
                 .await
                 .unwrap();
         }
-        // A lua-batch entry of three orders: two more under the held id
-        // (two conflicts, two letters of one entry) and a new one, stored.
+        // A lua-batch entry of three orders: a new one, stored, and two more
+        // under the held id (two conflicts, two letters of one entry).
         let new_id = (rand::random::<u64>() >> 2).to_string();
         let batch_entry: String = redis::cmd("XADD")
             .arg(crate::helpers::keys(&item).orders())
             .arg("*")
             .arg(order_log::ORDERS)
             .arg(format!(
-                "{id} third lua-batch 1764000000000 1\n{id} fourth lua-batch 1764000000000 1\n{new_id} fifth lua-batch 1764000000000 1"
+                "{new_id} fifth lua-batch 1764000000000 1\n{id} third lua-batch 1764000000000 1\n{id} fourth lua-batch 1764000000000 1"
             ))
             .query_async(&mut redis)
             .await

@@ -65,7 +65,7 @@ impl Worker {
             .arg(GROUP)
             .arg(&self.config.consumer)
             .arg("COUNT")
-            .arg(self.config.batch);
+            .arg(self.entries_per_read(stream));
         if let Some(block) = block {
             read.arg("BLOCK").arg(block.as_millis() as u64);
         }
@@ -102,8 +102,10 @@ impl Worker {
                 if entries.is_empty() {
                     continue;
                 }
-                handled += entries.len();
-                self.persist(&key, &entries, status).await?;
+                let orders = self.persist(&key, &entries, status).await?;
+                handled += orders;
+                self.orders_per_entry
+                    .insert(key.clone(), orders.div_ceil(entries.len()).max(1));
                 // Only a live log gets more orders: an archived one being
                 // caught up is no sale in progress.
                 let live =
@@ -137,18 +139,17 @@ impl Worker {
                     .arg(self.config.claim_idle.as_millis() as u64)
                     .arg(&cursor)
                     .arg("COUNT")
-                    .arg(self.config.batch)
+                    .arg(self.entries_per_read(key))
                     .query_async(&mut self.redis)
                     .await
                     .with_context(|| format!("XAUTOCLAIM {key}"))?;
                 if !reply.claimed.is_empty() {
                     tracing::info!(stream = %key, entries = reply.claimed.len(), "reclaimed idle order-log entries");
-                    total += reply.claimed.len();
                     status
                         .reclaimed
                         .fetch_add(reply.claimed.len() as u64, Ordering::Relaxed);
                     let claimed: Vec<Entry> = reply.claimed.into_iter().map(Entry::from).collect();
-                    self.persist(key, &claimed, status).await?;
+                    total += self.persist(key, &claimed, status).await?;
                 }
                 if reply.next_stream_id == "0-0" {
                     break;

@@ -126,6 +126,7 @@ impl Worker {
             status
                 .conflicts
                 .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
+            status.persisted.fetch_add(inserted, Ordering::Relaxed);
             let stored: Vec<(&str, usize)> = letters
                 .into_iter()
                 .filter(|(id, _)| !conflicting.contains(id))
@@ -135,17 +136,22 @@ impl Worker {
                 // rescuing the same letters counts the rest. One XDEL a
                 // letter, to count its orders (a path of upgrades only).
                 for (id, held) in stored {
-                    let deleted: u64 = redis::cmd("XDEL")
+                    let deleted: redis::RedisResult<u64> = redis::cmd("XDEL")
                         .arg(key)
                         .arg(id)
                         .query_async(&mut self.redis)
-                        .await
-                        .with_context(|| format!("XDEL {key} {id}"))?;
-                    if deleted == 1 {
-                        rescued += held;
+                        .await;
+                    match deleted {
+                        Ok(1) => rescued += held,
+                        Ok(_) => {}
+                        // Those deleted so far count; the rest stay, and
+                        // are stored again (a no-op) next pass.
+                        Err(err) => {
+                            status.rescued.fetch_add(rescued as u64, Ordering::Relaxed);
+                            return Err(anyhow::Error::new(err).context(format!("XDEL {key} {id}")));
+                        }
                     }
                 }
-                status.persisted.fetch_add(inserted, Ordering::Relaxed);
                 tracing::warn!(
                     %item,
                     rescued,

@@ -16,17 +16,18 @@ use crate::orders::order_log::{self, Entry};
 use crate::orders::snowflake::OrderId;
 
 impl Worker {
-    /// Inserts the entries in one transaction, then acknowledges them. Those
+    /// Inserts the entries' orders, then acknowledges the entries. Those
     /// it cannot store (unreadable, or a conflicting id) go to the item's
     /// dead-letter stream instead, each with its own acknowledgement.
+    /// Returns the orders it read, and the entries it could not read.
     pub(super) async fn persist(
         &mut self,
         key: &str,
         entries: &[Entry],
         status: &PersisterStatus,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<usize> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         // Only our own logs are listed, so a key that names no item is a
         // bug: its entries are kept as dead letters, never stored under a
@@ -56,15 +57,33 @@ impl Worker {
                 }
             }
         }
-        let inserted = self
-            .db
-            .insert_orders(&orders)
-            .await
-            .context("cannot insert orders")?;
+        // A lua-batch entry holds up to LUA_BATCH_MAX orders: a read's
+        // entries are stored in transactions of at most `batch` orders, so
+        // none holds the database's write lock for a read's worth of them,
+        // and a redelivery reads back at most that many. All are committed
+        // before the one acknowledgement (a crash between two is a
+        // redelivery, harmless).
+        let mut inserted = 0;
+        let mut found = Vec::new();
+        for (run, chunk) in orders.chunks(self.config.batch.max(1)).enumerate() {
+            let written = self
+                .db
+                .insert_orders(chunk)
+                .await
+                .context("cannot insert orders")?;
+            inserted += written;
+            let offset = run * self.config.batch.max(1);
+            found.extend(
+                self.conflicts(chunk, written)
+                    .await?
+                    .into_iter()
+                    .map(|(index, stored)| (offset + index, stored)),
+            );
+        }
         // A batch's entry holds several orders: each conflicting one is a
         // letter, all kept with the entry's one acknowledgement.
         let mut conflicting: Vec<NewLetter> = Vec::new();
-        for (index, stored) in self.conflicts(&orders, inserted).await? {
+        for (index, stored) in found {
             let (entry, order) = (from[index], &orders[index]);
             tracing::error!(
                 stream = %key,
@@ -83,6 +102,7 @@ impl Worker {
                 }),
             }
         }
+        let unreadable = letters.len();
         letters.extend(conflicting);
 
         let handled = self
@@ -104,7 +124,7 @@ impl Worker {
         }
         status.persisted.fetch_add(inserted, Ordering::Relaxed);
         status.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(orders.len() + unreadable)
     }
 
     /// The orders whose id SQL holds with different fields, by index in
