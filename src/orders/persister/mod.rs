@@ -259,6 +259,7 @@ async fn run(
         rescued_up_to: HashMap::new(),
         own_pending_due: true,
         orders_per_entry: HashMap::new(),
+        read_full: false,
         config,
     };
     // Set when the stop comes: the drain runs until nothing is left or
@@ -295,7 +296,9 @@ async fn run(
                 if draining && handled == 0 {
                     break;
                 }
-                let partial = handled > 0 && handled < worker.config.batch;
+                // Some orders, and no log read as many entries as asked:
+                // wait for more to gather.
+                let partial = handled > 0 && !worker.read_full;
                 if !draining && partial && !worker.config.gather.is_zero() {
                     tokio::select! {
                         _ = stopped.changed() => {}
@@ -388,6 +391,9 @@ struct Worker {
     /// `lua-batch` entry holds several), at least 1: a read asks for
     /// `batch` / this many entries ([`Worker::entries_per_read`]).
     orders_per_entry: HashMap<String, usize>,
+    /// Set by a step in which some log gave as many entries as asked for:
+    /// more may be waiting, so the next step does not wait to gather.
+    read_full: bool,
     config: PersisterConfig,
 }
 
@@ -401,6 +407,7 @@ impl Worker {
     /// entries, persist and acknowledge. Returns how many orders (and
     /// unreadable entries) it handled.
     async fn step(&mut self, block: bool, status: &PersisterStatus) -> anyhow::Result<usize> {
+        self.read_full = false;
         let (streams, archives, items) = self.discover().await?;
         let claim_due = !block
             || self

@@ -102,6 +102,12 @@ impl Worker {
                 if entries.is_empty() {
                     continue;
                 }
+                // As many as asked for: more may be waiting, read again at
+                // once (the count asked is the one made before this read
+                // updates the log's orders per entry).
+                if entries.len() >= self.entries_per_read(&key) {
+                    self.read_full = true;
+                }
                 let orders = self.persist(&key, &entries, status).await?;
                 handled += orders;
                 self.orders_per_entry
