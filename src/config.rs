@@ -498,6 +498,7 @@ impl OrderSettings {
     pub fn persister(&self, consumer: String) -> crate::orders::persister::PersisterConfig {
         crate::orders::persister::PersisterConfig {
             batch: self.persister_batch,
+            largest_entry: MAX_LUA_BATCH,
             // How soon a new item's order log is noticed.
             block: Duration::from_millis(500),
             claim_idle: Duration::from_millis(self.persister_claim_idle_ms),

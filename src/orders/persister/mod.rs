@@ -67,6 +67,9 @@ pub struct PersisterConfig {
     /// reads ask for fewer entries, [`Worker::entries_per_read`]) and per
     /// SQL transaction.
     pub batch: usize,
+    /// The most orders one entry can hold (a `lua-batch` call's most): what
+    /// a log not read yet is assumed to hold.
+    pub largest_entry: usize,
     /// How long one blocking read waits for new entries. Also how soon a new
     /// item's stream is noticed.
     pub block: Duration,
@@ -363,13 +366,13 @@ fn step_met_replaced_log(err: &anyhow::Error) -> bool {
 }
 
 /// How many entries one read of a log asks for: about `batch` orders'
-/// worth, by the orders an entry of it held last time (`per_entry`); a log
-/// not read yet is assumed to hold the largest entries a batch can write.
-/// Reading `batch` entries of a `lua-batch` log, whatever they held, peaked
-/// 23 MiB higher (wrk -c64, `bench/results/2026-12-06-cost-v2/`).
-fn entries_per_read(batch: usize, per_entry: Option<usize>) -> usize {
-    let per_entry = per_entry.unwrap_or(crate::config::MAX_LUA_BATCH);
-    (batch / per_entry.max(1)).max(1)
+/// worth, by the orders an entry of it held last time (`per_entry`, else
+/// `largest`: a log not read yet is assumed to hold the largest entries a
+/// batch can write). Reading `batch` entries of a `lua-batch` log, whatever
+/// they held, peaked 23 MiB higher (wrk -c64,
+/// `bench/results/2026-12-06-cost-v2/`).
+fn entries_per_read(batch: usize, per_entry: Option<usize>, largest: usize) -> usize {
+    (batch / per_entry.unwrap_or(largest).max(1)).max(1)
 }
 
 struct Worker {
@@ -400,7 +403,11 @@ struct Worker {
 impl Worker {
     /// How many entries of `log` one read asks for ([`entries_per_read`]).
     fn entries_per_read(&self, log: &str) -> usize {
-        entries_per_read(self.config.batch, self.orders_per_entry.get(log).copied())
+        entries_per_read(
+            self.config.batch,
+            self.orders_per_entry.get(log).copied(),
+            self.config.largest_entry,
+        )
     }
 
     /// One round: find streams, reclaim idle entries when due, read new
@@ -409,6 +416,8 @@ impl Worker {
     async fn step(&mut self, block: bool, status: &PersisterStatus) -> anyhow::Result<usize> {
         self.read_full = false;
         let (streams, archives, items) = self.discover().await?;
+        // Logs gone (an archive persisted and deleted) are forgotten.
+        self.orders_per_entry.retain(|log, _| streams.contains(log));
         let claim_due = !block
             || self
                 .last_claim
@@ -451,14 +460,14 @@ mod tests {
     fn a_read_asks_for_about_a_batch_of_orders() {
         use super::entries_per_read;
         // One order an entry (`lua`): a batch of entries.
-        assert_eq!(entries_per_read(500, Some(1)), 500);
+        assert_eq!(entries_per_read(500, Some(1), 1000), 500);
         // A lua-batch log whose entries held 25 orders.
-        assert_eq!(entries_per_read(500, Some(25)), 20);
+        assert_eq!(entries_per_read(500, Some(25), 1000), 20);
         // Not read yet: as if each entry held the most a batch can.
-        assert_eq!(entries_per_read(500, None), 1);
+        assert_eq!(entries_per_read(500, None, 100), 5);
         // Always at least one entry.
-        assert_eq!(entries_per_read(10, Some(64)), 1);
-        assert_eq!(entries_per_read(10, Some(0)), 10);
+        assert_eq!(entries_per_read(10, Some(64), 1000), 1);
+        assert_eq!(entries_per_read(10, Some(0), 1000), 10);
     }
 
     /// A step's error as the persister sees it: a server's error reply,
