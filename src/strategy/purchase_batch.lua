@@ -76,8 +76,8 @@ end
 -- The orders this sale's log holds past one per entry (order_log.rs). A
 -- count of another generation is a previous sale's, left by a restock
 -- (an earlier version's restock knows nothing of it): this sale's starts
--- at 0. Checked here, as the stock is, so its HINCRBY cannot fail after
--- the orders are written.
+-- at 0. Checked here, as the stock is: a count that is no integer fails
+-- the batch before its first write, and is never carried into the next.
 local extra = 0
 if meta[5] == meta[2] then
   local bad_extra
