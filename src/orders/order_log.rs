@@ -291,22 +291,10 @@ pub async fn find(
 /// Reads an entry of `item`'s order log back into its orders, appended to
 /// `orders`: all of them, or none and why.
 pub fn parse(item: &ItemId, entry: &Entry, orders: &mut Vec<OrderRecord>) -> Result<(), String> {
-    if let Some(value) = entry.text(ORDER) {
-        orders.push(parse_value(item, value)?);
-        return Ok(());
-    }
-    if let Some(values) = entry.text(ORDERS) {
-        let before = orders.len();
-        for value in values.split('\n') {
-            match parse_value(item, value) {
-                Ok(order) => orders.push(order),
-                Err(err) => {
-                    orders.truncate(before);
-                    return Err(err);
-                }
-            }
+    for field in [ORDER, ORDERS] {
+        if let Some(value) = entry.text(field) {
+            return parse_field(item, field, value, orders);
         }
-        return Ok(());
     }
     let text = |field: &str| {
         entry
@@ -321,6 +309,31 @@ pub fn parse(item: &ItemId, entry: &Entry, orders: &mut Vec<OrderRecord>) -> Res
         text(legacy::GENERATION)?,
     ];
     orders.push(record(item, parts)?);
+    Ok(())
+}
+
+/// Reads the value of an entry's one field, [`ORDER`] or [`ORDERS`], back
+/// into its orders, appended to `orders`: all of them, or none and why.
+pub fn parse_field(
+    item: &ItemId,
+    field: &str,
+    value: &str,
+    orders: &mut Vec<OrderRecord>,
+) -> Result<(), String> {
+    if field == ORDER {
+        orders.push(parse_value(item, value)?);
+        return Ok(());
+    }
+    let before = orders.len();
+    for line in value.split('\n') {
+        match parse_value(item, line) {
+            Ok(order) => orders.push(order),
+            Err(err) => {
+                orders.truncate(before);
+                return Err(err);
+            }
+        }
+    }
     Ok(())
 }
 

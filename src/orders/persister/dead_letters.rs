@@ -123,15 +123,8 @@ pub(super) fn earlier_versions_orders(
         .into_iter()
         .zip(&raw_fields)
         .find_map(|(field, raw)| Some((field, *found.get(raw.as_str())?)))?;
-    let entry = Entry {
-        id: String::new(),
-        fields: vec![(
-            field.to_owned(),
-            redis::Value::BulkString(raw.as_bytes().to_vec()),
-        )],
-    };
     let mut orders = Vec::new();
-    order_log::parse(item, &entry, &mut orders).ok()?;
+    order_log::parse_field(item, field, raw, &mut orders).ok()?;
     Some(orders)
 }
 
