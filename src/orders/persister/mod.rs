@@ -416,8 +416,6 @@ impl Worker {
     async fn step(&mut self, block: bool, status: &PersisterStatus) -> anyhow::Result<usize> {
         self.read_full = false;
         let (streams, archives, items) = self.discover().await?;
-        // Logs gone (an archive persisted and deleted) are forgotten.
-        self.orders_per_entry.retain(|log, _| streams.contains(log));
         let claim_due = !block
             || self
                 .last_claim
@@ -446,6 +444,10 @@ impl Worker {
         if claim_due {
             handled += self.reclaim(&streams, status).await?;
             self.collect_archives(&archives).await?;
+            // Logs gone (an archive persisted and deleted, a log renamed by
+            // a restock) are forgotten here, with the archives, not on
+            // every step.
+            self.orders_per_entry.retain(|log, _| streams.contains(log));
             self.last_claim = Some(Instant::now());
         }
 

@@ -63,16 +63,17 @@ impl Worker {
         // and a redelivery reads back at most that many. All are committed
         // before the one acknowledgement (a crash between two is a
         // redelivery, harmless).
+        let run_len = self.config.batch.max(1);
         let mut inserted = 0;
         let mut found = Vec::new();
-        for (run, chunk) in orders.chunks(self.config.batch.max(1)).enumerate() {
+        for (run, chunk) in orders.chunks(run_len).enumerate() {
             let written = self
                 .db
                 .insert_orders(chunk)
                 .await
                 .context("cannot insert orders")?;
             inserted += written;
-            let offset = run * self.config.batch.max(1);
+            let offset = run * run_len;
             found.extend(
                 self.conflicts(chunk, written)
                     .await?
