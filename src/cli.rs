@@ -22,7 +22,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API and status page (what `cargo run --release` does).
-    Serve(Config),
+    /// Boxed: the settings are far larger than the other commands' arguments.
+    Serve(Box<Config>),
     /// Race the strategies under load and report requests/s, latency, and the
     /// truths of each sale (oversold, undersold, lost orders), with the HTTP
     /// ceiling measured in the same run. Starts its own server unless `--url`.
@@ -37,7 +38,7 @@ pub enum Command {
 /// Runs the chosen subcommand to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Serve(config)) => crate::startup::serve(config).await,
+        Some(Command::Serve(config)) => crate::startup::serve(*config).await,
         Some(Command::Bench(args)) => crate::lab::bench::run(args).await,
         Some(Command::Faults(args)) => crate::lab::faults::run(args).await,
         None => crate::startup::serve(cli.serve).await,
