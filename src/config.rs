@@ -255,6 +255,11 @@ pub struct OrderSettings {
     /// after the next start. 0: no drain.
     #[arg(long, env = "PERSISTER_DRAIN_MS", default_value_t = 10_000)]
     pub persister_drain_ms: u64,
+    /// How often this instance expires the reserved orders whose payment
+    /// deadline passed (ms). Every instance may: each order expires once.
+    /// 0: this instance expires none.
+    #[arg(long, env = "EXPIRY_INTERVAL_MS", default_value_t = 100)]
+    pub expiry_interval_ms: u64,
 }
 
 /// Knobs that exist to show a race, not to run a sale.

@@ -70,7 +70,7 @@ pub struct ItemKeys {
 /// The item's keys, by suffix, in [`ItemKeys`]' accessor order. Stored
 /// data: a Redis restarted on an earlier version's files must be found
 /// under the same names.
-const SUFFIXES: [&str; 10] = [
+const SUFFIXES: [&str; 13] = [
     ":stock",
     ":meta",
     ":buyers",
@@ -81,6 +81,9 @@ const SUFFIXES: [&str; 10] = [
     ":archives",
     ":dead-letters",
     ":replicated",
+    ":reserved",
+    ":deadlines",
+    ":settled",
 ];
 
 impl ItemKeys {
@@ -163,6 +166,25 @@ impl ItemKeys {
         self.key(9)
     }
 
+    /// Hash: order id → its order-log line, for each order reserved and
+    /// not yet paid, cancelled or expired ([`crate::sale::lifecycle`]).
+    pub fn reserved(&self) -> &str {
+        self.key(10)
+    }
+
+    /// Sorted set: each reserved order's id, scored by its payment deadline
+    /// (Unix ms, Redis's clock): what the expiry finds due orders in.
+    pub fn deadlines(&self) -> &str {
+        self.key(11)
+    }
+
+    /// Hash: order id → `<state> <user> <generation>` for each order that
+    /// left `reserved` (paid, cancelled, expired): what a repeated or late
+    /// pay or cancel is answered from.
+    pub fn settled(&self) -> &str {
+        self.key(12)
+    }
+
     /// `seckill:{ITEM}`, for keys named per use (idempotency records).
     fn base(&self) -> &str {
         &self.text[..self.base]
@@ -242,6 +264,9 @@ mod tests {
             keys.archives(),
             keys.dead_letters(),
             keys.replicated(),
+            keys.reserved(),
+            keys.deadlines(),
+            keys.settled(),
         ]
         .map(|key| key.strip_prefix("seckill:{ip17}:").unwrap_or(key));
         assert_eq!(
@@ -256,7 +281,10 @@ mod tests {
                 "lock:redlock",
                 "archives",
                 "dead-letters",
-                "replicated"
+                "replicated",
+                "reserved",
+                "deadlines",
+                "settled"
             ]
         );
         assert_eq!(keys.idempotency("6162"), "seckill:{ip17}:idem:6162");

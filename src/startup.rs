@@ -23,6 +23,7 @@ use crate::orders::lease::{LeaseConfig, WorkerLease, seed_fresh_horizons};
 use crate::orders::lookup::OrderLookup;
 use crate::orders::persister::Persister;
 use crate::sale::Sales;
+use crate::sale::lifecycle::Lifecycle;
 use crate::sale::purchase::{PurchaseWiring, Purchases, Recorder};
 use crate::sale::stats::Stats;
 use crate::state::{AdminPolicy, AppState, Shared};
@@ -46,6 +47,8 @@ pub struct App {
     lease: WorkerLease,
     persister: Option<Persister>,
     live: tokio::task::JoinHandle<()>,
+    /// `None` with `EXPIRY_INTERVAL_MS=0`.
+    expiry: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -136,6 +139,7 @@ impl App {
         ));
         let state = AppState(Arc::new(Shared {
             sales: Sales::new(redis.clone(), db.clone()),
+            lifecycle: Lifecycle::new(redis.clone()),
             purchases,
             db,
             redis,
@@ -162,11 +166,21 @@ impl App {
             static_dir: config.http.static_dir.clone(),
         }));
         let live = crate::http::live_feed::spawn(state.clone(), live_tx);
+        let expiry = (config.orders.expiry_interval_ms > 0).then(|| {
+            crate::sale::expiry::spawn(
+                state.redis.clone(),
+                state.lifecycle.clone(),
+                Arc::clone(&state.metrics),
+                Duration::from_millis(config.orders.expiry_interval_ms),
+                state.closing.subscribe(),
+            )
+        });
         Ok(Self {
             state,
             lease,
             persister,
             live,
+            expiry,
         })
     }
 
@@ -191,6 +205,11 @@ impl App {
             .is_err()
         {
             live.abort();
+        }
+        // A sweep is one script per call: stopping between two loses
+        // nothing.
+        if let Some(expiry) = self.expiry {
+            expiry.abort();
         }
         if let Some(persister) = self.persister {
             persister.drain_and_stop().await;

@@ -45,6 +45,8 @@ pub struct Shared {
     pub redis: RedisConn,
     pub db: Db,
     pub sales: Sales,
+    /// Pay, cancel and expire reserved orders.
+    pub lifecycle: crate::sale::lifecycle::Lifecycle,
     /// The purchase use-case.
     pub purchases: Arc<Purchases>,
     pub stats: Arc<Stats>,

@@ -4,6 +4,7 @@
 
 use crate::domain::{ErrorBody, ErrorDetail};
 use crate::outcome::Code;
+use crate::sale::lifecycle::OrderState;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -108,6 +109,17 @@ pub enum ApiError {
     /// this order now.
     #[error("order {order_id} of `{item}` is neither in SQL nor in the item's order log")]
     OrderNotFound { item: String, order_id: String },
+    /// 409 `order_paid`, `order_cancelled` or `order_expired`: the order
+    /// already ended that way; a pay or cancel changes nothing.
+    #[error("order {order_id} of `{item}` is {state}: it can no longer be paid or cancelled", state = state.as_str())]
+    OrderEnded {
+        item: String,
+        order_id: String,
+        state: crate::sale::lifecycle::OrderState,
+    },
+    /// 403 `not_order_buyer`: the order was sold to another user.
+    #[error("order {order_id} of `{item}` was sold to another user")]
+    NotOrderBuyer { item: String, order_id: String },
     /// 503 `unavailable`: Redis (or the database) cannot be reached, or the
     /// request ran out of time. The cause is logged, not shown.
     #[error("{what} is unavailable; try again shortly")]
@@ -161,6 +173,16 @@ impl ApiError {
             Self::FaultsRunning => Own("faults_running", StatusCode::CONFLICT),
             Self::FaultLabDisabled => Own("fault_lab_disabled", StatusCode::NOT_FOUND),
             Self::OrderNotFound { .. } => Own("order_not_found", StatusCode::NOT_FOUND),
+            Self::OrderEnded { state, .. } => Own(
+                match state {
+                    OrderState::Paid => "order_paid",
+                    OrderState::Cancelled => "order_cancelled",
+                    // A reserved order has not ended: never sent so.
+                    OrderState::Expired | OrderState::Reserved => "order_expired",
+                },
+                StatusCode::CONFLICT,
+            ),
+            Self::NotOrderBuyer { .. } => Own("not_order_buyer", StatusCode::FORBIDDEN),
             Self::Internal(_) => Own("internal", StatusCode::INTERNAL_SERVER_ERROR),
             Self::ItemNotFound(_) => Outcome(Code::ItemNotFound),
             Self::SoldOut(_) => Outcome(Code::SoldOut),
@@ -216,7 +238,9 @@ impl ApiError {
                 order_id: match self {
                     Self::Unconfirmed { order_id, .. }
                     | Self::OutcomeUnknown { order_id, .. }
-                    | Self::OrderNotFound { order_id, .. } => Some(order_id.clone()),
+                    | Self::OrderNotFound { order_id, .. }
+                    | Self::OrderEnded { order_id, .. }
+                    | Self::NotOrderBuyer { order_id, .. } => Some(order_id.clone()),
                     _ => None,
                 },
             },
@@ -257,7 +281,7 @@ mod tests {
     /// fails the test until it is sampled here.
     fn samples() -> Vec<ApiError> {
         let s = || "a".to_owned();
-        vec![
+        let mut samples = vec![
             ApiError::InvalidRequest(s()),
             ApiError::PayloadTooLarge { limit: 1 },
             ApiError::Unauthorized,
@@ -299,12 +323,25 @@ mod tests {
                 item: s(),
                 order_id: s(),
             },
+            ApiError::NotOrderBuyer {
+                item: s(),
+                order_id: s(),
+            },
             ApiError::redis(anyhow::anyhow!("connection refused")),
             ApiError::Internal(anyhow::anyhow!("a bug")),
-        ]
+        ];
+        // One variant, a code per way an order ended.
+        for state in [OrderState::Paid, OrderState::Cancelled, OrderState::Expired] {
+            samples.push(ApiError::OrderEnded {
+                item: s(),
+                order_id: s(),
+                state,
+            });
+        }
+        samples
     }
 
-    const VARIANTS: usize = 23;
+    const VARIANTS: usize = 25;
 
     fn index(err: &ApiError) -> usize {
         match err {
@@ -331,12 +368,14 @@ mod tests {
             ApiError::Internal(_) => 20,
             ApiError::FaultsRunning => 21,
             ApiError::FaultLabDisabled => 22,
+            ApiError::OrderEnded { .. } => 23,
+            ApiError::NotOrderBuyer { .. } => 24,
         }
     }
 
     /// The codes and statuses clients match on that are not purchase
     /// outcomes: the API's own, so written here too.
-    const OWN: [(&str, StatusCode); 12] = [
+    const OWN: [(&str, StatusCode); 16] = [
         ("invalid_request", StatusCode::BAD_REQUEST),
         ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
         ("unauthorized", StatusCode::UNAUTHORIZED),
@@ -348,6 +387,10 @@ mod tests {
         ("faults_running", StatusCode::CONFLICT),
         ("fault_lab_disabled", StatusCode::NOT_FOUND),
         ("order_not_found", StatusCode::NOT_FOUND),
+        ("order_paid", StatusCode::CONFLICT),
+        ("order_cancelled", StatusCode::CONFLICT),
+        ("order_expired", StatusCode::CONFLICT),
+        ("not_order_buyer", StatusCode::FORBIDDEN),
         ("internal", StatusCode::INTERNAL_SERVER_ERROR),
     ];
 

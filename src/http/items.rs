@@ -15,6 +15,7 @@ use super::schema::integer_in;
 use crate::domain::ErrorBody;
 use crate::domain::{ItemId, whole};
 use crate::http::error::ApiError;
+use crate::sale::lifecycle::MAX_PAYMENT_WINDOW_MS;
 use crate::sale::{ItemSettings, ItemView, MAX_PER_USER_LIMIT, MAX_STOCK};
 use crate::state::AppState;
 use crate::strategy::StrategyKind;
@@ -32,6 +33,9 @@ pub struct ItemInput {
     /// Binds the new sale to this strategy; absent, its first purchase does.
     #[schema(value_type = Option<StrategyKind>)]
     strategy: Option<String>,
+    #[serde(default, deserialize_with = "whole::required")]
+    #[schema(schema_with = payment_window_schema)]
+    payment_window_ms: u64,
 }
 
 fn one() -> u64 {
@@ -50,6 +54,14 @@ fn per_user_limit_schema() -> Object {
     )
 }
 
+fn payment_window_schema() -> Object {
+    integer_in(
+        0,
+        MAX_PAYMENT_WINDOW_MS,
+        "How long a buyer has to pay (ms): each order is `reserved` until paid (`POST /api/orders/{order_id}/pay`), cancelled, or expired, when its unit goes back on sale. 0 or absent: orders are final when bought.",
+    )
+}
+
 impl ItemInput {
     fn validate(self) -> Result<ItemSettings, ApiError> {
         if self.stock > MAX_STOCK {
@@ -62,6 +74,11 @@ impl ItemInput {
                 "per_user_limit must be between 1 and {MAX_PER_USER_LIMIT}"
             )));
         }
+        if self.payment_window_ms > MAX_PAYMENT_WINDOW_MS {
+            return Err(ApiError::invalid(format!(
+                "payment_window_ms must be at most {MAX_PAYMENT_WINDOW_MS} (a day)"
+            )));
+        }
         let strategy = self
             .strategy
             .map(|name| name.parse::<StrategyKind>())
@@ -71,6 +88,7 @@ impl ItemInput {
             stock: self.stock,
             per_user_limit: self.per_user_limit,
             strategy,
+            payment_window_ms: self.payment_window_ms,
         })
     }
 }

@@ -8,6 +8,7 @@ mod faults;
 mod health;
 mod ids;
 mod items;
+mod lifecycle;
 mod live;
 pub mod live_feed;
 pub mod openapi;
@@ -97,6 +98,12 @@ fn routes() -> Vec<Route> {
         route(Method::GET, "/api/ids/{id}", ids::decode),
         route(Method::GET, "/api/orders", orders::list_orders),
         route(Method::GET, "/api/orders/{order_id}", orders::get_order),
+        route(Method::POST, "/api/orders/{order_id}/pay", lifecycle::pay),
+        route(
+            Method::POST,
+            "/api/orders/{order_id}/cancel",
+            lifecycle::cancel,
+        ),
         route(Method::GET, "/api/persister", orders::persister),
     ]
 }

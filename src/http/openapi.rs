@@ -16,7 +16,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, ResponseBuilder};
 use utoipa::openapi::{Ref, RefOr, Required};
 
-use super::{PAGE, STATIC_FILES, faults, health, ids, items, live, orders, purchase, strategies};
+use super::{
+    PAGE, STATIC_FILES, faults, health, ids, items, lifecycle, live, orders, purchase, strategies,
+};
 use crate::http::error::ApiError;
 use crate::outcome::Code;
 
@@ -40,6 +42,8 @@ use crate::sale::idempotency::IdempotencyKey;
         items::put_item,
         orders::list_orders,
         orders::get_order,
+        lifecycle::pay,
+        lifecycle::cancel,
         orders::persister,
         ids::decode,
         live::stats,
@@ -58,7 +62,7 @@ use crate::sale::idempotency::IdempotencyKey;
     tags(
         (name = "purchase", description = "Buying, and the strategies a purchase may name."),
         (name = "items", description = "Items and the truths of their sales; restocks are admin."),
-        (name = "orders", description = "Persisted orders, order ids and the persister."),
+        (name = "orders", description = "Orders: pay or cancel a reserved one, persisted orders, order ids and the persister."),
         (name = "status page", description = "The live feed, the race control and the fault lab's control."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
     ),

@@ -19,6 +19,7 @@ use crate::orders::db::{Direction, OrderQuery, OrderRecord, OrdersPage};
 use crate::orders::lookup::{LookupError, Place};
 use crate::orders::persister::PersisterReport;
 use crate::orders::snowflake::OrderId;
+use crate::sale::lifecycle::OrderState;
 use crate::state::AppState;
 
 /// Page size when none is asked for.
@@ -134,6 +135,9 @@ pub struct OrderStatus {
     /// Where it was found: `sql` (persisted) or `order_log` (taken, not yet
     /// persisted).
     pub found_in: Place,
+    /// Where it stands: `reserved` until paid, cancelled or expired in a
+    /// sale with a payment window; `paid` for every order of a sale without.
+    pub state: OrderState,
     pub order: OrderRecord,
 }
 
@@ -170,12 +174,22 @@ pub async fn get_order(
         .ok_or_else(|| ApiError::invalid("item is required: the order's item"))
         .and_then(|item| ItemId::parse(item).map_err(ApiError::invalid))?;
     match state.purchases.lookup().find(&item, order_id).await {
-        Ok(Some((order, found_in))) => Ok(Json(OrderStatus {
-            order_id,
-            status: "committed",
-            found_in,
-            order,
-        })),
+        Ok(Some((order, found_in))) => {
+            let lifecycle = state
+                .lifecycle
+                .state(&item, order_id)
+                .await
+                .map_err(ApiError::redis)?;
+            Ok(Json(OrderStatus {
+                order_id,
+                status: "committed",
+                found_in,
+                // No lifecycle record: an order of a sale without a payment
+                // window, final when bought.
+                state: lifecycle.unwrap_or(OrderState::Paid),
+                order,
+            }))
+        }
         Ok(None) => Err(ApiError::OrderNotFound {
             item: item.to_string(),
             order_id: order_id.to_string(),

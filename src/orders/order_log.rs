@@ -400,7 +400,8 @@ mod tests {
     #[test]
     fn the_purchase_scripts_write_the_one_field() {
         let single = include_str!("../strategy/purchase.lua");
-        let xadd = format!("'XADD', KEYS[4], '*', '{ORDER}', ARGV[2] .. meta[2])");
+        let xadd = format!("'XADD', KEYS[4], '*', '{ORDER}', line)");
+        assert!(single.contains("local line = ARGV[2] .. meta[2]"));
         assert!(single.contains(&xadd), "purchase.lua lacks {xadd}");
         assert_eq!(single.matches("'XADD'").count(), 1);
 
@@ -412,7 +413,7 @@ mod tests {
             format!(
                 "'HSET', KEYS[2], '{EXTRA_ORDERS}', extra + sold - 1, '{EXTRA_ORDERS_GENERATION}', meta[2])"
             ),
-            format!("'{EXTRA_ORDERS}', '{EXTRA_ORDERS_GENERATION}')"),
+            format!("'{EXTRA_ORDERS}', '{EXTRA_ORDERS_GENERATION}',"),
         ] {
             assert!(batch.contains(&wanted), "purchase_batch.lua lacks {wanted}");
         }

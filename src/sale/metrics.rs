@@ -7,7 +7,7 @@
 //! item views at scrape time, so they are never stale and cost the purchase
 //! path nothing.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -62,6 +62,14 @@ pub struct Metrics {
     unreadable_total: Gauge<i64, AtomicI64>,
     tracked_items: Gauge<i64, AtomicI64>,
     untracked: Gauge<i64, AtomicI64>,
+    reserved: ItemGauge,
+    paid: ItemGauge,
+    returned: ItemGauge,
+    expired: Counter,
+    expiry_lag: Histogram,
+    /// The most late an order was expired, in the last sweep call that
+    /// expired any (ms): the figure the status page shows.
+    last_expiry_lag_ms: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -99,9 +107,21 @@ impl Metrics {
         };
         let stock = gauge("item_stock", "Units left, as the stock counter says");
         let sold = gauge("item_sold", "Orders in the item's order log");
-        let oversold = gauge("item_oversold", "max(0, sold - initial stock)");
-        let drift = gauge("item_drift", "(initial - stock) - sold: lost updates");
+        let oversold = gauge("item_oversold", "max(0, sold - returned - initial stock)");
+        let drift = gauge(
+            "item_drift",
+            "(initial - stock) - (sold - returned): lost updates or returns",
+        );
         let undersold = gauge("item_undersold", "Units left while buyers were refused");
+        let reserved = gauge(
+            "item_reserved",
+            "Orders holding a unit until paid, cancelled or expired",
+        );
+        let paid = gauge("item_paid", "Orders paid");
+        let returned = gauge(
+            "item_returned",
+            "Units back on sale from cancelled or expired orders",
+        );
         let lag = gauge(
             "persister_lag",
             "Orders of the item in its order log not yet in SQL (negative: in SQL, not in the log)",
@@ -136,8 +156,26 @@ impl Metrics {
             "Requests not counted per item because the per-item map was full",
             untracked.clone(),
         );
+        let expired = Counter::default();
+        registry.register(
+            "orders_expired",
+            "Reserved orders this instance expired (their deadline passed unpaid)",
+            expired.clone(),
+        );
+        let expiry_lag = latency_histogram();
+        registry.register(
+            "expiry_lag_seconds",
+            "Per expiry call that expired orders: how long after its deadline the latest of them expired",
+            expiry_lag.clone(),
+        );
         Self {
             registry,
+            reserved,
+            paid,
+            returned,
+            expired,
+            expiry_lag,
+            last_expiry_lag_ms: AtomicU64::new(0),
             purchases,
             unconfirmed,
             latency,
@@ -178,6 +216,23 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one expiry call's orders and how late they expired.
+    pub fn record_expired(&self, expired: &crate::sale::lifecycle::Expired) {
+        if expired.orders == 0 {
+            return;
+        }
+        self.expired.inc_by(expired.orders);
+        self.expiry_lag.observe(expired.lag_max_ms as f64 / 1000.0);
+        self.last_expiry_lag_ms
+            .store(expired.lag_max_ms, Ordering::Relaxed);
+    }
+
+    /// The most late an order expired in the last expiry call that expired
+    /// any (ms; 0 before the first).
+    pub fn last_expiry_lag_ms(&self) -> u64 {
+        self.last_expiry_lag_ms.load(Ordering::Relaxed)
+    }
+
     /// Prometheus text for the current state of `items`.
     pub fn render(
         &self,
@@ -200,6 +255,9 @@ impl Metrics {
             set(&self.drift, view.drift);
             set(&self.undersold, view.undersold as i64);
             set(&self.lag, view.lag);
+            set(&self.reserved, view.reserved as i64);
+            set(&self.paid, view.paid as i64);
+            set(&self.returned, view.returned as i64);
         }
         if let Some(report) = persister {
             self.persisted_total.set(report.persisted as i64);

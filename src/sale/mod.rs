@@ -5,10 +5,17 @@
 //! - `sold`: orders in the item's order log (a stream), one per 201: its
 //!   entries, plus the orders a `lua-batch` entry holds past its first
 //!   ([`order_log::EXTRA_ORDERS`]);
-//! - `oversold` = max(0, sold − initial_stock);
-//! - `drift` = (initial_stock − stock) − sold: zero when every sale moved the
-//!   counter by exactly one; negative when updates were lost (`naive`), which
-//!   hides oversell from the counter alone;
+//! - `returned`: units that came back to the sale (cancelled or expired
+//!   orders, [`lifecycle`]); `paid`: orders paid; `reserved` = sold − paid −
+//!   returned, orders holding a unit until their deadline. In a sale without
+//!   a payment window every order is paid when bought, and nothing returns;
+//! - the invariant: stock + reserved + paid = initial_stock, so units out
+//!   (sold − returned) never exceed the initial stock;
+//! - `oversold` = max(0, sold − returned − initial_stock);
+//! - `drift` = (initial_stock − stock) − (sold − returned): zero when every
+//!   sale moved the counter down by exactly one and every return up by one;
+//!   negative when updates were lost (`naive`), which hides oversell from the
+//!   counter alone; positive when returns were lost (`naive` again);
 //! - `undersold` = buyers turned away (`contention`, errors) before this
 //!   instance saw the sale empty, at most the initial stock: units asked for
 //!   while they sat on the shelf. Counted at each refusal, so a sale that
@@ -27,7 +34,9 @@
 //! transaction rolls back; if the commit fails after Redis restocked, the
 //! request is a 503 and the admin repeats it; repeating is harmless.
 
+pub mod expiry;
 pub mod idempotency;
+pub mod lifecycle;
 pub mod metrics;
 pub mod purchase;
 pub mod stats;
@@ -59,6 +68,9 @@ pub struct ItemSettings {
     /// The strategy the new sale is bound to; `None` leaves it to the first
     /// purchase.
     pub strategy: Option<StrategyKind>,
+    /// How long a buyer has to pay (ms); 0: orders are final when bought
+    /// ([`lifecycle`]).
+    pub payment_window_ms: u64,
 }
 
 /// Result of a restock.
@@ -84,7 +96,22 @@ pub struct ItemView {
     pub strategy: Option<String>,
     /// Orders in the sale's order log, one per 201.
     pub sold: u64,
+    /// How long a buyer has to pay (ms); 0: orders are final when bought.
+    #[serde(default)]
+    pub payment_window_ms: u64,
+    /// Orders holding a unit until they are paid or their deadline passes.
+    #[serde(default)]
+    pub reserved: u64,
+    /// Orders paid (every order, in a sale without a payment window).
+    #[serde(default)]
+    pub paid: u64,
+    /// Units that came back: orders cancelled or expired.
+    #[serde(default)]
+    pub returned: u64,
+    /// Units out beyond the initial stock: max(0, sold − returned − initial).
     pub oversold: u64,
+    /// (initial − stock) − (sold − returned): 0 when the counter moved with
+    /// every order and every return.
     pub drift: i64,
     /// Buyers turned away (`contention`, errors) before the sale was seen
     /// empty, at most the initial stock.
@@ -105,14 +132,17 @@ pub struct ItemView {
 }
 
 /// Replies to the view's transaction: `HMGET meta initial_stock
-/// per_user_limit generation strategy extra_orders extra_orders_generation`,
-/// `GET stock`, `XLEN orders`.
+/// per_user_limit generation strategy extra_orders extra_orders_generation
+/// payment_window_ms paid returned`, `GET stock`, `XLEN orders`.
 type ViewReplies = (
     (
         Option<u64>,
         Option<u64>,
         Option<u64>,
         Option<String>,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
         Option<u64>,
         Option<u64>,
     ),
@@ -194,6 +224,7 @@ impl Sales {
             .arg(settings.per_user_limit)
             .arg(floor)
             .arg(settings.strategy.map_or("", StrategyKind::as_str))
+            .arg(settings.payment_window_ms)
             .invoke_async(&mut redis)
             .await?;
         if generation != floor {
@@ -212,25 +243,31 @@ impl Sales {
         let keys = ItemKeys::new(item);
         // One transaction (the keys share a slot): `sold` adds two reads, and a
         // batch between them would show it short for a moment.
-        let ((initial, limit, generation, strategy, extra, extra_of), stock, entries): ViewReplies =
-            redis::pipe()
-                .atomic()
-                .cmd("HMGET")
-                .arg(keys.meta())
-                .arg(&[
-                    "initial_stock",
-                    "per_user_limit",
-                    "generation",
-                    "strategy",
-                    order_log::EXTRA_ORDERS,
-                    order_log::EXTRA_ORDERS_GENERATION,
-                ])
-                .cmd("GET")
-                .arg(keys.stock())
-                .cmd("XLEN")
-                .arg(keys.orders())
-                .query_async(&mut self.redis.clone())
-                .await?;
+        let (
+            (initial, limit, generation, strategy, extra, extra_of, window, paid, returned),
+            stock,
+            entries,
+        ): ViewReplies = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(keys.meta())
+            .arg(&[
+                "initial_stock",
+                "per_user_limit",
+                "generation",
+                "strategy",
+                order_log::EXTRA_ORDERS,
+                order_log::EXTRA_ORDERS_GENERATION,
+                lifecycle::PAYMENT_WINDOW_MS,
+                lifecycle::PAID,
+                lifecycle::RETURNED,
+            ])
+            .cmd("GET")
+            .arg(keys.stock())
+            .cmd("XLEN")
+            .arg(keys.orders())
+            .query_async(&mut self.redis.clone())
+            .await?;
         let (Some(initial_stock), Some(per_user_limit)) = (initial, limit) else {
             return Ok(None);
         };
@@ -240,6 +277,18 @@ impl Sales {
         // first (order_log::ORDERS), if counted for this sale.
         let extra = extra.filter(|_| extra_of == Some(generation));
         let sold = entries + extra.unwrap_or(0);
+        let payment_window_ms = window.unwrap_or(0);
+        let returned = returned.unwrap_or(0);
+        // Without a window every order is paid when bought; with one, the
+        // orders neither paid nor returned are the ones still reserved. An
+        // `sql` order in a windowed sale is counted paid at once (write.lua).
+        let (reserved, paid) = if payment_window_ms == 0 {
+            (0, sold.saturating_sub(returned))
+        } else {
+            let paid = paid.unwrap_or(0);
+            (sold.saturating_sub(paid + returned), paid)
+        };
+        let out = sold as i64 - returned as i64;
         let persisted = self.db.count_orders(item, generation).await?;
         let strategies = stats.snapshot(item);
         let refused: u64 = strategies.values().map(|c| c.refused_with_stock).sum();
@@ -252,8 +301,12 @@ impl Sales {
             generation,
             strategy,
             sold,
-            oversold: sold.saturating_sub(initial_stock),
-            drift: (initial_stock as i64 - stock) - sold as i64,
+            payment_window_ms,
+            reserved,
+            paid,
+            returned,
+            oversold: out.saturating_sub(initial_stock as i64).max(0) as u64,
+            drift: (initial_stock as i64 - stock) - out,
             undersold: refused.min(initial_stock),
             persisted,
             lag: sold as i64 - persisted as i64,

@@ -9,6 +9,12 @@
 --         reuses a sale number that orders in SQL already carry
 -- ARGV[4] the strategy the new sale is bound to, or '' to leave it unbound
 --         (its first purchase binds it)
+-- ARGV[5] the new sale's payment window in ms, or 0 for none (its orders
+--         are final): lifecycle.rs
+--
+-- The previous sale's paid and returned counts go; its reserved orders stay
+-- reserved until paid, cancelled or expired, and give no unit back to the
+-- new sale (lifecycle.lua).
 --
 -- Returns {generation, created, archived}: the new sale's number (1 for a new
 -- item), 1 if the item did not exist before, 1 if an order log was set aside.
@@ -32,6 +38,12 @@ end
 redis.call('DEL', KEYS[3], KEYS[5])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'initial_stock', ARGV[1], 'per_user_limit', ARGV[2])
+redis.call('HDEL', KEYS[2], 'paid', 'returned')
+if ARGV[5] == '0' then
+  redis.call('HDEL', KEYS[2], 'payment_window_ms')
+else
+  redis.call('HSET', KEYS[2], 'payment_window_ms', ARGV[5])
+end
 if ARGV[4] == '' then
   redis.call('HDEL', KEYS[2], 'strategy')
 else

@@ -138,7 +138,10 @@ impl Strategy for Lock {
                     &mut pipe,
                     snapshot.generation,
                     Some(fence),
-                    StockWrite::Set(remaining),
+                    StockWrite::Set {
+                        remaining,
+                        returned: Some(snapshot.returned),
+                    },
                 );
                 Outcome::Purchased { remaining }
             }

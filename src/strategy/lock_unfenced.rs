@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Attempt, Outcome, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
+use super::{Attempt, Outcome, Purchase, Returns, Snapshot, Strategy, StrategyError, StrategyKind};
 use crate::infra::redis_conn::RedisConn;
 use crate::infra::token_lock::{self, Backoff};
 
@@ -81,7 +81,7 @@ impl Strategy for LockUnfenced {
             // The value computed under a lock that may have expired: nothing
             // checks that it is still ours.
             purchase
-                .write_as_read(&mut redis, &snapshot, self.race_window)
+                .write_as_read(&mut redis, &snapshot, self.race_window, Returns::Kept)
                 .await
         };
         let outcome = section.await;

@@ -26,6 +26,7 @@ impl Lua {
             script: Script::new(concat!(
                 include_str!("integer.lua"),
                 include_str!("key_record.lua"),
+                include_str!("reserve.lua"),
                 include_str!("purchase.lua")
             )),
         }
@@ -45,6 +46,8 @@ impl Strategy for Lua {
             .key(keys.meta())
             .key(keys.buyers())
             .key(keys.orders())
+            .key(keys.reserved())
+            .key(keys.deadlines())
             .arg(purchase.user.as_str())
             .arg(order_log::head(
                 purchase.order_id,

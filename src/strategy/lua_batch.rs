@@ -103,6 +103,7 @@ impl LuaBatch {
             script: Arc::new(Script::new(concat!(
                 include_str!("integer.lua"),
                 include_str!("key_record.lua"),
+                include_str!("reserve.lua"),
                 include_str!("purchase_batch.lua")
             ))),
             max: max.clamp(1, MAX_BATCH),
@@ -303,6 +304,8 @@ async fn run(
         .key(keys.meta())
         .key(keys.buyers())
         .key(keys.orders())
+        .key(keys.reserved())
+        .key(keys.deadlines())
         .arg(StrategyKind::LuaBatch.as_str())
         .arg(record_ttl_ms);
     for waiter in batch {

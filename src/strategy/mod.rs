@@ -60,7 +60,18 @@ pub mod sql;
 pub(crate) use snapshot::{Snapshot, SnapshotReplies};
 
 /// `write.lua`: the generation-checked (and optionally fenced) write.
-const WRITE_LUA: &str = concat!(include_str!("key_record.lua"), include_str!("write.lua"));
+const WRITE_LUA: &str = concat!(
+    include_str!("key_record.lua"),
+    include_str!("reserve.lua"),
+    include_str!("write.lua")
+);
+
+/// `reserve_alone.lua`: the reservation inside `optimistic`'s `MULTI`
+/// (`EVAL`: a `MULTI` cannot retry a `NOSCRIPT`).
+const RESERVE_ALONE_LUA: &str = concat!(
+    include_str!("reserve.lua"),
+    include_str!("reserve_alone.lua")
+);
 
 /// The same script for calls on their own: `EVALSHA` sends a 40-byte hash
 /// instead of the script, and loads the script on `NOSCRIPT`. Inside a
@@ -209,7 +220,10 @@ impl Purchase {
 
     /// Adds the buyer count and the order append to a `MULTI` (`optimistic`,
     /// whose `WATCH` is what keeps the write in the sale it read).
+    /// With a payment window, the order is reserved in the same `MULTI`
+    /// (`reserve_alone.lua`).
     pub fn add_buyer_and_order(&self, pipe: &mut redis::Pipeline, generation: u64) {
+        let [(field, line)] = self.order_fields(generation);
         pipe.cmd("HINCRBY")
             .arg(self.keys.buyers())
             .arg(self.user.as_str())
@@ -218,7 +232,16 @@ impl Purchase {
             .cmd("XADD")
             .arg(self.keys.orders())
             .arg("*")
-            .arg(&self.order_fields(generation))
+            .arg(field)
+            .arg(&line)
+            .ignore()
+            .cmd("EVAL")
+            .arg(RESERVE_ALONE_LUA)
+            .arg(3)
+            .arg(self.keys.meta())
+            .arg(self.keys.reserved())
+            .arg(self.keys.deadlines())
+            .arg(line)
             .ignore();
     }
 
@@ -235,12 +258,15 @@ impl Purchase {
     ) {
         pipe.cmd("EVAL")
             .arg(WRITE_LUA)
-            .arg(if self.keyed.is_some() { 6 } else { 5 })
+            .arg(if self.keyed.is_some() { 9 } else { 8 })
             .arg(self.keys.stock())
             .arg(self.keys.meta())
             .arg(self.keys.buyers())
             .arg(self.keys.orders())
-            .arg(self.keys.fence());
+            .arg(self.keys.fence())
+            .arg(self.keys.reserved())
+            .arg(self.keys.deadlines())
+            .arg(self.keys.settled());
         if let Some(keyed) = &self.keyed {
             pipe.arg(&keyed.record);
         }
@@ -252,18 +278,31 @@ impl Purchase {
     /// (`write.lua` without a token: only a restock or the key's record
     /// refuses it). `naive` runs it with no guard, `lock-unfenced` under a
     /// lock that may have expired: the lost update both exist to show.
+    /// Units returned since the read are kept ([`StockWrite::Set`]) unless
+    /// `returns` is [`Returns::Lost`] (`naive`).
     pub(crate) async fn write_as_read(
         &self,
         redis: &mut impl redis::aio::ConnectionLike,
         snapshot: &Snapshot,
         race_window: std::time::Duration,
+        returns: Returns,
     ) -> Result<Outcome, StrategyError> {
         if !race_window.is_zero() {
             tokio::time::sleep(race_window).await;
         }
         let remaining = snapshot.stock - 1;
         let written = self
-            .guarded_write(redis, snapshot.generation, StockWrite::Set(remaining))
+            .guarded_write(
+                redis,
+                snapshot.generation,
+                StockWrite::Set {
+                    remaining,
+                    returned: match returns {
+                        Returns::Kept => Some(snapshot.returned),
+                        Returns::Lost => None,
+                    },
+                },
+            )
             .await?;
         Ok(written
             .refusal()
@@ -283,7 +322,10 @@ impl Purchase {
             .key(self.keys.meta())
             .key(self.keys.buyers())
             .key(self.keys.orders())
-            .key(self.keys.fence());
+            .key(self.keys.fence())
+            .key(self.keys.reserved())
+            .key(self.keys.deadlines())
+            .key(self.keys.settled());
         if let Some(keyed) = &self.keyed {
             call.key(&keyed.record);
         }
@@ -301,13 +343,21 @@ impl Purchase {
         fence: Option<i64>,
         stock: StockWrite,
     ) -> Vec<String> {
+        let (value, returned) = match stock {
+            StockWrite::Set {
+                remaining,
+                returned,
+            } => (
+                remaining.to_string(),
+                returned.map(|n| n.to_string()).unwrap_or_default(),
+            ),
+            StockWrite::Decrement => (String::new(), String::new()),
+        };
         let mut args = vec![
             generation.to_string(),
             fence.map(|f| f.to_string()).unwrap_or_default(),
-            match stock {
-                StockWrite::Set(value) => value.to_string(),
-                StockWrite::Decrement => String::new(),
-            },
+            value,
+            returned,
             self.user.to_string(),
         ];
         let [(name, value)] = self.order_fields(generation);
@@ -362,10 +412,26 @@ impl Purchase {
 /// How `write.lua` changes the stock.
 #[derive(Debug, Clone, Copy)]
 pub enum StockWrite {
-    /// Store the value the writer computed under its guard.
-    Set(i64),
+    /// Store the value the writer computed under its guard, `remaining`,
+    /// plus the units returned (cancelled or expired orders) since it read
+    /// the sale's `returned` count alongside the stock. No guard of a
+    /// read-check-write strategy keeps a return out, so without this a
+    /// return between the read and the write would be overwritten.
+    /// `returned: None` stores `remaining` as it is (`naive`).
+    Set {
+        remaining: i64,
+        returned: Option<u64>,
+    },
     /// Decrement (the `sql` mirror: SQL already decided).
     Decrement,
+}
+
+/// Whether an unguarded write keeps the units returned since its read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returns {
+    Kept,
+    /// `naive`: the value as read, returns and all overwritten.
+    Lost,
 }
 
 /// What `write.lua` did.

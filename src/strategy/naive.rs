@@ -11,13 +11,17 @@
 //! that does not make naive safe (the write still stores a value computed from
 //! a stale read), it only keeps naive's damage inside its own sale when the
 //! item is restocked mid-purchase.
+//!
+//! In a sale with a payment window it also loses returns: a unit cancelled
+//! or expired between its read and its write is overwritten by the value it
+//! read ([`Returns::Lost`]), which `drift` shows as well.
 
 use std::time::Duration;
 
 use crate::infra::redis_conn::RedisConn;
 use async_trait::async_trait;
 
-use super::{Attempt, Purchase, Snapshot, Strategy, StrategyError, StrategyKind};
+use super::{Attempt, Purchase, Returns, Snapshot, Strategy, StrategyError, StrategyKind};
 
 pub struct Naive {
     redis: RedisConn,
@@ -46,7 +50,7 @@ impl Strategy for Naive {
         // The value computed from the read, whatever happened since: the lost
         // update this strategy exists to show.
         let outcome = purchase
-            .write_as_read(&mut redis, &snapshot, self.race_window)
+            .write_as_read(&mut redis, &snapshot, self.race_window, Returns::Lost)
             .await?;
         Ok(Attempt::new(outcome))
     }

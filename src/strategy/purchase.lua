@@ -5,6 +5,8 @@
 --                  strategy binding (absent: no such item)
 -- KEYS[3] buyers   hash user_id -> units held
 -- KEYS[4] orders   stream, the item's order log
+-- KEYS[5] reserved KEYS[6] deadlines   the reservation (reserve.lua), when
+--                  the sale has a payment window
 -- ARGV[1] user_id
 -- ARGV[2] the order entry's head (order_log::head: order id, user, strategy
 --         and time, each followed by a space): the script appends the
@@ -12,7 +14,7 @@
 -- ARGV[3] strategy    the name this purchase gave: checked against the
 --                     sale's binding
 -- With an Idempotency-Key, also:
--- KEYS[5] the key's record (key_record.lua)
+-- KEYS[7] the key's record (key_record.lua)
 -- ARGV[4] the order id    ARGV[5] the request's fingerprint
 -- ARGV[6] how long the record is kept (ms)
 --
@@ -36,10 +38,11 @@
 -- appended first, so an order log of the wrong type fails before the stock
 -- moves. After the append nothing can fail.
 -- integer(value, what, whose) comes from integer.lua, idem_bought and
--- idem_commit from key_record.lua, both prepended at load. The
+-- idem_commit from key_record.lua, window_ms and reserve from reserve.lua,
+-- all prepended at load. The
 -- record's HMGET fails on a record of the wrong type, before any write.
 
-local record = KEYS[5]
+local record = KEYS[7]
 if record then
   local bought = idem_bought(record)
   if bought then
@@ -47,7 +50,8 @@ if record then
   end
 end
 
-local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation', 'strategy')
+local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation', 'strategy',
+  'payment_window_ms')
 local limit = tonumber(meta[1])
 if not limit then
   return {3, 0}
@@ -67,13 +71,21 @@ end
 if not meta[2] then
   return redis.error_reply('ERR the sale has no generation')
 end
+local window, bad_window = window_ms(meta[4])
+if bad_window then
+  return bad_window
+end
 local refusal
 if held >= limit then
   refusal = {2, limit}
 elseif stock <= 0 then
   refusal = {1, 0}
 else
-  redis.call('XADD', KEYS[4], '*', 'order', ARGV[2] .. meta[2])
+  local line = ARGV[2] .. meta[2]
+  redis.call('XADD', KEYS[4], '*', 'order', line)
+  if window then
+    reserve(KEYS[5], KEYS[6], window, line)
+  end
 end
 -- The first attempt binds an unbound sale, whatever it answers.
 if not meta[3] then

@@ -4,7 +4,9 @@
 -- second purchase in a batch sees the first.
 --
 -- KEYS[1] stock    KEYS[2] meta    KEYS[3] buyers    KEYS[4] orders
--- KEYS[5..] the Idempotency-Key records (key_record.lua) of the
+-- KEYS[5] reserved KEYS[6] deadlines   the reservations (reserve.lua), when
+--          the sale has a payment window
+-- KEYS[7..] the Idempotency-Key records (key_record.lua) of the
 --          purchases that carry a key, in the batch's order
 -- ARGV[1] strategy    the name the purchases gave
 -- ARGV[2] how long an Idempotency-Key record is kept (ms)
@@ -53,7 +55,7 @@ local function all(code, value)
 end
 
 local meta = redis.call('HMGET', KEYS[2], 'per_user_limit', 'generation', 'strategy',
-  'extra_orders', 'extra_orders_generation')
+  'extra_orders', 'extra_orders_generation', 'payment_window_ms')
 local limit = tonumber(meta[1])
 if not limit then
   return all(3, 0)
@@ -72,6 +74,18 @@ end
 -- Appended to every entry: checked before the first write.
 if not meta[2] then
   return redis.error_reply('ERR the sale has no generation')
+end
+-- window_ms and reserve come from reserve.lua, prepended at load. With a
+-- window, the reservation's keys are type-checked here like the others.
+local window, bad_window = window_ms(meta[6])
+if bad_window then
+  return bad_window
+end
+if window then
+  wrong = must_be(KEYS[5], 'hash') or must_be(KEYS[6], 'zset')
+  if wrong then
+    return wrong
+  end
 end
 -- The orders this sale's log holds past one per entry (order_log.rs). A
 -- count of another generation is a previous sale's, left by a restock
@@ -95,7 +109,7 @@ for i = 1, n do
   users[i] = arg(i, 1)
   if arg(i, 3) ~= '' then
     keyed = keyed + 1
-    records[i] = KEYS[4 + keyed]
+    records[i] = KEYS[6 + keyed]
     idem_bought(records[i])
   end
 end
@@ -161,6 +175,11 @@ if sold == 1 then
 elseif sold > 1 then
   redis.call('XADD', KEYS[4], '*', 'orders', table.concat(lines, '\n'))
   redis.call('HSET', KEYS[2], 'extra_orders', extra + sold - 1, 'extra_orders_generation', meta[2])
+end
+if window then
+  for i = 1, sold do
+    reserve(KEYS[5], KEYS[6], window, lines[i])
+  end
 end
 if sold > 0 then
   redis.call('DECRBY', KEYS[1], sold)

@@ -231,7 +231,10 @@ impl Strategy for Redlock {
                 .guarded_write(
                     &mut self.redis.clone(),
                     snapshot.generation,
-                    StockWrite::Set(remaining),
+                    StockWrite::Set {
+                        remaining,
+                        returned: Some(snapshot.returned),
+                    },
                 )
                 .await?;
             Ok(written

@@ -27,12 +27,15 @@ pub(crate) struct Snapshot {
     pub bound: Option<String>,
     pub held: u64,
     pub stock: i64,
+    /// Units returned to this sale (cancelled or expired orders) as of the
+    /// read: [`super::StockWrite::Set`] keeps those that come after it.
+    pub returned: u64,
 }
 
 /// Replies to [`Snapshot::read`]: `HMGET meta per_user_limit generation
-/// strategy`, `HGET buyers <user>`, `GET stock`.
+/// strategy returned`, `HGET buyers <user>`, `GET stock`.
 pub(crate) type SnapshotReplies = (
-    (Option<u64>, Option<u64>, Option<String>),
+    (Option<u64>, Option<u64>, Option<String>, Option<u64>),
     Option<u64>,
     Option<i64>,
 );
@@ -44,6 +47,7 @@ type ScriptReply = (
     Option<String>,
     Option<u64>,
     Option<i64>,
+    Option<u64>,
 );
 
 impl Snapshot {
@@ -52,7 +56,7 @@ impl Snapshot {
     pub fn read(pipe: &mut redis::Pipeline, purchase: &Purchase) {
         pipe.cmd("HMGET")
             .arg(purchase.keys.meta())
-            .arg(&["per_user_limit", "generation", "strategy"])
+            .arg(&["per_user_limit", "generation", "strategy", "returned"])
             .cmd("HGET")
             .arg(purchase.keys.buyers())
             .arg(purchase.user.as_str())
@@ -60,13 +64,16 @@ impl Snapshot {
             .arg(purchase.keys.stock());
     }
 
-    pub fn from_replies(((limit, generation, bound), held, stock): SnapshotReplies) -> Self {
+    pub fn from_replies(
+        ((limit, generation, bound, returned), held, stock): SnapshotReplies,
+    ) -> Self {
         Self {
             limit,
             generation: generation.unwrap_or(0),
             bound,
             held: held.unwrap_or(0),
             stock: stock.unwrap_or(0),
+            returned: returned.unwrap_or(0),
         }
     }
 
@@ -76,7 +83,7 @@ impl Snapshot {
         redis: &mut impl redis::aio::ConnectionLike,
         purchase: &Purchase,
     ) -> Result<Self, StrategyError> {
-        let (limit, generation, bound, held, stock): ScriptReply = SNAPSHOT_SCRIPT
+        let (limit, generation, bound, held, stock, returned): ScriptReply = SNAPSHOT_SCRIPT
             .key(purchase.keys.meta())
             .key(purchase.keys.buyers())
             .key(purchase.keys.stock())
@@ -85,7 +92,7 @@ impl Snapshot {
             .invoke_async(redis)
             .await?;
         Ok(Self::from_replies((
-            (limit, generation, bound),
+            (limit, generation, bound, returned),
             held,
             stock,
         )))
@@ -130,7 +137,7 @@ mod tests {
     fn snapshot_checks_existence_then_binding_then_limit_then_stock() {
         let snap = |limit, bound: &str, held, stock| {
             Snapshot::from_replies((
-                (limit, Some(1), Some(bound.to_owned())),
+                (limit, Some(1), Some(bound.to_owned()), None),
                 Some(held),
                 Some(stock),
             ))

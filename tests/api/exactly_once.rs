@@ -238,6 +238,7 @@ async fn every_strategys_commit_step_refuses_a_key_that_bought() {
             stock: 10,
             per_user_limit: 5,
             strategy: Some(kind),
+            payment_window_ms: 0,
         };
         state
             .sales

@@ -345,11 +345,18 @@ impl TestApp {
                 "hash" => redis::cmd("HGETALL"),
                 "stream" => redis::cmd("XRANGE"),
                 "set" => redis::cmd("SMEMBERS"),
+                "zset" => redis::cmd("ZRANGE"),
                 other => panic!("unexpected type {other} for {key}"),
             };
             read.arg(&key);
-            if kind == "stream" {
-                read.arg("-").arg("+");
+            match kind.as_str() {
+                "stream" => {
+                    read.arg("-").arg("+");
+                }
+                "zset" => {
+                    read.arg(0).arg(-1).arg("WITHSCORES");
+                }
+                _ => {}
             }
             let value: redis::Value = read.query_async(&mut redis).await.unwrap();
             snapshot.insert(key, format!("{value:?}"));

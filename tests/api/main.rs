@@ -19,6 +19,7 @@ mod idempotency;
 mod instances;
 mod integrity;
 mod layout;
+mod lifecycle;
 mod live;
 mod loadgen;
 mod persistence;

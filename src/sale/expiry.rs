@@ -1,0 +1,86 @@
+//! The expiry: every `EXPIRY_INTERVAL_MS`, each instance expires the due
+//! reserved orders of every item ([`Lifecycle::expire_due`]).
+//!
+//! Due orders are found in Redis, in each item's `deadlines` sorted set,
+//! not in process memory: an instance that restarts, or a second one,
+//! finds the same backlog. A sorted set rather than the order log's pending
+//! entries because a deadline is a time, and the set answers "which are due
+//! now" in one range read, in deadline order, whatever strategy appended the
+//! order and whichever log (current or archived by a restock) holds it.
+//! Every instance sweeps; `lifecycle.lua` moves each order once, so two
+//! sweeps of one item at the same moment expire each order once between
+//! them. A sweep cut short (the process killed) has either run its script
+//! or not: there is nothing half-done to recover.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::domain::ItemId;
+use crate::infra::redis_conn::RedisConn;
+use crate::keys;
+use crate::sale::lifecycle::{Expired, Lifecycle};
+use crate::sale::metrics::Metrics;
+
+/// Due orders one script call expires: enough for a backlog to clear in a
+/// few calls, few enough that one call holds Redis for well under a
+/// millisecond.
+const PER_CALL: u32 = 256;
+
+/// Runs the sweeps until `closing` turns true.
+pub fn spawn(
+    redis: RedisConn,
+    lifecycle: Lifecycle,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut closing: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = closing.wait_for(|closing| *closing) => return,
+            }
+            if let Err(err) = sweep(&redis, &lifecycle, &metrics).await {
+                // Redis away: the orders stay due, and the next sweep (here
+                // or on another instance) takes them.
+                tracing::warn!(error = format!("{err:#}"), "expiry sweep failed");
+            }
+        }
+    })
+}
+
+/// One sweep of every item.
+pub async fn sweep(
+    redis: &RedisConn,
+    lifecycle: &Lifecycle,
+    metrics: &Metrics,
+) -> anyhow::Result<Expired> {
+    let ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::items_index())
+        .query_async(&mut redis.clone())
+        .await?;
+    let mut total = Expired::default();
+    for id in ids {
+        let Ok(item) = ItemId::parse(&id) else {
+            continue;
+        };
+        loop {
+            let expired = lifecycle
+                .expire_due(&item, PER_CALL)
+                .await
+                .map_err(|err| anyhow::anyhow!("expiring the due orders of `{item}`: {err}"))?;
+            metrics.record_expired(&expired);
+            total.orders += expired.orders;
+            total.lag_sum_ms += expired.lag_sum_ms;
+            total.lag_max_ms = total.lag_max_ms.max(expired.lag_max_ms);
+            if !expired.more {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,544 @@
+//! The order lifecycle (reserve, pay or expire): every answer of pay and
+//! cancel; returns that land inside a read-check-write strategy's window,
+//! kept by every guarded strategy and lost by `naive`; purchases racing
+//! returns, exact under every guarded strategy; a payment after the
+//! deadline; and a backlog expired by two instances, one killed mid-way,
+//! each order once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Response;
+use seckill::strategy::{Decides, StrategyKind};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::helpers::{
+    TestApp, assert_error, spawn_app_on, spawn_app_with, status_and_json, strategies_where, unique,
+};
+
+/// A sale of `stock` units, `limit` per user, bound to `strategy`, with a
+/// payment window of `window_ms`.
+async fn sale(app: &TestApp, item: &str, stock: u64, limit: u64, strategy: &str, window_ms: u64) {
+    let response = app
+        .put_item(
+            item,
+            json!({"stock": stock, "per_user_limit": limit, "strategy": strategy,
+                   "payment_window_ms": window_ms}),
+        )
+        .await;
+    assert!(
+        response.status().is_success(),
+        "restock of {item}: {}",
+        response.text().await.unwrap_or_default()
+    );
+}
+
+/// Buys one unit; the order id of a 201, or the status and error code.
+async fn buy(
+    app: &TestApp,
+    item: &str,
+    user: &str,
+    strategy: &str,
+) -> Result<String, (u16, String)> {
+    let (status, body) = status_and_json(app.purchase(item, user, strategy).await).await;
+    if status == 201 {
+        Ok(body["order_id"]
+            .as_str()
+            .expect("a 201 names its order")
+            .to_owned())
+    } else {
+        Err((
+            status.as_u16(),
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        ))
+    }
+}
+
+/// `POST /api/orders/{order}/{action}` for `user`.
+async fn settle(app: &TestApp, order: &str, action: &str, item: &str, user: &str) -> Response {
+    app.client
+        .post(app.url(&format!("/api/orders/{order}/{action}")))
+        .json(&json!({"item": item, "user_id": user}))
+        .send()
+        .await
+        .expect("the server answers")
+}
+
+/// stock + reserved + paid = initial, and no drift: every unit counted once.
+fn assert_exact(view: &Value, what: &str) {
+    let n = |field: &str| {
+        view[field]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{what}: no {field} in {view}"))
+    };
+    assert_eq!(
+        n("stock") + n("reserved") + n("paid"),
+        n("initial_stock"),
+        "{what}: stock {} + reserved {} + paid {} != initial {} (sold {}, returned {}, drift {})",
+        n("stock"),
+        n("reserved"),
+        n("paid"),
+        n("initial_stock"),
+        n("sold"),
+        n("returned"),
+        n("drift")
+    );
+    assert_eq!(n("drift"), 0, "{what}: drift in {view}");
+    assert_eq!(n("oversold"), 0, "{what}: oversold in {view}");
+}
+
+#[tokio::test]
+async fn pay_and_cancel_answer_every_state_and_refuse_the_rest() {
+    let app = spawn_app_with(|_| {}).await;
+    let item = unique("life");
+    sale(&app, &item, 5, 2, "lua", 60_000).await;
+
+    let first = buy(&app, &item, "ann", "lua").await.unwrap();
+    let second = buy(&app, &item, "ann", "lua").await.unwrap();
+    let view = app.item(&item).await;
+    assert_eq!(
+        (view["reserved"].as_u64(), view["stock"].as_i64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(view["payment_window_ms"], 60_000);
+
+    // Somebody else's order: refused, nothing changed.
+    assert_error(
+        settle(&app, &first, "pay", &item, "bob").await,
+        403,
+        "not_order_buyer",
+    )
+    .await;
+    assert_error(
+        settle(&app, &first, "cancel", &item, "bob").await,
+        403,
+        "not_order_buyer",
+    )
+    .await;
+
+    let (status, paid) = status_and_json(settle(&app, &first, "pay", &item, "ann").await).await;
+    assert_eq!(
+        (status.as_u16(), &paid["state"], &paid["repeated"]),
+        (200, &json!("paid"), &json!(false))
+    );
+    // A retried pay learns the same outcome; a cancel of a paid order is refused.
+    let (status, again) = status_and_json(settle(&app, &first, "pay", &item, "ann").await).await;
+    assert_eq!(
+        (status.as_u16(), &again["state"], &again["repeated"]),
+        (200, &json!("paid"), &json!(true))
+    );
+    assert_error(
+        settle(&app, &first, "cancel", &item, "ann").await,
+        409,
+        "order_paid",
+    )
+    .await;
+
+    let (status, cancelled) =
+        status_and_json(settle(&app, &second, "cancel", &item, "ann").await).await;
+    assert_eq!(
+        (status.as_u16(), &cancelled["state"]),
+        (200, &json!("cancelled"))
+    );
+    let (status, _) = status_and_json(settle(&app, &second, "cancel", &item, "ann").await).await;
+    assert_eq!(status, 200, "a repeated cancel answers the same");
+    assert_error(
+        settle(&app, &second, "pay", &item, "ann").await,
+        409,
+        "order_cancelled",
+    )
+    .await;
+
+    // The unit and the allowance came back: ann (limit 2, holding 1) buys again.
+    let view = app.item(&item).await;
+    assert_eq!(
+        (
+            view["stock"].as_i64(),
+            view["paid"].as_u64(),
+            view["returned"].as_u64(),
+            view["reserved"].as_u64()
+        ),
+        (Some(4), Some(1), Some(1), Some(0)),
+        "{view}"
+    );
+    assert_exact(&view, "after a pay and a cancel");
+    let third = buy(&app, &item, "ann", "lua").await.unwrap();
+    assert_eq!(
+        buy(&app, &item, "ann", "lua").await,
+        Err((409, "limit_reached".into()))
+    );
+
+    // The order's lookup says where it stands.
+    let order: Value = app
+        .get_json(&format!("/api/orders/{third}?item={item}"))
+        .await;
+    assert_eq!(order["state"], "reserved");
+    let order: Value = app
+        .get_json(&format!("/api/orders/{second}?item={item}"))
+        .await;
+    assert_eq!(order["state"], "cancelled");
+
+    // Unknown orders, bad ids, missing fields: clear refusals, nothing changed.
+    let before = app.redis_snapshot(&item).await;
+    assert_error(
+        settle(&app, "12345", "pay", &item, "ann").await,
+        404,
+        "order_not_found",
+    )
+    .await;
+    assert_error(
+        settle(&app, "not-an-id", "pay", &item, "ann").await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    let missing = app
+        .client
+        .post(app.url(&format!("/api/orders/{third}/pay")))
+        .json(&json!({"user_id": "ann"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(missing, 400, "invalid_request").await;
+    let extra = app
+        .client
+        .post(app.url(&format!("/api/orders/{third}/cancel")))
+        .json(&json!({"item": item, "user_id": "ann", "refund": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(extra, 400, "invalid_request").await;
+    assert_eq!(
+        app.redis_snapshot(&item).await,
+        before,
+        "refusals change nothing"
+    );
+
+    // A sale without a window sells final orders: paid when bought.
+    let plain = unique("life-plain");
+    sale(&app, &plain, 2, 1, "lua", 0).await;
+    let order = buy(&app, &plain, "cy", "lua").await.unwrap();
+    let (status, body) = status_and_json(settle(&app, &order, "pay", &plain, "cy").await).await;
+    assert_eq!(
+        (status.as_u16(), &body["state"], &body["repeated"]),
+        (200, &json!("paid"), &json!(true))
+    );
+    assert_error(
+        settle(&app, &order, "cancel", &plain, "cy").await,
+        409,
+        "order_paid",
+    )
+    .await;
+    let view = app.item(&plain).await;
+    assert_eq!(
+        (view["paid"].as_u64(), view["reserved"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    // A window beyond a day, or not a whole number: refused.
+    for bad in [json!(86_400_001u64), json!(-1), json!("60"), json!(1.5)] {
+        let response = app
+            .put_item(&plain, json!({"stock": 2, "payment_window_ms": bad}))
+            .await;
+        assert_error(response, 400, "invalid_request").await;
+    }
+}
+
+/// A unit returned while a read-check-write purchase sits between its read
+/// and its write: every guarded strategy keeps it, `naive` overwrites it.
+/// The purchase (race window 400 ms) reads the stock; 150 ms later the
+/// other order is cancelled (stock +1); then the purchase writes.
+#[tokio::test]
+async fn a_return_inside_a_read_check_write_window_is_kept_by_every_guarded_strategy() {
+    let app = Arc::new(spawn_app_with(|c| c.lab.race_window_ms = 400).await);
+    let mut runs = JoinSet::new();
+    for strategy in strategies_where(|k| k.decides() == Decides::BetweenReadAndWrite) {
+        let app = Arc::clone(&app);
+        runs.spawn(async move {
+            let item = unique("life-window");
+            sale(&app, &item, 10, 1, strategy, 60_000).await;
+            let first = buy(&app, &item, "ann", strategy).await.unwrap();
+            let buying = {
+                let (app, item) = (Arc::clone(&app), item.clone());
+                tokio::spawn(async move { buy(&app, &item, "bob", strategy).await })
+            };
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let cancelled = settle(&app, &first, "cancel", &item, "ann").await;
+            assert_eq!(cancelled.status(), 200, "{strategy}");
+            assert!(buying.await.unwrap().is_ok(), "{strategy}: bob bought");
+            (strategy, app.item(&item).await)
+        });
+    }
+    while let Some(run) = runs.join_next().await {
+        let (strategy, view) = run.unwrap();
+        if strategy == StrategyKind::Naive.as_str() {
+            // Its lesson: the return is overwritten, the unit lost.
+            assert_eq!(
+                view["drift"], 1,
+                "naive keeps a return it should lose: {view}"
+            );
+        } else {
+            assert_exact(&view, strategy);
+            assert_eq!(view["stock"], 9, "{strategy}: {view}");
+        }
+    }
+}
+
+/// Buyers buy, half of them cancel at once and buy again, all at the same
+/// time, under every guarded strategy but `sql` (whose orders are final):
+/// stock + reserved + paid = initial at the end, with no drift.
+#[tokio::test]
+async fn purchases_racing_returns_end_exact_under_every_guarded_strategy() {
+    let app = Arc::new(
+        spawn_app_with(|c| {
+            c.lab.race_window_ms = 5;
+            c.locks.lock_wait_ms = 20_000;
+            c.http.request_timeout_ms = 30_000;
+        })
+        .await,
+    );
+    let strategies = strategies_where(|k| k.guarded() && k.decides() != Decides::InSql);
+    let mut runs = JoinSet::new();
+    for strategy in strategies {
+        let app = Arc::clone(&app);
+        runs.spawn(async move {
+            let item = unique("life-race");
+            sale(&app, &item, 12, 1, strategy, 60_000).await;
+            let mut buyers = JoinSet::new();
+            for n in 0..24 {
+                let (app, item) = (Arc::clone(&app), item.clone());
+                buyers.spawn(async move {
+                    let user = format!("u{n}");
+                    let mut cancels = 0;
+                    for round in 0..3 {
+                        match buy(&app, &item, &user, strategy).await {
+                            Ok(order) if n % 2 == 0 && round < 2 => {
+                                let response = settle(&app, &order, "cancel", &item, &user).await;
+                                assert_eq!(response.status(), 200, "{strategy}: cancel");
+                                cancels += 1;
+                            }
+                            Ok(_) => break,
+                            // Sold out now may be back on sale after a return;
+                            // contention: try again.
+                            Err(_) => tokio::task::yield_now().await,
+                        }
+                    }
+                    cancels
+                });
+            }
+            let mut cancels = 0;
+            while let Some(done) = buyers.join_next().await {
+                cancels += done.unwrap();
+            }
+            (strategy, cancels, app.item(&item).await)
+        });
+    }
+    while let Some(run) = runs.join_next().await {
+        let (strategy, cancels, view) = run.unwrap();
+        assert_exact(&view, strategy);
+        assert_eq!(view["returned"], cancels, "{strategy}: {view}");
+        assert!(
+            cancels > 0,
+            "{strategy}: nothing was returned, nothing tested"
+        );
+    }
+}
+
+/// Pays sent after the deadline are refused `order_expired`, and the unit
+/// comes back once, whether the pay or an instance's sweep got there first:
+/// one instance sweeps every 5 ms while the other is paid at.
+#[tokio::test]
+async fn a_payment_racing_the_expiry_ends_in_one_state() {
+    let redis = crate::helpers::fresh_redis();
+    let payer = spawn_app_on(&redis.url(), |c| c.orders.expiry_interval_ms = 0).await;
+    let sweeper = spawn_app_on(&redis.url(), |c| c.orders.expiry_interval_ms = 5).await;
+    let item = unique("life-expiry");
+    let stock = 40;
+    sale(&payer, &item, stock, 1, "lua", 300).await;
+    let mut orders = Vec::new();
+    for n in 0..stock {
+        let user = format!("u{n}");
+        orders.push((buy(&payer, &item, &user, "lua").await.unwrap(), user));
+    }
+    // Half are paid in time; the rest are paid at about their deadline,
+    // racing the sweep.
+    let payer = Arc::new(payer);
+    let mut pays = JoinSet::new();
+    for (n, (order, user)) in orders.into_iter().enumerate() {
+        let (app, item) = (Arc::clone(&payer), item.clone());
+        pays.spawn(async move {
+            if n % 2 == 1 {
+                tokio::time::sleep(Duration::from_millis(250 + (n as u64 % 10) * 10)).await;
+            }
+            let (status, body) =
+                status_and_json(settle(&app, &order, "pay", &item, &user).await).await;
+            let order_view: Value = app
+                .get_json(&format!("/api/orders/{order}?item={item}"))
+                .await;
+            (status.as_u16(), body, order_view["state"].clone())
+        });
+    }
+    let (mut paid, mut expired) = (0u64, 0u64);
+    while let Some(done) = pays.join_next().await {
+        let (status, body, state) = done.unwrap();
+        match status {
+            200 => {
+                assert_eq!(state, "paid", "{body}");
+                paid += 1;
+            }
+            409 => {
+                assert_eq!(body["error"]["code"], "order_expired", "{body}");
+                assert_eq!(state, "expired");
+                expired += 1;
+            }
+            other => panic!("pay answered {other}: {body}"),
+        }
+    }
+    assert!(
+        paid >= stock / 2,
+        "the pays in time were refused: {paid} paid"
+    );
+    // Whatever was late: every deadline has passed now, and the sweep ends
+    // any order still reserved.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let view = payer.item(&item).await;
+    assert_exact(&view, "after the race");
+    assert_eq!(view["paid"], paid, "{view}");
+    assert_eq!(view["returned"], expired, "{view}");
+    assert_eq!(view["reserved"], 0, "{view}");
+    // Past the deadline, a pay is refused even with no sweep at all.
+    let late = unique("life-late");
+    sale(&payer, &late, 1, 1, "lua", 100).await;
+    sweeper.stop().await;
+    let order = buy(&payer, &late, "zed", "lua").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_error(
+        settle(&payer, &order, "pay", &late, "zed").await,
+        409,
+        "order_expired",
+    )
+    .await;
+    assert_error(
+        settle(&payer, &order, "cancel", &late, "zed").await,
+        409,
+        "order_expired",
+    )
+    .await;
+    let view = payer.item(&late).await;
+    assert_eq!(
+        (view["stock"].as_i64(), view["returned"].as_u64()),
+        (Some(1), Some(1)),
+        "{view}"
+    );
+}
+
+/// A backlog of reserved orders whose deadlines fall over about a second,
+/// expired by two `seckill serve` processes sweeping every 10 ms; one is
+/// killed (SIGKILL) while the deadlines fall due, and started again. Each
+/// order expires once: every unit is back, none twice.
+#[tokio::test]
+async fn two_instances_expire_a_backlog_each_order_once_across_a_kill_and_restart() {
+    let redis = crate::helpers::fresh_redis();
+    let database = crate::helpers::sqlite_url();
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("DATABASE_URL", database.clone()),
+        ("EXPIRY_INTERVAL_MS", "10".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let buyer = Arc::new(
+        spawn_app_on(&redis.url(), |c| {
+            c.orders.expiry_interval_ms = 0;
+            c.orders.database_url = database.clone();
+        })
+        .await,
+    );
+    let mut first = crate::process::Server::start(&env, None).await;
+    let second = crate::process::Server::start(&env, None).await;
+    let item = unique("life-backlog");
+    let stock = 300;
+    sale(&buyer, &item, stock, 1, "lua-batch", 600).await;
+
+    // Bought over about a second by 8 clients, so deadlines keep falling due
+    // while the first instance is killed and restarted.
+    let mut buyers = JoinSet::new();
+    for client in 0..8 {
+        let (app, item) = (Arc::clone(&buyer), item.clone());
+        buyers.spawn(async move {
+            for n in (client..stock).step_by(8) {
+                buy(&app, &item, &format!("u{n}"), "lua-batch")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    first.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let restarted = crate::process::Server::start(&env, None).await;
+    while let Some(done) = buyers.join_next().await {
+        done.unwrap();
+    }
+    // Every deadline passed; the sweeps take what is left.
+    let keys = crate::helpers::keys(&item);
+    let mut conn = buyer.redis().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: u64 = redis::cmd("ZCARD")
+            .arg(keys.deadlines())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} orders never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = buyer.item(&item).await;
+    assert_exact(&view, "after the backlog");
+    assert_eq!(
+        (
+            view["stock"].as_u64(),
+            view["returned"].as_u64(),
+            view["sold"].as_u64()
+        ),
+        (Some(stock), Some(stock), Some(stock)),
+        "every unit back once: {view}"
+    );
+    let ends: Vec<String> = redis::cmd("HVALS")
+        .arg(keys.settled())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ends.len() as u64, stock);
+    assert!(
+        ends.iter().all(|end| end.starts_with("expired ")),
+        "{ends:?}"
+    );
+    // What the survivors say they expired adds up to no more than the
+    // backlog (the killed instance's count went with it).
+    let client = reqwest::Client::new();
+    let mut swept = Vec::new();
+    for server in [&second, &restarted] {
+        let text = client
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = text
+            .lines()
+            .find_map(|line| line.strip_prefix("seckill_orders_expired_total "))
+            .map_or(0.0, |n| n.parse::<f64>().unwrap());
+        swept.push(count);
+    }
+    assert!(swept.iter().sum::<f64>() <= stock as f64, "{swept:?}");
+}
