@@ -17,6 +17,14 @@ pub fn items_index() -> String {
     format!("{PREFIX}:items")
 }
 
+/// Set of the ids of items that were ever restocked with a payment window:
+/// the items the expiry sweeps ([`crate::sale::expiry`]). Never shrinks: an
+/// item restocked without a window may still hold reserved orders of an
+/// earlier sale.
+pub fn windowed_items() -> String {
+    format!("{PREFIX}:windowed-items")
+}
+
 /// Set of order logs set aside by restocks, written by versions before the
 /// per-item [`ItemKeys::archives`] set. Still read, so an upgrade finds the
 /// archives an older version left; never written.
@@ -70,7 +78,7 @@ pub struct ItemKeys {
 /// The item's keys, by suffix, in [`ItemKeys`]' accessor order. Stored
 /// data: a Redis restarted on an earlier version's files must be found
 /// under the same names.
-const SUFFIXES: [&str; 13] = [
+const SUFFIXES: [&str; 14] = [
     ":stock",
     ":meta",
     ":buyers",
@@ -84,6 +92,7 @@ const SUFFIXES: [&str; 13] = [
     ":reserved",
     ":deadlines",
     ":settled",
+    ":moves",
 ];
 
 impl ItemKeys {
@@ -185,6 +194,12 @@ impl ItemKeys {
         self.key(12)
     }
 
+    /// Stream: each order's move out of `reserved` (pay, cancel, expiry),
+    /// for the persister to apply to SQL ([`crate::orders::moves`]).
+    pub fn moves(&self) -> &str {
+        self.key(13)
+    }
+
     /// `seckill:{ITEM}`, for keys named per use (idempotency records).
     fn base(&self) -> &str {
         &self.text[..self.base]
@@ -267,6 +282,7 @@ mod tests {
             keys.reserved(),
             keys.deadlines(),
             keys.settled(),
+            keys.moves(),
         ]
         .map(|key| key.strip_prefix("seckill:{ip17}:").unwrap_or(key));
         assert_eq!(
@@ -284,7 +300,8 @@ mod tests {
                 "replicated",
                 "reserved",
                 "deadlines",
-                "settled"
+                "settled",
+                "moves"
             ]
         );
         assert_eq!(keys.idempotency("6162"), "seckill:{ip17}:idem:6162");

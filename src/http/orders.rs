@@ -45,6 +45,8 @@ pub struct OrdersParams {
     /// Only this user's orders.
     #[param(value_type = Option<UserId>)]
     user: Option<String>,
+    /// Only orders in this state.
+    state: Option<OrderState>,
     #[serde(default, deserialize_with = "whole::in_query")]
     #[param(schema_with = limit_schema)]
     limit: Option<u32>,
@@ -98,6 +100,7 @@ pub async fn list_orders(
             .map(OrderId::parse)
             .transpose()
             .map_err(|msg| ApiError::invalid(format!("after: {msg}")))?,
+        state: params.state,
         direction: params.order.unwrap_or_default(),
         limit,
     };
@@ -107,7 +110,7 @@ pub async fn list_orders(
         .await
         .map_err(ApiError::database)?;
     let next = if orders.len() == limit as usize {
-        orders.last().map(|o| o.order_id)
+        orders.last().map(|o| o.order.order_id)
     } else {
         None
     };
@@ -180,13 +183,24 @@ pub async fn get_order(
                 .state(&item, order_id)
                 .await
                 .map_err(ApiError::redis)?;
+            // No lifecycle record in Redis: SQL's state, which the moves
+            // reach (a Redis restarted empty keeps none); else an order of a
+            // sale without a payment window, final when bought.
+            let state = match (lifecycle, &found_in) {
+                (Some(state), _) => state,
+                (None, Place::Sql) => state
+                    .db
+                    .order_state(order_id)
+                    .await
+                    .map_err(ApiError::database)?
+                    .unwrap_or(OrderState::Paid),
+                (None, Place::OrderLog) => OrderState::Paid,
+            };
             Ok(Json(OrderStatus {
                 order_id,
                 status: "committed",
                 found_in,
-                // No lifecycle record: an order of a sale without a payment
-                // window, final when bought.
-                state: lifecycle.unwrap_or(OrderState::Paid),
+                state,
                 order,
             }))
         }

@@ -14,6 +14,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::domain::{ItemId, UserId};
+use crate::orders::moves::{Move, OrderState};
 use crate::orders::snowflake::OrderId;
 
 /// Which database is behind the URL.
@@ -66,6 +67,7 @@ pub struct KeyRecord {
 pub struct OrderQuery {
     pub item: Option<ItemId>,
     pub user: Option<UserId>,
+    pub state: Option<OrderState>,
     pub after: Option<OrderId>,
     pub direction: Direction,
     pub limit: u32,
@@ -78,10 +80,29 @@ enum OnDuplicate {
     Fail,
 }
 
+/// An order as `GET /api/orders` lists it: the order, and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ListedOrder {
+    #[serde(flatten)]
+    pub order: OrderRecord,
+    /// `paid` for every order of a sale without a payment window (and when
+    /// read from a server that predates the lifecycle).
+    #[serde(default = "paid")]
+    pub state: OrderState,
+    /// When it left `reserved` (ms since the Unix epoch, Redis's clock);
+    /// `null` while reserved, and for orders paid when bought.
+    #[serde(default)]
+    pub state_at: Option<i64>,
+}
+
+fn paid() -> OrderState {
+    OrderState::Paid
+}
+
 /// A page of `GET /api/orders`.
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct OrdersPage {
-    pub orders: Vec<OrderRecord>,
+    pub orders: Vec<ListedOrder>,
     /// Pass as `after` for the next page; `null` on the last page.
     pub next: Option<OrderId>,
 }
@@ -218,13 +239,72 @@ impl Db {
     /// rows it inserted: fewer than `orders` means some id was in SQL
     /// already, or twice in `orders`, and the caller reads those back
     /// ([`Db::orders_by_id`]) to tell a redelivery from a conflict.
-    pub async fn insert_orders(&self, orders: &[OrderRecord]) -> sqlx::Result<u64> {
+    ///
+    /// The rows of `reserved` (orders of a sale with a payment window, still
+    /// reserved when their entry was read) are marked `reserved` in the same
+    /// transaction, unless their move was applied already (`state_at` set):
+    /// a move read before its order is held by the persister until the row
+    /// exists, and never undone by this.
+    pub async fn insert_orders(
+        &self,
+        orders: &[OrderRecord],
+        reserved: &[OrderId],
+    ) -> sqlx::Result<u64> {
         let mut tx = self.pool.begin().await?;
         let inserted = self
             .write_orders(&mut tx, orders, now_ms(), OnDuplicate::Skip)
             .await?;
+        for chunk in power_of_two_chunks(reserved) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "UPDATE orders SET state = $1 WHERE state_at IS NULL AND order_id IN ({})",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(&sql).bind(OrderState::Reserved.as_str());
+            for id in chunk {
+                query = query.bind(id.0 as i64);
+            }
+            query.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(inserted)
+    }
+
+    /// Applies the lifecycle's moves to their orders' rows, in one
+    /// transaction. Returns the moves whose order SQL does not hold yet
+    /// (its entry is still on its way): the caller keeps those and applies
+    /// them again later. Applying a move twice changes nothing: an order
+    /// moves once, to one state.
+    pub async fn apply_moves(&self, moves: &[Move]) -> sqlx::Result<Vec<Move>> {
+        let mut tx = self.pool.begin().await?;
+        let mut held = Vec::new();
+        for one in moves {
+            let updated =
+                sqlx::query("UPDATE orders SET state = $1, state_at = $2 WHERE order_id = $3")
+                    .bind(one.state.as_str())
+                    .bind(one.at_ms)
+                    .bind(one.order_id.0 as i64)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            if updated == 0 {
+                held.push(*one);
+            }
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Where order `order_id` stands in SQL, if SQL holds it.
+    pub async fn order_state(&self, order_id: OrderId) -> sqlx::Result<Option<OrderState>> {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM orders WHERE order_id = $1")
+                .bind(order_id.0 as i64)
+                .fetch_optional(&self.pool)
+                .await?;
+        state
+            .map(|state| OrderState::parse(&state).map_err(|err| sqlx::Error::Decode(err.into())))
+            .transpose()
     }
 
     /// Inserts one order inside `tx` (the `sql` strategy's transaction),
@@ -389,7 +469,7 @@ impl Db {
     }
 
     /// Orders, newest first.
-    pub async fn list_orders(&self, query: &OrderQuery) -> sqlx::Result<Vec<OrderRecord>> {
+    pub async fn list_orders(&self, query: &OrderQuery) -> sqlx::Result<Vec<ListedOrder>> {
         // Optional filters as `($n IS NULL OR col = $n)` would need typed NULLs,
         // which `Any` cannot bind portably; build the WHERE clause instead.
         let mut conditions = Vec::new();
@@ -404,6 +484,9 @@ impl Db {
         if query.user.is_some() {
             conditions.push(format!("user_id = ${}", next()));
         }
+        if query.state.is_some() {
+            conditions.push(format!("state = ${}", next()));
+        }
         let (cmp, order) = match query.direction {
             Direction::Desc => ("<", "DESC"),
             Direction::Asc => (">", "ASC"),
@@ -412,7 +495,7 @@ impl Db {
             conditions.push(format!("order_id {cmp} ${}", next()));
         }
         let mut sql = String::from(
-            "SELECT order_id, item_id, user_id, strategy, generation, created_at FROM orders",
+            "SELECT order_id, item_id, user_id, strategy, generation, created_at, state, state_at FROM orders",
         );
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
@@ -426,12 +509,25 @@ impl Db {
         if let Some(user) = &query.user {
             q = q.bind(user.as_str());
         }
+        if let Some(state) = query.state {
+            q = q.bind(state.as_str());
+        }
         if let Some(after) = query.after {
             q = q.bind(after.0 as i64);
         }
         q = q.bind(i64::from(query.limit));
         let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(order_from_row).collect()
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(ListedOrder {
+                    order: order_from_row(row)?,
+                    state: OrderState::parse(&state)
+                        .map_err(|err| sqlx::Error::Decode(err.into()))?,
+                    state_at: row.try_get("state_at")?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -112,7 +112,7 @@ pub struct Entry {
 
 impl Entry {
     /// The value of `field` as text; `None` when missing or not text.
-    fn text(&self, field: &str) -> Option<&str> {
+    pub fn text(&self, field: &str) -> Option<&str> {
         match self.fields.iter().find(|(name, _)| name == field)? {
             (_, Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok(),
             (_, Value::SimpleString(text)) => Some(text),

@@ -1,5 +1,8 @@
 //! The expiry: every `EXPIRY_INTERVAL_MS`, each instance expires the due
-//! reserved orders of every item ([`Lifecycle::expire_due`]).
+//! reserved orders of every item that was ever restocked with a payment
+//! window ([`Lifecycle::expire_due`]). Any one instance suffices; more
+//! instances repeat the same sweep (each order still expires once), so they
+//! add availability, not throughput.
 //!
 //! Due orders are found in Redis, in each item's `deadlines` sorted set,
 //! not in process memory: an instance that restarts, or a second one,
@@ -53,14 +56,17 @@ pub fn spawn(
     })
 }
 
-/// One sweep of every item.
+/// One sweep of every item ever restocked with a payment window
+/// ([`keys::windowed_items`]). An item whose sweep fails (its keys of the
+/// wrong type, written by hand) is logged and skipped: the others are
+/// still swept. Fails only when the list cannot be read.
 pub async fn sweep(
     redis: &RedisConn,
     lifecycle: &Lifecycle,
     metrics: &Metrics,
 ) -> anyhow::Result<Expired> {
     let ids: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(keys::items_index())
+        .arg(keys::windowed_items())
         .query_async(&mut redis.clone())
         .await?;
     let mut total = Expired::default();
@@ -69,10 +75,13 @@ pub async fn sweep(
             continue;
         };
         loop {
-            let expired = lifecycle
-                .expire_due(&item, PER_CALL)
-                .await
-                .map_err(|err| anyhow::anyhow!("expiring the due orders of `{item}`: {err}"))?;
+            let expired = match lifecycle.expire_due(&item, PER_CALL).await {
+                Ok(expired) => expired,
+                Err(err) => {
+                    tracing::warn!(item = %item, error = format!("{err:#}"), "cannot expire the due orders of this item");
+                    break;
+                }
+            };
             metrics.record_expired(&expired);
             total.orders += expired.orders;
             total.lag_sum_ms += expired.lag_sum_ms;

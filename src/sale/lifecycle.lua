@@ -7,7 +7,7 @@
 -- same step.
 --
 -- KEYS[1] stock    KEYS[2] meta    KEYS[3] buyers    KEYS[4] reserved
--- KEYS[5] deadlines    KEYS[6] settled
+-- KEYS[5] deadlines    KEYS[6] settled    KEYS[7] moves (stream)
 -- ARGV[1] 'pay' or 'cancel': ARGV[2] the order id, ARGV[3] the user asking.
 --   Returns {code, state}:
 --     0, state   moved now, to state ('paid' or 'cancelled')
@@ -29,8 +29,10 @@
 -- between a read-check-write strategy's read and its write). An order of an
 -- earlier sale (restocked since) ends the same way but gives nothing back:
 -- the restock set the stock anew. A paid order of the current sale raises
--- the sale's `paid` count.
--- settled_value comes from reserve.lua, prepended at load.
+-- the sale's `paid` count. Every move is appended to the item's moves
+-- stream (orders/moves.rs: `<id> <state> <at_ms>`), in the same step, for
+-- the persister to apply to the order's SQL row.
+-- settled_value and wrong_type come from reserve.lua, prepended at load.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -43,8 +45,8 @@ local function parse(line)
   return string.match(line, '^%d+ (%S+) %S+ %d+ (%d+)$')
 end
 
--- Moves reserved order `id` (its log line `line`) to `state`.
-local function settle(id, line, state, generation)
+-- Moves reserved order `id` (its log line `line`) to `state`, at `at` (ms).
+local function settle(id, line, state, generation, at)
   local user, of = parse(line)
   if not user then
     return redis.error_reply('ERR reserved order ' .. id .. ' has an unreadable line: ' .. line)
@@ -52,6 +54,7 @@ local function settle(id, line, state, generation)
   redis.call('HDEL', KEYS[4], id)
   redis.call('ZREM', KEYS[5], id)
   redis.call('HSET', KEYS[6], id, settled_value(state, user, of))
+  redis.call('XADD', KEYS[7], '*', 'move', id .. ' ' .. state .. ' ' .. at)
   if of ~= generation then
     return nil
   end
@@ -63,6 +66,18 @@ local function settle(id, line, state, generation)
     redis.call('HINCRBY', KEYS[2], 'returned', 1)
   end
   return nil
+end
+
+-- Every key this script writes, type-checked before its first write:
+-- Redis does not roll a script back, and a move half made (the order ended,
+-- its unit not back) would be a unit lost. wrong_type comes from
+-- reserve.lua.
+local kinds = {'string', 'hash', 'hash', 'hash', 'zset', 'hash', 'stream'}
+for i, kind in ipairs(kinds) do
+  local wrong = wrong_type(KEYS[i], kind)
+  if wrong then
+    return wrong
+  end
 end
 
 local generation = redis.call('HGET', KEYS[2], 'generation') or ''
@@ -80,7 +95,7 @@ if ARGV[1] == 'expire' then
     local id = due[i]
     local line = redis.call('HGET', KEYS[4], id)
     if line then
-      local err = settle(id, line, 'expired', generation)
+      local err = settle(id, line, 'expired', generation, now)
       if err then
         return err
       end
@@ -118,14 +133,14 @@ if owner ~= user then
 end
 local deadline = tonumber(redis.call('ZSCORE', KEYS[5], id))
 if deadline and deadline <= now then
-  local err = settle(id, line, 'expired', generation)
+  local err = settle(id, line, 'expired', generation, now)
   if err then
     return err
   end
   return {2, 'expired'}
 end
 local state = ARGV[1] == 'pay' and 'paid' or 'cancelled'
-local err = settle(id, line, state, generation)
+local err = settle(id, line, state, generation, now)
 if err then
   return err
 end

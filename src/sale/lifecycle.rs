@@ -17,8 +17,8 @@
 //! absolute stock they computed under their guard, which a return does not
 //! take: their write adds the returns counted since their read
 //! ([`crate::strategy::StockWrite::Set`]). `naive` does not, and loses them.
-//! `sql` keeps its stock in SQL: its orders are final (recorded `paid` at
-//! once) until SQL follows the lifecycle.
+//! `sql` keeps its stock in SQL, which a return here cannot reach: its
+//! orders are final (recorded `paid` at once).
 //!
 //! A sale without a window (the default) sells final orders: nothing is
 //! reserved, and pay and cancel find its orders already paid.
@@ -28,6 +28,7 @@ use redis::Script;
 use crate::domain::{ItemId, UserId};
 use crate::infra::redis_conn::RedisConn;
 use crate::keys::ItemKeys;
+pub use crate::orders::moves::OrderState;
 use crate::orders::snowflake::OrderId;
 
 /// The meta hash field holding the sale's payment window (ms); absent: none.
@@ -39,44 +40,6 @@ pub const RETURNED: &str = "returned";
 
 /// Longest payment window a sale may have: a day.
 pub const MAX_PAYMENT_WINDOW_MS: u64 = 86_400_000;
-
-/// Where an order stands.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderState {
-    /// Holding a unit until its deadline.
-    Reserved,
-    /// Paid: the unit is sold. Orders of a sale without a payment window
-    /// are paid when bought.
-    Paid,
-    /// Cancelled by its buyer: the unit went back on sale.
-    Cancelled,
-    /// Not paid in time: the unit went back on sale.
-    Expired,
-}
-
-impl OrderState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Reserved => "reserved",
-            Self::Paid => "paid",
-            Self::Cancelled => "cancelled",
-            Self::Expired => "expired",
-        }
-    }
-
-    fn parse(raw: &str) -> Result<Self, String> {
-        match raw {
-            "reserved" => Ok(Self::Reserved),
-            "paid" => Ok(Self::Paid),
-            "cancelled" => Ok(Self::Cancelled),
-            "expired" => Ok(Self::Expired),
-            other => Err(format!("lifecycle.lua answered an unknown state `{other}`")),
-        }
-    }
-}
 
 /// What a buyer asks of a reserved order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +126,8 @@ impl Lifecycle {
             .key(keys.buyers())
             .key(keys.reserved())
             .key(keys.deadlines())
-            .key(keys.settled());
+            .key(keys.settled())
+            .key(keys.moves());
         call
     }
 
@@ -293,8 +257,11 @@ mod tests {
                 );
             }
         }
-        for state in [OrderState::Paid, OrderState::Cancelled, OrderState::Expired] {
-            assert_eq!(OrderState::parse(state.as_str()), Ok(state));
+        // The states the scripts write, as the API and SQL name them.
+        let ended = [OrderState::Paid, OrderState::Cancelled, OrderState::Expired];
+        for state in ended {
+            assert!(include_str!("lifecycle.lua").contains(&quoted(state.as_str())));
         }
+        assert!(include_str!("../strategy/write.lua").contains(&quoted(OrderState::Paid.as_str())));
     }
 }

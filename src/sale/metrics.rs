@@ -7,7 +7,7 @@
 //! item views at scrape time, so they are never stale and cost the purchase
 //! path nothing.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -67,9 +67,6 @@ pub struct Metrics {
     returned: ItemGauge,
     expired: Counter,
     expiry_lag: Histogram,
-    /// The most late an order was expired, in the last sweep call that
-    /// expired any (ms): the figure the status page shows.
-    last_expiry_lag_ms: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -159,13 +156,13 @@ impl Metrics {
         let expired = Counter::default();
         registry.register(
             "orders_expired",
-            "Reserved orders this instance expired (their deadline passed unpaid)",
+            "Reserved orders this instance's sweeps expired (their deadline passed unpaid; not those a late pay or cancel expired)",
             expired.clone(),
         );
         let expiry_lag = latency_histogram();
         registry.register(
             "expiry_lag_seconds",
-            "Per expiry call that expired orders: how long after its deadline the latest of them expired",
+            "Per expiry call that expired orders: how long after its deadline the most overdue of them expired",
             expiry_lag.clone(),
         );
         Self {
@@ -175,7 +172,6 @@ impl Metrics {
             returned,
             expired,
             expiry_lag,
-            last_expiry_lag_ms: AtomicU64::new(0),
             purchases,
             unconfirmed,
             latency,
@@ -223,14 +219,6 @@ impl Metrics {
         }
         self.expired.inc_by(expired.orders);
         self.expiry_lag.observe(expired.lag_max_ms as f64 / 1000.0);
-        self.last_expiry_lag_ms
-            .store(expired.lag_max_ms, Ordering::Relaxed);
-    }
-
-    /// The most late an order expired in the last expiry call that expired
-    /// any (ms; 0 before the first).
-    pub fn last_expiry_lag_ms(&self) -> u64 {
-        self.last_expiry_lag_ms.load(Ordering::Relaxed)
     }
 
     /// Prometheus text for the current state of `items`.

@@ -208,6 +208,15 @@ impl Sales {
             .arg(item.as_str())
             .query_async(&mut redis)
             .await?;
+        if settings.payment_window_ms > 0 {
+            // Listed before the sale starts, like the index: the expiry
+            // sweeps only listed items.
+            let _: () = redis::cmd("SADD")
+                .arg(keys::windowed_items())
+                .arg(item.as_str())
+                .query_async(&mut redis)
+                .await?;
+        }
         let mut tx = self.db.begin_write().await?;
         let floor =
             Db::restock_item(&mut tx, item, settings.stock, settings.per_user_limit).await?;

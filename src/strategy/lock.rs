@@ -98,7 +98,12 @@ impl Strategy for Lock {
         let mut backoff = Backoff::new(self.wait);
 
         let (snapshot, fence, acquired_at) = loop {
+            // One transaction: the holder writes the stock it read plus the
+            // units returned since (`StockWrite::Set`), so the stock and the
+            // `returned` count must be read at one instant. A return landing
+            // between two reads of a plain pipeline would be counted twice.
             let mut pipe = redis::pipe();
+            pipe.atomic();
             token_lock::add_acquire_fenced(&mut pipe, keys.lock(), keys.fence(), &token, self.ttl);
             Snapshot::read(&mut pipe, purchase);
             let (fence, meta, held, stock): (Option<i64>, _, _, _) =

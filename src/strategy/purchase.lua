@@ -38,8 +38,9 @@
 -- appended first, so an order log of the wrong type fails before the stock
 -- moves. After the append nothing can fail.
 -- integer(value, what, whose) comes from integer.lua, idem_bought and
--- idem_commit from key_record.lua, window_ms and reserve from reserve.lua,
--- all prepended at load. The
+-- idem_commit from key_record.lua, window_ms, reservable and reserve from
+-- reserve.lua, all prepended at load. With a payment window, the
+-- reservation's keys are type-checked before the append too. The
 -- record's HMGET fails on a record of the wrong type, before any write.
 
 local record = KEYS[7]
@@ -74,6 +75,10 @@ end
 local window, bad_window = window_ms(meta[4])
 if bad_window then
   return bad_window
+end
+local wrong = window and reservable(KEYS[5], KEYS[6])
+if wrong then
+  return wrong
 end
 local refusal
 if held >= limit then

@@ -75,17 +75,16 @@ end
 if not meta[2] then
   return redis.error_reply('ERR the sale has no generation')
 end
--- window_ms and reserve come from reserve.lua, prepended at load. With a
--- window, the reservation's keys are type-checked here like the others.
+-- window_ms, reservable and reserve come from reserve.lua, prepended at
+-- load. With a window, the reservation's keys are type-checked here like
+-- the others.
 local window, bad_window = window_ms(meta[6])
 if bad_window then
   return bad_window
 end
-if window then
-  wrong = must_be(KEYS[5], 'hash') or must_be(KEYS[6], 'zset')
-  if wrong then
-    return wrong
-  end
+wrong = window and reservable(KEYS[5], KEYS[6])
+if wrong then
+  return wrong
 end
 -- The orders this sale's log holds past one per entry (order_log.rs). A
 -- count of another generation is a previous sale's, left by a restock

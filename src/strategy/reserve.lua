@@ -15,6 +15,11 @@
 -- the caller's first write (nil: no window; the order is final); or nil and
 -- an error reply. reserve(reserved, deadlines, window, line): records the
 -- order `line` (`<id> <user> ...`); two writes, after the caller's checks.
+-- wrong_type(key, wanted): an error reply if `key` holds another type than
+-- `wanted` (absent is fine); reservable(reserved, deadlines): the same for
+-- both reservation keys. Callers ask before their first write, since Redis
+-- does not roll a script back (keys of the wrong type are only ever written
+-- by hand).
 -- settled_value(state, user, generation): what the item's `settled` hash
 -- holds for an order that left `reserved` (or, the `sql` mirror's, was
 -- final at once).
@@ -27,6 +32,18 @@ local function window_ms(value)
     return nil, redis.error_reply('ERR the payment window is not a whole number of ms: ' .. tostring(value))
   end
   return tonumber(value)
+end
+
+local function wrong_type(key, wanted)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' and kind ~= wanted then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. kind .. ', not a ' .. wanted)
+  end
+  return nil
+end
+
+local function reservable(reserved, deadlines)
+  return wrong_type(reserved, 'hash') or wrong_type(deadlines, 'zset')
 end
 
 local function reserve(reserved, deadlines, window, line)

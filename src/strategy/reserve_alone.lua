@@ -14,5 +14,12 @@ end
 if not window then
   return 0
 end
+-- Inside the MULTI, after its DECR, HINCRBY and XADD: a key of the wrong
+-- type (written by hand) fails this script, and leaves the order appended
+-- but unreserved, final. The other strategies check before they write.
+local wrong = reservable(KEYS[2], KEYS[3])
+if wrong then
+  return wrong
+end
 reserve(KEYS[2], KEYS[3], window, ARGV[1])
 return 1

@@ -52,7 +52,10 @@ type ScriptReply = (
 
 impl Snapshot {
     /// Adds the plain reads to `pipe`; the replies read with `from_replies`.
-    /// No binding: see [`Snapshot::bound_for`].
+    /// No binding: see [`Snapshot::bound_for`]. A writer that keeps the
+    /// returns since its read ([`super::StockWrite::Set`]) must send them in
+    /// a transaction (`pipe.atomic()`), so the stock and `returned` are one
+    /// instant's.
     pub fn read(pipe: &mut redis::Pipeline, purchase: &Purchase) {
         pipe.cmd("HMGET")
             .arg(purchase.keys.meta())

@@ -37,7 +37,8 @@
 -- if the key bought already (nothing written in any of these cases). The
 -- key is checked first: a repeat is answered whatever else changed.
 -- idem_bought and idem_commit come from key_record.lua, window_ms,
--- reserve and settled_value from reserve.lua, prepended at load.
+-- wrong_type, reservable, reserve and settled_value from reserve.lua,
+-- prepended at load.
 
 local record = KEYS[9]
 if record then
@@ -57,6 +58,18 @@ end
 local window, bad_window = window_ms(meta[3])
 if bad_window then
   return bad_window
+end
+-- The keys a window adds, checked before the first write (reserve.lua).
+if window then
+  local wrong
+  if ARGV[3] == '' then
+    wrong = wrong_type(KEYS[8], 'hash')
+  else
+    wrong = reservable(KEYS[6], KEYS[7])
+  end
+  if wrong then
+    return wrong
+  end
 end
 if ARGV[3] == '' then
   redis.call('DECR', KEYS[1])

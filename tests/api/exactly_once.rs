@@ -120,7 +120,10 @@ async fn a_write_held_by_a_paused_redis_is_bought_once_per_key() {
     let app = Arc::new(
         spawn_app_on(&redis.url(), |c| {
             c.redis.redis_timeout_ms = 500;
-            c.lab.race_window_ms = 1000;
+            // The test must see the lock and pause Redis within this, on
+            // two cores the whole suite shares: a second was once too
+            // short, and the write went through before the pause.
+            c.lab.race_window_ms = 2000;
             c.locks.lock_ttl_ms = 20_000;
         })
         .await,
@@ -144,14 +147,14 @@ async fn a_write_held_by_a_paused_redis_is_bought_once_per_key() {
     }
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(2500)
+        .arg(3500)
         .arg("WRITE")
         .query_async(&mut connect(&redis.url()).await)
         .await
         .unwrap();
     let first = assert_error(first.await.unwrap(), 503, "outcome_unknown").await;
     // The pause ends; the held write runs.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let again = app.purchase_with_key(&item, "alice", "lock", "K1").await;
     let (status, again) = status_and_json(again).await;
     assert_eq!(status, 201, "{again}");

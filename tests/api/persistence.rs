@@ -51,7 +51,7 @@ pub async fn ids_in_sql(database_url: &str, item: &str) -> HashSet<String> {
         .await
         .unwrap()
         .into_iter()
-        .map(|o| o.order_id.to_string())
+        .map(|o| o.order.order_id.to_string())
         .collect()
 }
 

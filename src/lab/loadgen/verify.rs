@@ -136,8 +136,8 @@ async fn orders_in_sql(
         in_sql.extend(page.orders.iter().map(|order| {
             // A buyer that is none of ours cannot own an order of this
             // fresh item: it stays unexplained.
-            let buyer = buyer_number(&order.user_id).unwrap_or(u64::MAX);
-            (order.order_id, buyer)
+            let buyer = buyer_number(&order.order.user_id).unwrap_or(u64::MAX);
+            (order.order.order_id, buyer)
         }));
         match page.next {
             Some(next) => after = Some(next),

@@ -1,6 +1,7 @@
-//! Which order logs the persister reads: every item's current log and the
-//! logs restocks set aside (the legacy archive set and each item's), each
-//! once its consumer group is made or found.
+//! Which streams the persister reads: every item's current order log, the
+//! logs restocks set aside (the legacy archive set and each item's), and
+//! every item's moves stream (the order lifecycle's), each once its
+//! consumer group is made or found.
 
 use anyhow::Context;
 
@@ -48,11 +49,15 @@ impl Worker {
         for listed in per_item {
             archives.extend(listed.context("cannot list archived order logs")?);
         }
-        let mut streams = Vec::with_capacity(items.len() + archives.len());
+        let mut streams = Vec::with_capacity(2 * items.len() + archives.len());
+        // The moves streams last: a move is read after the order logs of
+        // the same step, so an order bought and paid between two steps is
+        // inserted before its move is applied, not held for a step.
         let candidates = items
-            .into_iter()
+            .iter()
             .map(|keys| keys.orders().to_owned())
-            .chain(archives.iter().cloned());
+            .chain(archives.iter().cloned())
+            .chain(items.iter().map(|keys| keys.moves().to_owned()));
         for key in candidates {
             if self.grouped.contains(&key) || self.create_group(&key).await? {
                 self.grouped.insert(key.clone());

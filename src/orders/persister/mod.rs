@@ -99,6 +99,8 @@ pub struct PersisterStatus {
     rescued: AtomicU64,
     conflicts: AtomicU64,
     unreadable: AtomicU64,
+    moves: AtomicU64,
+    moves_held: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
     rescue_errors: AtomicU64,
@@ -124,6 +126,11 @@ pub struct PersisterReport {
     /// Entries that could not be read as orders; each is in its item's
     /// dead-letter stream.
     pub unreadable: u64,
+    /// Lifecycle moves (pay, cancel, expiry) applied to their SQL rows.
+    pub moves: u64,
+    /// Moves read before their order reached SQL, kept pending and applied
+    /// again later (counted each time).
+    pub moves_held: u64,
     /// Failed steps (each retried); logged at warn level. A log replaced
     /// by a restock under a read of it is no failure: not counted, logged
     /// at debug level.
@@ -227,6 +234,8 @@ fn report(consumer: &str, status: &PersisterStatus) -> PersisterReport {
         rescued: status.rescued.load(Ordering::Relaxed),
         conflicts: status.conflicts.load(Ordering::Relaxed),
         unreadable: status.unreadable.load(Ordering::Relaxed),
+        moves: status.moves.load(Ordering::Relaxed),
+        moves_held: status.moves_held.load(Ordering::Relaxed),
         errors: status.errors.load(Ordering::Relaxed),
         last_error: status
             .last_error

@@ -108,7 +108,7 @@ impl Worker {
         if !orders.is_empty() {
             let inserted = self
                 .db
-                .insert_orders(&orders)
+                .insert_orders(&orders, &[])
                 .await
                 .context("cannot insert rescued orders")?;
             let conflicts = self.conflicts(&orders, inserted).await?;

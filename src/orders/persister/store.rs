@@ -3,15 +3,17 @@
 //! another order (told from a harmless redelivery here), goes to the dead
 //! letters instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 
 use super::dead_letters::{NewLetter, dead_letter_fields, unreadable_fields};
 use super::{GROUP, PersisterStatus, Worker};
-use crate::keys;
+use crate::domain::ItemId;
+use crate::keys::{self, ItemKeys};
 use crate::orders::db::OrderRecord;
+use crate::orders::moves::{MOVE, Move};
 use crate::orders::order_log::{self, Entry};
 use crate::orders::snowflake::OrderId;
 
@@ -33,6 +35,11 @@ impl Worker {
         // bug: its entries are kept as dead letters, never stored under a
         // made-up item.
         let item = keys::item_of(key);
+        if let Some(item) = &item
+            && ItemKeys::new(item).moves() == key
+        {
+            return self.persist_moves(key, item, entries, status).await;
+        }
         let mut orders = Vec::with_capacity(entries.len());
         // The entry each order came from, by index in `orders`.
         let mut from = Vec::with_capacity(entries.len());
@@ -64,12 +71,21 @@ impl Worker {
         // before the one acknowledgement (a crash between two is a
         // redelivery, harmless).
         let run_len = self.config.batch.max(1);
+        let reserved = match &item {
+            Some(item) => self.still_reserved(item, &orders).await?,
+            None => HashSet::new(),
+        };
         let mut inserted = 0;
         let mut found = Vec::new();
         for (run, chunk) in orders.chunks(run_len).enumerate() {
+            let reserved: Vec<OrderId> = chunk
+                .iter()
+                .map(|order| order.order_id)
+                .filter(|id| reserved.contains(id))
+                .collect();
             let written = self
                 .db
-                .insert_orders(chunk)
+                .insert_orders(chunk, &reserved)
                 .await
                 .context("cannot insert orders")?;
             inserted += written;
@@ -126,6 +142,123 @@ impl Worker {
         status.persisted.fetch_add(inserted, Ordering::Relaxed);
         status.batches.fetch_add(1, Ordering::Relaxed);
         Ok(orders.len() + unreadable)
+    }
+
+    /// Which of `orders` are reserved in Redis now (a sale with a payment
+    /// window): their rows are stored `reserved`. One `EXISTS` for a sale
+    /// without reservations, the common case.
+    async fn still_reserved(
+        &mut self,
+        item: &ItemId,
+        orders: &[OrderRecord],
+    ) -> anyhow::Result<HashSet<OrderId>> {
+        let keys = ItemKeys::new(item);
+        let any: bool = redis::cmd("EXISTS")
+            .arg(keys.reserved())
+            .query_async(&mut self.redis)
+            .await
+            .context("EXISTS reserved")?;
+        if !any || orders.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(keys.reserved());
+        for order in orders {
+            hmget.arg(order.order_id.0);
+        }
+        let lines: Vec<Option<redis::Value>> = hmget
+            .query_async(&mut self.redis)
+            .await
+            .context("HMGET reserved")?;
+        Ok(orders
+            .iter()
+            .zip(lines)
+            .filter(|(_, line)| line.is_some())
+            .map(|(order, _)| order.order_id)
+            .collect())
+    }
+
+    /// Applies a moves stream's entries ([`crate::orders::moves`]) to SQL,
+    /// then acknowledges them, but for the moves whose order SQL does not
+    /// hold yet: those stay pending, held, and this consumer reads its
+    /// pending entries again next step, until their orders arrive. An entry
+    /// that is no move goes to the dead letters.
+    async fn persist_moves(
+        &mut self,
+        key: &str,
+        item: &ItemId,
+        entries: &[Entry],
+        status: &PersisterStatus,
+    ) -> anyhow::Result<usize> {
+        let mut moves = Vec::with_capacity(entries.len());
+        let mut from = Vec::with_capacity(entries.len());
+        let mut letters = Vec::new();
+        for entry in entries {
+            match entry
+                .text(MOVE)
+                .ok_or_else(|| format!("missing field `{MOVE}`"))
+                .and_then(Move::parse)
+            {
+                Ok(one) => {
+                    moves.push(one);
+                    from.push(entry.id.as_str());
+                }
+                Err(err) => {
+                    tracing::error!(stream = %key, id = %entry.id, %err, "unreadable move moved to the dead-letter stream");
+                    letters.push(NewLetter {
+                        entry_id: entry.id.as_str(),
+                        letters: vec![unreadable_fields(key, entry, &err)],
+                        conflict: false,
+                    });
+                }
+            }
+        }
+        let held = self
+            .db
+            .apply_moves(&moves)
+            .await
+            .context("cannot apply order moves")?;
+        let held: HashSet<&str> = moves
+            .iter()
+            .zip(&from)
+            .filter(|(one, _)| held.contains(one))
+            .map(|(_, id)| *id)
+            .collect();
+        if !held.is_empty() {
+            self.own_pending_due = true;
+            status
+                .moves_held
+                .fetch_add(held.len() as u64, Ordering::Relaxed);
+        }
+        let unreadable = letters.len();
+        let handled = self
+            .keep_dead_letters(key, Some(item), letters, status)
+            .await?;
+        let ids: Vec<&str> = entries
+            .iter()
+            .map(|e| e.id.as_str())
+            .filter(|id| !handled.contains(id) && !held.contains(id))
+            .collect();
+        if !ids.is_empty() {
+            // Applied: nobody reads them again, and the order's state is in
+            // SQL and in the item's `settled` hash.
+            let _: () = redis::pipe()
+                .cmd("XACK")
+                .arg(key)
+                .arg(GROUP)
+                .arg(&ids)
+                .ignore()
+                .cmd("XDEL")
+                .arg(key)
+                .arg(&ids)
+                .ignore()
+                .query_async(&mut self.redis)
+                .await
+                .with_context(|| format!("XACK {key}"))?;
+        }
+        let applied = moves.len() - held.len();
+        status.moves.fetch_add(applied as u64, Ordering::Relaxed);
+        Ok(applied + unreadable)
     }
 
     /// The orders whose id SQL holds with different fields, by index in
