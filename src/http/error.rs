@@ -4,7 +4,6 @@
 
 use crate::domain::{ErrorBody, ErrorDetail};
 use crate::outcome::Code;
-use crate::sale::lifecycle::OrderState;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -173,15 +172,7 @@ impl ApiError {
             Self::FaultsRunning => Own("faults_running", StatusCode::CONFLICT),
             Self::FaultLabDisabled => Own("fault_lab_disabled", StatusCode::NOT_FOUND),
             Self::OrderNotFound { .. } => Own("order_not_found", StatusCode::NOT_FOUND),
-            Self::OrderEnded { state, .. } => Own(
-                match state {
-                    OrderState::Paid => "order_paid",
-                    OrderState::Cancelled => "order_cancelled",
-                    // A reserved order has not ended: never sent so.
-                    OrderState::Expired | OrderState::Reserved => "order_expired",
-                },
-                StatusCode::CONFLICT,
-            ),
+            Self::OrderEnded { state, .. } => Own(state.ended_code(), StatusCode::CONFLICT),
             Self::NotOrderBuyer { .. } => Own("not_order_buyer", StatusCode::FORBIDDEN),
             Self::Internal(_) => Own("internal", StatusCode::INTERNAL_SERVER_ERROR),
             Self::ItemNotFound(_) => Outcome(Code::ItemNotFound),
@@ -275,6 +266,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sale::lifecycle::OrderState;
 
     /// One of each variant. The match in [`index`] has no wildcard, so a
     /// new variant does not compile until it is numbered there, and then

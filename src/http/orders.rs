@@ -1,4 +1,4 @@
-//! `GET /api/orders?item=&user=&limit=&after=&order=`: persisted orders, a page
+//! `GET /api/orders?item=&user=&state=&limit=&after=&order=`: persisted orders, a page
 //! at a time; `GET /api/orders/{order_id}?item=`: whether one order exists
 //! (persisted, or still in its item's order log), the question a client
 //! asks after a purchase answered `outcome_unknown`; and

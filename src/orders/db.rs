@@ -5,6 +5,7 @@
 //! placeholders, `ON CONFLICT`, `RETURNING`), so both run the same migrations
 //! from `migrations/`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,7 +109,7 @@ pub struct OrdersPage {
 }
 
 /// Rows per multi-row INSERT at most: well under SQLite's 32766 bound
-/// parameters (7 per row) and big enough to amortise a round trip.
+/// parameters (8 per row) and big enough to amortise a round trip.
 const INSERT_CHUNK: usize = 128;
 
 /// `rows` in runs whose lengths are powers of two, at most [`INSERT_CHUNK`]:
@@ -240,53 +241,45 @@ impl Db {
     /// already, or twice in `orders`, and the caller reads those back
     /// ([`Db::orders_by_id`]) to tell a redelivery from a conflict.
     ///
-    /// The rows of `reserved` (orders of a sale with a payment window, still
-    /// reserved when their entry was read) are marked `reserved` in the same
-    /// transaction, unless their move was applied already (`state_at` set):
-    /// a move read before its order is held by the persister until the row
-    /// exists, and never undone by this.
+    /// `states` gives the state to store each order in, where it is not
+    /// `paid`: orders of a sale with a payment window, as Redis had them
+    /// when their entries were read (`reserved`, or already ended). Written
+    /// by the insert itself, so a row already stored (a redelivery, or
+    /// another order under the id) is never touched; a move read before its
+    /// order is held by the persister until the row exists.
     pub async fn insert_orders(
         &self,
         orders: &[OrderRecord],
-        reserved: &[OrderId],
+        states: &HashMap<OrderId, OrderState>,
     ) -> sqlx::Result<u64> {
         let mut tx = self.pool.begin().await?;
         let inserted = self
-            .write_orders(&mut tx, orders, now_ms(), OnDuplicate::Skip)
+            .write_orders(&mut tx, orders, states, now_ms(), OnDuplicate::Skip)
             .await?;
-        for chunk in power_of_two_chunks(reserved) {
-            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
-            let sql = format!(
-                "UPDATE orders SET state = $1 WHERE state_at IS NULL AND order_id IN ({})",
-                placeholders.join(",")
-            );
-            let mut query = sqlx::query(&sql).bind(OrderState::Reserved.as_str());
-            for id in chunk {
-                query = query.bind(id.0 as i64);
-            }
-            query.execute(&mut *tx).await?;
-        }
         tx.commit().await?;
         Ok(inserted)
     }
 
-    /// Applies the lifecycle's moves to their orders' rows, in one
-    /// transaction. Returns the moves whose order SQL does not hold yet
+    /// Applies the lifecycle's moves of `item`'s orders to their rows, in
+    /// one transaction. Returns the moves whose order SQL does not hold yet
     /// (its entry is still on its way): the caller keeps those and applies
     /// them again later. Applying a move twice changes nothing: an order
-    /// moves once, to one state.
-    pub async fn apply_moves(&self, moves: &[Move]) -> sqlx::Result<Vec<Move>> {
+    /// moves once, to one state. A row of another item under the same id
+    /// (a conflict, kept as a dead letter) is not touched.
+    pub async fn apply_moves(&self, item: &ItemId, moves: &[Move]) -> sqlx::Result<Vec<Move>> {
         let mut tx = self.pool.begin().await?;
         let mut held = Vec::new();
         for one in moves {
-            let updated =
-                sqlx::query("UPDATE orders SET state = $1, state_at = $2 WHERE order_id = $3")
-                    .bind(one.state.as_str())
-                    .bind(one.at_ms)
-                    .bind(one.order_id.0 as i64)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+            let updated = sqlx::query(
+                "UPDATE orders SET state = $1, state_at = $2 WHERE order_id = $3 AND item_id = $4",
+            )
+            .bind(one.state.as_str())
+            .bind(one.at_ms)
+            .bind(one.order_id.0 as i64)
+            .bind(item.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             if updated == 0 {
                 held.push(*one);
             }
@@ -318,6 +311,7 @@ impl Db {
         self.write_orders(
             tx,
             std::slice::from_ref(order),
+            &HashMap::new(),
             order.created_at,
             OnDuplicate::Fail,
         )
@@ -389,20 +383,22 @@ impl Db {
         &self,
         tx: &mut Transaction<'static, Any>,
         orders: &[OrderRecord],
+        states: &HashMap<OrderId, OrderState>,
         persisted_at: i64,
         on_duplicate: OnDuplicate,
     ) -> sqlx::Result<u64> {
+        const COLUMNS: usize = 8;
         let mut written = 0;
         for chunk in power_of_two_chunks(orders) {
             let mut sql = String::from(
-                "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at) VALUES ",
+                "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at, state) VALUES ",
             );
             for i in 0..chunk.len() {
                 if i > 0 {
                     sql.push(',');
                 }
                 sql.push('(');
-                for column in 0..7 {
+                for column in 0..COLUMNS {
                     if column > 0 {
                         sql.push(',');
                     }
@@ -412,7 +408,9 @@ impl Db {
                         // 1400-parameter insert quadratic (a fifth of the
                         // server's CPU under load, in a profile).
                         Backend::Sqlite => sql.push('?'),
-                        Backend::Postgres => sql.push_str(&format!("${}", i * 7 + column + 1)),
+                        Backend::Postgres => {
+                            sql.push_str(&format!("${}", i * COLUMNS + column + 1))
+                        }
                     }
                 }
                 sql.push(')');
@@ -429,7 +427,14 @@ impl Db {
                     .bind(order.strategy.as_str())
                     .bind(order.generation)
                     .bind(order.created_at)
-                    .bind(persisted_at);
+                    .bind(persisted_at)
+                    .bind(
+                        states
+                            .get(&order.order_id)
+                            .copied()
+                            .unwrap_or(OrderState::Paid)
+                            .as_str(),
+                    );
             }
             written += query.execute(&mut **tx).await?.rows_affected();
         }

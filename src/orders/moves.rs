@@ -43,12 +43,31 @@ impl OrderState {
         }
     }
 
+    /// The 409's code of a pay or cancel refused because the order already
+    /// ended in this state (`order_paid`, ...): the API answers it, and
+    /// clients (the bench's load generator) match on it.
+    pub fn ended_code(self) -> &'static str {
+        match self {
+            Self::Paid => "order_paid",
+            Self::Cancelled => "order_cancelled",
+            // A reserved order has not ended: never answered so.
+            Self::Expired | Self::Reserved => "order_expired",
+        }
+    }
+
     pub fn parse(raw: &str) -> Result<Self, String> {
         Self::ALL
             .into_iter()
             .find(|state| state.as_str() == raw)
             .ok_or_else(|| format!("unknown order state `{raw}`"))
     }
+}
+
+/// Where an order that left `reserved` ended, from its value in the item's
+/// `settled` hash: `<state> <user> <generation>` (written by reserve.lua's
+/// `settled_value`).
+pub fn settled_state(value: &str) -> Result<OrderState, String> {
+    OrderState::parse(value.split(' ').next().unwrap_or_default())
 }
 
 /// One move: order `order_id` went to `state` at `at_ms`.
@@ -116,5 +135,10 @@ mod tests {
         for state in OrderState::ALL {
             assert_eq!(OrderState::parse(state.as_str()), Ok(state));
         }
+        assert!(
+            include_str!("../strategy/reserve.lua")
+                .contains("return state .. ' ' .. user .. ' ' .. generation")
+        );
+        assert_eq!(settled_state("expired b7 3"), Ok(OrderState::Expired));
     }
 }

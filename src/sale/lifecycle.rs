@@ -29,6 +29,7 @@ use crate::domain::{ItemId, UserId};
 use crate::infra::redis_conn::RedisConn;
 use crate::keys::ItemKeys;
 pub use crate::orders::moves::OrderState;
+use crate::orders::moves::settled_state;
 use crate::orders::snowflake::OrderId;
 
 /// The meta hash field holding the sale's payment window (ms); absent: none.
@@ -195,10 +196,7 @@ impl Lifecycle {
             return Ok(Some(OrderState::Reserved));
         }
         ended
-            .map(|value| {
-                let state = value.split(' ').next().unwrap_or_default();
-                OrderState::parse(state).map_err(LifecycleError::Protocol)
-            })
+            .map(|value| settled_state(&value).map_err(LifecycleError::Protocol))
             .transpose()
     }
 }

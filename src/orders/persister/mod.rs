@@ -446,8 +446,11 @@ impl Worker {
         }
 
         if self.own_pending_due || !block {
-            handled += self.read_group(&streams, "0", false, status).await?;
+            // Cleared first: reading its own pending entries may hold a move
+            // again (its order still not in SQL), which asks for the next
+            // step to read them once more. A failed read sets it again.
             self.own_pending_due = false;
+            handled += self.read_group(&streams, "0", false, status).await?;
         }
 
         if claim_due {

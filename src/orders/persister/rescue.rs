@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 
 use super::dead_letters::earlier_versions_orders;
@@ -108,7 +110,7 @@ impl Worker {
         if !orders.is_empty() {
             let inserted = self
                 .db
-                .insert_orders(&orders, &[])
+                .insert_orders(&orders, &HashMap::new())
                 .await
                 .context("cannot insert rescued orders")?;
             let conflicts = self.conflicts(&orders, inserted).await?;

@@ -13,7 +13,7 @@ use super::{GROUP, PersisterStatus, Worker};
 use crate::domain::ItemId;
 use crate::keys::{self, ItemKeys};
 use crate::orders::db::OrderRecord;
-use crate::orders::moves::{MOVE, Move};
+use crate::orders::moves::{MOVE, Move, OrderState, settled_state};
 use crate::orders::order_log::{self, Entry};
 use crate::orders::snowflake::OrderId;
 
@@ -71,21 +71,16 @@ impl Worker {
         // before the one acknowledgement (a crash between two is a
         // redelivery, harmless).
         let run_len = self.config.batch.max(1);
-        let reserved = match &item {
-            Some(item) => self.still_reserved(item, &orders).await?,
-            None => HashSet::new(),
+        let states = match &item {
+            Some(item) => self.lifecycle_states(item, &orders).await?,
+            None => HashMap::new(),
         };
         let mut inserted = 0;
         let mut found = Vec::new();
         for (run, chunk) in orders.chunks(run_len).enumerate() {
-            let reserved: Vec<OrderId> = chunk
-                .iter()
-                .map(|order| order.order_id)
-                .filter(|id| reserved.contains(id))
-                .collect();
             let written = self
                 .db
-                .insert_orders(chunk, &reserved)
+                .insert_orders(chunk, &states)
                 .await
                 .context("cannot insert orders")?;
             inserted += written;
@@ -144,38 +139,48 @@ impl Worker {
         Ok(orders.len() + unreadable)
     }
 
-    /// Which of `orders` are reserved in Redis now (a sale with a payment
-    /// window): their rows are stored `reserved`. One `EXISTS` for a sale
-    /// without reservations, the common case.
-    async fn still_reserved(
+    /// Where each of `orders` stands in Redis now, for those of a sale
+    /// with a payment window: reserved, or already ended (its move may
+    /// come later, or have come first and be held). Their rows are inserted
+    /// so. One `EXISTS` for a sale without a window, the common case.
+    async fn lifecycle_states(
         &mut self,
         item: &ItemId,
         orders: &[OrderRecord],
-    ) -> anyhow::Result<HashSet<OrderId>> {
+    ) -> anyhow::Result<HashMap<OrderId, OrderState>> {
         let keys = ItemKeys::new(item);
-        let any: bool = redis::cmd("EXISTS")
+        let any: u8 = redis::cmd("EXISTS")
             .arg(keys.reserved())
+            .arg(keys.settled())
             .query_async(&mut self.redis)
             .await
-            .context("EXISTS reserved")?;
-        if !any || orders.is_empty() {
-            return Ok(HashSet::new());
+            .context("EXISTS reserved settled")?;
+        if any == 0 || orders.is_empty() {
+            return Ok(HashMap::new());
         }
-        let mut hmget = redis::cmd("HMGET");
-        hmget.arg(keys.reserved());
-        for order in orders {
-            hmget.arg(order.order_id.0);
+        let mut pipe = redis::pipe();
+        for key in [keys.reserved(), keys.settled()] {
+            pipe.cmd("HMGET").arg(key);
+            for order in orders {
+                pipe.arg(order.order_id.0);
+            }
         }
-        let lines: Vec<Option<redis::Value>> = hmget
+        let (reserved, settled): (Vec<Option<redis::Value>>, Vec<Option<String>>) = pipe
             .query_async(&mut self.redis)
             .await
-            .context("HMGET reserved")?;
-        Ok(orders
-            .iter()
-            .zip(lines)
-            .filter(|(_, line)| line.is_some())
-            .map(|(order, _)| order.order_id)
-            .collect())
+            .context("HMGET reserved, settled")?;
+        let mut states = HashMap::new();
+        for ((order, reserved), settled) in orders.iter().zip(reserved).zip(settled) {
+            let state = match (reserved, settled) {
+                (Some(_), _) => Some(OrderState::Reserved),
+                (None, Some(ended)) => settled_state(&ended).ok(),
+                (None, None) => None,
+            };
+            if let Some(state) = state {
+                states.insert(order.order_id, state);
+            }
+        }
+        Ok(states)
     }
 
     /// Applies a moves stream's entries ([`crate::orders::moves`]) to SQL,
@@ -215,7 +220,7 @@ impl Worker {
         }
         let held = self
             .db
-            .apply_moves(&moves)
+            .apply_moves(item, &moves)
             .await
             .context("cannot apply order moves")?;
         let held: HashSet<&str> = moves
@@ -242,7 +247,10 @@ impl Worker {
         if !ids.is_empty() {
             // Applied: nobody reads them again, and the order's state is in
             // SQL and in the item's `settled` hash.
+            // One transaction: an entry acknowledged but left in the
+            // stream by a crash between the two would stay there for good.
             let _: () = redis::pipe()
+                .atomic()
                 .cmd("XACK")
                 .arg(key)
                 .arg(GROUP)
