@@ -249,6 +249,7 @@ pub async fn start_race(
         item_prefix: crate::lab::race::ITEM_PREFIX.into(),
         rate: None,
         runs: 1,
+        payments: None,
     };
     let token = match &state.admin {
         AdminPolicy::Token(token) => Some(token.to_string()),

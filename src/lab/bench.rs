@@ -20,7 +20,7 @@ use crate::infra::redis_cluster::{RedisCluster, RedisClusterOptions};
 use crate::infra::redis_conn::RedisTarget;
 use crate::infra::redis_server::{RedisServer, RedisServerOptions};
 use crate::lab::cpu::{self, Pids};
-use crate::lab::loadgen::{self, Progress, RacePlan, Rate, Target};
+use crate::lab::loadgen::{self, Payments, Progress, RacePlan, Rate, Target};
 use crate::lab::report;
 use crate::lab::scratch::{TempDir, stop_child, wait_ready};
 use crate::sale::MAX_STOCK;
@@ -120,6 +120,18 @@ pub struct BenchArgs {
     #[arg(long)]
     pub repeat_buyers: bool,
 
+    /// Sell reserved units (sell-out mode): each sale is restocked with
+    /// this payment window (e.g. `2s`); a buyer answered 201 pays at once
+    /// with probability `--pay-ratio`, and the other orders expire, their
+    /// units back on sale. The run then lasts `--duration` (a sale sells out
+    /// and refills), and the history check follows each order's lifecycle.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub payment_window: Option<Duration>,
+
+    /// With `--payment-window`: the share of buyers who pay, 0 to 1.
+    #[arg(long, default_value_t = 0.5, requires = "payment_window")]
+    pub pay_ratio: f64,
+
     /// How long to measure the HTTP ceiling (`/healthz`), before every run.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub ceiling_duration: Duration,
@@ -159,6 +171,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .rate
         .map(|per_s| Rate::new(per_s, args.ramp_from))
         .transpose()?;
+    let payments = args
+        .payment_window
+        .map(|window| Payments::new(window, args.pay_ratio))
+        .transpose()?;
+    if payments.is_some() && args.mode == Mode::Throughput {
+        bail!("--payment-window is a sell-out mode setting: throughput mode never sells out");
+    }
     let plan = match args.mode {
         Mode::SellOut => RacePlan {
             strategies,
@@ -167,12 +186,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             users: args.users.unwrap_or(args.stock.saturating_mul(4)),
             concurrency: args.concurrency,
             duration: args.duration.unwrap_or(Duration::from_secs(30)),
-            until_sold_out: args.until_sold_out,
+            // A sale with a payment window sells out and refills: it runs
+            // for its duration.
+            until_sold_out: args.until_sold_out && payments.is_none(),
             repeat_buyers: args.repeat_buyers,
             ceiling_duration: args.ceiling_duration,
             item_prefix: "bench".into(),
             rate,
             runs: args.runs,
+            payments,
         },
         Mode::Throughput => RacePlan {
             strategies,
@@ -188,6 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             item_prefix: "bench".into(),
             rate,
             runs: args.runs,
+            payments: None,
         },
     };
 

@@ -200,6 +200,43 @@ fn compact_row(r: &StrategyResult) -> Vec<String> {
     ]
 }
 
+/// Per run, the lifecycle's figures (sales with a payment window).
+fn lifecycle_rows(report: &RaceReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let headers = vec![
+        "strategy",
+        "run",
+        "sold",
+        "paid",
+        "returned",
+        "most out",
+        "stock",
+        "pays contradicted",
+        "never ended",
+        "linearizable",
+    ];
+    let rows = report
+        .results
+        .iter()
+        .map(|r| {
+            let h = &r.history;
+            vec![
+                r.strategy.to_string(),
+                r.run.to_string(),
+                r.sold.to_string(),
+                h.paid.to_string(),
+                h.returned_orders.to_string(),
+                h.most_out_at_once
+                    .map_or("n/a".to_owned(), |n| n.to_string()),
+                report.plan.stock.to_string(),
+                h.pays_contradicted.to_string(),
+                h.never_ended.to_string(),
+                if h.linearizable { "yes" } else { "NO" }.to_owned(),
+            ]
+        })
+        .collect();
+    (headers, rows)
+}
+
 /// A run's judgement in words, its worst finding: what a reader of the
 /// terminal needs before any figure.
 fn verdict(oversold: u64, drift: i64, linearizable: bool, lost: u64) -> String {
@@ -337,6 +374,15 @@ pub fn markdown(
         md,
         "\n`x ceiling` is req/s divided by the `/healthz` req/s of this run. Latencies run from each request's send to its answer; `p99 corr ms` (open loop only) runs from its scheduled start, so waiting for a free connection counts; `late` requests were sent more than 2 ms after their scheduled start, `dropped` ones never (a second of the schedule was already waiting, or the run ended first). 409 counts sold-out and limit answers; 503 counts contention and unavailable. `undersold`: the server's count of refusals (contention or an error) before the sale was first seen empty. `linearizable` and the columns after it come from checking every request of the run against the sale (one counter of the stock, the per-user limit): `refused w/ stock` counts refusals (503, errors, no answer) that completed while units certainly remained; `phantom sold-out` counts `sold_out` answers given before the stock could have run out (or in a sale whose orders never reached the stock); `ghosts` counts stored orders never answered 201 (each must be matched by a request of its buyer that got no clear answer). `lost log/sql`: 201 order ids missing from the order log / from SQL after the persister caught up."
     );
+    if let Some(payments) = &plan.payments {
+        let _ = writeln!(
+            md,
+            "\nThe order lifecycle: each sale had a payment window of {} ms; a buyer answered 201 paid at once with probability {} (decided by the order id), and the other orders expired, their units back on sale. From SQL, once every deadline had passed: orders `paid`, and `returned` (cancelled or expired); `most out` is the most units certainly out at once (the history check's, bounded by the stock); `pays contradicted`: pays answered otherwise than their order ended; `never ended`: orders still reserved.\n",
+            payments.window.as_millis(),
+            payments.pay_ratio
+        );
+        markdown_table(&mut md, lifecycle_rows(report));
+    }
     let counterexamples: Vec<String> = report
         .results
         .iter()

@@ -42,6 +42,7 @@ async fn the_load_generator_reports_the_truth_of_each_strategy() {
         item_prefix: "lg".into(),
         rate: None,
         runs: 2,
+        payments: None,
     };
     let report = loadgen::race(&target, &plan, std::sync::Arc::new(|_| {}))
         .await
@@ -163,6 +164,7 @@ async fn the_open_loop_counts_the_wait_a_closed_loop_hides() {
         item_prefix: "open".into(),
         rate: Some(loadgen::Rate::new(200.0, None).unwrap()),
         runs: 1,
+        payments: None,
     };
     let report = loadgen::race(&target, &plan, std::sync::Arc::new(|_| {}))
         .await

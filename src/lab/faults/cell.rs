@@ -223,6 +223,7 @@ async fn run_checked(
         item_prefix: "fault".into(),
         rate: Some(Rate::new(lab.rate, None)?),
         runs: 1,
+        payments: None,
     };
     let timing = Timing {
         before: lab.before,

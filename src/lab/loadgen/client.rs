@@ -2,6 +2,8 @@
 //! after a failure, reading the server's answers into the types the server
 //! writes them with.
 
+use std::time::Duration;
+
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,7 +13,9 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
 use super::Target;
+use super::history::PayAnswer;
 use crate::domain::ErrorBody;
+use crate::orders::moves::OrderState;
 use crate::orders::snowflake::OrderId;
 use crate::sale::ItemView;
 use crate::sale::purchase::Purchased;
@@ -42,9 +46,12 @@ pub async fn create_item(
     stock: u64,
     limit: u64,
     strategy: StrategyKind,
+    payment_window: Option<Duration>,
 ) -> anyhow::Result<()> {
-    let body = serde_json::json!({"stock": stock, "per_user_limit": limit, "strategy": strategy})
-        .to_string();
+    let window_ms = payment_window.map_or(0, |w| w.as_millis() as u64);
+    let body = serde_json::json!({"stock": stock, "per_user_limit": limit, "strategy": strategy,
+        "payment_window_ms": window_ms})
+    .to_string();
     let mut conn = Conn::default();
     let (status, body) = conn
         .send(
@@ -138,6 +145,33 @@ impl Conn {
             .map(|body| body.error.code)
             .unwrap_or_default();
         Ok(PurchaseReply::Refused { status, code })
+    }
+
+    /// `POST /api/orders/{order}/pay` for `user`.
+    pub async fn pay(
+        &mut self,
+        target: &Target,
+        item: &str,
+        user: &str,
+        order: OrderId,
+    ) -> anyhow::Result<PayAnswer> {
+        let body = serde_json::json!({"item": item, "user_id": user}).to_string();
+        let path = format!("/api/orders/{order}/pay");
+        let (status, body) = self
+            .send(target, Method::POST, &path, Bytes::from(body))
+            .await?;
+        if status == StatusCode::OK {
+            return Ok(PayAnswer::Paid);
+        }
+        let code = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|body| body.error.code)
+            .unwrap_or_default();
+        let expired = OrderState::Expired.ended_code();
+        Ok(if status == StatusCode::CONFLICT && code == expired {
+            PayAnswer::Expired
+        } else {
+            PayAnswer::Other(status.as_u16())
+        })
     }
 
     pub async fn send(

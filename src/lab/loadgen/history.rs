@@ -32,6 +32,25 @@
 //!   changed nothing is allowed), but units a buyer asked for while they sat
 //!   on the shelf.
 //!
+//! A sale with a payment window (`--payment-window`) returns units: an order
+//! cancelled or expired gives its unit back at the instant the server
+//! recorded (its `state_at`, on the server's clock, placed on the run's).
+//! The counting checks become checks at every instant, and the lifecycle
+//! adds its own ([`Lifecycle`]):
+//!
+//! - **oversold** and **limit**: at no instant are more units (per buyer,
+//!   more than the limit) *certainly* out than the stock: an order is
+//!   certainly out from its 201's completion until its return (less 2 ms
+//!   for the two clocks). Orders without a 201 (ghosts) are not counted.
+//! - **pay contradicted**: a pay answered 200 whose order did not end
+//!   `paid`, or answered `order_expired` whose order did not end `expired`
+//!   (a paid order later expired, or an expired one paid).
+//! - **never ended**: an order still `reserved` in SQL after every deadline
+//!   passed.
+//! - **returned twice**: the sale's `returned` count is not the number of
+//!   its orders that ended cancelled or expired (a unit returned twice, or
+//!   a return lost).
+//!
 //! The verdict names the first counterexample: its kind, its request ids and
 //! their times.
 //!
@@ -44,6 +63,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
+use crate::orders::moves::OrderState;
 use crate::orders::snowflake::OrderId;
 
 /// How one request ended.
@@ -108,6 +128,82 @@ pub struct Call {
     pub outcome: CallOutcome,
 }
 
+/// What a pay answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayAnswer {
+    /// 200: paid (or paid already).
+    Paid,
+    /// 409 `order_expired`.
+    Expired,
+    /// Anything else, or no answer (0): the order may have been paid or not.
+    Other(u16),
+}
+
+/// One pay request, times as [`Call`]'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PayCall {
+    pub order: OrderId,
+    pub user: u64,
+    pub sent_us: u64,
+    pub done_us: u64,
+    pub answer: PayAnswer,
+}
+
+/// A windowed sale's lifecycle, as the server stored it and the run saw it.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// Each order in SQL: where it ended, and when it left `reserved` (ms
+    /// since the Unix epoch, the server's clock).
+    pub states: HashMap<OrderId, (OrderState, Option<i64>)>,
+    /// The sale's `returned` count, from the item view.
+    pub returned: Option<u64>,
+    pub pays: Vec<PayCall>,
+    /// The run's start on the wall clock (µs since the Unix epoch).
+    pub start_unix_us: u64,
+}
+
+/// How much earlier than the server recorded a return is taken to have
+/// happened: the server's clock and the run's, on one machine, read apart.
+const CLOCKS_APART_US: u64 = 2_000;
+
+impl Lifecycle {
+    /// When `order`'s unit came back, in µs since the run's start (at the
+    /// earliest); `None` when it did not.
+    fn returned_at_us(&self, order: OrderId) -> Option<u64> {
+        match self.states.get(&order)? {
+            (OrderState::Cancelled | OrderState::Expired, Some(at_ms)) => Some(
+                (*at_ms as u64 * 1000)
+                    .saturating_sub(self.start_unix_us)
+                    .saturating_sub(CLOCKS_APART_US),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The most intervals `[from, until)` open at once, and when (the earliest
+/// instant it is reached).
+fn most_at_once(intervals: impl Iterator<Item = (u64, u64)>) -> (u64, u64) {
+    let mut events: Vec<(u64, i64)> = Vec::new();
+    for (from, until) in intervals {
+        if from < until {
+            events.push((from, 1));
+            events.push((until, -1));
+        }
+    }
+    // Ends before starts at one instant: a unit back is free again.
+    events.sort_by_key(|&(at, delta)| (at, delta));
+    let (mut open, mut most, mut when) = (0i64, 0i64, 0u64);
+    for (at, delta) in events {
+        open += delta;
+        if open > most {
+            (most, when) = (open, at);
+        }
+    }
+    (most.max(0) as u64, when)
+}
+
 /// The sale the history is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Spec {
@@ -126,6 +222,8 @@ pub struct Stored {
     /// Entries of the order log beyond one per order id.
     pub log_duplicates: u64,
     pub sql: Option<HashMap<OrderId, u64>>,
+    /// A sale with a payment window: its orders' lifecycle.
+    pub lifecycle: Option<Lifecycle>,
 }
 
 /// A request named in a counterexample, times in milliseconds since the start.
@@ -188,6 +286,15 @@ pub struct HistoryCheck {
     pub refused_with_stock: u64,
     /// Requests that may have taken effect unseen.
     pub ambiguous: u64,
+    /// A sale with a payment window: the most units certainly out at once.
+    pub most_out_at_once: Option<u64>,
+    /// Orders that ended paid, and cancelled or expired.
+    pub paid: u64,
+    pub returned_orders: u64,
+    /// Pays answered otherwise than their order ended.
+    pub pays_contradicted: u64,
+    /// Orders still reserved after every deadline.
+    pub never_ended: u64,
 }
 
 /// Checks `calls` (any order) against `spec` and what the server `stored`:
@@ -222,8 +329,16 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
     let stored_orders = stored_orders(stored);
     each_order_stored_for_its_buyer(&answered, &stored_orders, &mut verdict);
     let effects = every_ghost_order_has_a_maker(calls, &answered, &stored_orders, &mut verdict);
-    not_oversold(&answered, &stored_orders, spec, &mut verdict);
-    no_buyer_over_the_limit(&answered, &effects.held, spec, &mut verdict);
+    match &stored.lifecycle {
+        None => {
+            not_oversold(&answered, &stored_orders, spec, &mut verdict);
+            no_buyer_over_the_limit(&answered, &effects.held, spec, &mut verdict);
+        }
+        Some(lifecycle) => {
+            never_more_out_than_the_stock(&answered, lifecycle, spec, &mut verdict);
+            lifecycle_agrees(&answered, lifecycle, &mut verdict);
+        }
+    }
     no_refusal_before_its_time(calls, &effects.calls, spec, &mut verdict);
 
     let Verdict { mut check, first } = verdict;
@@ -435,6 +550,123 @@ fn not_oversold(
     }
 }
 
+/// **oversold** and **limit**, with returns: at no instant more units
+/// certainly out than the stock, nor per buyer than the limit.
+fn never_more_out_than_the_stock(
+    answered: &HashMap<OrderId, &Call>,
+    lifecycle: &Lifecycle,
+    spec: Spec,
+    verdict: &mut Verdict,
+) {
+    let held = |call: &&Call| {
+        let order = match call.outcome {
+            CallOutcome::Created(order) => order,
+            _ => return (0, 0),
+        };
+        (
+            call.done_us,
+            lifecycle.returned_at_us(order).unwrap_or(u64::MAX),
+        )
+    };
+    let (most, at_us) = most_at_once(answered.values().map(held));
+    verdict.check.most_out_at_once = Some(most);
+    verdict.check.oversold = most.saturating_sub(spec.stock);
+    if most > spec.stock {
+        verdict.found(Counterexample {
+            kind: "oversold",
+            detail: format!(
+                "{most} units certainly out at {:.1} ms for a stock of {}",
+                at_us as f64 / 1000.0,
+                spec.stock
+            ),
+            calls: Vec::new(),
+            at_us,
+        });
+    }
+    let mut by_user: HashMap<u64, Vec<&Call>> = HashMap::new();
+    for call in answered.values() {
+        by_user.entry(call.user).or_default().push(call);
+    }
+    for (user, calls) in by_user {
+        let (most, at_us) = most_at_once(calls.iter().map(held));
+        if most > spec.per_user_limit {
+            verdict.check.over_limit_buyers += 1;
+            verdict.found(Counterexample {
+                kind: "per_user_limit",
+                detail: format!(
+                    "buyer {user} certainly held {most} units at once, the limit is {}",
+                    spec.per_user_limit
+                ),
+                calls: calls.iter().map(|c| (*c).into()).collect(),
+                at_us,
+            });
+        }
+    }
+}
+
+/// **pay contradicted**, **never ended**, **returned twice**: each order
+/// ended once, as its pay was told, and every return is counted once.
+fn lifecycle_agrees(
+    answered: &HashMap<OrderId, &Call>,
+    lifecycle: &Lifecycle,
+    verdict: &mut Verdict,
+) {
+    for pay in &lifecycle.pays {
+        let ended = lifecycle.states.get(&pay.order).map(|(state, _)| *state);
+        let contradicted = match pay.answer {
+            PayAnswer::Paid => ended != Some(OrderState::Paid),
+            PayAnswer::Expired => ended != Some(OrderState::Expired),
+            PayAnswer::Other(_) => false,
+        };
+        if contradicted {
+            verdict.check.pays_contradicted += 1;
+            verdict.found(Counterexample {
+                kind: "pay_contradicted",
+                detail: format!(
+                    "order {} was answered {:?} to its pay and ended {ended:?}",
+                    pay.order, pay.answer
+                ),
+                calls: answered
+                    .get(&pay.order)
+                    .map(|c| vec![(*c).into()])
+                    .unwrap_or_default(),
+                at_us: pay.done_us,
+            });
+        }
+    }
+    for (order, (state, _)) in &lifecycle.states {
+        match state {
+            OrderState::Paid => verdict.check.paid += 1,
+            OrderState::Cancelled | OrderState::Expired => verdict.check.returned_orders += 1,
+            OrderState::Reserved => {
+                verdict.check.never_ended += 1;
+                verdict.found(Counterexample {
+                    kind: "never_ended",
+                    detail: format!("order {order} is still reserved after every deadline"),
+                    calls: answered
+                        .get(order)
+                        .map(|c| vec![(*c).into()])
+                        .unwrap_or_default(),
+                    at_us: u64::MAX,
+                });
+            }
+        }
+    }
+    if let Some(returned) = lifecycle.returned
+        && returned != verdict.check.returned_orders
+    {
+        verdict.found(Counterexample {
+            kind: "returned_twice",
+            detail: format!(
+                "the sale counts {returned} units returned; {} of its orders ended cancelled or expired",
+                verdict.check.returned_orders
+            ),
+            calls: Vec::new(),
+            at_us: u64::MAX,
+        });
+    }
+}
+
 /// **limit**: no buyer holds (`held`) more orders than the per-user limit.
 fn no_buyer_over_the_limit(
     answered: &HashMap<OrderId, &Call>,
@@ -617,7 +849,110 @@ mod tests {
             log: Some(sql.clone()),
             log_duplicates: 0,
             sql: Some(sql),
+            lifecycle: None,
         }
+    }
+
+    /// `stored_as_answered`, in a windowed sale whose orders ended as
+    /// `ended` says (order id → state, and when in ms since the run's
+    /// start, which starts at the epoch here), with `returned` counted.
+    /// The calls' times are in µs.
+    fn windowed(calls: &[Call], ended: &[(u64, OrderState, i64)], returned: u64) -> Stored {
+        let mut stored = stored_as_answered(calls);
+        let mut states: HashMap<OrderId, (OrderState, Option<i64>)> = stored
+            .sql
+            .iter()
+            .flatten()
+            .map(|(id, _)| (*id, (OrderState::Paid, None)))
+            .collect();
+        for (id, state, at_ms) in ended {
+            states.insert(OrderId(*id), (*state, Some(*at_ms)));
+        }
+        stored.lifecycle = Some(Lifecycle {
+            states,
+            returned: Some(returned),
+            pays: Vec::new(),
+            start_unix_us: 0,
+        });
+        stored
+    }
+
+    /// Stock 2, three orders over time: the first expired at 50 ms, before
+    /// the third was bought (its 201 at 80 ms). Never more than 2 out.
+    #[test]
+    fn a_unit_sold_again_after_its_return_is_no_oversell() {
+        let calls = [
+            created(0, 0, 0, 10),
+            created(1, 1, 0, 12),
+            created(2, 2, 60_000, 80_000),
+        ];
+        let stored = windowed(&calls, &[(1000, OrderState::Expired, 50)], 1);
+        let checked = check(&calls, SPEC, &stored);
+        assert!(checked.linearizable, "{checked:?}");
+        assert_eq!(
+            (
+                checked.most_out_at_once,
+                checked.returned_orders,
+                checked.paid
+            ),
+            (Some(2), 1, 2)
+        );
+        // Without the lifecycle, three orders for two units: oversold.
+        let plain = check(&calls, SPEC, &stored_as_answered(&calls));
+        assert_eq!(kind(&plain), Some("oversold"));
+    }
+
+    /// The same, but the third 201 completed before the first order came
+    /// back: three units out at once.
+    #[test]
+    fn a_unit_sold_again_before_its_return_is_oversold() {
+        let calls = [
+            created(0, 0, 0, 10),
+            created(1, 1, 0, 12),
+            created(2, 2, 20_000, 30_000),
+        ];
+        let stored = windowed(&calls, &[(1000, OrderState::Expired, 50)], 1);
+        let checked = check(&calls, SPEC, &stored);
+        assert_eq!(kind(&checked), Some("oversold"), "{checked:?}");
+        assert_eq!(checked.most_out_at_once, Some(3));
+    }
+
+    /// A buyer holding two units at once, the limit 1; and a buyer who
+    /// bought again after a return, which is allowed.
+    #[test]
+    fn the_limit_holds_at_every_instant() {
+        let again = [created(0, 0, 0, 10), created(1, 0, 60_000, 80_000)];
+        let stored = windowed(&again, &[(1000, OrderState::Cancelled, 40)], 1);
+        assert!(check(&again, SPEC, &stored).linearizable);
+        let twice = [created(0, 0, 0, 10), created(1, 0, 20_000, 30_000)];
+        let stored = windowed(&twice, &[(1000, OrderState::Cancelled, 40)], 1);
+        assert_eq!(kind(&check(&twice, SPEC, &stored)), Some("per_user_limit"));
+    }
+
+    /// A pay answered 200 for an order that expired; an order still
+    /// reserved; a return counted twice.
+    #[test]
+    fn the_lifecycle_is_checked_against_the_pays_and_the_counts() {
+        let calls = [created(0, 0, 0, 10), created(1, 1, 0, 12)];
+        let mut stored = windowed(&calls, &[(1000, OrderState::Expired, 50)], 1);
+        if let Some(lifecycle) = stored.lifecycle.as_mut() {
+            lifecycle.pays.push(PayCall {
+                order: OrderId(1000),
+                user: 0,
+                sent_us: 11,
+                done_us: 15,
+                answer: PayAnswer::Paid,
+            });
+        }
+        let checked = check(&calls, SPEC, &stored);
+        assert_eq!(kind(&checked), Some("pay_contradicted"), "{checked:?}");
+        assert_eq!(checked.pays_contradicted, 1);
+
+        let stored = windowed(&calls, &[(1001, OrderState::Reserved, 0)], 0);
+        assert_eq!(kind(&check(&calls, SPEC, &stored)), Some("never_ended"));
+
+        let stored = windowed(&calls, &[(1000, OrderState::Expired, 50)], 2);
+        assert_eq!(kind(&check(&calls, SPEC, &stored)), Some("returned_twice"));
     }
 
     fn kind(check: &HistoryCheck) -> Option<&'static str> {

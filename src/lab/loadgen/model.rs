@@ -84,6 +84,39 @@ pub struct RacePlan {
     pub rate: Option<Rate>,
     /// Runs per strategy, interleaved (every strategy once, then again).
     pub runs: u32,
+    /// A sale with a payment window: some buyers pay, the rest let their
+    /// orders expire (`None`: orders are final when bought).
+    pub payments: Option<Payments>,
+}
+
+/// The order lifecycle in a race: each sale is restocked with `window`, and
+/// a buyer whose purchase is answered 201 pays at once with probability
+/// `pay_ratio` (decided by the order id, so a rerun decides alike); the
+/// others' orders expire and their units go back on sale.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Payments {
+    #[serde(with = "millis")]
+    pub window: Duration,
+    pub pay_ratio: f64,
+}
+
+impl Payments {
+    pub fn new(window: Duration, pay_ratio: f64) -> anyhow::Result<Self> {
+        if !(0.0..=1.0).contains(&pay_ratio) {
+            bail!("--pay-ratio must be between 0 and 1, not {pay_ratio}");
+        }
+        let most = Duration::from_millis(crate::sale::lifecycle::MAX_PAYMENT_WINDOW_MS);
+        if window.is_zero() || window > most {
+            bail!("--payment-window must be above 0 and at most a day, not {window:?}");
+        }
+        Ok(Self { window, pay_ratio })
+    }
+
+    /// Whether the buyer of `order` pays.
+    pub fn pays(&self, order: crate::orders::snowflake::OrderId) -> bool {
+        // The id's low bits are its sequence and worker: spread evenly.
+        ((order.0 % 10_000) as f64) < self.pay_ratio * 10_000.0
+    }
 }
 
 /// An open-loop schedule: `per_s` requests a second, or a linear ramp from

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::client::{Conn, probe};
-use super::history::Stored;
+use super::history::{Lifecycle, Stored};
 use super::{Target, buyer_number};
 use crate::infra::redis_conn::{RedisTarget, Timeouts};
 use crate::lab::cpu::CpuSample;
 use crate::orders::db::OrdersPage;
+use crate::orders::moves::OrderState;
 use crate::orders::order_log;
 use crate::orders::snowflake::OrderId;
 use crate::sale::ItemView;
@@ -40,10 +41,14 @@ pub(super) struct Truths {
 /// How long to wait for the persister to catch up before calling SQL short.
 const PERSIST_WAIT: Duration = Duration::from_secs(15);
 
+/// `windowed`: the sale has a payment window, and every deadline has passed:
+/// SQL is read until none of its orders is still reserved (each move has
+/// reached SQL), and the lifecycle comes with what was stored.
 pub(super) async fn read_truths(
     target: &Target,
     item: &str,
     strategy: StrategyKind,
+    windowed: bool,
 ) -> anyhow::Result<Truths> {
     let mut conn = Conn::default();
     // Without a persister (`PERSISTER=false`: 404 here) SQL never catches up
@@ -96,7 +101,11 @@ pub(super) async fn read_truths(
             let in_sql = orders_in_sql(&mut conn, target, item).await?;
             let behind = log
                 .as_ref()
-                .is_some_and(|log| log.keys().any(|id| !in_sql.contains_key(id)));
+                .is_some_and(|log| log.keys().any(|id| !in_sql.contains_key(id)))
+                || (windowed
+                    && in_sql
+                        .values()
+                        .any(|(_, state, _)| *state == OrderState::Reserved));
             if !behind || Instant::now() >= deadline {
                 break Some(in_sql);
             }
@@ -106,6 +115,21 @@ pub(super) async fn read_truths(
         None
     };
 
+    let lifecycle = windowed.then(|| Lifecycle {
+        states: sql
+            .iter()
+            .flatten()
+            .map(|(id, (_, state, at))| (*id, (*state, *at)))
+            .collect(),
+        returned: view.as_ref().map(|v| v.returned),
+        ..Lifecycle::default()
+    });
+    let sql = sql.map(|orders| {
+        orders
+            .into_iter()
+            .map(|(id, (buyer, _, _))| (id, buyer))
+            .collect()
+    });
     Ok(Truths {
         view,
         counters,
@@ -113,6 +137,7 @@ pub(super) async fn read_truths(
             log,
             log_duplicates,
             sql,
+            lifecycle,
         },
         cpu_when_settled,
         settle_s,
@@ -124,7 +149,7 @@ async fn orders_in_sql(
     conn: &mut Conn,
     target: &Target,
     item: &str,
-) -> anyhow::Result<HashMap<OrderId, u64>> {
+) -> anyhow::Result<HashMap<OrderId, (u64, OrderState, Option<i64>)>> {
     let mut in_sql = HashMap::new();
     let mut after: Option<OrderId> = None;
     loop {
@@ -137,7 +162,7 @@ async fn orders_in_sql(
             // A buyer that is none of ours cannot own an order of this
             // fresh item: it stays unexplained.
             let buyer = buyer_number(&order.order.user_id).unwrap_or(u64::MAX);
-            (order.order.order_id, buyer)
+            (order.order.order_id, (buyer, order.state, order.state_at))
         }));
         match page.next {
             Some(next) => after = Some(next),

@@ -12,8 +12,8 @@ use hdrhistogram::Histogram;
 use hyper::{Method, StatusCode};
 
 use super::client::{Conn, PurchaseReply, create_item};
-use super::history::{self, Call, CallOutcome, Spec};
-use super::verify::read_truths;
+use super::history::{self, Call, CallOutcome, PayAnswer, PayCall, Spec};
+use super::verify::{Truths, read_truths};
 use super::{
     Ceiling, LATE_AFTER, Latency, Observer, Owned, Progress, RacePlan, RaceReport, Rate,
     StatusCounts, StrategyResult, TICK, Target, buyer_name, new_histogram, record,
@@ -106,6 +106,17 @@ pub async fn measure_ceiling(
     })
 }
 
+/// After a windowed sale's load, beyond its window: time for the last
+/// deadlines' sweep (`EXPIRY_INTERVAL_MS`, 100 ms by default) and its moves.
+const EXPIRY_GRACE: Duration = Duration::from_millis(500);
+
+/// Now, in µs since the Unix epoch.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Shared between the workers of one strategy's run.
 struct RunShared {
     /// Worker `n` sends to `targets[n % len]`.
@@ -138,6 +149,9 @@ struct RunShared {
 pub struct Load {
     /// When the load started: the history's times count from here.
     pub start: Instant,
+    /// The same instant on the wall clock (µs since the Unix epoch), to
+    /// place the server's own times (an order's return) in the history.
+    pub start_unix_us: u64,
     /// The sale's item.
     pub item: String,
     in_flight: Vec<AtomicU64>,
@@ -199,6 +213,8 @@ struct WorkerOutcome {
     statuses: StatusCounts,
     /// Every request this worker made, for the history check.
     calls: Vec<Call>,
+    /// Every pay it sent (sales with a payment window).
+    pays: Vec<PayCall>,
 }
 
 impl WorkerOutcome {
@@ -210,6 +226,7 @@ impl WorkerOutcome {
             unsent: 0,
             statuses: StatusCounts::default(),
             calls: Vec::new(),
+            pays: Vec::new(),
         }
     }
 }
@@ -320,7 +337,15 @@ where
         plan.item_prefix,
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    create_item(target, &item, plan.stock, plan.per_user_limit, strategy).await?;
+    create_item(
+        target,
+        &item,
+        plan.stock,
+        plan.per_user_limit,
+        strategy,
+        plan.payments.map(|p| p.window),
+    )
+    .await?;
     let cpu_at_start = target.pids.sample();
     observe(Progress::Started {
         strategy,
@@ -329,6 +354,7 @@ where
 
     let load = Arc::new(Load {
         start: Instant::now(),
+        start_unix_us: unix_us(),
         item: item.clone(),
         in_flight: targets.iter().map(|_| AtomicU64::new(0)).collect(),
     });
@@ -422,8 +448,10 @@ where
     let mut corrected = new_histogram();
     let mut statuses = StatusCounts::default();
     let mut calls = Vec::new();
+    let mut pays = Vec::new();
     let mut late = 0;
     for outcome in outcomes? {
+        pays.extend(outcome.pays);
         histogram
             .add(outcome.histogram)
             .context("merging histograms")?;
@@ -447,7 +475,18 @@ where
     let elapsed = shared.start.elapsed().as_secs_f64();
     observe(Progress::Verifying { strategy });
 
-    let truths = read_truths(target, &item, strategy).await?;
+    if let Some(payments) = plan.payments {
+        // Every order bought ends: paid, or expired once its deadline has
+        // passed and a sweep (every EXPIRY_INTERVAL_MS) took it.
+        tokio::time::sleep(payments.window + EXPIRY_GRACE).await;
+    }
+    let truths = read_truths(target, &item, strategy, plan.payments.is_some()).await?;
+    let mut stored = truths.stored;
+    if let Some(lifecycle) = stored.lifecycle.as_mut() {
+        lifecycle.pays = pays;
+        lifecycle.start_unix_us = load.start_unix_us;
+    }
+    let truths = Truths { stored, ..truths };
     let history = history::check(
         &calls,
         Spec {
@@ -571,6 +610,27 @@ async fn buy(
             outcome.calls.push(call);
             outcome.statuses.created_201 += 1;
             shared.purchased.fetch_add(1, Ordering::Relaxed);
+            if let Some(payments) = shared.plan.payments
+                && payments.pays(order_id)
+            {
+                let sent = Instant::now();
+                let answer = conn
+                    .pay(
+                        &shared.targets[via],
+                        &shared.item,
+                        &buyer_name(user),
+                        order_id,
+                    )
+                    .await
+                    .unwrap_or(PayAnswer::Other(0));
+                outcome.pays.push(PayCall {
+                    order: order_id,
+                    user,
+                    sent_us: since_start(sent),
+                    done_us: since_start(Instant::now()),
+                    answer,
+                });
+            }
             if shared.plan.per_user_limit > 1 {
                 shared
                     .retry
