@@ -387,18 +387,27 @@ impl Db {
         persisted_at: i64,
         on_duplicate: OnDuplicate,
     ) -> sqlx::Result<u64> {
-        const COLUMNS: usize = 8;
+        // Without a state to store, the column's default (`paid`) is: a
+        // bound value per row cost about 1,600 instructions a `lua`
+        // purchase, persister included (callgrind), in every sale.
+        let with_state = !states.is_empty();
+        let columns = if with_state { 8 } else { 7 };
         let mut written = 0;
         for chunk in power_of_two_chunks(orders) {
             let mut sql = String::from(
-                "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at, state) VALUES ",
+                "INSERT INTO orders (order_id, item_id, user_id, strategy, generation, created_at, persisted_at",
             );
+            sql.push_str(if with_state {
+                ", state) VALUES "
+            } else {
+                ") VALUES "
+            });
             for i in 0..chunk.len() {
                 if i > 0 {
                     sql.push(',');
                 }
                 sql.push('(');
-                for column in 0..COLUMNS {
+                for column in 0..columns {
                     if column > 0 {
                         sql.push(',');
                     }
@@ -409,7 +418,7 @@ impl Db {
                         // server's CPU under load, in a profile).
                         Backend::Sqlite => sql.push('?'),
                         Backend::Postgres => {
-                            sql.push_str(&format!("${}", i * COLUMNS + column + 1))
+                            sql.push_str(&format!("${}", i * columns + column + 1))
                         }
                     }
                 }
@@ -427,14 +436,16 @@ impl Db {
                     .bind(order.strategy.as_str())
                     .bind(order.generation)
                     .bind(order.created_at)
-                    .bind(persisted_at)
-                    .bind(
+                    .bind(persisted_at);
+                if with_state {
+                    query = query.bind(
                         states
                             .get(&order.order_id)
                             .copied()
                             .unwrap_or(OrderState::Paid)
                             .as_str(),
                     );
+                }
             }
             written += query.execute(&mut **tx).await?.rows_affected();
         }
