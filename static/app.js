@@ -58,7 +58,7 @@ function render(snapshot) {
     container.innerHTML = '<p class="empty">No items yet: restock one, or start a race.</p>';
     return;
   }
-  container.innerHTML = items.map(itemCard).join("");
+  container.innerHTML = items.map((item) => itemCard(item, snapshot.expiry_lag_ms)).join("");
   for (const item of items) {
     for (const [strategy, live] of Object.entries(item.live || {})) {
       const canvas = container.querySelector(`canvas[data-item="${CSS.escape(item.item_id)}"][data-strategy="${strategy}"]`);
@@ -86,7 +86,9 @@ function shownItems(items, race) {
   return items.filter((i) => !hidden.has(i.item_id));
 }
 
-function itemCard(item) {
+// `expiryLagMs`: how late this server's last expiry sweep took its most
+// overdue order (null before any), shown on items with a payment window.
+function itemCard(item, expiryLagMs) {
   const left = Math.max(0, item.stock);
   const pct = item.initial_stock > 0 ? Math.min(100, (100 * left) / item.initial_stock) : 0;
   const bad = item.oversold > 0;
@@ -121,6 +123,11 @@ function itemCard(item) {
         <div><dt>sold</dt><dd data-field="sold">${num(item.sold)}</dd></div>
         <div><dt>drift</dt><dd class="${item.drift !== 0 ? "warn" : ""}"><span data-field="drift">${num(item.drift)}</span>${item.drift !== 0 ? " (lost updates)" : ""}</dd></div>
         <div><dt>undersold</dt><dd data-field="undersold" class="${item.undersold > 0 ? "warn" : ""}">${num(item.undersold)}</dd></div>
+        ${item.payment_window_ms > 0 ? `<div><dt>reserved</dt><dd data-field="reserved">${num(item.reserved)}</dd></div>
+        <div><dt>paid</dt><dd data-field="paid">${num(item.paid)}</dd></div>
+        <div><dt>returned</dt><dd data-field="returned">${num(item.returned)}</dd></div>
+        <div><dt>pay within</dt><dd>${num(item.payment_window_ms / 1000, 1)} s</dd></div>
+        <div><dt>expiry lag</dt><dd title="how late this server's last expiry sweep took its most overdue order">${expiryLagMs == null ? "none yet" : `${num(expiryLagMs)} ms`}</dd></div>` : ""}
         <div><dt>persisted</dt><dd data-field="persisted">${num(item.persisted)}</dd></div>
         <div><dt>lag</dt><dd data-field="lag">${num(item.lag)}</dd></div>
       </dl>
@@ -162,10 +169,11 @@ function renderRace(race) {
     .map((r) => `<tr><td>${esc(r.strategy)}</td><td>${num(r.requests_per_s)}</td><td>${num(r.ceiling_ratio, 3)}</td>
       <td>${num(r.p99_ms, 1)}</td><td>${r.oversold > 0 ? `${num(r.oversold)} OVERSOLD` : "0"}</td><td>${num(r.undersold)}</td>
       <td class="verdict ${r.linearizable ? "" : "warn"}" title="${esc(r.violation || "")}">${r.linearizable ? "yes" : `NO: ${esc(r.violation || "")}`}</td>
-      <td>${num(r.refused_with_stock)}</td><td>${num(r.phantom_sold_out)}</td></tr>`)
+      <td>${num(r.refused_with_stock)}</td><td>${num(r.phantom_sold_out)}</td>
+      <td>${num(r.sold)}</td><td>${num(r.returned)}</td></tr>`)
     .join("");
   box.innerHTML = progress + (rows
-    ? `<div class="table-wrap"><table><thead><tr><th>strategy</th><th>req/s</th><th>× /healthz</th><th>p99 ms</th><th>oversold</th><th>undersold</th><th>linearizable</th><th>refused with stock</th><th>phantom sold-outs</th></tr></thead><tbody>${rows}</tbody></table></div>`
+    ? `<div class="table-wrap"><table><thead><tr><th>strategy</th><th>req/s</th><th>× /healthz</th><th>p99 ms</th><th>oversold</th><th>undersold</th><th>linearizable</th><th>refused with stock</th><th>phantom sold-outs</th><th>sold</th><th>units back</th></tr></thead><tbody>${rows}</tbody></table></div>`
     : "");
 }
 
@@ -292,6 +300,7 @@ $("#race").addEventListener("submit", async (event) => {
     stock: Number(form.get("stock")),
     concurrency: Number(form.get("concurrency")),
     duration_s: Number(form.get("duration")),
+    payment_window_ms: Number(form.get("window")),
   });
   if (!response.ok) $("#race-status").textContent = await describe(response);
 });

@@ -26,7 +26,7 @@ use super::request::{json_body, require_json_type};
 use super::schema::{integer_in_or_null, unique_list_or_null};
 use crate::domain::{ErrorBody, whole};
 use crate::http::error::ApiError;
-use crate::lab::loadgen::RacePlan;
+use crate::lab::loadgen::{Payments, RacePlan};
 use crate::lab::race::{RaceError, RaceStatus};
 use crate::state::{AdminPolicy, AppState};
 use crate::strategy::StrategyKind;
@@ -119,6 +119,8 @@ impl utoipa::ToSchema for StatsEvent {}
 const MAX_RACE_STOCK: u64 = 1_000_000;
 const MAX_RACE_CONCURRENCY: usize = 256;
 const MAX_RACE_SECONDS: u64 = 120;
+/// Longest payment window a page race may give its sales.
+const MAX_RACE_WINDOW_MS: u64 = 60_000;
 
 /// What to race; every field may be left out.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -135,6 +137,9 @@ pub struct RaceInput {
     #[serde(default, deserialize_with = "whole::optional")]
     #[schema(schema_with = race_seconds_schema)]
     duration_s: Option<u64>,
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(schema_with = race_window_schema)]
+    payment_window_ms: Option<u64>,
 }
 
 fn race_strategies_schema() -> Array {
@@ -157,6 +162,14 @@ fn race_concurrency_schema() -> Object {
         1,
         MAX_RACE_CONCURRENCY as u64,
         "Buyers at once; 32 when absent.",
+    )
+}
+
+fn race_window_schema() -> Object {
+    integer_in_or_null(
+        0,
+        MAX_RACE_WINDOW_MS,
+        "A payment window (ms) for each sale: half the buyers pay, the other orders expire and their units go back on sale, and the race lasts `duration_s`. 0 or absent: orders are final, and the race ends at the first sold-out.",
     )
 }
 
@@ -228,14 +241,21 @@ pub async fn start_race(
     let stock = input.stock.unwrap_or(2_000);
     let concurrency = input.concurrency.unwrap_or(32);
     let duration = input.duration_s.unwrap_or(30);
+    let window = input.payment_window_ms.unwrap_or(0);
     if !(1..=MAX_RACE_STOCK).contains(&stock)
         || !(1..=MAX_RACE_CONCURRENCY).contains(&concurrency)
         || !(1..=MAX_RACE_SECONDS).contains(&duration)
+        || window > MAX_RACE_WINDOW_MS
     {
         return Err(ApiError::invalid(format!(
-            "stock 1..={MAX_RACE_STOCK}, concurrency 1..={MAX_RACE_CONCURRENCY}, duration_s 1..={MAX_RACE_SECONDS}"
+            "stock 1..={MAX_RACE_STOCK}, concurrency 1..={MAX_RACE_CONCURRENCY}, duration_s 1..={MAX_RACE_SECONDS}, payment_window_ms 0..={MAX_RACE_WINDOW_MS}"
         )));
     }
+    // Half the buyers pay: the page's race shows units coming back.
+    let payments = (window > 0)
+        .then(|| Payments::new(Duration::from_millis(window), 0.5))
+        .transpose()
+        .map_err(|err| ApiError::invalid(err.to_string()))?;
     let plan = RacePlan {
         strategies,
         stock,
@@ -243,13 +263,15 @@ pub async fn start_race(
         users: stock.saturating_mul(4),
         concurrency,
         duration: Duration::from_secs(duration),
-        until_sold_out: true,
-        repeat_buyers: false,
+        // A windowed sale sells out and refills: it runs for its duration,
+        // its buyers coming back for the units that return.
+        until_sold_out: payments.is_none(),
+        repeat_buyers: payments.is_some(),
         ceiling_duration: Duration::from_secs(1),
         item_prefix: crate::lab::race::ITEM_PREFIX.into(),
         rate: None,
         runs: 1,
-        payments: None,
+        payments,
     };
     let token = match &state.admin {
         AdminPolicy::Token(token) => Some(token.to_string()),

@@ -69,6 +69,10 @@ pub struct RaceLine {
     pub violation: Option<String>,
     pub refused_with_stock: u64,
     pub phantom_sold_out: u64,
+    /// Orders taken, and of those the units that came back (cancelled or
+    /// expired orders; 0 without a payment window).
+    pub sold: u64,
+    pub returned: u64,
 }
 
 /// Why a race could not start.
@@ -191,6 +195,8 @@ impl RaceControl {
                             .map(|c| format!("{}: {}", c.kind, c.detail)),
                         refused_with_stock: result.history.refused_with_stock,
                         phantom_sold_out: result.history.phantom_sold_out,
+                        sold: result.sold,
+                        returned: result.returned,
                     }),
                 }
             });

@@ -7,7 +7,7 @@
 //! item views at scrape time, so they are never stale and cost the purchase
 //! path nothing.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -67,6 +67,9 @@ pub struct Metrics {
     returned: ItemGauge,
     expired: Counter,
     expiry_lag: Histogram,
+    /// How late the most overdue order of the last expiry call that
+    /// expired any was (ms): the status page's figure.
+    last_expiry_lag_ms: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -172,6 +175,7 @@ impl Metrics {
             returned,
             expired,
             expiry_lag,
+            last_expiry_lag_ms: AtomicU64::new(0),
             purchases,
             unconfirmed,
             latency,
@@ -219,6 +223,15 @@ impl Metrics {
         }
         self.expired.inc_by(expired.orders);
         self.expiry_lag.observe(expired.lag_max_ms as f64 / 1000.0);
+        self.last_expiry_lag_ms
+            .store(expired.lag_max_ms.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// How late the last expired orders were (ms; `None` before any).
+    pub fn last_expiry_lag_ms(&self) -> Option<u64> {
+        let lag = self.last_expiry_lag_ms.load(Ordering::Relaxed);
+        // Stored plus one, so that 0 stays "none yet".
+        lag.checked_sub(1)
     }
 
     /// Prometheus text for the current state of `items`.

@@ -131,6 +131,59 @@ async fn a_race_from_the_page_sells_each_strategys_item_and_catches_naive() {
     }
 }
 
+/// A race with a payment window: each sale sells out, refills from the
+/// expired half and sells again, exact, and the race says how many units
+/// came back; the feed carries the expiry lag.
+#[tokio::test]
+async fn a_race_with_a_payment_window_shows_units_coming_back() {
+    let app = spawn_app_with(|c| c.orders.expiry_interval_ms = 20).await;
+    let response = app
+        .client
+        .post(app.url("/api/race"))
+        .json(
+            &json!({"strategies": ["lua", "lock"], "stock": 20, "concurrency": 4,
+                      "duration_s": 3, "payment_window_ms": 300}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let done = next_event_where(&app, |s| {
+        s["race"]["running"] == false && s["race"]["phase"] == "done"
+    })
+    .await;
+    let results = done["race"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{results:?}");
+    for line in results {
+        assert_eq!(line["linearizable"], true, "{line}");
+        assert_eq!(line["oversold"], 0, "{line}");
+        assert!(
+            line["returned"].as_u64().unwrap() > 0,
+            "nothing came back: {line}"
+        );
+        assert!(
+            line["sold"].as_u64().unwrap() > 20,
+            "the sale never sold its returns again: {line}"
+        );
+        let view = app.item(line["item"].as_str().unwrap()).await;
+        assert_eq!(view["payment_window_ms"], 300, "{view}");
+        assert_eq!(view["drift"], 0, "{view}");
+    }
+    let snapshot = next_event_where(&app, |s| s["expiry_lag_ms"].is_u64()).await;
+    assert!(
+        snapshot["expiry_lag_ms"].as_u64().unwrap() < 60_000,
+        "{snapshot}"
+    );
+    let bad = app
+        .client
+        .post(app.url("/api/race"))
+        .json(&json!({"payment_window_ms": 60_001}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 400, "invalid_request").await;
+}
+
 #[tokio::test]
 async fn races_obey_the_admin_rules_and_validate_input() {
     let app = spawn_app_with(|c| c.http.admin_token = Some("t0ken".into())).await;

@@ -296,6 +296,10 @@ pub struct StrategyResult {
     /// From the start to the first `sold_out`; `None` if never sold out.
     pub time_to_sell_out_s: Option<f64>,
     pub sold: u64,
+    /// Units that came back to the sale (cancelled or expired orders), as
+    /// the server counts them; 0 without a payment window.
+    #[serde(default)]
+    pub returned: u64,
     pub oversold: u64,
     pub drift: i64,
     pub undersold: u64,

@@ -116,6 +116,7 @@ pub(super) async fn read_truths(
     };
 
     let lifecycle = windowed.then(|| Lifecycle {
+        known: persisting && sql.is_some(),
         states: sql
             .iter()
             .flatten()

@@ -525,6 +525,7 @@ where
         retries_per_success: retries as f64 / statuses.created_201.max(1) as f64,
         time_to_sell_out_s: (sold_out_at > 0).then(|| sold_out_at as f64 / 1e6),
         sold: truths.view.as_ref().map_or(0, |v| v.sold),
+        returned: truths.view.as_ref().map_or(0, |v| v.returned),
         oversold: truths.view.as_ref().map_or(0, |v| v.oversold),
         drift: truths.view.as_ref().map_or(0, |v| v.drift),
         undersold: truths.view.as_ref().map_or(0, |v| v.undersold),
