@@ -369,6 +369,75 @@ async fn purchases_racing_returns_end_exact_under_every_guarded_strategy() {
     }
 }
 
+/// Buyers keep buying while their orders expire under them (a 200 ms
+/// window, swept every 10 ms), under every guarded strategy but `sql`: once
+/// the last deadline has passed, every unit is back, each once.
+#[tokio::test]
+async fn purchases_racing_expiries_end_exact_under_every_guarded_strategy() {
+    let app = Arc::new(
+        spawn_app_with(|c| {
+            c.lab.race_window_ms = 5;
+            c.locks.lock_wait_ms = 20_000;
+            c.http.request_timeout_ms = 30_000;
+            c.orders.expiry_interval_ms = 10;
+        })
+        .await,
+    );
+    let strategies = strategies_where(|k| k.guarded() && k.decides() != Decides::InSql);
+    let mut runs = JoinSet::new();
+    for strategy in strategies {
+        let app = Arc::clone(&app);
+        runs.spawn(async move {
+            let item = unique("life-expiry-race");
+            sale(&app, &item, 8, 1, strategy, 200).await;
+            let until = std::time::Instant::now() + Duration::from_millis(1_200);
+            let mut buyers = JoinSet::new();
+            for n in 0..16 {
+                let (app, item) = (Arc::clone(&app), item.clone());
+                buyers.spawn(async move {
+                    let user = format!("u{n}");
+                    let mut bought = 0u64;
+                    while std::time::Instant::now() < until {
+                        match buy(&app, &item, &user, strategy).await {
+                            Ok(_) => bought += 1,
+                            // Sold out, or holding the limit until the
+                            // order expires: come back.
+                            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                    bought
+                });
+            }
+            let mut bought = 0;
+            while let Some(done) = buyers.join_next().await {
+                bought += done.unwrap();
+            }
+            // The last orders' deadlines, and a sweep after them.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let view = app.item(&item).await;
+            (strategy, bought, item, view)
+        });
+    }
+    while let Some(run) = runs.join_next().await {
+        let (strategy, bought, item, view) = run.unwrap();
+        assert_exact(&view, strategy);
+        assert_reservations(&app, &item, &view).await;
+        assert_eq!(
+            (
+                view["stock"].as_u64(),
+                view["sold"].as_u64(),
+                view["returned"].as_u64()
+            ),
+            (Some(8), Some(bought), Some(bought)),
+            "{strategy}: every order expired, every unit back once: {view}"
+        );
+        assert!(
+            bought > 8,
+            "{strategy}: no unit was sold again after expiring: {view}"
+        );
+    }
+}
+
 /// Pays sent after the deadline are refused `order_expired`, and the unit
 /// comes back once, whether the pay or an instance's sweep got there first:
 /// one instance sweeps every 5 ms while the other is paid at.
