@@ -86,8 +86,9 @@ function shownItems(items, race) {
   return items.filter((i) => !hidden.has(i.item_id));
 }
 
-// `expiryLagMs`: how late this server's last expiry sweep took its most
-// overdue order (null before any), shown on items with a payment window.
+// `expiryLagMs`: how late this server's last expiry call took its most
+// overdue order (null before any; the server's, not the item's), shown on
+// items with a payment window.
 function itemCard(item, expiryLagMs) {
   const left = Math.max(0, item.stock);
   const pct = item.initial_stock > 0 ? Math.min(100, (100 * left) / item.initial_stock) : 0;
@@ -127,7 +128,7 @@ function itemCard(item, expiryLagMs) {
         <div><dt>paid</dt><dd data-field="paid">${num(item.paid)}</dd></div>
         <div><dt>returned</dt><dd data-field="returned">${num(item.returned)}</dd></div>
         <div><dt>pay within</dt><dd>${num(item.payment_window_ms / 1000, 1)} s</dd></div>
-        <div><dt>expiry lag</dt><dd title="how late this server's last expiry sweep took its most overdue order">${expiryLagMs == null ? "none yet" : `${num(expiryLagMs)} ms`}</dd></div>` : ""}
+        <div><dt>expiry lag</dt><dd title="how late this server's last expiry call took its most overdue order (any item)">${expiryLagMs == null ? "none yet" : `${num(expiryLagMs)} ms`}</dd></div>` : ""}
         <div><dt>persisted</dt><dd data-field="persisted">${num(item.persisted)}</dd></div>
         <div><dt>lag</dt><dd data-field="lag">${num(item.lag)}</dd></div>
       </dl>

@@ -98,8 +98,9 @@ async fn build(state: &AppState, windows: &mut HashMap<(ItemId, StrategyKind), W
         "items": items,
         "error": error,
         "persister": state.persister.as_ref().map(|p| p.report()),
-        // How late (ms) this instance's last expiry sweep that expired
-        // orders took the most overdue one; null before any.
+        // How late (ms) this instance's last expiry call that expired
+        // orders (one item, at most 256) took its most overdue; null before
+        // any.
         "expiry_lag_ms": state.metrics.last_expiry_lag_ms(),
         "race": state.race.status(),
         "faults": state.faults.status(),

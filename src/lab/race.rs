@@ -115,7 +115,11 @@ impl RaceControl {
 
     /// The longest `plan` may run before it is cancelled.
     pub fn time_bound(plan: &RacePlan) -> Duration {
-        (plan.duration + OVERHEAD_PER_STRATEGY) * plan.strategies.len().max(1) as u32
+        // A windowed sale also waits out its window, then for SQL.
+        let lifecycle = plan
+            .payments
+            .map_or(Duration::ZERO, |p| p.window + loadgen::LIFECYCLE_WAIT);
+        (plan.duration + OVERHEAD_PER_STRATEGY + lifecycle) * plan.strategies.len().max(1) as u32
     }
 
     /// Stops the running race, if any; `why` becomes its phase.

@@ -219,16 +219,21 @@ fn lifecycle_rows(report: &RaceReport) -> (Vec<&'static str>, Vec<Vec<String>>) 
         .iter()
         .map(|r| {
             let h = &r.history;
+            // Only counted, each order's end unknown (SQL not settled).
+            let known = |n: u64| match h.lifecycle_known {
+                Some(true) => n.to_string(),
+                _ => "n/a".to_owned(),
+            };
             vec![
                 r.strategy.to_string(),
                 r.run.to_string(),
                 r.sold.to_string(),
-                h.paid.to_string(),
-                h.returned_orders.to_string(),
+                known(h.paid),
+                known(h.returned_orders),
                 h.most_out_at_once
                     .map_or("n/a".to_owned(), |n| n.to_string()),
                 report.plan.stock.to_string(),
-                h.pays_contradicted.to_string(),
+                known(h.pays_contradicted),
                 h.never_ended.to_string(),
                 if h.linearizable { "yes" } else { "NO" }.to_owned(),
             ]
@@ -377,7 +382,7 @@ pub fn markdown(
     if let Some(payments) = &plan.payments {
         let _ = writeln!(
             md,
-            "\nThe order lifecycle: each sale had a payment window of {} ms; a buyer answered 201 paid at once with probability {} (decided by the order id), and the other orders expired, their units back on sale. From SQL, once every deadline had passed: orders `paid`, and `returned` (cancelled or expired); `most out` is the most units certainly out at once (the history check's, bounded by the stock); `pays contradicted`: pays answered otherwise than their order ended; `never ended`: orders still reserved.\n",
+            "\nThe order lifecycle: each sale had a payment window of {} ms; a buyer answered 201 paid at once with probability {} (decided by the order id), and the other orders expired, their units back on sale. From SQL, once every deadline had passed: orders `paid`, and `returned` (cancelled or expired); `most out` is the most units certainly out at once (the history check's; a correct sale never exceeds its stock); `pays contradicted`: pays answered otherwise than their order ended; `never ended`: orders still reserved.\n",
             payments.window.as_millis(),
             payments.pay_ratio
         );

@@ -54,7 +54,7 @@
 //! The verdict names the first counterexample: its kind, its request ids and
 //! their times.
 //!
-//! One concern, one file: the checker is about 560 lines, one function per
+//! One concern, one file: the checker is about 700 lines, one function per
 //! property, and its unit tests (each a hand-made history that one property
 //! must catch) follow it; split apart, every property would import the same
 //! call model and helpers from a sibling.
@@ -157,6 +157,13 @@ pub struct PayCall {
 pub struct Lifecycle {
     /// Whether `states` holds every order's end (read from SQL, settled).
     pub known: bool,
+    /// Orders the server's view still holds reserved once every deadline
+    /// passed (Redis's count).
+    pub reserved_left: Option<u64>,
+    /// The sale's payment window (ms).
+    pub window_ms: u64,
+    /// The strategy's orders are paid when bought (`sql`): no pay is asked.
+    pub paid_when_bought: bool,
     /// Each order in SQL: where it ended, and when it left `reserved` (ms
     /// since the Unix epoch, the server's clock).
     pub states: HashMap<OrderId, (OrderState, Option<i64>)>,
@@ -299,6 +306,12 @@ pub struct HistoryCheck {
     pub pays_contradicted: u64,
     /// Orders still reserved after every deadline.
     pub never_ended: u64,
+    /// Orders paid that no pay asked for, or expired before their deadline.
+    pub ended_wrongly: u64,
+    /// A sale with a payment window: whether each order's end was known
+    /// (SQL settled), so the checks at every instant were made; `false`:
+    /// only the counts were.
+    pub lifecycle_known: Option<bool>,
 }
 
 /// Checks `calls` (any order) against `spec` and what the server `stored`:
@@ -338,19 +351,21 @@ pub fn check(calls: &[Call], spec: Spec, stored: &Stored) -> HistoryCheck {
             not_oversold(&answered, &stored_orders, spec, &mut verdict);
             no_buyer_over_the_limit(&answered, &effects.held, spec, &mut verdict);
         }
-        Some(lifecycle) if lifecycle.known => {
-            never_more_out_than_the_stock(&answered, lifecycle, spec, &mut verdict);
-            lifecycle_agrees(&answered, lifecycle, &mut verdict);
-        }
-        // Each order's end unknown: no more orders than the stock and the
-        // units the sale says came back. Necessary, not sufficient.
         Some(lifecycle) => {
+            verdict.check.lifecycle_known = Some(lifecycle.known);
+            // No more orders, ghosts included, than the stock and the units
+            // the sale says came back: necessary, not sufficient.
             let returned = lifecycle.returned.unwrap_or(0);
-            let spec = Spec {
+            let counted = Spec {
                 stock: spec.stock.saturating_add(returned),
                 ..spec
             };
-            not_oversold(&answered, &stored_orders, spec, &mut verdict);
+            not_oversold(&answered, &stored_orders, counted, &mut verdict);
+            nothing_left_reserved(lifecycle, &mut verdict);
+            if lifecycle.known {
+                never_more_out_than_the_stock(&answered, lifecycle, spec, &mut verdict);
+                lifecycle_agrees(&answered, lifecycle, &mut verdict);
+            }
         }
     }
     no_refusal_before_its_time(calls, &effects.calls, spec, &mut verdict);
@@ -618,6 +633,20 @@ fn never_more_out_than_the_stock(
     }
 }
 
+/// **never ended**, from the server's own view: no order still reserved
+/// once every deadline passed (whether or not SQL has caught up).
+fn nothing_left_reserved(lifecycle: &Lifecycle, verdict: &mut Verdict) {
+    if let Some(left) = lifecycle.reserved_left.filter(|n| *n > 0) {
+        verdict.check.never_ended = verdict.check.never_ended.max(left);
+        verdict.found(Counterexample {
+            kind: "never_ended",
+            detail: format!("the sale still holds {left} orders reserved after every deadline"),
+            calls: Vec::new(),
+            at_us: u64::MAX,
+        });
+    }
+}
+
 /// **pay contradicted**, **never ended**, **returned twice**: each order
 /// ended once, as its pay was told, and every return is counted once.
 fn lifecycle_agrees(
@@ -648,7 +677,33 @@ fn lifecycle_agrees(
             });
         }
     }
-    for (order, (state, _)) in &lifecycle.states {
+    let asked: HashSet<OrderId> = lifecycle.pays.iter().map(|pay| pay.order).collect();
+    for (order, (state, at_ms)) in &lifecycle.states {
+        let wrongly = match state {
+            // Every other order's buyer either paid or let it expire.
+            OrderState::Paid => !lifecycle.paid_when_bought && !asked.contains(order),
+            // Its deadline is at least a window after its id was minted
+            // (less the clocks' distance).
+            OrderState::Expired => at_ms.is_some_and(|at| {
+                (at.max(0) as u64).saturating_add(CLOCKS_APART_US / 1000)
+                    < order.parts().unix_ms.saturating_add(lifecycle.window_ms)
+            }),
+            _ => false,
+        };
+        if wrongly {
+            verdict.check.ended_wrongly += 1;
+            verdict.found(Counterexample {
+                kind: "ended_wrongly",
+                detail: format!(
+                    "order {order} ended {state:?} at {at_ms:?} ms: no pay asked for it, or before its deadline"
+                ),
+                calls: answered
+                    .get(order)
+                    .map(|c| vec![(*c).into()])
+                    .unwrap_or_default(),
+                at_us: u64::MAX,
+            });
+        }
         match state {
             OrderState::Paid => verdict.check.paid += 1,
             OrderState::Cancelled | OrderState::Expired => verdict.check.returned_orders += 1,
@@ -869,7 +924,7 @@ mod tests {
 
     /// `stored_as_answered`, in a windowed sale whose orders ended as
     /// `ended` says (order id → state, and when in ms since the run's
-    /// start, which starts at the epoch here), with `returned` counted.
+    /// start, when the test's ids were minted), with `returned` counted.
     /// The calls' times are in µs.
     fn windowed(calls: &[Call], ended: &[(u64, OrderState, i64)], returned: u64) -> Stored {
         let mut stored = stored_as_answered(calls);
@@ -879,15 +934,18 @@ mod tests {
             .flatten()
             .map(|(id, _)| (*id, (OrderState::Paid, None)))
             .collect();
+        // The run starts when the test's ids were minted.
+        let start_ms = OrderId(1000).parts().unix_ms;
         for (id, state, at_ms) in ended {
-            states.insert(OrderId(*id), (*state, Some(*at_ms)));
+            states.insert(OrderId(*id), (*state, Some(start_ms as i64 + *at_ms)));
         }
         stored.lifecycle = Some(Lifecycle {
             known: true,
             states,
             returned: Some(returned),
-            pays: Vec::new(),
-            start_unix_us: 0,
+            paid_when_bought: true,
+            start_unix_us: start_ms * 1000,
+            ..Lifecycle::default()
         });
         stored
     }
@@ -989,6 +1047,20 @@ mod tests {
 
         let stored = windowed(&calls, &[(1000, OrderState::Expired, 50)], 2);
         assert_eq!(kind(&check(&calls, SPEC, &stored)), Some("returned_twice"));
+
+        // Expired before a 100 ms window was over; paid with no pay asked.
+        let mut stored = windowed(&calls, &[(1000, OrderState::Expired, 50)], 1);
+        if let Some(lifecycle) = stored.lifecycle.as_mut() {
+            lifecycle.window_ms = 100;
+        }
+        assert_eq!(kind(&check(&calls, SPEC, &stored)), Some("ended_wrongly"));
+        let mut stored = windowed(&calls, &[(1000, OrderState::Expired, 50)], 1);
+        if let Some(lifecycle) = stored.lifecycle.as_mut() {
+            lifecycle.paid_when_bought = false;
+        }
+        let checked = check(&calls, SPEC, &stored);
+        assert_eq!(kind(&checked), Some("ended_wrongly"), "{checked:?}");
+        assert_eq!(checked.ended_wrongly, 1);
     }
 
     fn kind(check: &HistoryCheck) -> Option<&'static str> {

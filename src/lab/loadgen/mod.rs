@@ -40,7 +40,7 @@ use hdrhistogram::Histogram;
 
 pub use client::{create_item, item_view, probe};
 pub use model::*;
-pub use workload::{Load, measure_ceiling, race, run_sale};
+pub use workload::{LIFECYCLE_WAIT, Load, measure_ceiling, race, run_sale};
 
 /// How often progress is reported.
 const TICK: Duration = Duration::from_millis(200);

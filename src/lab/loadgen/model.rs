@@ -91,8 +91,8 @@ pub struct RacePlan {
 
 /// The order lifecycle in a race: each sale is restocked with `window`, and
 /// a buyer whose purchase is answered 201 pays at once with probability
-/// `pay_ratio` (decided by the order id, so a rerun decides alike); the
-/// others' orders expire and their units go back on sale.
+/// `pay_ratio` (decided by a hash of the order id); the others' orders
+/// expire and their units go back on sale.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Payments {
     #[serde(with = "millis")]
@@ -114,8 +114,14 @@ impl Payments {
 
     /// Whether the buyer of `order` pays.
     pub fn pays(&self, order: crate::orders::snowflake::OrderId) -> bool {
-        // The id's low bits are its sequence and worker: spread evenly.
-        ((order.0 % 10_000) as f64) < self.pay_ratio * 10_000.0
+        // Mixed first (splitmix64's finaliser): the id's low decimal digits
+        // follow its millisecond, so ids of one millisecond would mostly
+        // decide alike.
+        let mut z = order.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z % 10_000) as f64) < self.pay_ratio * 10_000.0
     }
 }
 

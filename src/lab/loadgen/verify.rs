@@ -39,7 +39,7 @@ pub(super) struct Truths {
 }
 
 /// How long to wait for the persister to catch up before calling SQL short.
-const PERSIST_WAIT: Duration = Duration::from_secs(15);
+pub(super) const PERSIST_WAIT: Duration = Duration::from_secs(15);
 
 /// `windowed`: the sale has a payment window, and every deadline has passed:
 /// SQL is read until none of its orders is still reserved (each move has
@@ -102,10 +102,7 @@ pub(super) async fn read_truths(
             let behind = log
                 .as_ref()
                 .is_some_and(|log| log.keys().any(|id| !in_sql.contains_key(id)))
-                || (windowed
-                    && in_sql
-                        .values()
-                        .any(|(_, state, _)| *state == OrderState::Reserved));
+                || (windowed && in_sql.values().any(|row| !lifecycle_settled(row)));
             if !behind || Instant::now() >= deadline {
                 break Some(in_sql);
             }
@@ -115,8 +112,24 @@ pub(super) async fn read_truths(
         None
     };
 
+    // The item view again: expiries that reached SQL during the wait above
+    // reached the view's `returned` count before.
+    let view = match (&view, windowed) {
+        (Some(_), true) => {
+            conn.get_unless_missing::<ItemView>(target, &format!("/api/items/{item}"))
+                .await?
+        }
+        _ => view,
+    };
+    // Every order's end known: SQL read, and every row at its end with its
+    // time. Otherwise the check falls back to counting (history.rs).
+    let known = persisting
+        && sql
+            .as_ref()
+            .is_some_and(|rows| rows.values().all(lifecycle_settled));
     let lifecycle = windowed.then(|| Lifecycle {
-        known: persisting && sql.is_some(),
+        known,
+        reserved_left: view.as_ref().map(|v| v.reserved),
         states: sql
             .iter()
             .flatten()
@@ -143,6 +156,17 @@ pub(super) async fn read_truths(
         cpu_when_settled,
         settle_s,
     })
+}
+
+/// Whether an order's row is at its end, with the end's time: a row
+/// reserved, or ended but not yet given its move's time, is still moving.
+fn lifecycle_settled((_, state, at): &(u64, OrderState, Option<i64>)) -> bool {
+    match state {
+        OrderState::Reserved => false,
+        // Paid when bought (`sql`), or paid with its move applied.
+        OrderState::Paid => true,
+        OrderState::Cancelled | OrderState::Expired => at.is_some(),
+    }
 }
 
 /// The item's orders in SQL, through the orders API, with their buyers.

@@ -110,6 +110,12 @@ pub async fn measure_ceiling(
 /// deadlines' sweep (`EXPIRY_INTERVAL_MS`, 100 ms by default) and its moves.
 const EXPIRY_GRACE: Duration = Duration::from_millis(500);
 
+/// The most a windowed sale waits after its load beyond its window: the
+/// grace, then SQL's catching up.
+pub const LIFECYCLE_WAIT: Duration = Duration::from_millis(
+    EXPIRY_GRACE.as_millis() as u64 + super::verify::PERSIST_WAIT.as_millis() as u64,
+);
+
 /// Now, in µs since the Unix epoch.
 fn unix_us() -> u64 {
     std::time::SystemTime::now()
@@ -482,9 +488,12 @@ where
     }
     let truths = read_truths(target, &item, strategy, plan.payments.is_some()).await?;
     let mut stored = truths.stored;
-    if let Some(lifecycle) = stored.lifecycle.as_mut() {
+    if let (Some(lifecycle), Some(payments)) = (stored.lifecycle.as_mut(), plan.payments) {
         lifecycle.pays = pays;
         lifecycle.start_unix_us = load.start_unix_us;
+        lifecycle.window_ms = payments.window.as_millis() as u64;
+        // `sql`'s orders are paid when bought: no pay is asked of them.
+        lifecycle.paid_when_bought = strategy == StrategyKind::Sql;
     }
     let truths = Truths { stored, ..truths };
     let history = history::check(
