@@ -500,8 +500,16 @@ impl HttpSettings {
 
 impl OrderSettings {
     /// The persister's tuning, under consumer name `consumer`.
-    pub fn persister(&self, consumer: String) -> crate::orders::persister::PersisterConfig {
+    /// `stock_in_sql`: the strategy (by name) whose stock is SQL's, which
+    /// the persister returns units to (the catalogue's `sql`; named by the
+    /// caller, since the catalogue's module reads this one).
+    pub fn persister(
+        &self,
+        consumer: String,
+        stock_in_sql: &'static str,
+    ) -> crate::orders::persister::PersisterConfig {
         crate::orders::persister::PersisterConfig {
+            stock_in_sql,
             batch: self.persister_batch,
             largest_entry: MAX_LUA_BATCH,
             // How soon a new item's order log is noticed.

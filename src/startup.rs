@@ -27,7 +27,7 @@ use crate::sale::lifecycle::Lifecycle;
 use crate::sale::purchase::{PurchaseWiring, Purchases, Recorder};
 use crate::sale::stats::Stats;
 use crate::state::{AdminPolicy, AppState, Shared};
-use crate::strategy::{Registry, Wiring};
+use crate::strategy::{Registry, StrategyKind, Wiring};
 
 /// The shared connection to `target`, with `REDIS_TIMEOUT_MS` for both
 /// connecting and each reply.
@@ -105,10 +105,13 @@ impl App {
                 target,
                 timeout,
                 db.clone(),
-                config.orders.persister(format!(
-                    "w{worker}-{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..8]
-                )),
+                config.orders.persister(
+                    format!(
+                        "w{worker}-{}",
+                        &uuid::Uuid::new_v4().simple().to_string()[..8]
+                    ),
+                    StrategyKind::Sql.as_str(),
+                ),
             )
             .await?;
             Some(persister)

@@ -263,25 +263,74 @@ impl Db {
     /// Applies the lifecycle's moves of `item`'s orders to their rows, in
     /// one transaction. Returns the moves whose order SQL does not hold yet
     /// (its entry is still on its way): the caller keeps those and applies
-    /// them again later. Applying a move twice changes nothing: an order
-    /// moves once, to one state. A row of another item under the same id
-    /// (a conflict, kept as a dead letter) is not touched.
-    pub async fn apply_moves(&self, item: &ItemId, moves: &[Move]) -> sqlx::Result<Vec<Move>> {
+    /// them again later. A row of another item under the same id (a
+    /// conflict, kept as a dead letter) is not touched.
+    ///
+    /// A move is applied once: its row takes the move's time (`state_at`)
+    /// only while it has none, and a move applied again finds the row moved
+    /// and changes nothing. The first application of a return of an order
+    /// of `stock_in_sql` (the `sql` strategy) of the current sale also gives
+    /// its unit back to SQL's stock and its buyer's allowance, in the same
+    /// transaction: that strategy sells from SQL, which the return in Redis
+    /// cannot reach.
+    pub async fn apply_moves(
+        &self,
+        item: &ItemId,
+        moves: &[Move],
+        stock_in_sql: &str,
+    ) -> sqlx::Result<Vec<Move>> {
         let mut tx = self.pool.begin().await?;
         let mut held = Vec::new();
         for one in moves {
-            let updated = sqlx::query(
-                "UPDATE orders SET state = $1, state_at = $2 WHERE order_id = $3 AND item_id = $4",
+            let moved: Option<(String, i64, String)> = sqlx::query_as(
+                "UPDATE orders SET state = $1, state_at = $2
+                 WHERE order_id = $3 AND item_id = $4 AND state_at IS NULL
+                 RETURNING strategy, generation, user_id",
             )
             .bind(one.state.as_str())
             .bind(one.at_ms)
             .bind(one.order_id.0 as i64)
             .bind(item.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 0 {
-                held.push(*one);
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((strategy, generation, user)) = moved else {
+                let stored: Option<i64> = sqlx::query_scalar(
+                    "SELECT order_id FROM orders WHERE order_id = $1 AND item_id = $2",
+                )
+                .bind(one.order_id.0 as i64)
+                .bind(item.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                // Moved already (a redelivery): nothing to do. Not stored
+                // yet: held.
+                if stored.is_none() {
+                    held.push(*one);
+                }
+                continue;
+            };
+            let returned = matches!(one.state, OrderState::Cancelled | OrderState::Expired);
+            if returned && strategy == stock_in_sql {
+                // Only into the sale it was bought in: a restock since set
+                // the stock anew (the row's generation moved on).
+                let back = sqlx::query(
+                    "UPDATE items SET stock = stock + 1 WHERE item_id = $1 AND generation = $2",
+                )
+                .bind(item.as_str())
+                .bind(generation)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if back > 0 {
+                    sqlx::query(
+                        "UPDATE sql_buyers SET units = units - 1
+                         WHERE item_id = $1 AND generation = $2 AND user_id = $3 AND units > 0",
+                    )
+                    .bind(item.as_str())
+                    .bind(generation)
+                    .bind(&user)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
         }
         tx.commit().await?;
@@ -303,15 +352,22 @@ impl Db {
     /// Inserts one order inside `tx` (the `sql` strategy's transaction),
     /// persisted as it is created. A duplicate id is an error: the
     /// transaction must not commit a sale without its own order row.
+    /// `state`: `reserved` in a sale with a payment window.
     pub async fn insert_order_in(
         &self,
         tx: &mut Transaction<'static, Any>,
         order: &OrderRecord,
+        state: OrderState,
     ) -> sqlx::Result<()> {
+        let states = if state == OrderState::Paid {
+            HashMap::new()
+        } else {
+            HashMap::from([(order.order_id, state)])
+        };
         self.write_orders(
             tx,
             std::slice::from_ref(order),
-            &HashMap::new(),
+            &states,
             order.created_at,
             OnDuplicate::Fail,
         )

@@ -17,8 +17,9 @@
 //! absolute stock they computed under their guard, which a return does not
 //! take: their write adds the returns counted since their read
 //! ([`crate::strategy::StockWrite::Set`]). `naive` does not, and loses them.
-//! `sql` keeps its stock in SQL, which a return here cannot reach: its
-//! orders are final (recorded `paid` at once).
+//! `sql` keeps its stock in SQL, which a return here cannot reach: the
+//! persister gives the unit back there when it applies the order's move,
+//! once ([`crate::orders::db::Db::apply_moves`]).
 //!
 //! A sale without a window (the default) sells final orders: nothing is
 //! reserved, and pay and cancel find its orders already paid.
@@ -224,7 +225,7 @@ mod tests {
             (
                 "write.lua",
                 include_str!("../strategy/write.lua"),
-                &[PAYMENT_WINDOW_MS, PAID, RETURNED],
+                &[PAYMENT_WINDOW_MS, RETURNED],
             ),
             (
                 "reserve_alone.lua",
@@ -260,6 +261,5 @@ mod tests {
         for state in ended {
             assert!(include_str!("lifecycle.lua").contains(&quoted(state.as_str())));
         }
-        assert!(include_str!("../strategy/write.lua").contains(&quoted(OrderState::Paid.as_str())));
     }
 }

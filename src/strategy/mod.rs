@@ -258,15 +258,14 @@ impl Purchase {
     ) {
         pipe.cmd("EVAL")
             .arg(WRITE_LUA)
-            .arg(if self.keyed.is_some() { 9 } else { 8 })
+            .arg(if self.keyed.is_some() { 8 } else { 7 })
             .arg(self.keys.stock())
             .arg(self.keys.meta())
             .arg(self.keys.buyers())
             .arg(self.keys.orders())
             .arg(self.keys.fence())
             .arg(self.keys.reserved())
-            .arg(self.keys.deadlines())
-            .arg(self.keys.settled());
+            .arg(self.keys.deadlines());
         if let Some(keyed) = &self.keyed {
             pipe.arg(&keyed.record);
         }
@@ -324,8 +323,7 @@ impl Purchase {
             .key(self.keys.orders())
             .key(self.keys.fence())
             .key(self.keys.reserved())
-            .key(self.keys.deadlines())
-            .key(self.keys.settled());
+            .key(self.keys.deadlines());
         if let Some(keyed) = &self.keyed {
             call.key(&keyed.record);
         }

@@ -7,8 +7,9 @@
 -- ARGV[1] user_id
 -- ARGV[2] the strategy this purchase names
 --
--- Returns {per_user_limit, generation, strategy, held, stock, returned}; all
--- nil when the item does not exist (nothing is written then). `returned`
+-- Returns {per_user_limit, generation, strategy, held, stock, returned,
+-- payment_window_ms}; all nil when the item does not exist (nothing is
+-- written then). `returned`
 -- (units cancelled or expired back into this sale) goes with the stock to
 -- write.lua, which keeps the returns that land between this read and the
 -- write.
@@ -18,9 +19,10 @@
 -- binding is a single HSET inside a script, so of two first purchases naming
 -- different strategies exactly one binds, on any instance.
 
-local meta = redis.call('HMGET', KEYS[1], 'per_user_limit', 'generation', 'strategy', 'returned')
+local meta = redis.call('HMGET', KEYS[1], 'per_user_limit', 'generation', 'strategy', 'returned',
+  'payment_window_ms')
 if not meta[1] then
-  return {false, false, false, false, false, false}
+  return {false, false, false, false, false, false, false}
 end
 local bound = meta[3]
 if not bound then
@@ -28,4 +30,4 @@ if not bound then
   bound = ARGV[2]
 end
 return {meta[1], meta[2], bound, redis.call('HGET', KEYS[2], ARGV[1]), redis.call('GET', KEYS[3]),
-  meta[4]}
+  meta[4], meta[5]}

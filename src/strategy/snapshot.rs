@@ -30,12 +30,20 @@ pub(crate) struct Snapshot {
     /// Units returned to this sale (cancelled or expired orders) as of the
     /// read: [`super::StockWrite::Set`] keeps those that come after it.
     pub returned: u64,
+    /// The sale has a payment window: its orders are reserved.
+    pub windowed: bool,
 }
 
 /// Replies to [`Snapshot::read`]: `HMGET meta per_user_limit generation
 /// strategy returned`, `HGET buyers <user>`, `GET stock`.
 pub(crate) type SnapshotReplies = (
-    (Option<u64>, Option<u64>, Option<String>, Option<u64>),
+    (
+        Option<u64>,
+        Option<u64>,
+        Option<String>,
+        Option<u64>,
+        Option<u64>,
+    ),
     Option<u64>,
     Option<i64>,
 );
@@ -48,6 +56,7 @@ type ScriptReply = (
     Option<u64>,
     Option<i64>,
     Option<u64>,
+    Option<u64>,
 );
 
 impl Snapshot {
@@ -59,7 +68,13 @@ impl Snapshot {
     pub fn read(pipe: &mut redis::Pipeline, purchase: &Purchase) {
         pipe.cmd("HMGET")
             .arg(purchase.keys.meta())
-            .arg(&["per_user_limit", "generation", "strategy", "returned"])
+            .arg(&[
+                "per_user_limit",
+                "generation",
+                "strategy",
+                "returned",
+                "payment_window_ms",
+            ])
             .cmd("HGET")
             .arg(purchase.keys.buyers())
             .arg(purchase.user.as_str())
@@ -68,7 +83,7 @@ impl Snapshot {
     }
 
     pub fn from_replies(
-        ((limit, generation, bound, returned), held, stock): SnapshotReplies,
+        ((limit, generation, bound, returned, window), held, stock): SnapshotReplies,
     ) -> Self {
         Self {
             limit,
@@ -77,6 +92,7 @@ impl Snapshot {
             held: held.unwrap_or(0),
             stock: stock.unwrap_or(0),
             returned: returned.unwrap_or(0),
+            windowed: window.is_some_and(|ms| ms > 0),
         }
     }
 
@@ -86,16 +102,17 @@ impl Snapshot {
         redis: &mut impl redis::aio::ConnectionLike,
         purchase: &Purchase,
     ) -> Result<Self, StrategyError> {
-        let (limit, generation, bound, held, stock, returned): ScriptReply = SNAPSHOT_SCRIPT
-            .key(purchase.keys.meta())
-            .key(purchase.keys.buyers())
-            .key(purchase.keys.stock())
-            .arg(purchase.user.as_str())
-            .arg(purchase.strategy.as_str())
-            .invoke_async(redis)
-            .await?;
+        let (limit, generation, bound, held, stock, returned, window): ScriptReply =
+            SNAPSHOT_SCRIPT
+                .key(purchase.keys.meta())
+                .key(purchase.keys.buyers())
+                .key(purchase.keys.stock())
+                .arg(purchase.user.as_str())
+                .arg(purchase.strategy.as_str())
+                .invoke_async(redis)
+                .await?;
         Ok(Self::from_replies((
-            (limit, generation, bound, returned),
+            (limit, generation, bound, returned, window),
             held,
             stock,
         )))
@@ -140,7 +157,7 @@ mod tests {
     fn snapshot_checks_existence_then_binding_then_limit_then_stock() {
         let snap = |limit, bound: &str, held, stock| {
             Snapshot::from_replies((
-                (limit, Some(1), Some(bound.to_owned()), None),
+                (limit, Some(1), Some(bound.to_owned()), None, None),
                 Some(held),
                 Some(stock),
             ))

@@ -58,6 +58,7 @@ use super::{
     Written,
 };
 use crate::orders::db::{Backend, Db, KeyRecord, OrderRecord};
+use crate::orders::moves::OrderState;
 use crate::strategy::key_record::{Bought, KeyedPurchase};
 
 pub struct Sql {
@@ -82,10 +83,13 @@ impl Sql {
 
     /// Runs the transaction for the sale numbered `sale` (whose binding the
     /// purchase checked); `Ok(Err(outcome))` is a rejection (rolled back).
+    /// `windowed`: the sale has a payment window, and the order's row is
+    /// stored `reserved`.
     async fn transact(
         &self,
         purchase: &Purchase,
         sale: u64,
+        windowed: bool,
     ) -> Result<Result<(i64, u64), Outcome>, sqlx::Error> {
         let mut tx = self.db.begin_write().await?;
         let item = purchase.item.as_str();
@@ -193,7 +197,12 @@ impl Sql {
                 };
             }
         }
-        self.db.insert_order_in(&mut tx, &order).await?;
+        let state = if windowed {
+            OrderState::Reserved
+        } else {
+            OrderState::Paid
+        };
+        self.db.insert_order_in(&mut tx, &order, state).await?;
         purchase.committing();
         tx.commit().await?;
         Ok(Ok((remaining, generation.max(0) as u64)))
@@ -305,7 +314,10 @@ impl Strategy for Sql {
         if !self.race_window.is_zero() {
             tokio::time::sleep(self.race_window).await;
         }
-        match self.transact(purchase, binding.generation).await? {
+        match self
+            .transact(purchase, binding.generation, binding.windowed)
+            .await?
+        {
             Ok((remaining, generation)) => {
                 self.mirror(purchase, generation).await;
                 Ok(Attempt::new(Outcome::Purchased { remaining }))

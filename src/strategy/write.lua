@@ -9,7 +9,7 @@
 -- of the stock happens here.
 --
 -- KEYS[1] stock    KEYS[2] meta    KEYS[3] buyers    KEYS[4] orders
--- KEYS[5] fence    KEYS[6] reserved    KEYS[7] deadlines    KEYS[8] settled
+-- KEYS[5] fence    KEYS[6] reserved    KEYS[7] deadlines
 -- ARGV[1] the sale's generation, as the writer read it
 -- ARGV[2] the writer's fencing token, or '' when it holds none
 -- ARGV[3] the new stock value (computed under the caller's guard), or '' to
@@ -19,7 +19,7 @@
 -- ARGV[5] user_id
 -- ARGV[6], ARGV[7] the order entry's one field, name and value
 -- With an Idempotency-Key, also:
--- KEYS[9] the key's record (key_record.lua)
+-- KEYS[8] the key's record (key_record.lua)
 -- ARGV[8] the order id    ARGV[9] the request's fingerprint
 -- ARGV[10] how long the record is kept (ms)
 --
@@ -28,19 +28,18 @@
 -- guard of these strategies excludes, and storing the value as read would
 -- throw it away. `naive` sends no count and loses them: its lesson.
 --
--- In a sale with a payment window the order is reserved (reserve.lua); the
--- `sql` mirror's order is final, since SQL decided it and holds its stock,
--- and is recorded paid at once.
+-- In a sale with a payment window the order is reserved (reserve.lua), the
+-- `sql` mirror's too: its return reaches SQL's stock through the persister
+-- (db.rs, apply_moves).
 --
 -- Returns 1 if written, 0 if refused to a superseded fencing token, -1 if
 -- refused because the sale was restocked, or idem_bought's reply, a table,
 -- if the key bought already (nothing written in any of these cases). The
 -- key is checked first: a repeat is answered whatever else changed.
 -- idem_bought and idem_commit come from key_record.lua, window_ms,
--- wrong_type, reservable, reserve and settled_value from reserve.lua,
--- prepended at load.
+-- reservable and reserve from reserve.lua, prepended at load.
 
-local record = KEYS[9]
+local record = KEYS[8]
 if record then
   local bought = idem_bought(record)
   if bought then
@@ -60,16 +59,9 @@ if bad_window then
   return bad_window
 end
 -- The keys a window adds, checked before the first write (reserve.lua).
-if window then
-  local wrong
-  if ARGV[3] == '' then
-    wrong = wrong_type(KEYS[8], 'hash')
-  else
-    wrong = reservable(KEYS[6], KEYS[7])
-  end
-  if wrong then
-    return wrong
-  end
+local wrong = window and reservable(KEYS[6], KEYS[7])
+if wrong then
+  return wrong
 end
 if ARGV[3] == '' then
   redis.call('DECR', KEYS[1])
@@ -83,13 +75,7 @@ end
 redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
 redis.call('XADD', KEYS[4], '*', ARGV[6], ARGV[7])
 if window then
-  if ARGV[3] == '' then
-    local id = string.match(ARGV[7], '^(%d+) ')
-    redis.call('HSET', KEYS[8], id, settled_value('paid', ARGV[5], ARGV[1]))
-    redis.call('HINCRBY', KEYS[2], 'paid', 1)
-  else
-    reserve(KEYS[6], KEYS[7], window, ARGV[7])
-  end
+  reserve(KEYS[6], KEYS[7], window, ARGV[7])
 end
 if record then
   local remaining = redis.call('GET', KEYS[1])

@@ -308,19 +308,19 @@ async fn a_return_inside_a_read_check_write_window_is_kept_by_every_guarded_stra
 }
 
 /// Buyers buy, half of them cancel at once and buy again, all at the same
-/// time, under every guarded strategy but `sql` (whose orders are final):
-/// stock + reserved + paid = initial at the end, with no drift.
+/// time, under every guarded strategy: stock + reserved + paid = initial at
+/// the end, with no drift.
 #[tokio::test]
 async fn purchases_racing_returns_end_exact_under_every_guarded_strategy() {
-    let app = Arc::new(
-        spawn_app_with(|c| {
-            c.lab.race_window_ms = 5;
-            c.locks.lock_wait_ms = 20_000;
-            c.http.request_timeout_ms = 30_000;
-        })
-        .await,
-    );
-    let strategies = strategies_where(|k| k.guarded() && k.decides() != Decides::InSql);
+    // With a persister: `sql`'s returns reach its stock through it.
+    let (app, _redis) = crate::helpers::spawn_persisting_app(&crate::helpers::sqlite_url(), |c| {
+        c.lab.race_window_ms = 5;
+        c.locks.lock_wait_ms = 20_000;
+        c.http.request_timeout_ms = 30_000;
+    })
+    .await;
+    let app = Arc::new(app);
+    let strategies = strategies_where(|k| k.guarded());
     let mut runs = JoinSet::new();
     for strategy in strategies {
         let app = Arc::clone(&app);
@@ -370,27 +370,27 @@ async fn purchases_racing_returns_end_exact_under_every_guarded_strategy() {
 }
 
 /// Buyers keep buying while their orders expire under them (a 200 ms
-/// window, swept every 10 ms), under every guarded strategy but `sql`: once
-/// the last deadline has passed, every unit is back, each once.
+/// window, swept every 10 ms), under every guarded strategy: once the last
+/// deadline has passed, every unit is back, each once.
 #[tokio::test]
 async fn purchases_racing_expiries_end_exact_under_every_guarded_strategy() {
-    let app = Arc::new(
-        spawn_app_with(|c| {
-            c.lab.race_window_ms = 5;
-            c.locks.lock_wait_ms = 20_000;
-            c.http.request_timeout_ms = 30_000;
-            c.orders.expiry_interval_ms = 10;
-        })
-        .await,
-    );
-    let strategies = strategies_where(|k| k.guarded() && k.decides() != Decides::InSql);
+    // With a persister: `sql`'s returns reach its stock through it.
+    let (app, _redis) = crate::helpers::spawn_persisting_app(&crate::helpers::sqlite_url(), |c| {
+        c.lab.race_window_ms = 5;
+        c.locks.lock_wait_ms = 20_000;
+        c.http.request_timeout_ms = 30_000;
+        c.orders.expiry_interval_ms = 10;
+    })
+    .await;
+    let app = Arc::new(app);
+    let strategies = strategies_where(|k| k.guarded());
     let mut runs = JoinSet::new();
     for strategy in strategies {
         let app = Arc::clone(&app);
         runs.spawn(async move {
             let item = unique("life-expiry-race");
             sale(&app, &item, 8, 1, strategy, 200).await;
-            let until = std::time::Instant::now() + Duration::from_millis(1_200);
+            let until = std::time::Instant::now() + Duration::from_millis(3_000);
             let mut buyers = JoinSet::new();
             for n in 0..16 {
                 let (app, item) = (Arc::clone(&app), item.clone());
@@ -676,29 +676,66 @@ async fn a_reserved_order_of_an_earlier_sale_gives_nothing_back_to_the_next() {
     );
 }
 
-/// `sql` keeps its stock in SQL, which a return in Redis cannot reach: in
-/// a windowed sale its orders are final, counted paid at once.
+/// `sql` sells from SQL's stock: a return reaches it when the persister
+/// applies the order's move, once, however often the move is delivered.
 #[tokio::test]
-async fn sql_orders_are_paid_when_bought_even_in_a_windowed_sale() {
-    let app = spawn_app_with(|_| {}).await;
-    let item = unique("life-sql");
-    sale(&app, &item, 3, 1, "sql", 60_000).await;
-    let order = buy(&app, &item, "ann", "sql").await.unwrap();
-    let view = app.item(&item).await;
-    assert_eq!(
-        (view["paid"].as_u64(), view["reserved"].as_u64()),
-        (Some(1), Some(0)),
-        "{view}"
-    );
-    assert_exact(&view, "sql");
-    let (status, body) = status_and_json(settle(&app, &order, "pay", &item, "ann").await).await;
-    assert_eq!((status.as_u16(), &body["repeated"]), (200, &json!(true)));
-    assert_error(
-        settle(&app, &order, "cancel", &item, "ann").await,
-        409,
-        "order_paid",
-    )
-    .await;
+async fn an_sql_return_reaches_its_stock_in_sql_once() {
+    use seckill::orders::moves::MOVE;
+
+    for database in crate::helpers::database_urls() {
+        let (app, _redis) = crate::helpers::spawn_persisting_app(&database, |_| {}).await;
+        let item = unique("life-sql");
+        sale(&app, &item, 1, 1, "sql", 60_000).await;
+        let order = buy(&app, &item, "ann", "sql").await.unwrap();
+        let view = app.item(&item).await;
+        assert_eq!(
+            (view["reserved"].as_u64(), view["stock"].as_i64()),
+            (Some(1), Some(0)),
+            "{view}"
+        );
+        assert_eq!(
+            buy(&app, &item, "bob", "sql").await,
+            Err((409, "sold_out".into()))
+        );
+        assert_eq!(
+            settle(&app, &order, "cancel", &item, "ann").await.status(),
+            200
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while listed(&app, &item, "cancelled").await != [order.clone()] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{database}: the cancel never reached SQL"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The unit is back in SQL's stock: bob buys it.
+        buy(&app, &item, "bob", "sql").await.unwrap();
+        // The same move again (a redelivery): nothing more comes back.
+        let applied = app.get_json::<Value>("/api/persister").await["moves"]
+            .as_u64()
+            .unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(crate::helpers::keys(&item).moves())
+            .arg("*")
+            .arg(MOVE)
+            .arg(format!("{order} cancelled 1796000000000"))
+            .query_async(&mut app.redis().await)
+            .await
+            .unwrap();
+        app.persister_report_when(Duration::from_secs(10), "the move again", |report| {
+            report["moves"].as_u64().unwrap_or(0) > applied
+        })
+        .await;
+        assert_eq!(
+            buy(&app, &item, "cy", "sql").await,
+            Err((409, "sold_out".into())),
+            "{database}: a move applied twice gave the unit back twice"
+        );
+        let view = app.item(&item).await;
+        assert_exact(&view, "sql");
+        app.stop().await;
+    }
 }
 
 /// Where each order stands, from SQL: `GET /api/orders?item=&state=`.

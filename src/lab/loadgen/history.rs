@@ -162,8 +162,6 @@ pub struct Lifecycle {
     pub reserved_left: Option<u64>,
     /// The sale's payment window (ms).
     pub window_ms: u64,
-    /// The strategy's orders are paid when bought (`sql`): no pay is asked.
-    pub paid_when_bought: bool,
     /// Each order in SQL: where it ended, and when it left `reserved` (ms
     /// since the Unix epoch, the server's clock).
     pub states: HashMap<OrderId, (OrderState, Option<i64>)>,
@@ -680,8 +678,8 @@ fn lifecycle_agrees(
     let asked: HashSet<OrderId> = lifecycle.pays.iter().map(|pay| pay.order).collect();
     for (order, (state, at_ms)) in &lifecycle.states {
         let wrongly = match state {
-            // Every other order's buyer either paid or let it expire.
-            OrderState::Paid => !lifecycle.paid_when_bought && !asked.contains(order),
+            // Every buyer either paid or let the order expire.
+            OrderState::Paid => !asked.contains(order),
             // Its deadline is at least a window after its id was minted
             // (less the clocks' distance).
             OrderState::Expired => at_ms.is_some_and(|at| {
@@ -939,11 +937,23 @@ mod tests {
         for (id, state, at_ms) in ended {
             states.insert(OrderId(*id), (*state, Some(start_ms as i64 + *at_ms)));
         }
+        // Each order that ended paid was paid by its buyer.
+        let pays = states
+            .iter()
+            .filter(|(_, (state, _))| *state == OrderState::Paid)
+            .map(|(order, _)| PayCall {
+                order: *order,
+                user: 0,
+                sent_us: 0,
+                done_us: 0,
+                answer: PayAnswer::Paid,
+            })
+            .collect();
         stored.lifecycle = Some(Lifecycle {
             known: true,
             states,
             returned: Some(returned),
-            paid_when_bought: true,
+            pays,
             start_unix_us: start_ms * 1000,
             ..Lifecycle::default()
         });
@@ -1056,7 +1066,7 @@ mod tests {
         assert_eq!(kind(&check(&calls, SPEC, &stored)), Some("ended_wrongly"));
         let mut stored = windowed(&calls, &[(1000, OrderState::Expired, 50)], 1);
         if let Some(lifecycle) = stored.lifecycle.as_mut() {
-            lifecycle.paid_when_bought = false;
+            lifecycle.pays.clear();
         }
         let checked = check(&calls, SPEC, &stored);
         assert_eq!(kind(&checked), Some("ended_wrongly"), "{checked:?}");

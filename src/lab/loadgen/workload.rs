@@ -492,8 +492,6 @@ where
         lifecycle.pays = pays;
         lifecycle.start_unix_us = load.start_unix_us;
         lifecycle.window_ms = payments.window.as_millis() as u64;
-        // `sql`'s orders are paid when bought: no pay is asked of them.
-        lifecycle.paid_when_bought = strategy == StrategyKind::Sql;
     }
     let truths = Truths { stored, ..truths };
     let history = history::check(

@@ -87,6 +87,9 @@ pub struct PersisterConfig {
     /// it cannot move in time stays in Redis, pending, and reaches SQL after
     /// the next start.
     pub drain_timeout: Duration,
+    /// The strategy (by name) that sells from SQL's stock: a return of one
+    /// of its orders gives the unit back there ([`Db::apply_moves`]).
+    pub stock_in_sql: &'static str,
 }
 
 /// What the persister has done, for `/api/persister` and `/metrics`.

@@ -220,7 +220,7 @@ impl Worker {
         }
         let held = self
             .db
-            .apply_moves(item, &moves)
+            .apply_moves(item, &moves, self.config.stock_in_sql)
             .await
             .context("cannot apply order moves")?;
         let held: HashSet<&str> = moves
