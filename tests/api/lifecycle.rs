@@ -438,24 +438,18 @@ async fn purchases_racing_expiries_end_exact_under_every_guarded_strategy() {
     }
 }
 
-/// Pays sent after the deadline are refused `order_expired`, and the unit
-/// comes back once, whether the pay or an instance's sweep got there first:
-/// one instance sweeps every 5 ms while the other is paid at.
-#[tokio::test]
-async fn a_payment_racing_the_expiry_ends_in_one_state() {
-    let redis = crate::helpers::fresh_redis();
-    let payer = spawn_app_on(&redis.url(), |c| c.orders.expiry_interval_ms = 0).await;
-    let sweeper = spawn_app_on(&redis.url(), |c| c.orders.expiry_interval_ms = 5).await;
+/// One strategy's sale of the payment race: 12 orders, half paid at once,
+/// the rest at about their deadline, racing the other instance's sweep.
+async fn pay_race(payer: &Arc<TestApp>, strategy: &'static str) {
     let item = unique("life-expiry");
-    let stock = 40;
-    sale(&payer, &item, stock, 1, "lua", 1_000).await;
-    let payer = Arc::new(payer);
+    let stock = 12;
+    sale(payer, &item, stock, 1, strategy, 1_000).await;
     let mut buys = JoinSet::new();
     for n in 0..stock {
-        let (app, item) = (Arc::clone(&payer), item.clone());
+        let (app, item) = (Arc::clone(payer), item.clone());
         buys.spawn(async move {
             let user = format!("u{n}");
-            (buy(&app, &item, &user, "lua").await.unwrap(), user)
+            (buy(&app, &item, &user, strategy).await.unwrap(), user)
         });
     }
     let orders = buys.join_all().await;
@@ -464,7 +458,7 @@ async fn a_payment_racing_the_expiry_ends_in_one_state() {
     // purchases took), racing the sweep.
     let mut pays = JoinSet::new();
     for (n, (order, user)) in orders.into_iter().enumerate() {
-        let (app, item) = (Arc::clone(&payer), item.clone());
+        let (app, item) = (Arc::clone(payer), item.clone());
         pays.spawn(async move {
             if n % 2 == 1 {
                 tokio::time::sleep(Duration::from_millis(900 + (n as u64 % 10) * 20)).await;
@@ -482,30 +476,50 @@ async fn a_payment_racing_the_expiry_ends_in_one_state() {
         let (status, body, state) = done.unwrap();
         match status {
             200 => {
-                assert_eq!(state, "paid", "{body}");
+                assert_eq!(state, "paid", "{strategy}: {body}");
                 paid += 1;
             }
             409 => {
-                assert_eq!(body["error"]["code"], "order_expired", "{body}");
-                assert_eq!(state, "expired");
+                assert_eq!(body["error"]["code"], "order_expired", "{strategy}: {body}");
+                assert_eq!(state, "expired", "{strategy}");
                 expired += 1;
             }
-            other => panic!("pay answered {other}: {body}"),
+            other => panic!("{strategy}: pay answered {other}: {body}"),
         }
     }
     assert!(
         paid >= stock / 2,
-        "the pays in time were refused: {paid} paid"
+        "{strategy}: the pays in time were refused: {paid} paid"
     );
     // Whatever was late: every deadline has passed now, and the sweep ends
     // any order still reserved.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let view = payer.item(&item).await;
-    assert_exact(&view, "after the race");
-    assert_reservations(&payer, &item, &view).await;
-    assert_eq!(view["paid"], paid, "{view}");
-    assert_eq!(view["returned"], expired, "{view}");
-    assert_eq!(view["reserved"], 0, "{view}");
+    assert_exact(&view, strategy);
+    assert_reservations(payer, &item, &view).await;
+    assert_eq!(view["paid"], paid, "{strategy}: {view}");
+    assert_eq!(view["returned"], expired, "{strategy}: {view}");
+    assert_eq!(view["reserved"], 0, "{strategy}: {view}");
+}
+
+/// Pays sent after the deadline are refused `order_expired`, and the unit
+/// comes back once, whether the pay or an instance's sweep got there first:
+/// one instance sweeps every 5 ms while the other is paid at, under every
+/// guarded strategy.
+#[tokio::test]
+async fn a_payment_racing_the_expiry_ends_in_one_state() {
+    let redis = crate::helpers::fresh_redis();
+    let payer = spawn_app_on(&redis.url(), |c| c.orders.expiry_interval_ms = 0).await;
+    let sweeper = spawn_app_on(&redis.url(), |c| c.orders.expiry_interval_ms = 5).await;
+    let payer = Arc::new(payer);
+    let mut runs = JoinSet::new();
+    for strategy in strategies_where(|k| k.guarded()) {
+        let payer = Arc::clone(&payer);
+        runs.spawn(async move { pay_race(&payer, strategy).await });
+    }
+    while let Some(run) = runs.join_next().await {
+        run.unwrap();
+    }
     // Past the deadline, a pay is refused even with no sweep at all.
     let late = unique("life-late");
     sale(&payer, &late, 1, 1, "lua", 100).await;
