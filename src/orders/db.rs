@@ -337,6 +337,24 @@ impl Db {
         Ok(held)
     }
 
+    /// Makes a reserved order final (`paid`, at `at_ms`): an `sql` order of
+    /// a windowed sale whose Redis mirror did not write, so no reservation,
+    /// deadline or move of it will ever come. A row that already moved is
+    /// left as it is.
+    pub async fn finalize_order(&self, order_id: OrderId, at_ms: i64) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE orders SET state = $1, state_at = $2
+             WHERE order_id = $3 AND state = $4 AND state_at IS NULL",
+        )
+        .bind(OrderState::Paid.as_str())
+        .bind(at_ms)
+        .bind(order_id.0 as i64)
+        .bind(OrderState::Reserved.as_str())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
     /// Where order `order_id` stands in SQL, if SQL holds it.
     pub async fn order_state(&self, order_id: OrderId) -> sqlx::Result<Option<OrderState>> {
         let state: Option<String> =

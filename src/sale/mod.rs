@@ -289,8 +289,7 @@ impl Sales {
         let payment_window_ms = window.unwrap_or(0);
         let returned = returned.unwrap_or(0);
         // Without a window every order is paid when bought; with one, the
-        // orders neither paid nor returned are the ones still reserved. An
-        // `sql` order in a windowed sale is counted paid at once (write.lua).
+        // orders neither paid nor returned are the ones still reserved.
         let (reserved, paid) = if payment_window_ms == 0 {
             (0, sold.saturating_sub(returned))
         } else {

@@ -21,8 +21,7 @@
 -- does not roll a script back (keys of the wrong type are only ever written
 -- by hand).
 -- settled_value(state, user, generation): what the item's `settled` hash
--- holds for an order that left `reserved` (or, the `sql` mirror's, was
--- final at once).
+-- holds for an order that left `reserved`.
 
 local function window_ms(value)
   if value == false or value == nil then

@@ -35,7 +35,7 @@ pub(crate) struct Snapshot {
 }
 
 /// Replies to [`Snapshot::read`]: `HMGET meta per_user_limit generation
-/// strategy returned`, `HGET buyers <user>`, `GET stock`.
+/// strategy returned payment_window_ms`, `HGET buyers <user>`, `GET stock`.
 pub(crate) type SnapshotReplies = (
     (
         Option<u64>,

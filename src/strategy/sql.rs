@@ -32,7 +32,11 @@
 //! Redis (stock, buyers, order log) by `write.lua`, so the item view and the
 //! status page read every strategy's sale the same way. A failed mirror loses
 //! nothing (the order is in SQL and the buyer gets the 201); it is logged, and
-//! shows as `persisted` above `sold`.
+//! shows as `persisted` above `sold`. In a sale with a payment window the
+//! row is stored `reserved` and the mirror reserves it in Redis; a mirror
+//! refused (restocked since, or the key bought in Redis) makes the row final
+//! (`paid`), since nothing will pay, cancel or expire it; a mirror whose
+//! answer was lost leaves it reserved (it may have written).
 //!
 //! Restocks and purchases are ordered by the item's row lock: a restock
 //! updates the row and runs its Redis script inside one SQL transaction (see
@@ -209,10 +213,24 @@ impl Sql {
     }
 
     /// Copies a committed sale into Redis. Best effort: see the module doc.
-    async fn mirror(&self, purchase: &Purchase, generation: u64) {
+    /// `windowed`: the order's row was stored `reserved`; a mirror that
+    /// certainly wrote nothing leaves no reservation in Redis to pay, cancel
+    /// or expire, so the row is made final (`paid`) instead.
+    async fn mirror(&self, purchase: &Purchase, generation: u64, windowed: bool) {
         let mirrored = purchase
             .guarded_write(&mut self.redis.clone(), generation, StockWrite::Decrement)
             .await;
+        if windowed && matches!(mirrored, Ok(ref written) if *written != Written::Yes) {
+            let now = crate::orders::db::now_ms();
+            if let Err(err) = self.db.finalize_order(purchase.order_id, now).await {
+                tracing::warn!(
+                    item = %purchase.item,
+                    order_id = %purchase.order_id,
+                    %err,
+                    "sql order not mirrored, and not made final in SQL: it stays reserved there"
+                );
+            }
+        }
         match mirrored {
             Ok(Written::Yes) => {}
             Ok(Written::KeyBought(bought)) => tracing::warn!(
@@ -319,7 +337,7 @@ impl Strategy for Sql {
             .await?
         {
             Ok((remaining, generation)) => {
-                self.mirror(purchase, generation).await;
+                self.mirror(purchase, generation, binding.windowed).await;
                 Ok(Attempt::new(Outcome::Purchased { remaining }))
             }
             Err(rejection) => Ok(Attempt::new(rejection)),
