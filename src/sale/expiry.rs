@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::domain::ItemId;
 use crate::infra::redis_conn::RedisConn;
 use crate::keys;
-use crate::sale::lifecycle::{Expired, Lifecycle};
+use crate::sale::lifecycle::Lifecycle;
 use crate::sale::metrics::Metrics;
 
 /// Due orders one script call expires: enough for a backlog to clear in a
@@ -64,12 +64,11 @@ pub async fn sweep(
     redis: &RedisConn,
     lifecycle: &Lifecycle,
     metrics: &Metrics,
-) -> anyhow::Result<Expired> {
+) -> anyhow::Result<()> {
     let ids: Vec<String> = redis::cmd("SMEMBERS")
         .arg(keys::windowed_items())
         .query_async(&mut redis.clone())
         .await?;
-    let mut total = Expired::default();
     for id in ids {
         let Ok(item) = ItemId::parse(&id) else {
             continue;
@@ -83,13 +82,10 @@ pub async fn sweep(
                 }
             };
             metrics.record_expired(&expired);
-            total.orders += expired.orders;
-            total.lag_sum_ms += expired.lag_sum_ms;
-            total.lag_max_ms = total.lag_max_ms.max(expired.lag_max_ms);
             if !expired.more {
                 break;
             }
         }
     }
-    Ok(total)
+    Ok(())
 }

@@ -19,8 +19,8 @@
 --     3, ''      no order of this id was reserved in this item
 --     4, ''      the order is another user's: nothing changed
 -- ARGV[1] 'expire': ARGV[2] at most this many due orders.
---   Returns {expired, lag_sum_ms, lag_max_ms, due_left}: the orders expired
---   now; how late (after their deadlines) in sum and at most; 1 if more due
+--   Returns {expired, lag_max_ms, due_left}: the orders expired now; how
+--   late (after its deadline) the most overdue of them was; 1 if more due
 --   orders wait than this call took.
 --
 -- A cancelled or expired order of the current sale gives its unit back:
@@ -86,7 +86,7 @@ local now = now_ms()
 if ARGV[1] == 'expire' then
   local due = redis.call('ZRANGE', KEYS[5], '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]) + 1,
     'WITHSCORES')
-  local expired, lag_sum, lag_max, left = 0, 0, 0, 0
+  local expired, lag_max, left = 0, 0, 0
   for i = 1, #due, 2 do
     if expired == tonumber(ARGV[2]) then
       left = 1
@@ -101,7 +101,6 @@ if ARGV[1] == 'expire' then
       end
       expired = expired + 1
       local lag = now - tonumber(due[i + 1])
-      lag_sum = lag_sum + lag
       if lag > lag_max then
         lag_max = lag
       end
@@ -110,7 +109,7 @@ if ARGV[1] == 'expire' then
       redis.call('ZREM', KEYS[5], id)
     end
   end
-  return {expired, lag_sum, lag_max, left}
+  return {expired, lag_max, left}
 end
 
 local id, user = ARGV[2], ARGV[3]

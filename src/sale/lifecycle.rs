@@ -86,9 +86,7 @@ pub enum Settled {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Expired {
     pub orders: u64,
-    /// How late the orders expired, after their deadlines: in sum and the
-    /// most (ms).
-    pub lag_sum_ms: u64,
+    /// How late the most overdue of them expired, after its deadline (ms).
     pub lag_max_ms: u64,
     /// More due orders wait than the sweep took.
     pub more: bool,
@@ -165,11 +163,10 @@ impl Lifecycle {
         let keys = ItemKeys::new(item);
         let mut call = self.invoke(&keys);
         call.arg("expire").arg(max);
-        let (orders, lag_sum_ms, lag_max_ms, more): (u64, u64, u64, u8) =
+        let (orders, lag_max_ms, more): (u64, u64, u8) =
             call.invoke_async(&mut self.redis.clone()).await?;
         Ok(Expired {
             orders,
-            lag_sum_ms,
             lag_max_ms,
             more: more == 1,
         })
