@@ -307,19 +307,28 @@ async fn a_return_inside_a_read_check_write_window_is_kept_by_every_guarded_stra
     }
 }
 
+/// The app the racing tests share, with `tweak` on top: a short race
+/// window, patient locks, and a persister, through which `sql`'s returns
+/// reach its stock. The Redis lives as long as the returned handle.
+async fn racing_app(
+    tweak: impl FnOnce(&mut seckill::config::Config),
+) -> (Arc<TestApp>, seckill::infra::redis_server::RedisServer) {
+    let (app, redis) = crate::helpers::spawn_persisting_app(&crate::helpers::sqlite_url(), |c| {
+        c.lab.race_window_ms = 5;
+        c.locks.lock_wait_ms = 20_000;
+        c.http.request_timeout_ms = 30_000;
+        tweak(c);
+    })
+    .await;
+    (Arc::new(app), redis)
+}
+
 /// Buyers buy, half of them cancel at once and buy again, all at the same
 /// time, under every guarded strategy: stock + reserved + paid = initial at
 /// the end, with no drift.
 #[tokio::test]
 async fn purchases_racing_returns_end_exact_under_every_guarded_strategy() {
-    // With a persister: `sql`'s returns reach its stock through it.
-    let (app, _redis) = crate::helpers::spawn_persisting_app(&crate::helpers::sqlite_url(), |c| {
-        c.lab.race_window_ms = 5;
-        c.locks.lock_wait_ms = 20_000;
-        c.http.request_timeout_ms = 30_000;
-    })
-    .await;
-    let app = Arc::new(app);
+    let (app, _redis) = racing_app(|_| {}).await;
     let strategies = strategies_where(|k| k.guarded());
     let mut runs = JoinSet::new();
     for strategy in strategies {
@@ -374,15 +383,7 @@ async fn purchases_racing_returns_end_exact_under_every_guarded_strategy() {
 /// deadline has passed, every unit is back, each once.
 #[tokio::test]
 async fn purchases_racing_expiries_end_exact_under_every_guarded_strategy() {
-    // With a persister: `sql`'s returns reach its stock through it.
-    let (app, _redis) = crate::helpers::spawn_persisting_app(&crate::helpers::sqlite_url(), |c| {
-        c.lab.race_window_ms = 5;
-        c.locks.lock_wait_ms = 20_000;
-        c.http.request_timeout_ms = 30_000;
-        c.orders.expiry_interval_ms = 10;
-    })
-    .await;
-    let app = Arc::new(app);
+    let (app, _redis) = racing_app(|c| c.orders.expiry_interval_ms = 10).await;
     let strategies = strategies_where(|k| k.guarded());
     let mut runs = JoinSet::new();
     for strategy in strategies {
